@@ -1,0 +1,178 @@
+"""The ``apex`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dataflows.config import ConfigError, Pipeline, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Apex: risk gate, Kelly sizing, idempotent execution and audit for trading signals.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
+    try:
+        p = load(path)
+    except ConfigError as e:
+        for line in e.errors:
+            err.print(f"[red]error[/red] {path}: {line}", markup=True, highlight=False)
+        raise typer.Exit(1)
+    if state_dir is not None:
+        p.state_dir = state_dir
+    return p
+
+
+def _env() -> str:
+    env = os.environ.get("APEX_ENV", "paper")
+    if env not in ("paper", "live"):
+        err.print(f"APEX_ENV must be paper or live, not {env!r}")
+        raise typer.Exit(2)
+    return env
+
+
+@app.command()
+def validate(pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="the pipeline file")) -> None:
+    """Check pipeline.yaml; print every error with its YAML path, exit 1 if any."""
+    p = _load(pipeline)
+    out.print(f"ok: {pipeline}: " + " → ".join(p.stages), highlight=False)
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(Path("pipeline.yaml")),
+    source: Optional[str] = typer.Option(None, help="recording:PATH or redis://HOST:PORT/DB (default: pipeline.yaml's)"),
+    state_dir: Optional[Path] = typer.Option(None, help="ledger, paper venue and embedded ClickHouse"),
+    consumer: Optional[str] = typer.Option(None, help="consumer name in the group (Redis sources)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON"),
+    progress: bool = typer.Option(True, help="show progress in a terminal"),
+) -> None:
+    """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
+    from bytewax.testing import run_main
+
+    from apex.summary import RunStats
+    from connectors.recording import RecordingSource, count_entries
+    from dataflows.apex import wire
+
+    env = _env()
+    p = _load(pipeline, state_dir)
+    stats = RunStats()
+    overrides = {"consumer": consumer} if consumer else None
+    try:
+        flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides)
+    except ValueError as e:
+        err.print(str(e))
+        raise typer.Exit(2)
+    total = count_entries(wiring.source.path) if isinstance(wiring.source, RecordingSource) else None
+    stop = getattr(wiring.source, "stop", None)
+    if stop is not None:
+        signals.signal(signals.SIGTERM, lambda *_: stop())
+        signals.signal(signals.SIGINT, lambda *_: stop())
+    err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
+              f"clickhouse={p.clickhouse_dsn}", highlight=False)
+    started = time.perf_counter()
+    if progress and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("decided"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("run", total=total)
+            stats.on_batch = lambda n: bar.advance(task, n)
+            run_main(flow)
+    else:
+        run_main(flow)
+    elapsed = time.perf_counter() - started
+    summary = stats.as_dict() | {"seconds": round(elapsed, 3),
+                                  "entries_per_second": round(stats.entries / elapsed, 1) if elapsed else 0}
+    _print_summary(summary)
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _print_summary(s: dict) -> None:
+    t = Table(title="apex run", show_header=True)
+    t.add_column("outcome")
+    t.add_column("entries", justify="right")
+    for k, v in sorted(s["outcomes"].items(), key=lambda kv: -kv[1]):
+        t.add_row(k, str(v))
+    t.add_row("[b]total[/b]", str(s["entries"]))
+    out.print(t)
+    f = Table(title="drops per filter (share of received signals)")
+    f.add_column("filter")
+    f.add_column("drop rate", justify="right")
+    for k, v in sorted(s["filter_drop_rate"].items(), key=lambda kv: -kv[1]):
+        f.add_row(k, f"{v:.1%}")
+    f.add_row("[b]before sizing[/b]", f"{s['dropped_before_sizing']:.1%} (target 40–60%)")
+    out.print(f)
+    lat = Table(title="processing latency (µs)")
+    for c in ("", "p50", "p99", "p999", "max"):
+        lat.add_column(c, justify="right")
+    for name, key in (("receipt → decided", "decision_latency_us"), ("receipt → durable", "durable_latency_us")):
+        v = s[key]
+        lat.add_row(name, *(f"{v[q]:.0f}" for q in ("p50", "p99", "p999", "max")))
+    out.print(lat)
+    out.print(f"fills: {s['fills']}   {s['entries']} entries in {s['seconds']} s "
+              f"= {s['entries_per_second']:.0f} entries/s", highlight=False)
+
+
+@app.command()
+def audit(
+    signal_id: Optional[str] = typer.Argument(None, help="one signal's decision chain; omit for all"),
+    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    format: str = typer.Option("table", help="table or jsonl"),
+) -> None:
+    """Rebuild decision chains from the audit trail in ClickHouse."""
+    from connectors.clickhouse import AuditStore
+
+    if format not in ("table", "jsonl"):
+        err.print("--format must be table or jsonl")
+        raise typer.Exit(2)
+    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
+    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
+        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
+        raise typer.Exit(1)
+    store = AuditStore(dsn)
+    where = "WHERE signal_id = {sid:String}" if signal_id else ""
+    rows = list(store.query_dicts(
+        "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
+        f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
+        {"sid": signal_id} if signal_id else None,
+    ))
+    store.close()
+    if signal_id and not rows:
+        err.print(f"no audit events for signal_id {signal_id!r}")
+        raise typer.Exit(1)
+    if format == "jsonl":
+        for r in rows:
+            r["ts"] = r["ts"].isoformat()
+            r["details"] = json.loads(r["details"])
+            sys.stdout.write(json.dumps(r, default=str) + "\n")
+        return
+    t = Table(title=f"decision chain of {signal_id}" if signal_id else "audit events")
+    for c in ("ts", "stream_id", "stage", "outcome", "reason", "size_usd", "details"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        size = "" if r["size_usd"] is None else f"{r['size_usd']:,.2f}"
+        t.add_row(r["ts"].isoformat(timespec="milliseconds"), r["stream_id"], r["stage"], r["outcome"],
+                  r["reason"], size, r["details"] if r["details"] != "{}" else "")
+    out.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""All I/O lives here: sources, sinks, the ledger, venues and their simulators."""

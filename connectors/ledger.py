@@ -1,0 +1,127 @@
+"""The local SQLite ledger: what was decided and what was sent.
+
+It is the idempotency guard. Every decided signal_id is written here before
+its stream entry can be acknowledged, and every order's intent row is
+committed *before* the order leaves, so a crash between sending and recording
+leaves a row saying "this may have been sent": the next start asks the venue
+by client order id instead of sending again.
+
+WAL with synchronous=NORMAL: a commit survives a killed process (the data is
+in the OS page cache); only a power cut can lose the last commits, and those
+entries were then not acknowledged either, so Redis redelivers them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from operators.portfolio import Fill
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    signal_id TEXT PRIMARY KEY,
+    stream_id TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    reason    TEXT,
+    ts_ms     INTEGER NOT NULL,
+    events    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS executions (
+    client_order_id TEXT PRIMARY KEY,
+    signal_id  TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    venue      TEXT NOT NULL,
+    symbol     TEXT NOT NULL,
+    side       TEXT NOT NULL,
+    quantity   REAL NOT NULL,
+    status     TEXT NOT NULL,
+    intent_ms  INTEGER NOT NULL,
+    order_id   TEXT,
+    price      REAL,
+    fee_usd    REAL,
+    filled_ms  INTEGER,
+    seq        INTEGER
+);
+CREATE INDEX IF NOT EXISTS executions_signal ON executions(signal_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    stream_id: str
+    outcome: str
+    events: list[dict[str, Any]]
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def decided(self, signal_id: str) -> Decided | None:
+        row = self.db.execute(
+            "SELECT stream_id, outcome, events FROM decisions WHERE signal_id = ?", (signal_id,)
+        ).fetchone()
+        return Decided(row[0], row[1], json.loads(row[2])) if row else None
+
+    def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str,
+                        ts_ms: int, events: list[dict[str, Any]]) -> None:
+        """First decision wins; the same stream entry may move its own row on
+        (``sent`` to ``filled``), a different entry never overwrites it."""
+        self.db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
+            " outcome=excluded.outcome, reason=excluded.reason, events=excluded.events"
+            " WHERE decisions.stream_id = excluded.stream_id",
+            (signal_id, stream_id, outcome, reason, ts_ms, json.dumps(events, default=str)),
+        )
+
+    def execution(self, client_order_id: str) -> sqlite3.Row | None:
+        cur = self.db.execute(
+            "SELECT status, order_id, price, fee_usd, filled_ms FROM executions WHERE client_order_id = ?",
+            (client_order_id,),
+        )
+        return cur.fetchone()
+
+    def record_intent(self, client_order_id: str, signal_id: str, kind: str, venue: str,
+                      symbol: str, side: str, quantity: float, ts_ms: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
+            " quantity, status, intent_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?)",
+            (client_order_id, signal_id, kind, venue, symbol, side, quantity, ts_ms),
+        )
+
+    def record_fill(self, fill: Fill) -> None:
+        self.db.execute(
+            "UPDATE executions SET status='filled', order_id=?, price=?, fee_usd=?, filled_ms=?,"
+            " seq=(SELECT COALESCE(MAX(seq), 0) + 1 FROM executions) WHERE client_order_id=?",
+            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, fill.client_order_id),
+        )
+
+    def record_rejection(self, client_order_id: str, reason: str) -> None:
+        self.db.execute(
+            "UPDATE executions SET status='rejected', order_id=? WHERE client_order_id=?",
+            (reason, client_order_id),
+        )
+
+    def fills(self) -> Iterator[Fill]:
+        """Every fill in the order it happened, to rebuild the book on start."""
+        for row in self.db.execute(
+            "SELECT signal_id, client_order_id, order_id, venue, symbol, side, quantity, price,"
+            " fee_usd, filled_ms FROM executions WHERE status='filled' ORDER BY seq"
+        ):
+            yield Fill(*row)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())

@@ -1,0 +1,67 @@
+"""The paper venue: fills market orders at the order's reference price with
+configurable slippage and fee, and remembers every client order id in its own
+SQLite file, as a real exchange does, so a crash between sending and
+recording can be resolved by asking it (``lookup``) rather than sending twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from connectors.venues import Rejected
+from operators.orders import Order
+from operators.portfolio import Fill
+
+
+class PaperVenue:
+    name = "paper"
+
+    def __init__(self, path: str | Path, *, slippage_bps: float = 0.0, fee_bps: float = 0.0):
+        self.slippage = slippage_bps / 10_000
+        self.fee = fee_bps / 10_000
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS orders (client_order_id TEXT PRIMARY KEY, signal_id TEXT,"
+            " venue TEXT, symbol TEXT, side TEXT, quantity REAL, price REAL, fee_usd REAL, ts_ms INTEGER)"
+        )
+        # every placement attempt, accepted or refused, so tests can prove nothing was sent twice
+        self.db.execute("CREATE TABLE IF NOT EXISTS attempts (client_order_id TEXT, accepted INTEGER)")
+
+    def place(self, order: Order) -> Fill:
+        if order.price <= 0:
+            raise Rejected("no price")
+        sign = 1 if order.side == "buy" else -1
+        price = order.price * (1 + sign * self.slippage)
+        fee = abs(order.quantity * price) * self.fee
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (order.client_order_id, order.signal_id, order.venue, order.symbol, order.side,
+             order.quantity, price, fee, order.ts_ms),
+        )
+        self.db.execute("INSERT INTO attempts VALUES (?, ?)", (order.client_order_id, cur.rowcount))
+        if cur.rowcount == 0:
+            raise Rejected(f"duplicate client order id {order.client_order_id}")
+        return self._fill(order.client_order_id)
+
+    def lookup(self, client_order_id: str) -> Fill | None:
+        return self._fill(client_order_id)
+
+    def _fill(self, client_order_id: str) -> Fill | None:
+        row = self.db.execute(
+            "SELECT signal_id, venue, symbol, side, quantity, price, fee_usd, ts_ms FROM orders"
+            " WHERE client_order_id = ?", (client_order_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        sid, venue, symbol, side, qty, price, fee, ts = row
+        return Fill(sid, client_order_id, "paper-" + client_order_id[2:14], venue, symbol, side, qty, price, fee, ts)
+
+    def orders_sent(self) -> tuple[int, int]:
+        """(accepted orders, refused attempts)"""
+        acc = self.db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+        ref = self.db.execute("SELECT COUNT(*) FROM attempts WHERE accepted = 0").fetchone()[0]
+        return acc, ref

@@ -1,0 +1,85 @@
+"""pipeline.yaml → Bytewax Dataflow.
+
+    python -m bytewax.run "dataflows.apex:build('pipeline.yaml')"
+
+Topology: source → validate → one step per portfolio-free filter, in YAML
+order → the portfolio step (keyed on one portfolio key: portfolio filters,
+Kelly sizing, execution, the book) → the audit sink, which writes ClickHouse
+and only then acknowledges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.audit_sink import Acker, AuditSink, Observer
+from connectors.recording import RecordingSource
+from dataflows.config import Pipeline, load
+from dataflows.steps import PortfolioStep, stateless_filter, validate
+
+PORTFOLIO_KEY = "portfolio"
+
+
+@dataclass
+class Wiring:
+    """What ``build`` made besides the flow: the parts a caller may inspect."""
+
+    pipeline: Pipeline
+    source: Any
+    acker: Acker | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, Acker | None]:
+    if spec.startswith("recording:"):
+        p = Path(spec.split(":", 1)[1])
+        return RecordingSource(p if p.is_absolute() else relative_to / p), None
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from connectors.redis_streams import RedisAcker, RedisStreamSource
+
+        cfg = pipeline.redis.model_copy(update={"url": spec})
+        return RedisStreamSource(cfg), RedisAcker(cfg)
+    raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
+
+
+def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | None = None,
+         redis_overrides: dict[str, Any] | None = None) -> tuple[Dataflow, Wiring]:
+    if redis_overrides:
+        pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
+    if source is None:
+        spec, base = pipeline.source, pipeline.path.parent
+    else:
+        spec, base = source, Path.cwd()
+    src, acker = make_source(spec, pipeline, base)
+
+    flow = Dataflow("apex")
+    s = op.input("source", flow, src)
+    s = op.map("validate", s, validate)
+    used: set[str] = set()
+    for i, f in enumerate(pipeline.filters):
+        if f.needs_portfolio:
+            continue
+        step_id = f"filter_{f.name}".replace(".", "_")
+        if step_id in used:
+            step_id = f"{step_id}_{i}"
+        used.add(step_id)
+        s = op.map(step_id, s, stateless_filter(i, f))
+    keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
+    decided = op.stateful_map("portfolio", keyed, PortfolioStep(pipeline))
+    outcomes = op.map("unkey", decided, lambda kv: kv[1])
+    op.output("audit", outcomes, AuditSink(pipeline.clickhouse_dsn, acker, observer))
+    return flow, Wiring(pipeline, src, acker)
+
+
+def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:
+    """Entry point for ``python -m bytewax.run``."""
+    pipeline = load(path)
+    if state_dir:
+        pipeline.state_dir = Path(state_dir)
+    flow, _ = wire(pipeline, source=source)
+    return flow

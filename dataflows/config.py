@@ -1,0 +1,246 @@
+"""pipeline.yaml: read, interpolate, validate, and report every error by its YAML path.
+
+The file is the user's main interface, so a mistake in it must be refused
+whole, with every problem named where it is (``stages[2].min: …``), before
+anything trades.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from operators.filters import BUILTINS, Filter, UniverseParams
+from operators.kelly import KellyParams
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class RedisConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = "argus:signals:stream"
+    group: str = "apex-consumer"
+    consumer: str = "apex-worker-1"
+    count: int = Field(10, ge=1, le=10_000, description="XREADGROUP COUNT")
+    block_ms: int = Field(2, ge=1, le=1000, description="XREADGROUP BLOCK; never 0")
+    claim_idle_ms: int = Field(5000, ge=1, description="claim a dead consumer's entries idle this long")
+    max_deliveries: int = Field(5, ge=1, description="past this, an entry goes to the dead-letter stream")
+    dead_letter_stream: str = "argus:signals:dead"
+
+
+class ExecuteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    venue: Literal["paper"] = "paper"
+    initial_nav_usd: float = Field(1_000_000, gt=0)
+    slippage_bps: float = Field(0.0, ge=0)
+    fee_bps: float = Field(0.0, ge=0)
+
+
+class Top(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = "recording:recordings/argus-sample.jsonl"
+    state_dir: str = ".apex"
+    clickhouse: str | None = Field(None, description="DSN; empty means embedded chdb under state_dir")
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    stages: list[Any]
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    source: str
+    state_dir: Path
+    clickhouse: str | None
+    redis: RedisConfig
+    filters: list[Filter]
+    kelly: KellyParams
+    execute: ExecuteConfig
+    stages: list[str] = field(default_factory=list)  # stage names in YAML order, for display
+
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse or f"chdb://{(self.state_dir / 'clickhouse').resolve()}"
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str], errors: list[str]) -> str:
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, m.start()) + 1
+        errors.append(f"line {line}: ${{{name}}} is not set and has no default (use ${{{name}:-value}})")
+        return ""
+
+    return _ENV.sub(sub, text)
+
+
+def _fmt(prefix: str, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+        msg = e["msg"][0].lower() + e["msg"][1:]
+        out.append(f"{prefix}{loc}".lstrip(".") + f": {msg}")
+    return out
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(choices)}"
+
+
+def _universe(raw: dict, base: Path, where: str, errors: list[str]) -> dict:
+    """A venue's universe may be an inline list or a file path (one symbol a line, # comments)."""
+    out = {}
+    for venue, value in (raw or {}).items():
+        if isinstance(value, str):
+            p = Path(value) if Path(value).is_absolute() else base / value
+            try:
+                lines = p.read_text().splitlines()
+            except OSError as err:
+                errors.append(f"{where}.universe.{venue}: cannot read {p}: {err.strerror}")
+                continue
+            out[venue] = [s.split("#", 1)[0].strip() for s in lines if s.split("#", 1)[0].strip()]
+        else:
+            out[venue] = value
+    return out
+
+
+def _custom(ref: str, where: str, errors: list[str]) -> Any:
+    mod_name, _, fn_name = ref.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as err:
+        errors.append(f"{where}.filter: cannot load {ref!r}: {err}")
+        return None
+    if not callable(fn):
+        errors.append(f"{where}.filter: {ref!r} is not callable")
+        return None
+    return fn
+
+
+def _filter(i: int, stage: dict, base: Path, errors: list[str]) -> Filter | None:
+    where = f"stages[{i}]"
+    name = stage.get("filter")
+    params = {k: v for k, v in stage.items() if k not in ("filter", "name")}
+    if not isinstance(name, str) or not name:
+        errors.append(f"{where}.filter: must be a filter name or package.module:function")
+        return None
+    if ":" in name:
+        fn = _custom(name, where, errors)
+        label = stage.get("name") or name.rsplit(":", 1)[1]
+        return Filter(str(label), fn, params, True) if fn else None
+    if name not in BUILTINS:
+        errors.append(f"{where}.filter: unknown filter {name!r}{_suggest(name, list(BUILTINS))}")
+        return None
+    builtin = BUILTINS[name]
+    if builtin.params is UniverseParams and "universe" in params:
+        params["universe"] = _universe(params["universe"], base, where, errors)
+    try:
+        bound = builtin.params.model_validate(params)
+    except ValidationError as err:
+        errors.extend(_fmt(where, err))
+        return None
+    return Filter(stage.get("name") or name, builtin.fn, bound.model_dump(), builtin.needs_portfolio)
+
+
+def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
+    errors: list[str] = []
+    text = interpolate(text, dict(os.environ) if env is None else env, errors)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"(yaml): {err}"]) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(["(root): must be a mapping with a stages: list"])
+    for key in doc:
+        if key not in Top.model_fields:
+            errors.append(f"{key}: unknown key{_suggest(str(key), list(Top.model_fields))}")
+    try:
+        top = Top.model_validate({k: v for k, v in doc.items() if k in Top.model_fields})
+    except ValidationError as err:
+        raise ConfigError(errors + _fmt("", err)) from None
+
+    base = path.parent.resolve()
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
+    filters: list[Filter] = []
+    kelly: KellyParams | None = None
+    execute: ExecuteConfig | None = None
+    names: list[str] = []
+    for i, stage in enumerate(top.stages):
+        where = f"stages[{i}]"
+        kinds = [k for k in ("filter", "size", "execute") if isinstance(stage, dict) and k in stage]
+        if len(kinds) != 1:
+            errors.append(f"{where}: must be a mapping with exactly one of filter:, size: or execute:")
+            continue
+        if execute is not None:
+            errors.append(f"{where}: nothing may follow the execute stage")
+        kind = kinds[0]
+        if kind == "filter":
+            f = _filter(i, stage, base, errors)
+            if f:
+                filters.append(f)
+                names.append(f"filter:{f.name}")
+        elif kind == "size":
+            if stage["size"] != "kelly":
+                errors.append(f"{where}.size: unknown sizing {stage['size']!r}; known: 'kelly'")
+                continue
+            if kelly is not None:
+                errors.append(f"{where}: a second size stage")
+            try:
+                kelly = KellyParams.model_validate({k: v for k, v in stage.items() if k != "size"})
+                names.append("size:kelly")
+            except ValidationError as err:
+                errors.extend(_fmt(where, err))
+        else:
+            try:
+                execute = ExecuteConfig.model_validate(stage["execute"] or {})
+                names.append(f"execute:{execute.venue}")
+            except ValidationError as err:
+                errors.extend(_fmt(f"{where}.execute", err))
+                execute = ExecuteConfig()
+    if not any("size" in stage for stage in top.stages if isinstance(stage, dict)):
+        errors.append("stages: missing `- size: kelly`")
+    if execute is None:
+        errors.append("stages: missing `- execute:` (it must be the last stage)")
+    if errors:
+        raise ConfigError(errors)
+    state_dir = Path(top.state_dir)
+    return Pipeline(
+        path=path, source=top.source,
+        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
+        clickhouse=top.clickhouse, redis=top.redis, filters=filters,
+        kelly=kelly, execute=execute, stages=names,  # type: ignore[arg-type]
+    )
+
+
+def load(path: str | Path, env: dict[str, str] | None = None) -> Pipeline:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError([f"{p}: {err.strerror}"]) from None
+    return parse(text, p, env)

@@ -1,0 +1,108 @@
+"""The seven audit stages and the events they record.
+
+One event per stage a signal reaches, each self-describing, so any trade's
+whole decision chain can be rebuilt from the events alone (``apex audit``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
+FILTER_CHECK = "FILTER_CHECK"
+POSITION_SIZING = "POSITION_SIZING"
+EXECUTION_ATTEMPT = "EXECUTION_ATTEMPT"
+EXECUTION_CONFIRMED = "EXECUTION_CONFIRMED"
+TRADE_OPEN = "TRADE_OPEN"
+TRADE_CLOSED = "TRADE_CLOSED"
+STAGES = (
+    SIGNAL_RECEIVED,
+    FILTER_CHECK,
+    POSITION_SIZING,
+    EXECUTION_ATTEMPT,
+    EXECUTION_CONFIRMED,
+    TRADE_OPEN,
+    TRADE_CLOSED,
+)
+
+# Terminal outcomes: a signal that reached one of these is decided and its
+# stream entry may be acknowledged once the record of it is durable.
+TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected")
+
+
+@dataclass(slots=True)
+class Event:
+    stream_id: str
+    signal_id: str
+    stage: str
+    outcome: str
+    ts_ms: int
+    seq: int = 0
+    reason: str = ""
+    source: str = ""
+    venue: str = ""
+    symbol: str = ""
+    size_usd: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    latency_us: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Event":
+        return cls(**d)
+
+    def as_row(self) -> dict[str, Any]:
+        """The ClickHouse row: details as JSON text."""
+        row = self.to_dict()
+        row["details"] = json.dumps(self.details, sort_keys=True, default=str)
+        return row
+
+
+@dataclass(slots=True)
+class Chain:
+    """The events of one stream entry in stage order, with a running sequence
+    number so two events in the same millisecond still sort as they happened."""
+
+    stream_id: str
+    signal_id: str
+    ts_ms: int
+    source: str = ""
+    venue: str = ""
+    symbol: str = ""
+    events: list[Event] = field(default_factory=list)
+
+    def add(self, stage: str, outcome: str, reason: str = "", *, ts_ms: int | None = None,
+            size_usd: float | None = None, **details: Any) -> Event:
+        ev = Event(
+            self.stream_id, self.signal_id, stage, outcome,
+            self.ts_ms if ts_ms is None else ts_ms, len(self.events), reason,
+            self.source, self.venue, self.symbol, size_usd, details,
+        )
+        self.events.append(ev)
+        return ev
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one stream entry came to: its events and whether it may be acked.
+
+    ``terminal`` False means an infrastructure error stopped it short of a
+    decision: the entry must stay pending so it is delivered again.
+    """
+
+    stream: str
+    stream_id: str
+    signal_id: str
+    outcome: str
+    reason: str = ""
+    events: list[Event] = field(default_factory=list)
+    executions: list[dict[str, Any]] = field(default_factory=list)
+    drop: dict[str, Any] | None = None
+    terminal: bool = True
+    fields: dict[str, str] = field(default_factory=dict)
+    received_ns: int = 0
+    deliveries: int = 1

@@ -1,0 +1,89 @@
+"""From a received signal to either a named drop or an order to send.
+
+Filters run in the order ``pipeline.yaml`` lists them and the first that fails
+names the drop. Stateless filters run earlier, each in its own Bytewax step,
+and hand over the position of their failure (``early``); the portfolio step
+then runs only the portfolio filters listed before that position, so the
+reason recorded is exactly what running the list top to bottom would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from operators.filters import Filter
+from operators.kelly import KellyParams, Sizing, size
+from operators.portfolio import Portfolio
+from operators.signal import Signal
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyDrop:
+    """The first stateless filter that failed: its place in the list and name."""
+
+    index: int
+    name: str
+
+
+@dataclass(slots=True)
+class Verdict:
+    outcome: str  # duplicate | expired | dropped | order
+    reason: str | None = None
+    checked: list[tuple[str, bool]] = field(default_factory=list)
+    sizing: Sizing | None = None
+    age_ms: int = 0
+
+
+def is_expired(signal: Signal, clock_ms: int) -> bool:
+    return clock_ms - signal.emitted_ms > signal.ttl_seconds * 1000
+
+
+def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams) -> Sizing:
+    price = signal.reference_price or book.price_of(signal.venue, signal.symbol) or 0.0
+    return size(
+        signal,
+        nav=book.nav,
+        vol=book.vol_estimator.annualized(),
+        drawdown=book.drawdown,
+        tracker_multiplier=book.tracker.multiplier(),
+        price=price,
+        params=params,
+    )
+
+
+def judge(
+    signal: Signal,
+    *,
+    clock_ms: int,
+    already_decided: bool,
+    book: Portfolio,
+    filters: list[Filter],
+    early: EarlyDrop | None,
+    kelly: KellyParams,
+) -> Verdict:
+    age = clock_ms - signal.emitted_ms
+    if already_decided:
+        return Verdict("duplicate", "signal_id already decided", age_ms=age)
+    if is_expired(signal, clock_ms):
+        return Verdict("expired", "ttl", age_ms=age)
+    sizing = proposed_sizing(signal, book, kelly)
+    checked: list[tuple[str, bool]] = []
+    view = None
+    stop = early.index if early else len(filters)
+    for f in filters[:stop]:
+        if not f.needs_portfolio:
+            checked.append((f.name, True))  # passed in its own step already
+            continue
+        view = view or book.view(sizing.size_usd)
+        ok = f(signal, view)
+        checked.append((f.name, ok))
+        if not ok:
+            return Verdict("dropped", f.name, checked, sizing, age)
+    if early:
+        checked.append((early.name, False))
+        return Verdict("dropped", early.name, checked, sizing, age)
+    if sizing.price <= 0:
+        return Verdict("dropped", "no_price", checked, sizing, age)
+    if sizing.quantity <= 0:
+        return Verdict("dropped", "min_size", checked, sizing, age)
+    return Verdict("order", None, checked, sizing, age)

@@ -1,0 +1,154 @@
+"""The risk filters. Each returns True to pass and False to drop; the drop
+reason is the filter's name, so every denial in the audit trail is named.
+
+Every filter has the same shape as a user's own: ``f(signal, portfolio, **params)``.
+``portfolio`` is a ``PortfolioView``: the book as it stands when this signal
+is decided, plus the size the Kelly stage would give it, so concentration and
+margin answer the same wherever sizing sits in ``pipeline.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from operators.signal import REGIMES, SOURCES, Signal
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfidenceParams(Params):
+    min: float = Field(0.65, ge=0, le=1, description="drop when confidence is below; equal passes")
+
+
+class RegimeParams(Params):
+    incompatible: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "trend_following": ["choppy"],
+            "mean_reversion": ["trending_up", "trending_down"],
+        },
+        description="source -> regimes it must not trade in; unlisted sources are regime-agnostic",
+    )
+
+    @field_validator("incompatible")
+    @classmethod
+    def _known(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for src, regimes in v.items():
+            if src not in SOURCES:
+                raise ValueError(f"unknown source {src!r}; known: {', '.join(SOURCES)}")
+            bad = [r for r in regimes if r not in REGIMES]
+            if bad:
+                raise ValueError(f"unknown regime {bad[0]!r} for {src}; known: {', '.join(REGIMES)}")
+        return v
+
+
+DEFAULT_UNIVERSE = {
+    "okx": [
+        f"{c}-USDT"
+        for c in ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "AVAX", "LINK", "DOT", "LTC")
+    ],
+    "ibkr": ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM", "SPY", "QQQ"],
+}
+
+
+class UniverseParams(Params):
+    universe: dict[str, frozenset[str]] = Field(
+        default_factory=lambda: {k: frozenset(v) for k, v in DEFAULT_UNIVERSE.items()},
+        description="venue -> tradeable symbols (the loader turns a file path into its lines)",
+    )
+
+
+class ConcentrationParams(Params):
+    max_nav_fraction: float = Field(0.05, gt=0, le=1)
+
+
+class MarginParams(Params):
+    initial_margin_rate: float = Field(0.5, gt=0, le=1)
+    max_utilization: float = Field(0.80, gt=0, le=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioView:
+    """What a filter may read of the book; read-only so a filter cannot trade."""
+
+    nav: float
+    position_values: dict[tuple[str, str], float]
+    proposed_usd: float
+
+    def position_value(self, venue: str, symbol: str) -> float:
+        return self.position_values.get((venue, symbol), 0.0)
+
+    def available_funds(self, venue: str, margin_rate: float) -> float:
+        """Paper-mode available funds: NAV less the margin held by the venue's open positions."""
+        held = sum(abs(v) for (ven, _), v in self.position_values.items() if ven == venue)
+        return self.nav - margin_rate * held
+
+
+def confidence(signal: Signal, portfolio: PortfolioView, *, min: float) -> bool:
+    return signal.confidence >= min
+
+
+def regime_compatibility(
+    signal: Signal, portfolio: PortfolioView, *, incompatible: dict[str, list[str]]
+) -> bool:
+    return signal.regime not in incompatible.get(signal.source, ())
+
+
+def symbol_universe(
+    signal: Signal, portfolio: PortfolioView, *, universe: dict[str, frozenset[str]]
+) -> bool:
+    return signal.symbol in universe.get(signal.venue, ())
+
+
+def concentration(signal: Signal, portfolio: PortfolioView, *, max_nav_fraction: float) -> bool:
+    held = abs(portfolio.position_value(signal.venue, signal.symbol))
+    return held + portfolio.proposed_usd <= max_nav_fraction * portfolio.nav
+
+
+def margin(
+    signal: Signal,
+    portfolio: PortfolioView,
+    *,
+    initial_margin_rate: float,
+    max_utilization: float,
+) -> bool:
+    if signal.venue != "ibkr":
+        return True
+    available = portfolio.available_funds("ibkr", initial_margin_rate)
+    return portfolio.proposed_usd * initial_margin_rate <= max_utilization * available
+
+
+FilterFn = Callable[..., bool]
+
+
+@dataclass(frozen=True)
+class Builtin:
+    fn: FilterFn
+    params: type[Params]
+    needs_portfolio: bool
+
+
+BUILTINS: dict[str, Builtin] = {
+    "confidence": Builtin(confidence, ConfidenceParams, False),
+    "regime_compatibility": Builtin(regime_compatibility, RegimeParams, False),
+    "symbol_universe": Builtin(symbol_universe, UniverseParams, False),
+    "concentration": Builtin(concentration, ConcentrationParams, True),
+    "margin": Builtin(margin, MarginParams, True),
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One configured filter: its reason name, function and bound parameters."""
+
+    name: str
+    fn: FilterFn
+    params: dict[str, Any]
+    needs_portfolio: bool
+
+    def __call__(self, signal: Signal, portfolio: PortfolioView) -> bool:
+        return bool(self.fn(signal, portfolio, **self.params))

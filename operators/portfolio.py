@@ -1,0 +1,135 @@
+"""The one book every decision reads and every fill changes.
+
+Kept in a single Bytewax stateful step keyed on one portfolio key, so each
+signal sees every earlier fill: concurrent decisions would let two orders
+pass a concentration check that only one of them should.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from operators.filters import PortfolioView
+from operators.kelly import KellyParams, KellyTracker
+
+MINUTES_PER_YEAR = 365 * 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A venue's confirmation of one order: what the book must now reflect."""
+
+    signal_id: str
+    client_order_id: str
+    order_id: str
+    venue: str
+    symbol: str
+    side: str
+    quantity: float
+    price: float
+    fee_usd: float
+    ts_ms: int
+
+    @property
+    def signed_qty(self) -> float:
+        return self.quantity if self.side == "buy" else -self.quantity
+
+
+@dataclass(slots=True)
+class OpenTrade:
+    signal_id: str
+    venue: str
+    symbol: str
+    side: str
+    quantity: float
+    entry_price: float
+    entry_ms: int
+    fee_usd: float
+
+
+class VolEstimator:
+    """Annualized volatility of the book from one-minute NAV returns on the
+    stream clock (the last NAV seen in each minute), over the trailing
+    ``window`` minutes, scaled by sqrt(minutes per year): crypto trades all
+    year, and a replay must reach the same number as the live run did."""
+
+    def __init__(self, window: int = 60):
+        self._returns: deque[float] = deque(maxlen=window)
+        self._minute: int | None = None
+        self._last_close: float | None = None
+        self._current: float | None = None
+
+    def observe(self, clock_ms: int, nav: float) -> None:
+        minute = clock_ms // 60_000
+        if self._minute is not None and minute != self._minute and self._current is not None:
+            if self._last_close is not None and self._last_close > 0 and self._current > 0:
+                self._returns.append(math.log(self._current / self._last_close))
+            self._last_close = self._current
+        self._minute = minute
+        self._current = nav
+
+    def annualized(self) -> float:
+        n = len(self._returns)
+        if n < 2:
+            return 0.0
+        mean = sum(self._returns) / n
+        var = sum((r - mean) ** 2 for r in self._returns) / (n - 1)
+        return math.sqrt(var) * math.sqrt(MINUTES_PER_YEAR)
+
+
+@dataclass
+class Portfolio:
+    initial_nav: float
+    kelly: KellyParams
+    cash: float = field(init=False)
+    peak: float = field(init=False)
+    positions: dict[tuple[str, str], float] = field(default_factory=dict)
+    marks: dict[tuple[str, str], float] = field(default_factory=dict)
+    open_trades: dict[str, OpenTrade] = field(default_factory=dict)
+    fills: int = 0
+
+    def __post_init__(self) -> None:
+        self.cash = self.initial_nav
+        self.peak = self.initial_nav
+        self.tracker = KellyTracker(self.kelly.tracker)
+        self.vol_estimator = VolEstimator()
+
+    @property
+    def nav(self) -> float:
+        return self.cash + sum(q * self.marks.get(k, 0.0) for k, q in self.positions.items())
+
+    @property
+    def drawdown(self) -> float:
+        return max(0.0, 1 - self.nav / self.peak) if self.peak > 0 else 0.0
+
+    def position_values(self) -> dict[tuple[str, str], float]:
+        return {k: q * self.marks.get(k, 0.0) for k, q in self.positions.items() if q}
+
+    def view(self, proposed_usd: float) -> PortfolioView:
+        return PortfolioView(self.nav, self.position_values(), proposed_usd)
+
+    def price_of(self, venue: str, symbol: str) -> float | None:
+        return self.marks.get((venue, symbol))
+
+    def _observe(self, clock_ms: int) -> None:
+        nav = self.nav
+        self.peak = max(self.peak, nav)
+        self.vol_estimator.observe(clock_ms, nav)
+
+    def mark(self, venue: str, symbol: str, price: float, clock_ms: int) -> None:
+        self.marks[(venue, symbol)] = price
+        self._observe(clock_ms)
+
+    def apply_fill(self, fill: Fill) -> None:
+        key = (fill.venue, fill.symbol)
+        self.positions[key] = self.positions.get(key, 0.0) + fill.signed_qty
+        self.cash -= fill.signed_qty * fill.price + fill.fee_usd
+        self.marks[key] = fill.price
+        self.open_trades[fill.signal_id] = OpenTrade(
+            fill.signal_id, fill.venue, fill.symbol, fill.side, fill.quantity,
+            fill.price, fill.ts_ms, fill.fee_usd,
+        )
+        self.fills += 1
+        self._observe(fill.ts_ms)

@@ -1,0 +1,177 @@
+"""The signal schema: the contract between Argus (the producer) and Apex.
+
+A signal is a complete decision document: everything filtering, sizing and
+exits need travels inside it, so Apex never asks Argus anything while it
+executes. Version 1.0 is the base; 1.1 adds ``regime_change_alert``. Any other
+major version is refused, because a new major means the producer changed the
+meaning of a field and guessing would trade on a misread signal.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+Source = Literal[
+    "mean_reversion",
+    "novelty_anomaly",
+    "regime_caution",
+    "trend_following",
+    "macro",
+    "smart_money",
+]
+SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
+Venue = Literal["okx", "ibkr"]
+Side = Literal["buy", "sell"]
+Regime = Literal["trending_up", "trending_down", "choppy"]
+REGIMES: tuple[str, ...] = Regime.__args__  # type: ignore[attr-defined]
+
+
+def _real(value: object) -> float:
+    """Accept ints and floats only: a string or a bool that happens to coerce
+    to a number is a producer bug and must not size a position."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a real number, not " + type(value).__name__)
+    out = float(value)
+    if math.isnan(out) or math.isinf(out):
+        raise ValueError("must be finite")
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def unknown_fields(self, prefix: str = "") -> list[str]:
+        """Fields the producer sent that this version does not know: logged, never rejected."""
+        out = [prefix + k for k in (self.model_extra or {})]
+        for name in type(self).model_fields:
+            child = getattr(self, name)
+            if isinstance(child, _Strict):
+                out += child.unknown_fields(prefix + name + ".")
+        return out
+
+
+class ExitRules(_Strict):
+    """How the trade ends; ``description`` is the plain-English rule the producer wrote."""
+
+    description: str = ""
+    hard_stop_pct: float | None = Field(default=None, gt=0, lt=1)
+    exit_regimes: list[Regime] = Field(default_factory=list)
+    max_holding_hours: float | None = Field(default=None, gt=0)
+
+    _reals = field_validator("hard_stop_pct", "max_holding_hours", mode="before")(
+        lambda v: v if v is None else _real(v)
+    )
+
+
+class BacktestStats(_Strict):
+    """What the strategy promised; realized results are compared against it."""
+
+    win_rate: float = Field(ge=0, le=1)
+    avg_win: float | None = None
+    avg_loss: float | None = None
+    trades: int | None = Field(default=None, ge=0)
+
+    _reals = field_validator("win_rate", mode="before")(lambda v: _real(v))
+
+
+class Signal(_Strict):
+    """Schema version 1.x. Field order follows the producer's document."""
+
+    version: str = Field(pattern=r"^1\.\d+$", description="major 1 only")
+    signal_id: str = Field(min_length=1, max_length=128)
+    timestamp: AwareDatetime = Field(description="emit time, ISO-8601 with zone")
+    ttl_seconds: int = Field(gt=0, strict=True)
+    source: Source
+    venue: Venue
+    symbol: str = Field(min_length=1)
+    side: Side
+    confidence: float = Field(ge=0, le=1)
+    regime: Regime
+    reference_price: float | None = Field(default=None, gt=0)
+    suggested_kelly: float = Field(ge=0, le=1)
+    max_position_usd: float = Field(gt=0)
+    holding_period_hours: float = Field(gt=0)
+    exit_rules: ExitRules
+    backtest_stats: BacktestStats
+    regime_change_alert: bool = Field(default=False, description="added in 1.1")
+
+    _reals = field_validator(
+        "confidence",
+        "reference_price",
+        "suggested_kelly",
+        "max_position_usd",
+        "holding_period_hours",
+        mode="before",
+    )(lambda v: v if v is None else _real(v))
+
+    @property
+    def emitted_ms(self) -> int:
+        return int(self.timestamp.timestamp() * 1000)
+
+    @property
+    def max_holding_hours(self) -> float:
+        return self.exit_rules.max_holding_hours or self.holding_period_hours
+
+
+class Invalid(Exception):
+    """A payload that must never be executed; ``reason`` is what the audit trail records."""
+
+    def __init__(self, reason: str, signal_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.signal_id = signal_id
+
+
+def _first_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"]) or "payload"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_signal(payload: str | bytes | None) -> Signal:
+    """Turn a stream entry's ``payload`` into a Signal or raise ``Invalid``."""
+    if payload is None:
+        raise Invalid("missing payload field")
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise Invalid(f"payload_too_large: {len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return Signal.model_validate_json(raw)
+    except ValidationError as err:
+        kinds = {e["type"] for e in err.errors()}
+        if "json_invalid" in kinds:
+            raise Invalid("not_json: " + _first_error(err)) from None
+        if "model_type" in kinds and any(e["loc"] == () for e in err.errors()):
+            raise Invalid("not_object: payload must be a JSON object") from None
+        raise Invalid("schema: " + _first_error(err), _guess_id(raw)) from None
+
+
+def _guess_id(raw: bytes) -> str | None:
+    """Best-effort signal_id of a payload that failed validation, so the audit
+    trail can name the signal a producer will ask about."""
+    import json
+
+    try:
+        sid = json.loads(raw).get("signal_id")
+    except (ValueError, AttributeError):
+        return None
+    return sid if isinstance(sid, str) and 0 < len(sid) <= 128 else None
+
+
+def signal_time(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
