@@ -118,9 +118,11 @@ def _print_summary(s: dict) -> None:
     lat = Table(title="processing latency (µs)")
     for c in ("", "p50", "p99", "p999", "max"):
         lat.add_column(c, justify="right")
-    for name, key in (("receipt → decided", "decision_latency_us"), ("receipt → durable", "durable_latency_us")):
+    for name, key in (("portfolio step (decide, ledger, venue)", "step_latency_us"),
+                      ("receipt → decided", "decision_latency_us"),
+                      ("receipt → durable (audited, acked)", "durable_latency_us")):
         v = s[key]
-        lat.add_row(name, *(f"{v[q]:.0f}" for q in ("p50", "p99", "p999", "max")))
+        lat.add_row(name, *(f"{v[q]:,.0f}" for q in ("p50", "p99", "p999", "max")))
     out.print(lat)
     out.print(f"fills: {s['fills']}   {s['entries']} entries in {s['seconds']} s "
               f"= {s['entries_per_second']:.0f} entries/s", highlight=False)
@@ -156,21 +158,45 @@ def audit(
         raise typer.Exit(1)
     if format == "jsonl":
         for r in rows:
-            r["ts"] = r["ts"].isoformat()
+            r["ts"] = r["ts"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             r["details"] = json.loads(r["details"])
             sys.stdout.write(json.dumps(r, default=str) + "\n")
         return
-    t = Table(title=f"decision chain of {signal_id}" if signal_id else "audit events")
-    for c in ("ts", "stream_id", "stage", "outcome", "reason", "size_usd", "details"):
-        t.add_column(c, overflow="fold")
+    first = rows[0] if rows else {}
+    title = (f"decision chain of {signal_id}: {first['venue']} {first['symbol']} from {first['source']}"
+             if signal_id else f"{len(rows)} audit events")
+    t = Table(title=title, show_lines=False)
+    for c in ("time (UTC)", "stream id", "stage", "outcome", "size usd", "why"):
+        t.add_column(c, overflow="fold", no_wrap=c != "why")
     for r in rows:
         size = "" if r["size_usd"] is None else f"{r['size_usd']:,.2f}"
-        t.add_row(r["ts"].isoformat(timespec="milliseconds"), r["stream_id"], r["stage"], r["outcome"],
-                  r["reason"], size, r["details"] if r["details"] != "{}" else "")
+        why = " ".join(x for x in (r["reason"], _brief(json.loads(r["details"]))) if x)
+        t.add_row(r["ts"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], r["stream_id"], r["stage"],
+                  r["outcome"], size, why)
     out.print(t)
 
 
+def _brief(details: dict) -> str:
+    """One line of key=value with numbers at readable precision."""
+    parts = []
+    for k, v in details.items():
+        if k == "checked":
+            v = " ".join(f"{name}{'✓' if ok else '✗'}" for name, ok in v)
+            parts.append(v)
+            continue
+        if isinstance(v, float):
+            v = f"{v:.6g}"
+        elif isinstance(v, list):
+            if not v:
+                continue
+            v = ",".join(map(str, v))
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
 def main() -> None:
+    import apex.stream_cli  # noqa: F401  (registers publish, record, status)
+
     app()
 
 

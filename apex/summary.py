@@ -51,6 +51,7 @@ class RunStats:
 
     outcomes: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
+    step_us: Reservoir = field(default_factory=Reservoir)
     decision_us: Reservoir = field(default_factory=Reservoir)
     durable_us: Reservoir = field(default_factory=Reservoir)
     entries: int = 0
@@ -65,6 +66,7 @@ class RunStats:
                 self.drops[o.reason] += 1
             elif o.outcome == "error" and not self.first_error:
                 self.first_error = o.reason
+            self.step_us.add(o.step_us)
             if o.events:
                 self.decision_us.add(o.events[-1].latency_us)
             self.durable_us.add((done_ns - o.received_ns) / 1000)
@@ -85,6 +87,7 @@ class RunStats:
             "dropped_before_sizing": (sum(v for k, v in self.drops.items() if k not in ("min_size", "no_price"))
                                       / received) if received else 0.0,
             "fills": self.outcomes["filled"],
+            "step_latency_us": self.step_us.percentiles(),
             "decision_latency_us": self.decision_us.percentiles(),
             "durable_latency_us": self.durable_us.percentiles(),
         }

@@ -32,13 +32,12 @@ class Observer(Protocol):
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None: ...
 
 
-def rows_of(outcomes: list[Outcome], recorded_at_ms: float) -> dict[str, list[dict]]:
+def rows_of(outcomes: list[Outcome], recorded_ms: int) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {"audit_events": [], "filter_drops": [], "executions": []}
     for o in outcomes:
         for ev in o.events:
             row = ev.as_row()
-            row["ts"] = row.pop("ts_ms")
-            row["recorded_at"] = recorded_at_ms
+            row["recorded_ms"] = recorded_ms
             rows["audit_events"].append(row)
         if o.drop:
             rows["filter_drops"].append(o.drop)
@@ -51,7 +50,7 @@ class _AuditPartition(StatelessSinkPartition[Outcome]):
         self.store, self.acker, self.observer = store, acker, observer
 
     def write_batch(self, items: list[Outcome]) -> None:
-        self.store.write(rows_of(items, time.time() * 1000))
+        self.store.write(rows_of(items, time.time_ns() // 1_000_000))
         self.acker.settle(items)
         if self.observer is not None:
             self.observer.observe(items, time.perf_counter_ns())

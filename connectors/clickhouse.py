@@ -2,14 +2,14 @@
 
 ``chdb://PATH`` runs ClickHouse in-process (the embedded default, under the
 state dir); ``http://user:pass@host:8123/db`` reaches a server with the same
-DDL and the same inserts. Tables are ReplacingMergeTree keyed so that an
+DDL and the same inserts. Times are stored as epoch milliseconds (cheap to insert) with DateTime64
+ALIAS columns (``ts``, ``entry_ts``, ``exit_ts``) for reading. Tables are ReplacingMergeTree keyed so that an
 entry redelivered after a crash rewrites the same rows instead of adding
 copies: at-least-once delivery, exactly-once audit rows (read with FINAL).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import clickhouse_connect
@@ -19,49 +19,49 @@ DDL = {
         CREATE TABLE IF NOT EXISTS audit_events (
             signal_id String, stream_id String, seq UInt16,
             stage LowCardinality(String), outcome LowCardinality(String), reason String,
-            ts DateTime64(3, 'UTC'), source LowCardinality(String), venue LowCardinality(String),
+            ts_ms Int64, source LowCardinality(String), venue LowCardinality(String),
             symbol LowCardinality(String), size_usd Nullable(Float64), details String,
-            latency_us UInt64, recorded_at DateTime64(6, 'UTC')
-        ) ENGINE = ReplacingMergeTree(recorded_at) ORDER BY (signal_id, stream_id, seq)""",
+            latency_us UInt64, recorded_ms Int64,
+            ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
+        ) ENGINE = ReplacingMergeTree(recorded_ms) ORDER BY (signal_id, stream_id, seq)""",
     "filter_drops": """
         CREATE TABLE IF NOT EXISTS filter_drops (
             signal_id String, stream_id String, filter LowCardinality(String),
-            ts DateTime64(3, 'UTC'), source LowCardinality(String), venue LowCardinality(String),
-            symbol LowCardinality(String), confidence Float64, regime LowCardinality(String)
+            ts_ms Int64, source LowCardinality(String), venue LowCardinality(String),
+            symbol LowCardinality(String), confidence Float64, regime LowCardinality(String),
+            ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY (signal_id, stream_id)""",
     "executions": """
         CREATE TABLE IF NOT EXISTS executions (
             signal_id String, client_order_id String, kind LowCardinality(String),
             venue LowCardinality(String), symbol LowCardinality(String), side LowCardinality(String),
-            quantity Float64, price Float64, fee_usd Float64, order_id String, ts DateTime64(3, 'UTC')
+            quantity Float64, price Float64, fee_usd Float64, order_id String, ts_ms Int64,
+            ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY (signal_id, client_order_id)""",
     "trades": """
         CREATE TABLE IF NOT EXISTS trades (
             signal_id String, source LowCardinality(String), venue LowCardinality(String),
             symbol LowCardinality(String), side LowCardinality(String),
-            entry_ts DateTime64(3, 'UTC'), exit_ts DateTime64(3, 'UTC'),
+            entry_ms Int64, exit_ms Int64,
             entry_price Float64, exit_price Float64, quantity Float64, fees_usd Float64,
             pnl_usd Float64, return_pct Float64, exit_reason LowCardinality(String),
-            expected_win_rate Float64, avg_win Nullable(Float64), avg_loss Nullable(Float64)
+            expected_win_rate Float64, avg_win Nullable(Float64), avg_loss Nullable(Float64),
+            entry_ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(entry_ms),
+            exit_ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(exit_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY signal_id""",
 }
 
 COLUMNS = {
-    "audit_events": ["signal_id", "stream_id", "seq", "stage", "outcome", "reason", "ts", "source",
-                     "venue", "symbol", "size_usd", "details", "latency_us", "recorded_at"],
-    "filter_drops": ["signal_id", "stream_id", "filter", "ts", "source", "venue", "symbol",
+    "audit_events": ["signal_id", "stream_id", "seq", "stage", "outcome", "reason", "ts_ms", "source",
+                     "venue", "symbol", "size_usd", "details", "latency_us", "recorded_ms"],
+    "filter_drops": ["signal_id", "stream_id", "filter", "ts_ms", "source", "venue", "symbol",
                      "confidence", "regime"],
     "executions": ["signal_id", "client_order_id", "kind", "venue", "symbol", "side", "quantity",
-                   "price", "fee_usd", "order_id", "ts"],
-    "trades": ["signal_id", "source", "venue", "symbol", "side", "entry_ts", "exit_ts", "entry_price",
+                   "price", "fee_usd", "order_id", "ts_ms"],
+    "trades": ["signal_id", "source", "venue", "symbol", "side", "entry_ms", "exit_ms", "entry_price",
                "exit_price", "quantity", "fees_usd", "pnl_usd", "return_pct", "exit_reason",
                "expected_win_rate", "avg_win", "avg_loss"],
 }
-TIME_COLUMNS = {"ts", "recorded_at", "entry_ts", "exit_ts"}
-
-
-def to_dt(ms: int | float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def connect(dsn: str):
@@ -83,7 +83,7 @@ class AuditStore:
             if not items:
                 continue
             cols = COLUMNS[table]
-            data = [[_cell(c, r.get(c)) for c in cols] for r in items]
+            data = [[r.get(c) for c in cols] for r in items]
             self.client.insert(table, data, column_names=cols)
 
     def query(self, sql: str, parameters: dict | None = None) -> list[tuple]:
@@ -95,9 +95,3 @@ class AuditStore:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _cell(column: str, value: Any) -> Any:
-    if column in TIME_COLUMNS and isinstance(value, (int, float)):
-        return to_dt(value)
-    return value

@@ -45,6 +45,7 @@ class Executor:
         else:
             self.ledger.record_intent(order.client_order_id, order.signal_id, order.kind, order.venue,
                                       order.symbol, order.side, order.quantity, order.ts_ms)
+        self.ledger.checkpoint()  # the intent is durable before the order can leave
         try:
             fill = self.venue.place(order)
         except Rejected as err:

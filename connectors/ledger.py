@@ -13,12 +13,14 @@ entries were then not acknowledged either, so Redis redelivers them.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import orjson
+
+from operators.audit import dumps
 from operators.portfolio import Fill
 
 SCHEMA = """
@@ -70,11 +72,27 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def begin(self) -> None:
+        """Open one transaction for a whole Bytewax batch: one commit per batch, not per signal."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
+
+    def commit(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Make everything so far durable now, and go on in a new transaction.
+        Called right before an order leaves: the intent must outlive a crash."""
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+            self.db.execute("BEGIN")
+
     def decided(self, signal_id: str) -> Decided | None:
         row = self.db.execute(
             "SELECT stream_id, outcome, events FROM decisions WHERE signal_id = ?", (signal_id,)
         ).fetchone()
-        return Decided(row[0], row[1], json.loads(row[2])) if row else None
+        return Decided(row[0], row[1], orjson.loads(row[2])) if row else None
 
     def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str,
                         ts_ms: int, events: list[dict[str, Any]]) -> None:
@@ -84,7 +102,7 @@ class Ledger:
             "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
             " outcome=excluded.outcome, reason=excluded.reason, events=excluded.events"
             " WHERE decisions.stream_id = excluded.stream_id",
-            (signal_id, stream_id, outcome, reason, ts_ms, json.dumps(events, default=str)),
+            (signal_id, stream_id, outcome, reason, ts_ms, dumps(events)),
         )
 
     def execution(self, client_order_id: str) -> sqlite3.Row | None:

@@ -20,7 +20,7 @@ from bytewax.dataflow import Dataflow
 from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.recording import RecordingSource
 from dataflows.config import Pipeline, load
-from dataflows.steps import PortfolioStep, stateless_filter, validate
+from dataflows.steps import PortfolioLogic, PortfolioStep, stateless_filter, validate
 
 PORTFOLIO_KEY = "portfolio"
 
@@ -70,7 +70,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
     keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    decided = op.stateful_map("portfolio", keyed, PortfolioStep(pipeline))
+    step = PortfolioStep(pipeline)
+    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     op.output("audit", outcomes, AuditSink(pipeline.clickhouse_dsn, acker, observer))
     return flow, Wiring(pipeline, src, acker)

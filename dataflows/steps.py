@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bytewax.operators import StatefulBatchLogic
+
 from connectors.entry import Entry
 from connectors.execution import Executor
 from connectors.ledger import Decided, Ledger
@@ -85,6 +87,7 @@ class PortfolioStep:
     def __call__(self, book: Portfolio | None, item: Received) -> tuple[Portfolio, Outcome]:
         book = book or self.new_book()
         e = item.entry
+        t0 = time.perf_counter_ns()
         try:
             if item.signal is None:
                 out = self._invalid(item)
@@ -96,7 +99,9 @@ class PortfolioStep:
                           terminal=False, fields=e.fields)
         out.received_ns = e.received_ns
         out.deliveries = e.deliveries
-        latency = (time.perf_counter_ns() - e.received_ns) // 1000
+        now = time.perf_counter_ns()
+        out.step_us = (now - t0) / 1000
+        latency = (now - e.received_ns) // 1000
         for ev in out.events:
             ev.latency_us = latency
         return book, out
@@ -134,7 +139,7 @@ class PortfolioStep:
                   checked=v.checked)
         if not passed:
             out.drop = {"signal_id": sig.signal_id, "stream_id": e.stream_id, "filter": v.reason,
-                        "ts": e.clock_ms, "source": sig.source, "venue": sig.venue,
+                        "ts_ms": e.clock_ms, "source": sig.source, "venue": sig.venue,
                         "symbol": sig.symbol, "confidence": sig.confidence, "regime": sig.regime}
             return self._record(out, sig)
         sz = v.sizing
@@ -201,4 +206,28 @@ class PortfolioStep:
 def _execution_row(fill: Fill, kind: str) -> dict:
     return {"signal_id": fill.signal_id, "client_order_id": fill.client_order_id, "kind": kind,
             "venue": fill.venue, "symbol": fill.symbol, "side": fill.side, "quantity": fill.quantity,
-            "price": fill.price, "fee_usd": fill.fee_usd, "order_id": fill.order_id, "ts": fill.ts_ms}
+            "price": fill.price, "fee_usd": fill.fee_usd, "order_id": fill.order_id, "ts_ms": fill.ts_ms}
+
+
+class PortfolioLogic(StatefulBatchLogic):
+    """The portfolio step per Bytewax batch: one ledger transaction a batch, so
+    the sink that follows (and acks) only ever sees decisions already durable."""
+
+    def __init__(self, step: PortfolioStep, book: Portfolio | None):
+        self.step = step
+        self.book = book
+
+    def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
+        ledger = self.step.ledger
+        ledger.begin()
+        out = []
+        try:
+            for item in values:
+                self.book, o = self.step(self.book, item)
+                out.append(o)
+        finally:
+            ledger.commit()
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> Portfolio | None:
+        return self.book

@@ -95,10 +95,13 @@ class Portfolio:
         self.peak = self.initial_nav
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
+        self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
 
     @property
     def nav(self) -> float:
-        return self.cash + sum(q * self.marks.get(k, 0.0) for k, q in self.positions.items())
+        if self._nav is None:
+            self._nav = self.cash + sum(q * self.marks.get(k, 0.0) for k, q in self.positions.items())
+        return self._nav
 
     @property
     def drawdown(self) -> float:
@@ -120,6 +123,7 @@ class Portfolio:
 
     def mark(self, venue: str, symbol: str, price: float, clock_ms: int) -> None:
         self.marks[(venue, symbol)] = price
+        self._nav = None
         self._observe(clock_ms)
 
     def apply_fill(self, fill: Fill) -> None:
@@ -127,6 +131,7 @@ class Portfolio:
         self.positions[key] = self.positions.get(key, 0.0) + fill.signed_qty
         self.cash -= fill.signed_qty * fill.price + fill.fee_usd
         self.marks[key] = fill.price
+        self._nav = None
         self.open_trades[fill.signal_id] = OpenTrade(
             fill.signal_id, fill.venue, fill.symbol, fill.side, fill.quantity,
             fill.price, fill.ts_ms, fill.fee_usd,

@@ -10,8 +10,7 @@ meaning of a field and guessing would trade on a misread signal.
 from __future__ import annotations
 
 import math
-from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -53,13 +52,13 @@ def _real(value: object) -> float:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    nested: ClassVar[tuple[str, ...]] = ()  # fields holding a nested _Strict model
+
     def unknown_fields(self, prefix: str = "") -> list[str]:
         """Fields the producer sent that this version does not know: logged, never rejected."""
-        out = [prefix + k for k in (self.model_extra or {})]
-        for name in type(self).model_fields:
-            child = getattr(self, name)
-            if isinstance(child, _Strict):
-                out += child.unknown_fields(prefix + name + ".")
+        out = [prefix + k for k in self.__pydantic_extra__ or ()]
+        for name in self.nested:
+            out += getattr(self, name).unknown_fields(prefix + name + ".")
         return out
 
 
@@ -107,6 +106,7 @@ class Signal(_Strict):
     exit_rules: ExitRules
     backtest_stats: BacktestStats
     regime_change_alert: bool = Field(default=False, description="added in 1.1")
+    nested: ClassVar[tuple[str, ...]] = ("exit_rules", "backtest_stats")
 
     _reals = field_validator(
         "confidence",
@@ -171,7 +171,3 @@ def _guess_id(raw: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return sid if isinstance(sid, str) and 0 < len(sid) <= 128 else None
-
-
-def signal_time(value: datetime) -> int:
-    return int(value.timestamp() * 1000)

@@ -1,0 +1,31 @@
+# The two commands: `make run` and `make test`. Each builds its own venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= .apex-demo
+
+.PHONY: run test install redis clean
+
+$(BIN)/apex: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/apex
+
+install: $(BIN)/apex
+
+# Replays the bundled recording through pipeline.yaml on the embedded defaults
+# (embedded ClickHouse, paper venue) into a fresh demo state dir, and prints the summary.
+run: install
+	rm -rf $(DEMO)
+	APEX_ENV=paper $(BIN)/apex run pipeline.yaml --source recording:recordings/argus-sample.jsonl --state-dir $(DEMO)
+	@echo "audit trail: $(BIN)/apex audit --state-dir $(DEMO) SIGNAL_ID"
+
+redis:
+	@bash scripts/ensure-redis.sh
+
+test: install redis
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO) .apex .pytest_cache
