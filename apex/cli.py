@@ -55,6 +55,8 @@ def run(
     source: Optional[str] = typer.Option(None, help="recording:PATH or redis://HOST:PORT/DB (default: pipeline.yaml's)"),
     state_dir: Optional[Path] = typer.Option(None, help="ledger, paper venue and embedded ClickHouse"),
     consumer: Optional[str] = typer.Option(None, help="consumer name in the group (Redis sources)"),
+    stop_when_idle: Optional[int] = typer.Option(
+        None, metavar="MS", help="Redis sources: end after MS ms with nothing new and nothing of ours pending"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON"),
     progress: bool = typer.Option(True, help="show progress in a terminal"),
 ) -> None:
@@ -68,7 +70,7 @@ def run(
     env = _env()
     p = _load(pipeline, state_dir)
     stats = RunStats()
-    overrides = {"consumer": consumer} if consumer else None
+    overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
     try:
         flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides)
     except ValueError as e:
@@ -95,6 +97,9 @@ def run(
     elapsed = time.perf_counter() - started
     summary = stats.as_dict() | {"seconds": round(elapsed, 3),
                                   "entries_per_second": round(stats.entries / elapsed, 1) if elapsed else 0}
+    redis_stats = {k: v for part in (wiring.source, wiring.acker) for k, v in getattr(part, "stats", {}).items()}
+    if redis_stats:
+        summary["redis"] = redis_stats
     _print_summary(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
@@ -124,8 +129,13 @@ def _print_summary(s: dict) -> None:
         v = s[key]
         lat.add_row(name, *(f"{v[q]:,.0f}" for q in ("p50", "p99", "p999", "max")))
     out.print(lat)
-    out.print(f"fills: {s['fills']}   {s['entries']} entries in {s['seconds']} s "
-              f"= {s['entries_per_second']:.0f} entries/s", highlight=False)
+    if "redis" in s:
+        out.print("redis: " + "  ".join(f"{k} {v}" for k, v in sorted(s["redis"].items())), highlight=False)
+    closes = ", ".join(f"{k} {v}" for k, v in sorted(s["closes"].items())) or "none"
+    out.print(f"fills: {s['fills']}   closes: {closes}   realized PnL: {s['realized_pnl_usd']:,.2f} USD   "
+              f"market entries: {s['market_entries']}", highlight=False)
+    out.print(f"{s['entries']} entries in {s['seconds']} s = {s['entries_per_second']:.0f} entries/s",
+              highlight=False)
 
 
 @app.command()

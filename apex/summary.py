@@ -55,13 +55,25 @@ class RunStats:
     decision_us: Reservoir = field(default_factory=Reservoir)
     durable_us: Reservoir = field(default_factory=Reservoir)
     entries: int = 0
+    ticks: int = 0
     on_batch: Callable[[int], None] | None = None
     first_error: str = ""
 
+    closes: Counter = field(default_factory=Counter)
+    pnl_usd: float = 0.0
+
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None:
         for o in outcomes:
+            if not o.stream_id:  # a trade closed on the clock: no entry of its own
+                self.closes[o.reason] += 1
+                self.pnl_usd += sum(t["pnl_usd"] for t in o.trades)
+                continue
             self.entries += 1
+            self.durable_us.add((done_ns - o.received_ns) / 1000)
             self.outcomes[o.outcome] += 1
+            if o.outcome == "tick":
+                self.ticks += 1
+                continue
             if o.outcome == "dropped":
                 self.drops[o.reason] += 1
             elif o.outcome == "error" and not self.first_error:
@@ -69,14 +81,14 @@ class RunStats:
             self.step_us.add(o.step_us)
             if o.events:
                 self.decision_us.add(o.events[-1].latency_us)
-            self.durable_us.add((done_ns - o.received_ns) / 1000)
         if self.on_batch:
             self.on_batch(len(outcomes))
 
     @property
     def received(self) -> int:
         """Signals that reached the filters: valid, new and inside their TTL."""
-        return self.entries - sum(self.outcomes[k] for k in ("invalid", "duplicate", "expired", "error"))
+        skipped = sum(self.outcomes[k] for k in ("invalid", "duplicate", "expired", "error"))
+        return self.entries - self.ticks - skipped
 
     def as_dict(self) -> dict:
         received = self.received
@@ -87,6 +99,9 @@ class RunStats:
             "dropped_before_sizing": (sum(v for k, v in self.drops.items() if k not in ("min_size", "no_price"))
                                       / received) if received else 0.0,
             "fills": self.outcomes["filled"],
+            "market_entries": self.ticks,
+            "closes": dict(self.closes),
+            "realized_pnl_usd": round(self.pnl_usd, 2),
             "step_latency_us": self.step_us.percentiles(),
             "decision_latency_us": self.decision_us.percentiles(),
             "durable_latency_us": self.durable_us.percentiles(),

@@ -33,7 +33,7 @@ class Observer(Protocol):
 
 
 def rows_of(outcomes: list[Outcome], recorded_ms: int) -> dict[str, list[dict]]:
-    rows: dict[str, list[dict]] = {"audit_events": [], "filter_drops": [], "executions": []}
+    rows: dict[str, list[dict]] = {"audit_events": [], "filter_drops": [], "executions": [], "trades": []}
     for o in outcomes:
         for ev in o.events:
             row = ev.as_row()
@@ -42,6 +42,7 @@ def rows_of(outcomes: list[Outcome], recorded_ms: int) -> dict[str, list[dict]]:
         if o.drop:
             rows["filter_drops"].append(o.drop)
         rows["executions"].extend(o.executions)
+        rows["trades"].extend(o.trades)
     return rows
 
 

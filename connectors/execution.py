@@ -28,7 +28,7 @@ class Executor:
         self.ledger = ledger
         self.venue = venue
 
-    def execute(self, order: Order) -> tuple[Fill, bool]:
+    def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
         """Returns the fill and whether this call sent the order (False: resolved
         from the ledger or the venue without sending)."""
         row = self.ledger.execution(order.client_order_id)
@@ -43,8 +43,7 @@ class Executor:
                 self.ledger.record_fill(known)
                 return known, False
         else:
-            self.ledger.record_intent(order.client_order_id, order.signal_id, order.kind, order.venue,
-                                      order.symbol, order.side, order.quantity, order.ts_ms)
+            self.ledger.record_intent(order, reason)
         self.ledger.checkpoint()  # the intent is durable before the order can leave
         try:
             fill = self.venue.place(order)

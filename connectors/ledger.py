@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import orjson
 
 from operators.audit import dumps
+from operators.exits import ClosedTrade, TradeTerms
+from operators.orders import Order
 from operators.portfolio import Fill
 
 SCHEMA = """
@@ -46,9 +48,18 @@ CREATE TABLE IF NOT EXISTS executions (
     price      REAL,
     fee_usd    REAL,
     filled_ms  INTEGER,
-    seq        INTEGER
+    seq        INTEGER,
+    reason     TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_signal ON executions(signal_id);
+CREATE TABLE IF NOT EXISTS trades (
+    signal_id  TEXT PRIMARY KEY,
+    terms      TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    won        INTEGER,
+    closed_seq INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 """
 
 
@@ -112,12 +123,14 @@ class Ledger:
         )
         return cur.fetchone()
 
-    def record_intent(self, client_order_id: str, signal_id: str, kind: str, venue: str,
-                      symbol: str, side: str, quantity: float, ts_ms: int) -> None:
+    def record_intent(self, order: Order, reason: str = "") -> None:
+        """``price`` holds the intended price until the fill overwrites it, so a
+        restart can still place an order the venue never received."""
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
-            " quantity, status, intent_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?)",
-            (client_order_id, signal_id, kind, venue, symbol, side, quantity, ts_ms),
+            " quantity, status, intent_ms, price, reason) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?)",
+            (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
+             order.quantity, order.ts_ms, order.price, reason),
         )
 
     def record_fill(self, fill: Fill) -> None:
@@ -141,5 +154,40 @@ class Ledger:
         ):
             yield Fill(*row)
 
+    def record_open(self, terms: TradeTerms) -> None:
+        self.db.execute("INSERT OR IGNORE INTO trades VALUES (?, ?, 'open', NULL, NULL)",
+                        (terms.signal_id, dumps(terms)))
+
+    def record_close(self, closed: ClosedTrade) -> None:
+        self.db.execute(
+            "UPDATE trades SET status='closed', won=?,"
+            " closed_seq=(SELECT COALESCE(MAX(closed_seq), 0) + 1 FROM trades) WHERE signal_id=?",
+            (int(closed.won), closed.terms.signal_id),
+        )
+
+    def open_trades(self) -> list[TradeTerms]:
+        rows = self.db.execute("SELECT terms FROM trades WHERE status='open' ORDER BY signal_id")
+        return [_terms(orjson.loads(r[0])) for r in rows]
+
+    def recent_closes(self, n: int) -> list[tuple[bool, float]]:
+        """(won, expected win rate) of the last n closes, oldest first: the KellyTracker's window."""
+        rows = self.db.execute(
+            "SELECT won, terms FROM trades WHERE status='closed' ORDER BY closed_seq DESC LIMIT ?", (n,)
+        ).fetchall()
+        return [(bool(w), orjson.loads(t)["expected_win_rate"]) for w, t in reversed(rows)]
+
+    def dangling(self, kind: str) -> list[tuple[Order, str]]:
+        """Orders whose intent was written but whose outcome never was: the crash window."""
+        rows = self.db.execute(
+            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, reason"
+            " FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
+        ).fetchall()
+        return [(Order(*r[:9]), r[9] or "") for r in rows]
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())
+
+
+def _terms(d: dict) -> TradeTerms:
+    d["exit_regimes"] = tuple(d["exit_regimes"])
+    return TradeTerms(**d)

@@ -20,7 +20,8 @@ from bytewax.dataflow import Dataflow
 from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.recording import RecordingSource
 from dataflows.config import Pipeline, load
-from dataflows.steps import PortfolioLogic, PortfolioStep, stateless_filter, validate
+from dataflows.portfolio_step import PortfolioStep
+from dataflows.steps import PortfolioLogic, stateless_filter, validator
 
 PORTFOLIO_KEY = "portfolio"
 
@@ -59,7 +60,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)
-    s = op.map("validate", s, validate)
+    s = op.map("validate", s, validator(frozenset({pipeline.prices.stream})))
     used: set[str] = set()
     for i, f in enumerate(pipeline.filters):
         if f.needs_portfolio:

@@ -40,6 +40,8 @@ class RedisConfig(BaseModel):
     claim_idle_ms: int = Field(5000, ge=1, description="claim a dead consumer's entries idle this long")
     max_deliveries: int = Field(5, ge=1, description="past this, an entry goes to the dead-letter stream")
     dead_letter_stream: str = "argus:signals:dead"
+    stop_when_idle_ms: int | None = Field(
+        None, ge=1, description="end the run after this long with nothing new and nothing of ours pending")
 
 
 class ExecuteConfig(BaseModel):
@@ -50,12 +52,25 @@ class ExecuteConfig(BaseModel):
     fee_bps: float = Field(0.0, ge=0)
 
 
+class PricesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stream: str = Field("argus:prices:stream", description="price ticks {symbol, price, ts} and regime updates {regime}")
+
+
+class ExitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on_regime_change_alert: bool = Field(
+        False, description="close a v1.1 signal's trade on any regime change when it set regime_change_alert")
+
+
 class Top(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = "recording:recordings/argus-sample.jsonl"
     state_dir: str = ".apex"
     clickhouse: str | None = Field(None, description="DSN; empty means embedded chdb under state_dir")
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+    exits: ExitsConfig = Field(default_factory=ExitsConfig)
     stages: list[Any]
 
 
@@ -69,6 +84,8 @@ class Pipeline:
     filters: list[Filter]
     kelly: KellyParams
     execute: ExecuteConfig
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    exits: ExitsConfig = field(default_factory=ExitsConfig)
     stages: list[str] = field(default_factory=list)  # stage names in YAML order, for display
 
     def resolve(self, p: str | Path) -> Path:
@@ -233,7 +250,8 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         path=path, source=top.source,
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=top.clickhouse, redis=top.redis, filters=filters,
-        kelly=kelly, execute=execute, stages=names,  # type: ignore[arg-type]
+        kelly=kelly, execute=execute, prices=top.prices, exits=top.exits,  # type: ignore[arg-type]
+        stages=names,
     )
 
 

@@ -36,7 +36,7 @@ STAGES = (
 
 # Terminal outcomes: a signal that reached one of these is decided and its
 # stream entry may be acknowledged once the record of it is durable.
-TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected")
+TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", "closed")
 
 
 @dataclass(slots=True)
@@ -98,7 +98,9 @@ class Outcome:
     """What one stream entry came to: its events and whether it may be acked.
 
     ``terminal`` False means an infrastructure error stopped it short of a
-    decision: the entry must stay pending so it is delivered again.
+    decision: the entry must stay pending so it is delivered again. An empty
+    ``stream_id`` marks an outcome no entry owns (a trade closed on the clock
+    or recovered at start): recorded, never acknowledged.
     """
 
     stream: str
@@ -108,6 +110,7 @@ class Outcome:
     reason: str = ""
     events: list[Event] = field(default_factory=list)
     executions: list[dict[str, Any]] = field(default_factory=list)
+    trades: list[dict[str, Any]] = field(default_factory=list)
     drop: dict[str, Any] | None = None
     terminal: bool = True
     fields: dict[str, str] = field(default_factory=dict)

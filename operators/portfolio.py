@@ -7,10 +7,12 @@ pass a concentration check that only one of them should.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from operators.exits import ClosedTrade, TradeTerms, regime_exit, stop_hit
 from operators.filters import PortfolioView
 from operators.kelly import KellyParams, KellyTracker
 
@@ -35,18 +37,6 @@ class Fill:
     @property
     def signed_qty(self) -> float:
         return self.quantity if self.side == "buy" else -self.quantity
-
-
-@dataclass(slots=True)
-class OpenTrade:
-    signal_id: str
-    venue: str
-    symbol: str
-    side: str
-    quantity: float
-    entry_price: float
-    entry_ms: int
-    fee_usd: float
 
 
 class VolEstimator:
@@ -86,8 +76,9 @@ class Portfolio:
     cash: float = field(init=False)
     peak: float = field(init=False)
     positions: dict[tuple[str, str], float] = field(default_factory=dict)
-    marks: dict[tuple[str, str], float] = field(default_factory=dict)
-    open_trades: dict[str, OpenTrade] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # by symbol: venues' symbols do not collide
+    open_trades: dict[str, TradeTerms] = field(default_factory=dict)
+    regime: str | None = None
     fills: int = 0
 
     def __post_init__(self) -> None:
@@ -96,11 +87,13 @@ class Portfolio:
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
+        self._by_symbol: dict[str, set[str]] = {}
+        self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
 
     @property
     def nav(self) -> float:
         if self._nav is None:
-            self._nav = self.cash + sum(q * self.marks.get(k, 0.0) for k, q in self.positions.items())
+            self._nav = self.cash + sum(q * self.marks.get(k[1], 0.0) for k, q in self.positions.items())
         return self._nav
 
     @property
@@ -108,33 +101,67 @@ class Portfolio:
         return max(0.0, 1 - self.nav / self.peak) if self.peak > 0 else 0.0
 
     def position_values(self) -> dict[tuple[str, str], float]:
-        return {k: q * self.marks.get(k, 0.0) for k, q in self.positions.items() if q}
+        return {k: q * self.marks.get(k[1], 0.0) for k, q in self.positions.items() if q}
 
     def view(self, proposed_usd: float) -> PortfolioView:
         return PortfolioView(self.nav, self.position_values(), proposed_usd)
 
     def price_of(self, venue: str, symbol: str) -> float | None:
-        return self.marks.get((venue, symbol))
+        return self.marks.get(symbol)
 
     def _observe(self, clock_ms: int) -> None:
         nav = self.nav
         self.peak = max(self.peak, nav)
         self.vol_estimator.observe(clock_ms, nav)
 
-    def mark(self, venue: str, symbol: str, price: float, clock_ms: int) -> None:
-        self.marks[(venue, symbol)] = price
-        self._nav = None
-        self._observe(clock_ms)
-
     def apply_fill(self, fill: Fill) -> None:
+        """Cash, position and mark; opening and closing fills alike."""
         key = (fill.venue, fill.symbol)
         self.positions[key] = self.positions.get(key, 0.0) + fill.signed_qty
         self.cash -= fill.signed_qty * fill.price + fill.fee_usd
-        self.marks[key] = fill.price
+        self.marks[fill.symbol] = fill.price
         self._nav = None
-        self.open_trades[fill.signal_id] = OpenTrade(
-            fill.signal_id, fill.venue, fill.symbol, fill.side, fill.quantity,
-            fill.price, fill.ts_ms, fill.fee_usd,
-        )
         self.fills += 1
         self._observe(fill.ts_ms)
+
+    def open(self, terms: TradeTerms) -> None:
+        self.open_trades[terms.signal_id] = terms
+        self._by_symbol.setdefault(terms.symbol, set()).add(terms.signal_id)
+        heapq.heappush(self._deadlines, (terms.deadline_ms, terms.signal_id))
+
+    def close(self, signal_id: str, fill: Fill, reason: str) -> ClosedTrade:
+        terms = self.open_trades.pop(signal_id)
+        self._by_symbol.get(terms.symbol, set()).discard(signal_id)
+        closed = ClosedTrade(terms, fill.price, fill.ts_ms, fill.fee_usd, reason)
+        self.tracker.record(closed.won, terms.expected_win_rate)
+        return closed
+
+    def on_price(self, symbol: str, price: float, clock_ms: int) -> list[TradeTerms]:
+        """Mark the symbol; return the open trades whose hard stop this price hits."""
+        self.marks[symbol] = price
+        self._nav = None
+        self._observe(clock_ms)
+        ids = self._by_symbol.get(symbol, ())
+        return [self.open_trades[sid] for sid in sorted(ids) if stop_hit(self.open_trades[sid], price)]
+
+    def on_regime(self, regime: str, on_alert: bool) -> list[tuple[TradeTerms, str]]:
+        self.regime = regime
+        out = []
+        for sid in sorted(self.open_trades):
+            reason = regime_exit(self.open_trades[sid], regime, on_alert)
+            if reason:
+                out.append((self.open_trades[sid], reason))
+        return out
+
+    def due(self, clock_ms: int) -> list[TradeTerms]:
+        """Open trades whose maximum holding time has passed on the stream clock."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= clock_ms:
+            _, sid = heapq.heappop(self._deadlines)
+            if sid in self.open_trades:
+                out.append(self.open_trades[sid])
+        return out
+
+    def retry_due(self, terms: TradeTerms) -> None:
+        """A max-holding close that could not be sent is due again on the next entry."""
+        heapq.heappush(self._deadlines, (terms.deadline_ms, terms.signal_id))

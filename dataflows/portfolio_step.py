@@ -1,0 +1,263 @@
+"""The portfolio step: where decisions (operators) meet the ledger and the venue (connectors).
+
+Everything that reads or changes the book happens here, one entry at a time
+for one portfolio key: receipt (duplicate, TTL), portfolio filters, sizing,
+opening orders, and exits (hard stop and regime exit on market entries,
+maximum holding on the stream clock). Each step of an order is written to the
+ledger before the next can happen, so any crash is resumed, never repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from connectors.execution import Executor
+from connectors.ledger import Decided, Ledger
+from connectors.venues import Rejected
+from connectors.venues.paper import PaperVenue
+from dataflows.config import Pipeline
+from dataflows.steps import Received
+from operators import audit as A
+from operators.audit import Chain, Event, Outcome
+from operators.decide import judge
+from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, terms_for
+from operators.orders import Order, client_order_id
+from operators.portfolio import Fill, Portfolio
+from operators.signal import Signal
+
+
+class PortfolioStep:
+    """Owns the ledger and venue handles, opened lazily in the worker that runs the step."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.p = pipeline
+        self._ledger: Ledger | None = None
+        self._executor: Executor | None = None
+        self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            sd = Path(self.p.state_dir)
+            self._ledger = Ledger(sd / "ledger.sqlite")
+            venue = PaperVenue(sd / "paper-venue.sqlite", slippage_bps=self.p.execute.slippage_bps,
+                               fee_bps=self.p.execute.fee_bps)
+            self._executor = Executor(self._ledger, venue)
+        return self._ledger
+
+    @property
+    def executor(self) -> Executor:
+        self.ledger
+        return self._executor  # type: ignore[return-value]
+
+    def new_book(self) -> Portfolio:
+        """The book as the ledger left it: fills in order, open trades, the
+        tracker's window of closes; then any close caught in the crash window
+        is finished (asking the venue first)."""
+        book = Portfolio(self.p.execute.initial_nav_usd, self.p.kelly)
+        for fill in self.ledger.fills():
+            book.apply_fill(fill)
+        for terms in self.ledger.open_trades():
+            book.open(terms)
+        for won, expected in self.ledger.recent_closes(self.p.kelly.tracker.window):
+            book.tracker.record(won, expected)
+        for order, reason in self.ledger.dangling("close"):
+            if order.signal_id in book.open_trades:
+                self._finish_close(book, book.open_trades[order.signal_id], order, reason, "",
+                                   self.recovered)
+        return book
+
+    def __call__(self, book: Portfolio | None, item: Received, outs: list[Outcome]) -> Portfolio:
+        """Append this entry's outcomes (exits it triggered, then its own) to ``outs``."""
+        book = book or self.new_book()
+        if self.recovered:
+            outs.extend(self.recovered)
+            self.recovered = []
+        e = item.entry
+        t0 = time.perf_counter_ns()
+        first = len(outs)
+        try:
+            for terms in book.due(e.clock_ms):
+                self._close(book, terms, MAX_HOLDING, book.marks.get(terms.symbol, terms.entry_price),
+                            e.stream_id, e.clock_ms, outs)
+            if item.tick is not None:
+                self._tick(book, item, outs)
+            elif item.signal is None:
+                outs.append(self._invalid(item))
+            else:
+                outs.append(self._decide(book, item))
+        except Exception as err:  # noqa: BLE001 - any failure leaves the entry pending
+            sid = item.signal.signal_id if item.signal else ""
+            outs.append(Outcome(e.stream, e.stream_id, sid, "error", f"{type(err).__name__}: {err}",
+                                terminal=False, fields=e.fields))
+        now = time.perf_counter_ns()
+        own = outs[-1]
+        own.received_ns, own.deliveries, own.step_us = e.received_ns, e.deliveries, (now - t0) / 1000
+        latency = (now - e.received_ns) // 1000
+        for o in outs[first:]:
+            for ev in o.events:
+                ev.latency_us = ev.latency_us or latency
+        return book
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def _invalid(self, item: Received) -> Outcome:
+        e, err = item.entry, item.invalid
+        sid = (err.signal_id if err else None) or ""
+        chain = Chain(e.stream_id, sid, e.clock_ms)
+        chain.add(A.SIGNAL_RECEIVED, "invalid", err.reason if err else "invalid")
+        return Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
+                       chain.events, fields=e.fields)
+
+    def _decide(self, book: Portfolio, item: Received) -> Outcome:
+        e, sig = item.entry, item.signal
+        assert sig is not None
+        prior = self.ledger.decided(sig.signal_id)
+        if prior is not None and prior.stream_id == e.stream_id:
+            return self._resume(book, item, prior)
+        v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
+                  filters=self.p.filters, early=item.early, kelly=self.p.kelly)
+        chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
+        if v.outcome == "duplicate":
+            chain.add(A.SIGNAL_RECEIVED, "duplicate",
+                      f"signal_id decided at {prior.stream_id} as {prior.outcome}")  # type: ignore[union-attr]
+            out.reason = chain.events[0].reason
+            return out
+        if v.outcome == "expired":
+            chain.add(A.SIGNAL_RECEIVED, "expired", "ttl", age_ms=v.age_ms, ttl_seconds=sig.ttl_seconds)
+            return self._record(out)
+        chain.add(A.SIGNAL_RECEIVED, "received", age_ms=v.age_ms, version=sig.version,
+                  unknown_fields=sig.unknown_fields())
+        passed = v.outcome == "order" or v.reason in ("min_size", "no_price")
+        chain.add(A.FILTER_CHECK, "passed" if passed else "dropped", "" if passed else v.reason or "",
+                  checked=v.checked)
+        if not passed:
+            out.drop = {"signal_id": sig.signal_id, "stream_id": e.stream_id, "filter": v.reason,
+                        "ts_ms": e.clock_ms, "source": sig.source, "venue": sig.venue,
+                        "symbol": sig.symbol, "confidence": sig.confidence, "regime": sig.regime}
+            return self._record(out)
+        sz = v.sizing
+        assert sz is not None
+        sized = v.outcome == "order"
+        chain.add(A.POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
+                  size_usd=sz.size_usd, **sz.factors())
+        if not sized:
+            return self._record(out)
+        order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
+                      sig.side, sz.quantity, sz.price, e.clock_ms)
+        chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
+                  venue=self.executor.venue.name, kind="open", quantity=order.quantity, price=order.price)
+        out.outcome = "sent"
+        self._record(out)  # the decision is durable before the order can leave
+        return self._open(book, out, chain, order, sig)
+
+    def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
+        try:
+            fill, sent = self.executor.execute(order)
+        except Rejected as err:
+            chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
+            out.outcome, out.reason = "rejected", str(err)
+            return self._record(out)
+        _confirmed(chain, fill, sent)
+        if fill.signal_id not in book.open_trades:
+            book.apply_fill(fill)
+            terms = terms_for(sig, fill)
+            book.open(terms)
+            self.ledger.record_open(terms)
+        chain.add(A.TRADE_OPEN, "opened", ts_ms=fill.ts_ms, side=fill.side, entry_price=fill.price,
+                  quantity=fill.quantity, nav_after=book.nav,
+                  exits=sig.exit_rules.description, deadline_ms=book.open_trades[sig.signal_id].deadline_ms)
+        out.outcome = "filled"
+        out.executions.append(_execution_row(fill, order.kind))
+        return self._record(out)
+
+    def _resume(self, book: Portfolio, item: Received, prior: Decided) -> Outcome:
+        """The same entry again (redelivered after a crash): never decide twice.
+        A finished decision is re-emitted as it was; one that stopped after the
+        order may have left is finished through the executor, which asks the
+        venue before it would send."""
+        e, sig = item.entry, item.signal
+        assert sig is not None
+        events = [Event.from_dict(d) for d in prior.events]
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome,
+                      events[-1].reason if events else "", events)
+        if prior.outcome != "sent":
+            return out
+        attempt = next(ev for ev in events if ev.stage == A.EXECUTION_ATTEMPT)
+        d = attempt.details
+        order = Order(d["client_order_id"], sig.signal_id, "open", sig.venue, sig.symbol, sig.side,
+                      d["quantity"], d["price"], attempt.ts_ms)
+        first = events[0]
+        chain = Chain(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue,
+                      first.symbol, events)
+        return self._open(book, out, chain, order, sig)
+
+    def _record(self, out: Outcome) -> Outcome:
+        self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
+                                    out.events[0].ts_ms, [ev.to_dict() for ev in out.events])
+        return out
+
+    # --- market entries and exits ----------------------------------------------------------------
+
+    def _tick(self, book: Portfolio, item: Received, outs: list[Outcome]) -> None:
+        e, t = item.entry, item.tick
+        assert t is not None
+        if t.price is not None and t.symbol is not None:
+            for terms in book.on_price(t.symbol, t.price, e.clock_ms):
+                self._close(book, terms, HARD_STOP, t.price, e.stream_id, e.clock_ms, outs)
+        if t.regime is not None:
+            for terms, reason in book.on_regime(t.regime, self.p.exits.on_regime_change_alert):
+                if t.symbol is None or terms.symbol == t.symbol:
+                    self._close(book, terms, reason, book.marks.get(terms.symbol, terms.entry_price),
+                                e.stream_id, e.clock_ms, outs)
+        outs.append(Outcome(e.stream, e.stream_id, "", "tick"))
+
+    def _close(self, book: Portfolio, terms: TradeTerms, reason: str, price: float, trigger: str,
+               clock_ms: int, outs: list[Outcome]) -> None:
+        order = Order(client_order_id(terms.signal_id, "close"), terms.signal_id, "close", terms.venue,
+                      terms.symbol, terms.exit_side, terms.quantity, price, clock_ms)
+        try:
+            self._finish_close(book, terms, order, reason, trigger, outs)
+        except Exception:
+            if reason == MAX_HOLDING:
+                book.retry_due(terms)  # due again at the next entry
+            raise
+
+    def _finish_close(self, book: Portfolio, terms: TradeTerms, order: Order, reason: str,
+                      trigger: str, outs: list[Outcome]) -> None:
+        chain = Chain(trigger, terms.signal_id, order.ts_ms, terms.source, terms.venue, terms.symbol)
+        chain.add(A.EXECUTION_ATTEMPT, "sent", reason, client_order_id=order.client_order_id,
+                  venue=self.executor.venue.name, kind="close", quantity=order.quantity, price=order.price)
+        out = Outcome("", "", terms.signal_id, "closed", reason, chain.events)  # no stream entry to ack
+        try:
+            fill, sent = self.executor.execute(order, reason)
+        except Rejected as err:
+            chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
+            out.outcome, out.reason = "rejected", str(err)
+            outs.append(out)
+            return
+        _confirmed(chain, fill, sent)
+        book.apply_fill(fill)
+        closed = book.close(terms.signal_id, fill, reason)
+        self.ledger.record_close(closed)
+        chain.add(A.TRADE_CLOSED, "closed", reason, ts_ms=fill.ts_ms, exit_price=fill.price,
+                  pnl_usd=closed.pnl_usd, return_pct=closed.return_pct, fees_usd=closed.fees_usd,
+                  held_ms=fill.ts_ms - terms.entry_ms, won=closed.won,
+                  tracker_multiplier=book.tracker.multiplier(), nav_after=book.nav)
+        out.executions.append(_execution_row(fill, "close"))
+        out.trades.append(closed.row())
+        outs.append(out)
+
+
+def _confirmed(chain: Chain, fill: Fill, sent: bool) -> None:
+    chain.add(A.EXECUTION_CONFIRMED, "filled", ts_ms=fill.ts_ms, size_usd=fill.quantity * fill.price,
+              order_id=fill.order_id, price=fill.price, quantity=fill.quantity,
+              fee_usd=fill.fee_usd, resolved_without_send=not sent)
+
+
+def _execution_row(fill: Fill, kind: str) -> dict:
+    return {"signal_id": fill.signal_id, "client_order_id": fill.client_order_id, "kind": kind,
+            "venue": fill.venue, "symbol": fill.symbol, "side": fill.side, "quantity": fill.quantity,
+            "price": fill.price, "fee_usd": fill.fee_usd, "order_id": fill.order_id, "ts_ms": fill.ts_ms}
