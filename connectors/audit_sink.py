@@ -1,19 +1,20 @@
-"""The terminal sink: make each batch's record durable, then acknowledge it.
+"""The terminal sink: acknowledge what is durable, and keep ClickHouse fed.
 
-The order is the whole point: ClickHouse insert first, XACK second, so an
-entry is never acknowledged before its outcome can be read back. A batch that
-fails to write raises, the worker dies, nothing of that batch is acked, and
-Redis redelivers it to the next start.
+By the time an outcome reaches this sink its decision and its audit rows are
+committed in the ledger (the rows in the outbox, connectors/outbox.py), so
+acknowledging it can lose nothing. The shipper process started here moves the
+outbox to ClickHouse in bulk; when ClickHouse has been failing long enough
+for the outbox to pass its limit, entries are left pending instead.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.clickhouse import AuditStore
+from connectors.outbox import Shipper
 from operators.audit import Outcome
 
 
@@ -32,37 +33,48 @@ class Observer(Protocol):
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None: ...
 
 
-def rows_of(outcomes: list[Outcome], recorded_ms: int) -> dict[str, list[dict]]:
-    rows: dict[str, list[dict]] = {"audit_events": [], "filter_drops": [], "executions": [], "trades": []}
-    for o in outcomes:
-        for ev in o.events:
-            row = ev.as_row()
-            row["recorded_ms"] = recorded_ms
-            rows["audit_events"].append(row)
-        if o.drop:
-            rows["filter_drops"].append(o.drop)
-        rows["executions"].extend(o.executions)
-        rows["trades"].extend(o.trades)
+def rows_of(outcome: Outcome, first_event: int, recorded_ms: int) -> dict[str, list[dict[str, Any]]]:
+    """The ClickHouse rows of one outcome, from its ``first_event``-th event on."""
+    events = []
+    for ev in outcome.events[first_event:]:
+        row = ev.as_row()
+        row["recorded_ms"] = recorded_ms
+        events.append(row)
+    rows = {"audit_events": events}
+    if outcome.drop:
+        rows["filter_drops"] = [outcome.drop]
+    if outcome.executions:
+        rows["executions"] = outcome.executions
+    if outcome.trades:
+        rows["trades"] = outcome.trades
     return rows
 
 
 class _AuditPartition(StatelessSinkPartition[Outcome]):
-    def __init__(self, store: AuditStore, acker: Acker, observer: Observer | None):
-        self.store, self.acker, self.observer = store, acker, observer
+    def __init__(self, shipper: Shipper, acker: Acker, observer: Observer | None):
+        self.shipper, self.acker, self.observer = shipper, acker, observer
 
     def write_batch(self, items: list[Outcome]) -> None:
-        self.store.write(rows_of(items, time.time_ns() // 1_000_000))
+        ok, why = self.shipper.accepting()
+        if not ok:
+            for o in items:
+                o.terminal = False
+                o.reason = o.reason or f"audit store unavailable: {why}"
         self.acker.settle(items)
+        self.shipper.after_batch()
         if self.observer is not None:
             self.observer.observe(items, time.perf_counter_ns())
 
     def close(self) -> None:
-        self.store.close()
+        self.shipper.stop()
 
 
 class AuditSink(DynamicSink[Outcome]):
-    def __init__(self, dsn: str, acker: Acker | None = None, observer: Observer | None = None):
-        self.dsn, self.acker, self.observer = dsn, acker or NoAck(), observer
+    """``shipper`` is shared with the portfolio step, which prunes what it has shipped."""
+
+    def __init__(self, shipper: Shipper, acker: Acker | None = None, observer: Observer | None = None):
+        self.shipper, self.acker, self.observer = shipper, acker or NoAck(), observer
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _AuditPartition:
-        return _AuditPartition(AuditStore(self.dsn), self.acker, self.observer)
+        self.shipper.start()
+        return _AuditPartition(self.shipper, self.acker, self.observer)

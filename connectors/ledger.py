@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import orjson
 
+from connectors import outbox
 from operators.audit import dumps
 from operators.exits import ClosedTrade, TradeTerms
 from operators.orders import Order
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS trades (
     closed_seq INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
-"""
+"""  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self.db.executescript(outbox.SCHEMA)
+        self._pruned = 0
 
     def close(self) -> None:
         self.db.close()
@@ -183,6 +186,16 @@ class Ledger:
             " FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
         ).fetchall()
         return [(Order(*r[:9]), r[9] or "") for r in rows]
+
+    def prune(self, shipped_seq: int) -> None:
+        """Drop outbox rows the shipper has written to ClickHouse."""
+        if shipped_seq > self._pruned:
+            self.db.execute("DELETE FROM outbox WHERE seq <= ?", (shipped_seq,))
+            self._pruned = shipped_seq
+
+    def enqueue(self, rows: dict[str, list[dict]]) -> None:
+        """Audit rows for ClickHouse, durable with this transaction (see connectors/outbox.py)."""
+        outbox.enqueue(self.db, rows)
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())

@@ -18,6 +18,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors.audit_sink import Acker, AuditSink, Observer
+from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
@@ -71,10 +72,11 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
     keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    step = PortfolioStep(pipeline)
+    shipper = Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn, background=acker is not None)
+    step = PortfolioStep(pipeline, shipper)
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
-    op.output("audit", outcomes, AuditSink(pipeline.clickhouse_dsn, acker, observer))
+    op.output("audit", outcomes, AuditSink(shipper, acker, observer))
     return flow, Wiring(pipeline, src, acker)
 
 

@@ -93,6 +93,10 @@ class Pipeline:
         return p if p.is_absolute() else (self.path.parent / p)
 
     @property
+    def ledger_path(self) -> Path:
+        return Path(self.state_dir) / "ledger.sqlite"
+
+    @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse or f"chdb://{(self.state_dir / 'clickhouse').resolve()}"
 

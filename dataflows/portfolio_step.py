@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from connectors.audit_sink import rows_of
 from connectors.execution import Executor
+from connectors.outbox import Shipper
 from connectors.ledger import Decided, Ledger
 from connectors.venues import Rejected
 from connectors.venues.paper import PaperVenue
@@ -30,8 +32,9 @@ from operators.signal import Signal
 class PortfolioStep:
     """Owns the ledger and venue handles, opened lazily in the worker that runs the step."""
 
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, shipper: Shipper | None = None):
         self.p = pipeline
+        self.shipper = shipper
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
@@ -40,7 +43,7 @@ class PortfolioStep:
     def ledger(self) -> Ledger:
         if self._ledger is None:
             sd = Path(self.p.state_dir)
-            self._ledger = Ledger(sd / "ledger.sqlite")
+            self._ledger = Ledger(self.p.ledger_path)
             venue = PaperVenue(sd / "paper-venue.sqlite", slippage_bps=self.p.execute.slippage_bps,
                                fee_bps=self.p.execute.fee_bps)
             self._executor = Executor(self._ledger, venue)
@@ -107,8 +110,8 @@ class PortfolioStep:
         sid = (err.signal_id if err else None) or ""
         chain = Chain(e.stream_id, sid, e.clock_ms)
         chain.add(A.SIGNAL_RECEIVED, "invalid", err.reason if err else "invalid")
-        return Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
-                       chain.events, fields=e.fields)
+        return self._emit(Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
+                                  chain.events, fields=e.fields))
 
     def _decide(self, book: Portfolio, item: Received) -> Outcome:
         e, sig = item.entry, item.signal
@@ -124,7 +127,7 @@ class PortfolioStep:
             chain.add(A.SIGNAL_RECEIVED, "duplicate",
                       f"signal_id decided at {prior.stream_id} as {prior.outcome}")  # type: ignore[union-attr]
             out.reason = chain.events[0].reason
-            return out
+            return self._emit(out)
         if v.outcome == "expired":
             chain.add(A.SIGNAL_RECEIVED, "expired", "ttl", age_ms=v.age_ms, ttl_seconds=sig.ttl_seconds)
             return self._record(out)
@@ -175,14 +178,14 @@ class PortfolioStep:
 
     def _resume(self, book: Portfolio, item: Received, prior: Decided) -> Outcome:
         """The same entry again (redelivered after a crash): never decide twice.
-        A finished decision is re-emitted as it was; one that stopped after the
-        order may have left is finished through the executor, which asks the
-        venue before it would send."""
+        A finished decision went to the outbox with its decision, so there is
+        nothing to add: it only needs acknowledging. One that stopped after
+        the order may have left is finished through the executor, which asks
+        the venue before it would send."""
         e, sig = item.entry, item.signal
         assert sig is not None
         events = [Event.from_dict(d) for d in prior.events]
-        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome,
-                      events[-1].reason if events else "", events)
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, "", events, queued=len(events))
         if prior.outcome != "sent":
             return out
         attempt = next(ev for ev in events if ev.stage == A.EXECUTION_ATTEMPT)
@@ -195,8 +198,16 @@ class PortfolioStep:
         return self._open(book, out, chain, order, sig)
 
     def _record(self, out: Outcome) -> Outcome:
+        """The decision and its audit rows, in the ledger's current transaction. Only an
+        order in flight keeps its events there: a restart rebuilds its chain from them."""
+        events = [ev.to_dict() for ev in out.events] if out.outcome == "sent" else []
         self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
-                                    out.events[0].ts_ms, [ev.to_dict() for ev in out.events])
+                                    out.events[0].ts_ms, events)
+        return self._emit(out)
+
+    def _emit(self, out: Outcome) -> Outcome:
+        self.ledger.enqueue(rows_of(out, out.queued, time.time_ns() // 1_000_000))
+        out.queued = len(out.events)
         return out
 
     # --- market entries and exits ----------------------------------------------------------------
@@ -236,7 +247,7 @@ class PortfolioStep:
         except Rejected as err:
             chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
             out.outcome, out.reason = "rejected", str(err)
-            outs.append(out)
+            outs.append(self._emit(out))
             return
         _confirmed(chain, fill, sent)
         book.apply_fill(fill)
@@ -248,7 +259,7 @@ class PortfolioStep:
                   tracker_multiplier=book.tracker.multiplier(), nav_after=book.nav)
         out.executions.append(_execution_row(fill, "close"))
         out.trades.append(closed.row())
-        outs.append(out)
+        outs.append(self._emit(out))
 
 
 def _confirmed(chain: Chain, fill: Fill, sent: bool) -> None:

@@ -64,6 +64,8 @@ class PortfolioLogic(StatefulBatchLogic):
     def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
         ledger = self.step.ledger
         ledger.begin()
+        if self.step.shipper is not None and self.step.shipper.background:
+            ledger.prune(self.step.shipper.shipped_seq)
         out: list[Outcome] = []
         try:
             for item in values:

@@ -117,3 +117,4 @@ class Outcome:
     received_ns: int = 0
     deliveries: int = 1
     step_us: float = 0.0  # time inside the portfolio step: decide, ledger, venue
+    queued: int = 0  # events already written to the outbox
