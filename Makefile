@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= .apex-demo
 
-.PHONY: run test install redis clean
+.PHONY: run test install redis chromium clean
 
 $(BIN)/apex: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ run: install
 redis:
 	@bash scripts/ensure-redis.sh
 
-test: install redis
+chromium:
+	@bash scripts/ensure-chromium.sh
+
+test: install redis chromium
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -186,6 +186,19 @@ def audit(
     out.print(t)
 
 
+@app.command()
+def report(
+    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML page with charts"),
+    initial_nav: float = typer.Option(1_000_000.0, help="NAV the equity curve starts from"),
+) -> None:
+    """Kelly efficiency, win rates, PnL, drop rates, latency and open positions from ClickHouse."""
+    from apex.report import command
+
+    command(state_dir, clickhouse, html, initial_nav, out, err)
+
+
 def _brief(details: dict) -> str:
     """One line of key=value with numbers at readable precision."""
     parts = []

@@ -99,7 +99,10 @@ class Sizing:
 
 
 def round_quantity(venue: str, size_usd: float, price: float) -> float:
-    """Venue lot rules: crypto to 1e-8 of a coin, equities in whole shares, always down."""
+    """Venue lot rules: crypto to 1e-8 of a coin, equities in whole shares, always down.
+    No price, no quantity: the judge then drops the signal as ``no_price``."""
+    if price <= 0:
+        return 0.0
     raw = size_usd / price
     if venue == "ibkr":
         return float(math.floor(raw + 1e-9))

@@ -1,0 +1,136 @@
+"""``apex report``: the figures of ``connectors.report_queries`` for people.
+
+Two renderings of one ``Report``: rich tables in the terminal, and with
+``--html`` a single self-contained page (inline CSS and SVG, no script, font
+or network fetch) that can be mailed or archived and still open years later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connectors.report_queries import Group, Report, build
+
+OPEN_ROWS_IN_TERMINAL = 20
+
+
+def usd(v: float) -> str:
+    return f"{v:,.2f}"
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1%}"
+
+
+def ratio(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN without its password, since the page may travel further than the credentials should."""
+    u = urlsplit(dsn)
+    return dsn if u.password is None else dsn.replace(f":{u.password}@", ":***@", 1)
+
+
+def load(state_dir: Path, clickhouse: str | None, initial_nav: float, err: Console) -> tuple[Report, str]:
+    from connectors.clickhouse import AuditStore
+
+    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
+    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
+        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
+        raise typer.Exit(1)
+    store = AuditStore(dsn)
+    try:
+        return build(store, initial_nav), dsn
+    finally:
+        store.close()
+
+
+def headline(rep: Report) -> list[tuple[str, str, str]]:
+    """(label, value, note) for the figures a reader wants first."""
+    eq = rep.equity[-1].equity if rep.equity else rep.initial_nav
+    dd = rep.max_drawdown
+    eff = rep.efficiency_now
+    trades = sum(g.trades for g in rep.by_source)
+    wins = sum(g.wins for g in rep.by_source)
+    f = rep.funnel
+    return [
+        ("realized PnL", usd(rep.realized_pnl), f"{trades} closed trades, win rate {pct(wins / trades if trades else None)}"),
+        ("equity (realized)", usd(eq), f"from {usd(rep.initial_nav)}"),
+        ("max drawdown", pct(dd.drawdown_pct if dd else None), f"{usd(dd.drawdown_usd)} below peak" if dd else "no closes yet"),
+        ("Kelly multiplier now", ratio(rep.kelly_now), "KellyTracker, as used by the last sizing"),
+        ("efficiency, trailing 20", ratio(eff.ratio if eff else None),
+         f"realized {pct(eff.realized_win_rate)} ÷ expected {pct(eff.expected_win_rate)}" if eff else "no closes yet"),
+        ("dropped before sizing", pct(f.rate_before_sizing),
+         f"{f.dropped_before_sizing} of {f.received} received; target {f.target[0]:.0%}–{f.target[1]:.0%}"),
+        ("open positions", str(len(rep.open_positions)),
+         f"{usd(sum(p.quantity * p.entry_price for p in rep.open_positions))} at entry"),
+    ]
+
+
+def _group_table(title: str, col: str, groups: list[Group]) -> Table:
+    t = Table(title=title)
+    for c in (col, "trades", "wins", "win rate", "expected", "pnl usd", "fees usd"):
+        t.add_column(c, justify="left" if c == col else "right")
+    for g in groups:
+        t.add_row(g.key, str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
+                  usd(g.pnl_usd), usd(g.fees_usd))
+    return t
+
+
+def print_report(rep: Report, dsn: str, out: Console) -> None:
+    span = f"{utc(rep.span_ms[0])} – {utc(rep.span_ms[1])} UTC" if rep.span_ms else "no audit events"
+    out.print(f"apex report: {safe_dsn(dsn)}   {span}", highlight=False)
+    h = Table(title="headline")
+    for c in ("figure", "value", ""):
+        h.add_column(c, justify="right" if c == "value" else "left")
+    for row in headline(rep):
+        h.add_row(*row)
+    out.print(h)
+    out.print(_group_table("PnL and win rate per source (expected: backtest win rate)", "source", rep.by_source))
+    out.print(_group_table("PnL and win rate per venue", "venue", rep.by_venue))
+    f = Table(title=f"drops per filter (share of {rep.funnel.received} received signals)")
+    for c in ("filter", "reached", "dropped", "drop rate"):
+        f.add_column(c, justify="left" if c == "filter" else "right")
+    for r in rep.funnel.filters:
+        f.add_row(r.name, str(r.reached), str(r.dropped), pct(r.rate))
+    lo, hi = rep.funnel.target
+    f.add_row("[b]before sizing[/b]", "", str(rep.funnel.dropped_before_sizing),
+              f"{pct(rep.funnel.rate_before_sizing)} (target {lo:.0%}–{hi:.0%})")
+    out.print(f)
+    lat = Table(title="latency per stage, receipt → decided (µs)")
+    for c in ("stage", "events", "p50", "p90", "p99", "max"):
+        lat.add_column(c, justify="left" if c == "stage" else "right")
+    for s in rep.latency:
+        lat.add_row(s.stage, str(s.events), *(f"{v:,}" for v in (s.p50, s.p90, s.p99, s.max)))
+    out.print(lat)
+    op = Table(title=f"open positions ({len(rep.open_positions)})")
+    for c in ("opened (UTC)", "signal", "source", "venue", "symbol", "side", "quantity", "entry price"):
+        op.add_column(c, justify="right" if c in ("quantity", "entry price") else "left", overflow="fold")
+    for p in rep.open_positions[:OPEN_ROWS_IN_TERMINAL]:
+        op.add_row(utc(p.entry_ms), p.signal_id, p.source, p.venue, p.symbol, p.side, f"{p.quantity:,.8g}",
+                   f"{p.entry_price:,.6g}")
+    out.print(op)
+    if len(rep.open_positions) > OPEN_ROWS_IN_TERMINAL:
+        out.print(f"… and {len(rep.open_positions) - OPEN_ROWS_IN_TERMINAL} more (all of them in --html)")
+
+
+def command(state_dir: Path, clickhouse: str | None, html: Path | None, initial_nav: float,
+            out: Console, err: Console) -> None:
+    rep, dsn = load(state_dir, clickhouse, initial_nav, err)
+    print_report(rep, dsn, out)
+    if html is not None:
+        from apex.report_html import page
+
+        html.write_text(page(rep, safe_dsn(dsn)), encoding="utf-8")
+        err.print(f"wrote {html}", highlight=False)
