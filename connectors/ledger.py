@@ -68,6 +68,7 @@ CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 class Decided:
     stream_id: str
     outcome: str
+    reason: str
     events: list[dict[str, Any]]
 
 
@@ -104,9 +105,9 @@ class Ledger:
 
     def decided(self, signal_id: str) -> Decided | None:
         row = self.db.execute(
-            "SELECT stream_id, outcome, events FROM decisions WHERE signal_id = ?", (signal_id,)
+            "SELECT stream_id, outcome, reason, events FROM decisions WHERE signal_id = ?", (signal_id,)
         ).fetchone()
-        return Decided(row[0], row[1], orjson.loads(row[2])) if row else None
+        return Decided(row[0], row[1], row[2] or "", orjson.loads(row[3])) if row else None
 
     def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str,
                         ts_ms: int, events: list[dict[str, Any]]) -> None:

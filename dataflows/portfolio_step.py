@@ -185,7 +185,8 @@ class PortfolioStep:
         e, sig = item.entry, item.signal
         assert sig is not None
         events = [Event.from_dict(d) for d in prior.events]
-        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, "", events, queued=len(events))
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
+                      queued=len(events))
         if prior.outcome != "sent":
             return out
         attempt = next(ev for ev in events if ev.stage == A.EXECUTION_ATTEMPT)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from operators.signal import REGIMES, SOURCES, Signal
+from operators.signal import REGIMES, SOURCES, VENUES, Signal
 
 
 class Params(BaseModel):
@@ -60,6 +60,15 @@ class UniverseParams(Params):
         default_factory=lambda: {k: frozenset(v) for k, v in DEFAULT_UNIVERSE.items()},
         description="venue -> tradeable symbols (the loader turns a file path into its lines)",
     )
+
+    @field_validator("universe")
+    @classmethod
+    def _venues(cls, v: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        """A misspelt venue would silently drop every signal of the real one."""
+        for venue in v:
+            if venue not in VENUES:
+                raise ValueError(f"unknown venue {venue!r}; known: {', '.join(VENUES)}")
+        return v
 
 
 class ConcentrationParams(Params):

@@ -33,6 +33,7 @@ Source = Literal[
 ]
 SOURCES: tuple[str, ...] = Source.__args__  # type: ignore[attr-defined]
 Venue = Literal["okx", "ibkr"]
+VENUES: tuple[str, ...] = Venue.__args__  # type: ignore[attr-defined]
 Side = Literal["buy", "sell"]
 Regime = Literal["trending_up", "trending_down", "choppy"]
 REGIMES: tuple[str, ...] = Regime.__args__  # type: ignore[attr-defined]
@@ -105,7 +106,7 @@ class Signal(_Strict):
     holding_period_hours: float = Field(gt=0)
     exit_rules: ExitRules
     backtest_stats: BacktestStats
-    regime_change_alert: bool = Field(default=False, description="added in 1.1")
+    regime_change_alert: bool = Field(default=False, strict=True, description="added in 1.1")
     nested: ClassVar[tuple[str, ...]] = ("exit_rules", "backtest_stats")
 
     _reals = field_validator(

@@ -1,0 +1,270 @@
+"""pipeline.yaml: parsing, validation errors by YAML path, interpolation, `apex validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from apex.cli import app
+from dataflows.config import ConfigError, load, parse
+from helpers import KELLY_AND_EXECUTE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _errors(text: str, path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, path, {} if env is None else env)
+    return info.value.errors
+
+
+def _stages(filters: str) -> str:
+    return "stages:\n" + filters.rstrip() + "\n" + KELLY_AND_EXECUTE
+
+
+# --- the shipped pipeline ------------------------------------------------------------------
+
+def test_shipped_pipeline_parses_with_the_seed_values():
+    p = load(REPO / "pipeline.yaml", env={})
+    assert p.stages == [
+        "filter:confidence", "filter:regime_compatibility", "filter:symbol_universe",
+        "filter:concentration", "filter:margin", "size:kelly", "execute:paper",
+    ]
+    by_name = {f.name: f for f in p.filters}
+    assert by_name["confidence"].params == {"min": 0.65}
+    assert by_name["concentration"].params == {"max_nav_fraction": 0.05}
+    assert by_name["margin"].params == {"initial_margin_rate": 0.5, "max_utilization": 0.8}
+    assert by_name["regime_compatibility"].params["incompatible"] == {
+        "trend_following": ["choppy"], "mean_reversion": ["trending_up", "trending_down"],
+    }
+    universe = by_name["symbol_universe"].params["universe"]
+    assert "DOGE-USDT" in universe["okx"] and "QQQ" in universe["ibkr"]
+    assert [f.needs_portfolio for f in p.filters] == [False, False, False, True, True]
+    assert p.execute.initial_nav_usd == 1_000_000
+    assert (p.execute.slippage_bps, p.execute.fee_bps) == (2, 5)
+    assert p.source == "recording:recordings/argus-sample.jsonl"
+    assert p.state_dir == REPO / ".apex"
+    assert p.clickhouse is None
+    assert p.clickhouse_dsn == f"chdb://{REPO / '.apex' / 'clickhouse'}"
+
+
+def test_shipped_pipeline_takes_values_from_the_environment(tmp_path):
+    p = load(REPO / "pipeline.yaml", env={"APEX_STATE_DIR": str(tmp_path / "s"), "APEX_SOURCE": "redis://h:6379/0",
+                                          "APEX_CONSUMER": "w2"})
+    assert p.state_dir == tmp_path / "s"
+    assert p.source == "redis://h:6379/0"
+    assert p.redis.consumer == "w2"
+
+
+# --- symbol_universe paths ---------------------------------------------------------------------
+
+def test_universe_file_path_is_relative_to_the_yaml_folder(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "lists").mkdir(parents=True)
+    (tmp_path / "conf" / "lists" / "okx.txt").write_text("# pairs\nBTC-USDT\n\n  ETH-USDT  # main\n")
+    monkeypatch.chdir(tmp_path)  # the cwd must not matter
+    text = _stages("  - filter: symbol_universe\n    universe:\n      okx: lists/okx.txt\n      ibkr: [AAPL, MSFT]\n")
+    p = parse(text, tmp_path / "conf" / "pipeline.yaml", {})
+    assert p.filters[0].params["universe"] == {"okx": frozenset({"BTC-USDT", "ETH-USDT"}),
+                                               "ibkr": frozenset({"AAPL", "MSFT"})}
+
+
+def test_universe_absolute_file_path(tmp_path):
+    f = tmp_path / "ibkr.txt"
+    f.write_text("SPY\nQQQ\n")
+    text = _stages(f"  - filter: symbol_universe\n    universe:\n      ibkr: {f}\n")
+    p = parse(text, tmp_path / "elsewhere" / "pipeline.yaml", {})
+    assert p.filters[0].params["universe"] == {"ibkr": frozenset({"SPY", "QQQ"})}
+
+
+def test_universe_missing_file_is_an_error_with_its_path(tmp_path):
+    text = _stages("  - filter: confidence\n  - filter: symbol_universe\n    universe:\n      okx: nope.txt\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert len(errors) == 1
+    assert errors[0].startswith("stages[1].universe.okx: cannot read ")
+    assert "nope.txt" in errors[0]
+
+
+def test_universe_unknown_venue_key_is_an_error(tmp_path):
+    # a typo such as `ibrk:` would otherwise silently drop every ibkr signal
+    text = _stages("  - filter: symbol_universe\n    universe:\n      okx: [BTC-USDT]\n      ibrk: [AAPL]\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert any(e.startswith("stages[0].universe") and "ibrk" in e for e in errors), errors
+
+
+# --- validation errors --------------------------------------------------------------------------
+
+def test_unknown_filter_suggests_the_closest_name(tmp_path):
+    errors = _errors(_stages("  - filter: confidnce\n"), tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].filter: unknown filter 'confidnce'; did you mean 'confidence'?"]
+
+
+def test_unknown_filter_with_nothing_close_lists_the_known_ones(tmp_path):
+    errors = _errors(_stages("  - filter: zzz\n"), tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].filter: unknown filter 'zzz'; known: confidence, regime_compatibility, "
+                      "symbol_universe, concentration, margin"]
+
+
+def test_wrong_type_is_reported_with_its_path(tmp_path):
+    errors = _errors(_stages("  - filter: confidence\n    min: high\n"), tmp_path / "pipeline.yaml")
+    assert len(errors) == 1
+    assert errors[0].startswith("stages[0].min: input should be a valid number")
+
+
+def test_out_of_range_and_unknown_parameter(tmp_path):
+    text = _stages("  - filter: confidence\n    min: 1.5\n  - filter: concentration\n    max_nav: 0.05\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].min: input should be less than or equal to 1",
+                      "stages[1].max_nav: extra inputs are not permitted"]
+
+
+def test_kelly_parameter_errors_name_the_nested_path(tmp_path):
+    text = ("stages:\n  - size: kelly\n    vol_haircut: 2\n    tracker: {window: 0}\n"
+            "  - execute:\n      initial_nav_usd: -1\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert "stages[0].vol_haircut: input should be less than or equal to 1" in errors
+    assert "stages[0].tracker.window: input should be greater than or equal to 1" in errors
+    assert "stages[1].execute.initial_nav_usd: input should be greater than 0" in errors
+
+
+def test_unknown_top_level_key_suggests(tmp_path):
+    errors = _errors("sourse: x\n" + _stages("  - filter: confidence\n"), tmp_path / "pipeline.yaml")
+    assert errors == ["sourse: unknown key; did you mean 'source'?"]
+
+
+def test_missing_size_and_execute(tmp_path):
+    errors = _errors("stages:\n  - filter: confidence\n", tmp_path / "pipeline.yaml")
+    assert errors == ["stages: missing `- size: kelly`", "stages: missing `- execute:` (it must be the last stage)"]
+
+
+def test_missing_execute_only(tmp_path):
+    errors = _errors("stages:\n  - size: kelly\n", tmp_path / "pipeline.yaml")
+    assert errors == ["stages: missing `- execute:` (it must be the last stage)"]
+
+
+def test_stage_after_execute(tmp_path):
+    text = "stages:\n  - size: kelly\n  - execute: {}\n  - filter: confidence\n"
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == ["stages[2]: nothing may follow the execute stage"]
+
+
+def test_stage_with_two_kinds_or_none(tmp_path):
+    text = "stages:\n  - {filter: confidence, size: kelly}\n  - {min: 1}\n  - size: kelly\n  - execute: {}\n"
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0]: must be a mapping with exactly one of filter:, size: or execute:",
+                      "stages[1]: must be a mapping with exactly one of filter:, size: or execute:"]
+
+
+def test_unknown_sizing_and_second_size_stage(tmp_path):
+    text = "stages:\n  - size: fixed\n  - size: kelly\n  - size: kelly\n  - execute: {}\n"
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].size: unknown sizing 'fixed'; known: 'kelly'", "stages[2]: a second size stage"]
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    text = _stages("  - filter: confidence\n    min: high\n  - filter: margn\n  - filter: concentration\n"
+                   "    max_nav_fraction: 0\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert [e.split(":")[0] for e in errors] == ["stages[0].min", "stages[1].filter", "stages[2].max_nav_fraction"]
+
+
+def test_regime_table_errors_have_their_path(tmp_path):
+    text = _stages("  - filter: regime_compatibility\n    incompatible: {astrology: [choppy]}\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert len(errors) == 1
+    assert errors[0].startswith("stages[0].incompatible: value error, unknown source 'astrology'")
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    assert _errors("- a\n- b\n", tmp_path / "p.yaml") == ["(root): must be a mapping with a stages: list"]
+    assert _errors("stages: [\n", tmp_path / "p.yaml")[0].startswith("(yaml):")
+
+
+def test_custom_filter_module_not_found(tmp_path):
+    errors = _errors(_stages("  - filter: nosuchmodule_apex:fn\n"), tmp_path / "pipeline.yaml")
+    assert len(errors) == 1
+    assert errors[0].startswith("stages[0].filter: cannot load 'nosuchmodule_apex:fn'")
+
+
+# --- ${VAR:-default} interpolation ----------------------------------------------------------------
+
+def test_interpolation_default_and_override(tmp_path):
+    text = "state_dir: ${APEX_T_DIR:-/tmp/apex-default}\n" + _stages("  - filter: confidence\n    min: ${APEX_T_MIN:-0.7}\n")
+    p = parse(text, tmp_path / "pipeline.yaml", {})
+    assert p.state_dir == Path("/tmp/apex-default")
+    assert p.filters[0].params == {"min": 0.7}
+    p = parse(text, tmp_path / "pipeline.yaml", {"APEX_T_DIR": "/srv/apex", "APEX_T_MIN": "0.9"})
+    assert p.state_dir == Path("/srv/apex")
+    assert p.filters[0].params == {"min": 0.9}
+
+
+def test_interpolation_empty_default(tmp_path):
+    p = parse("clickhouse: ${APEX_T_CH:-}\n" + _stages("  - filter: confidence\n"), tmp_path / "pipeline.yaml", {})
+    assert p.clickhouse is None
+    assert p.clickhouse_dsn == f"chdb://{(tmp_path / '.apex' / 'clickhouse').resolve()}"
+
+
+def test_missing_variable_without_default_is_an_error_with_its_line(tmp_path):
+    text = _stages("  - filter: confidence\n    min: ${APEX_T_UNSET}\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert "line 3: ${APEX_T_UNSET} is not set and has no default (use ${APEX_T_UNSET:-value})" in errors
+
+
+def test_relative_state_dir_resolves_against_the_yaml_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    p = parse("state_dir: run/state\n" + _stages("  - filter: confidence\n"), tmp_path / "pipeline.yaml", {})
+    assert p.state_dir == tmp_path / "run" / "state"
+
+
+# --- apex validate ------------------------------------------------------------------------------
+
+def _validate(path: Path):
+    return CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "400"})
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_cli_validate_ok(tmp_path):
+    f = tmp_path / "pipeline.yaml"
+    f.write_text(_stages("  - filter: confidence\n  - filter: margin\n"))
+    res = _validate(f)
+    assert res.exit_code == 0, res.output
+    assert "ok:" in res.output
+    assert "filter:confidence → filter:margin → size:kelly → execute:paper" in _flat(res.output)
+
+
+def test_cli_validate_shipped_pipeline():
+    res = _validate(REPO / "pipeline.yaml")
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_validate_reports_every_error_with_its_path_and_exits_1(tmp_path):
+    f = tmp_path / "pipeline.yaml"
+    f.write_text("stages:\n  - filter: confidence\n    min: high\n  - filter: confidnce\n  - size: kelly\n"
+                 "  - execute: {}\n  - filter: margin\n")
+    res = _validate(f)
+    assert res.exit_code == 1
+    out = _flat(res.output)
+    assert "stages[0].min: input should be a valid number" in out
+    assert "stages[1].filter: unknown filter 'confidnce'; did you mean 'confidence'?" in out
+    assert "stages[4]: nothing may follow the execute stage" in out
+
+
+def test_cli_validate_missing_stages_and_unknown_key(tmp_path):
+    f = tmp_path / "pipeline.yaml"
+    f.write_text("stagez: []\nstages:\n  - filter: confidence\n")
+    res = _validate(f)
+    assert res.exit_code == 1
+    out = _flat(res.output)
+    assert "stagez: unknown key; did you mean 'stages'?" in out
+    assert "stages: missing `- size: kelly`" in out
+    assert "stages: missing `- execute:`" in out
+
+
+def test_cli_validate_missing_file(tmp_path):
+    res = _validate(tmp_path / "absent.yaml")
+    assert res.exit_code == 1
+    assert "No such file or directory" in _flat(res.output)

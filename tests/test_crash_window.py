@@ -1,0 +1,134 @@
+"""The crash window between sending an order and recording its fill: resolved by
+asking the venue, never by sending a second order."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.execution import Executor
+from connectors.ledger import Ledger
+from connectors.venues.paper import PaperVenue
+from helpers import entry, make_pipeline, paper_orders, run_entries
+from operators.orders import Order, client_order_id
+
+CID = client_order_id("sig-crash")
+ORDER = Order(CID, "sig-crash", "open", "okx", "BTC-USDT", "buy", 50.0, 100.0, 1767261601000)
+
+
+class Crash(Exception):
+    """The process dies here."""
+
+
+class DiesAfterSending:
+    """A venue connection whose process dies right after the venue accepted the order."""
+
+    name = "paper"
+
+    def __init__(self, venue: PaperVenue):
+        self.venue = venue
+
+    def place(self, order: Order):
+        self.venue.place(order)
+        raise Crash
+
+    def lookup(self, client_order_id: str):
+        return self.venue.lookup(client_order_id)
+
+
+class DiesBeforeSending(DiesAfterSending):
+    def place(self, order: Order):
+        raise Crash
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return tmp_path / "ledger.sqlite", tmp_path / "paper-venue.sqlite"
+
+
+def _crash(paths, venue_cls) -> None:
+    ledger, venue = Ledger(paths[0]), PaperVenue(paths[1])
+    with pytest.raises(Crash):
+        Executor(ledger, venue_cls(venue)).execute(ORDER)
+    assert ledger.execution(CID)[0] == "intent"  # the intent row was written before the send
+    assert list(ledger.fills()) == []
+    ledger.close()
+    venue.db.close()
+
+
+def test_crash_after_send_resolves_from_the_venue_without_a_second_order(paths):
+    _crash(paths, DiesAfterSending)
+    ledger, venue = Ledger(paths[0]), PaperVenue(paths[1])  # the restart
+    assert venue.orders_sent() == (1, 0)
+    fill, sent = Executor(ledger, venue).execute(ORDER)
+    assert sent is False
+    assert (fill.signal_id, fill.client_order_id, fill.symbol, fill.side, fill.quantity, fill.price) == (
+        "sig-crash", CID, "BTC-USDT", "buy", 50.0, 100.0)
+    assert venue.orders_sent() == (1, 0)
+    assert ledger.execution(CID)[0] == "filled"
+    assert list(ledger.fills()) == [fill]
+    # and once recorded, later calls are answered by the ledger alone
+    again, sent = Executor(ledger, venue).execute(ORDER)
+    assert (again, sent) == (fill, False)
+    assert venue.orders_sent() == (1, 0)
+
+
+def test_crash_before_send_sends_once_on_restart(paths):
+    _crash(paths, DiesBeforeSending)
+    ledger, venue = Ledger(paths[0]), PaperVenue(paths[1])
+    assert venue.orders_sent() == (0, 0)
+    fill, sent = Executor(ledger, venue).execute(ORDER)
+    assert sent is True
+    assert fill.client_order_id == CID
+    assert venue.orders_sent() == (1, 0)
+    assert ledger.execution(CID)[0] == "filled"
+
+
+def test_executing_the_same_order_twice_sends_once(paths):
+    ledger, venue = Ledger(paths[0]), PaperVenue(paths[1], slippage_bps=10, fee_bps=5)
+    ex = Executor(ledger, venue)
+    first, sent1 = ex.execute(ORDER)
+    second, sent2 = ex.execute(ORDER)
+    assert (sent1, sent2) == (True, False)
+    assert second == first
+    assert first.price == pytest.approx(100.1)  # 10 bps against a buy
+    assert first.fee_usd == pytest.approx(50.0 * 100.1 * 0.0005)
+    assert venue.orders_sent() == (1, 0)
+
+
+def test_paper_venue_refuses_a_second_order_under_one_client_id(paths):
+    from connectors.venues import Rejected
+
+    venue = PaperVenue(paths[1])
+    venue.place(ORDER)
+    with pytest.raises(Rejected, match="duplicate client order id"):
+        venue.place(ORDER)
+    assert venue.orders_sent() == (1, 1)
+
+
+def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(tmp_path, monkeypatch):
+    """The venue accepts the order and the step dies before recording the fill;
+    the entry stays pending and is delivered again: the fill is taken from the venue."""
+    real_place = PaperVenue.place
+    calls = []
+
+    def place_then_die(self, order):
+        calls.append(order.client_order_id)
+        fill = real_place(self, order)
+        if len(calls) == 1:
+            raise RuntimeError("killed after the venue accepted the order")
+        return fill
+
+    monkeypatch.setattr(PaperVenue, "place", place_then_die)
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    e = entry("1767261601000-0", signal_id="sig-crash")
+    col = run_entries(tmp_path, p, [e, e])
+    first, again = col.outcomes
+    assert (first.outcome, first.terminal) == ("error", False)
+    assert first.reason == "RuntimeError: killed after the venue accepted the order"
+    assert (again.stream_id, again.outcome, again.terminal) == ("1767261601000-0", "filled", True)
+    stages = [(ev.stage, ev.outcome) for ev in again.events]
+    assert stages == [("SIGNAL_RECEIVED", "received"), ("FILTER_CHECK", "passed"), ("POSITION_SIZING", "sized"),
+                      ("EXECUTION_ATTEMPT", "sent"), ("EXECUTION_CONFIRMED", "filled"), ("TRADE_OPEN", "opened")]
+    assert again.events[4].details["resolved_without_send"] is True
+    assert calls == [client_order_id("sig-crash")]  # placed once, never again
+    assert paper_orders(p) == (1, 0)
