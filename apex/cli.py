@@ -77,7 +77,7 @@ def run(
         err.print(str(e))
         raise typer.Exit(2)
     total = count_entries(wiring.source.path) if isinstance(wiring.source, RecordingSource) else None
-    stop = getattr(wiring.source, "stop", None)
+    stop = wiring.stop if hasattr(wiring.source, "stop") else None
     if stop is not None:
         signals.signal(signals.SIGTERM, lambda *_: stop())
         signals.signal(signals.SIGINT, lambda *_: stop())
@@ -199,6 +199,22 @@ def report(
     command(state_dir, clickhouse, html, initial_nav, out, err)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, help="every scenario at a small size (a smoke run, well under a minute)"),
+    soak: Optional[float] = typer.Option(None, metavar="MINUTES", help="also run the soak for MINUTES at 200/s"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write every measurement as JSON"),
+    only: Optional[list[str]] = typer.Option(
+        None, help="run only this scenario (repeatable): latency saturation recovery replay lookup soak"),
+    keep: bool = typer.Option(False, help="keep the work dir (logs, ledgers, ack times) for a look"),
+) -> None:
+    """Measure Apex against the floor (a bare XREADGROUP → json.loads → XACK consumer) on a private redis-server."""
+    from apex.bench import command
+
+    raise typer.Exit(command(quick=quick, soak_minutes=soak, json_out=json_out, only=only, keep=keep,
+                             out=out, err=err))
+
+
 def _brief(details: dict) -> str:
     """One line of key=value with numbers at readable precision."""
     parts = []
@@ -224,4 +240,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run as ``python -m apex.cli``: register on the imported module's app, the one main() knows
+    from apex.cli import main as _main
+
+    _main()

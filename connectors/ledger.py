@@ -90,7 +90,9 @@ class Ledger:
     def begin(self) -> None:
         """Open one transaction for a whole Bytewax batch: one commit per batch, not per signal."""
         if not self.db.in_transaction:
-            self.db.execute("BEGIN")
+            # IMMEDIATE: take the write lock now; a deferred BEGIN that reads, then writes,
+            # fails at once (busy_timeout or not) when the shipper wrote in between.
+            self.db.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
         if self.db.in_transaction:
@@ -101,7 +103,7 @@ class Ledger:
         Called right before an order leaves: the intent must outlive a crash."""
         if self.db.in_transaction:
             self.db.execute("COMMIT")
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")
 
     def decided(self, signal_id: str) -> Decided | None:
         row = self.db.execute(

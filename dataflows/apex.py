@@ -10,7 +10,7 @@ and only then acknowledges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,12 @@ class Wiring:
     pipeline: Pipeline
     source: Any
     acker: Acker | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    market: Any = None  # the live price/regime source, merged into the same flow
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): every live source stops reading; in-flight work finishes."""
+        for part in (self.source, self.market):
+            getattr(part, "stop", lambda: None)()
 
 
 def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, Acker | None]:
@@ -61,6 +66,12 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)
+    market = None
+    if acker is not None:  # live: prices and regimes come on their own stream, same group
+        from connectors.redis_streams import RedisStreamSource
+
+        market = RedisStreamSource(src.cfg.model_copy(update={"stream": pipeline.prices.stream}))
+        s = op.merge("with_market", s, op.input("market", flow, market))
     s = op.map("validate", s, validator(frozenset({pipeline.prices.stream})))
     used: set[str] = set()
     for i, f in enumerate(pipeline.filters):
@@ -77,7 +88,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker)
+    return flow, Wiring(pipeline, src, acker, market)
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:

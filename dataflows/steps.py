@@ -63,9 +63,11 @@ class PortfolioLogic(StatefulBatchLogic):
 
     def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
         ledger = self.step.ledger
+        shipper = self.step.shipper
+        # read outside the transaction: the shipper's connection must not wait on ours
+        shipped = shipper.shipped_seq if shipper is not None and shipper.background else 0
         ledger.begin()
-        if self.step.shipper is not None and self.step.shipper.background:
-            ledger.prune(self.step.shipper.shipped_seq)
+        ledger.prune(shipped)
         out: list[Outcome] = []
         try:
             for item in values:

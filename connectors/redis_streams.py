@@ -1,0 +1,283 @@
+"""Redis Streams as a Bytewax source, and the acknowledgements that close the loop.
+
+At-least-once by construction: an entry stays in the consumer group's
+pending list (PEL) from XREADGROUP until the audit sink has made its outcome
+durable and ``RedisAcker`` XACKs it. Anything in between (a crash, Redis
+going away, an ``error`` outcome) leaves it pending, and it comes back: to the
+same consumer on restart (its own PEL is read first), to any live consumer
+through XAUTOCLAIM once it has been idle long enough. Processing it again is
+safe because the ledger resumes a stream id instead of deciding it twice.
+Bytewax's own recovery is not used: the PEL is the resume state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import redis
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from connectors.entry import Entry
+from dataflows.config import RedisConfig
+from operators.audit import Outcome
+
+log = logging.getLogger("apex.redis")
+
+# BusyLoadingError (Redis replaying its AOF after a restart) is a ConnectionError.
+DOWN = (redis.ConnectionError, redis.TimeoutError)
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0
+ACK_PATIENCE_S = 5.0  # past this the acks are dropped: the entries stay pending and come back
+
+
+def connect(url: str) -> redis.Redis:
+    """No client-side retries: redis-py's default retry sleeps inside a call,
+    which would stall the Bytewax worker; callers back off on their own terms."""
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors="replace",
+                                socket_connect_timeout=1.0, socket_timeout=5.0,
+                                retry=Retry(NoBackoff(), 0))
+
+
+def errors_key(stream: str, group: str) -> str:
+    """stream id -> last error of a non-terminal outcome, so a dead letter can say why."""
+    return f"{stream}:{group}:errors"
+
+
+def counters_key(cfg: RedisConfig) -> str:
+    return f"{cfg.stream}:{cfg.group}:counters"
+
+
+def ensure_group(r: redis.Redis, cfg: RedisConfig) -> None:
+    """Id 0, so a fresh group also sees what Argus published before Apex first started."""
+    try:
+        r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+    except redis.ResponseError as err:
+        if "BUSYGROUP" not in str(err):
+            raise
+
+
+class Backoff:
+    """Capped exponential delay with jitter (workers restarted together should
+    not knock in step); an outage is logged once, and its length on recovery."""
+
+    def __init__(self, who: str):
+        self.who, self.delay, self.since = who, 0.0, None
+
+    def failed(self, err: Exception) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: redis unavailable (%s); retrying with backoff", self.who, err)
+        self.delay = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self.delay * 2))
+        return self.delay * random.uniform(0.5, 1.0)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.warning("%s: redis reconnected after %.2f s", self.who, time.monotonic() - self.since)
+        self.since, self.delay = None, 0.0
+
+
+class _RedisPartition(StatelessSourcePartition[Entry]):
+    def __init__(self, cfg: RedisConfig, consumer: str, source: "RedisStreamSource"):
+        self.cfg, self.consumer, self.source = cfg, consumer, source
+        self.r = connect(cfg.url)
+        self.backoff = Backoff(f"source {consumer}")
+        self._group_ready = False
+        self._history: str | None = "0"  # own pending first (a previous life's), then '>'
+        self._claim_at = 0.0
+        self._claim_from = "0-0"
+        self._claim_every = max(0.01, min(cfg.claim_idle_ms / 2000, 1.0))
+        self._awake: datetime | None = None
+        self._active_at = time.monotonic()
+
+    def next_batch(self) -> list[Entry]:
+        if self.source.stopping:
+            raise StopIteration
+        try:
+            batch = self._read()
+            done = not batch and self._drained()
+        except DOWN as err:
+            self._awake = datetime.now(timezone.utc) + timedelta(seconds=self.backoff.failed(err))
+            return []
+        except redis.ResponseError as err:
+            if "NOGROUP" not in str(err):
+                raise
+            self._group_ready = False  # Redis came back without the group: create it again
+            return []
+        self.backoff.recovered()
+        self._awake = None
+        if batch:
+            self._active_at = time.monotonic()
+        if done:
+            raise StopIteration
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def close(self) -> None:
+        self.r.close()
+
+    def _read(self) -> list[Entry]:
+        cfg = self.cfg
+        if not self._group_ready:
+            ensure_group(self.r, cfg)
+            self._group_ready = True
+        if self._history is not None:
+            got = self._xread(self._history, None)
+            if got:
+                entries = self._admit(got)
+                self._history = got[-1][0]
+                return entries
+            self._history = None
+        out: list[Entry] = []
+        if time.monotonic() >= self._claim_at:
+            out = self._claim()
+        now_ms = int(time.time() * 1000)
+        return out + [self._entry(sid, f, 1, now_ms) for sid, f in self._xread(">", cfg.block_ms)]
+
+    def _xread(self, from_id: str, block: int | None) -> list[tuple[str, dict]]:
+        res = self.r.xreadgroup(self.cfg.group, self.consumer, {self.cfg.stream: from_id},
+                                count=self.cfg.count, block=block)
+        return res[0][1] if res else []
+
+    def _claim(self) -> list[Entry]:
+        """A dead consumer's entries, and our own that failed, once idle long enough."""
+        nxt, got, *_ = self.r.xautoclaim(self.cfg.stream, self.cfg.group, self.consumer,
+                                         self.cfg.claim_idle_ms, self._claim_from, count=self.cfg.count)
+        self._claim_from = nxt
+        more = nxt != "0-0" and len(got) >= self.cfg.count
+        self._claim_at = 0.0 if more else time.monotonic() + self._claim_every
+        self.source.stats["claimed"] += len(got)
+        return self._admit(got)
+
+    def _admit(self, got: list[tuple[str, dict]]) -> list[Entry]:
+        """Redelivered entries: dead-letter those past the delivery limit."""
+        p = self.r.pipeline(transaction=False)
+        for sid, _ in got:
+            p.xpending_range(self.cfg.stream, self.cfg.group, sid, sid, 1)
+        counts = {r[0]["message_id"]: r[0]["times_delivered"] for r in p.execute() if r}
+        now_ms, out = int(time.time() * 1000), []
+        for sid, fields in got:
+            n = counts.get(sid)
+            if n is None:
+                continue  # acked meanwhile by whoever held it before
+            if not fields:  # deleted from the stream (XDEL, MAXLEN): nothing left to decide
+                self.r.xack(self.cfg.stream, self.cfg.group, sid)
+            elif n > self.cfg.max_deliveries:
+                self._dead_letter(sid, fields, n)
+            else:
+                out.append(self._entry(sid, fields, n, now_ms))
+        return out
+
+    def _dead_letter(self, sid: str, fields: dict, deliveries: int) -> None:
+        cfg = self.cfg
+        error = self.r.hget(errors_key(cfg.stream, cfg.group), sid) or "no error recorded"
+        p = self.r.pipeline(transaction=True)
+        p.xadd(cfg.dead_letter_stream, {**fields, "reason": f"max_deliveries: {error}", "stream_id": sid,
+                                        "deliveries": str(deliveries), "cause": "max_deliveries"})
+        p.xack(cfg.stream, cfg.group, sid)
+        p.hdel(errors_key(cfg.stream, cfg.group), sid)
+        p.hincrby(counters_key(cfg), "dead_lettered", 1)
+        p.execute()
+        self.source.stats["dead_lettered"] += 1
+        log.warning("dead-lettered %s after %d deliveries: %s", sid, deliveries, error)
+
+    def _entry(self, sid: str, fields: dict, deliveries: int, now_ms: int) -> Entry:
+        return Entry(self.cfg.stream, sid, fields, now_ms, time.perf_counter_ns(), deliveries)
+
+    def _drained(self) -> bool:
+        """--stop-when-idle: nothing new for that long and nothing of ours pending."""
+        limit = self.cfg.stop_when_idle_ms
+        if limit is None or self._history is not None:
+            return False
+        if (time.monotonic() - self._active_at) * 1000 < limit:
+            return False
+        return not self.r.xpending_range(self.cfg.stream, self.cfg.group, "-", "+", 1,
+                                         consumername=self.consumer)
+
+
+class RedisStreamSource(DynamicSource[Entry]):
+    """One consumer per Bytewax worker, all in one group: Redis hands each
+    entry to exactly one of them, which is what a DynamicSource asks for."""
+
+    def __init__(self, cfg: RedisConfig):
+        self.cfg = cfg
+        self.stopping = False
+        self.stats: Counter = Counter()
+
+    def stop(self) -> None:
+        """From a signal handler: every partition ends at its next poll and the
+        dataflow finishes what is already in flight."""
+        self.stopping = True
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        name = self.cfg.consumer if worker_count == 1 else f"{self.cfg.consumer}-{worker_index}"
+        return _RedisPartition(self.cfg, name, self)
+
+
+class RedisAcker:
+    """Called by the audit sink once the batch's outcomes are durable; never before."""
+
+    def __init__(self, cfg: RedisConfig):
+        self.cfg = cfg
+        self.r = connect(cfg.url)
+        self.backoff = Backoff("acker")
+        self.stats: Counter = Counter()
+
+    def settle(self, outcomes: list[Outcome]) -> None:
+        """One MULTI: dead letters for invalid payloads, XACK for every terminal
+        outcome, the error of each non-terminal one (it stays pending). If Redis
+        stays away past ACK_PATIENCE_S the batch is left pending instead of
+        raising: redelivery and the ledger make that safe, a dead worker does not."""
+        if not outcomes:
+            return
+        give_up = time.monotonic() + ACK_PATIENCE_S
+        while True:
+            try:
+                self._pipeline(outcomes).execute()
+                self.backoff.recovered()
+                self.stats["acked"] += sum(bool(o.terminal and o.stream_id) for o in outcomes)
+                failed = [o for o in outcomes if o.stream_id and not o.terminal]
+                if failed:
+                    log.warning("%d entries left pending for a retry, e.g. %s: %s", len(failed),
+                                failed[0].stream_id, failed[0].reason)
+                return
+            except DOWN as err:
+                delay = self.backoff.failed(err)
+                if time.monotonic() + delay > give_up:
+                    self.stats["ack_deferred"] += len(outcomes)
+                    log.warning("acker: %d outcomes left pending for redelivery", len(outcomes))
+                    return
+                time.sleep(delay)
+
+    def _pipeline(self, outcomes: list[Outcome]):
+        """Outcomes without a stream id (a trade closed on the clock) own no entry: nothing to ack."""
+        cfg = self.cfg
+        p = self.r.pipeline(transaction=True)
+        done: dict[str, list[str]] = {}
+        failed: dict[str, dict[str, str]] = {}
+        for o in outcomes:
+            if not o.stream_id:
+                continue
+            stream = o.stream or cfg.stream
+            if not o.terminal:
+                failed.setdefault(stream, {})[o.stream_id] = o.reason or o.outcome
+                continue
+            if o.outcome == "invalid":
+                p.xadd(cfg.dead_letter_stream, {**o.fields, "reason": o.reason, "stream_id": o.stream_id,
+                                                "cause": "invalid"})
+            done.setdefault(stream, []).append(o.stream_id)
+        for stream, ids in done.items():
+            p.xack(stream, cfg.group, *ids)
+            p.hdel(errors_key(stream, cfg.group), *ids)
+        for stream, errors in failed.items():
+            p.hset(errors_key(stream, cfg.group), mapping=errors)
+        return p
+
+    def close(self) -> None:
+        self.r.close()
