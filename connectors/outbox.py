@@ -11,7 +11,7 @@ ledger's own writer deletes shipped rows (``Ledger.prune``), so the shipper
 never queues for SQLite's write lock on the hot path.
 
 If ClickHouse is down the outbox grows; once the shipper reports failure and
-the backlog passes ``max_backlog`` rows, the sink stops acknowledging, so
+the backlog passes ``max_backlog`` outbox rows (one per ledger transaction), the sink stops acknowledging, so
 stream entries stay pending instead of piling up behind a dead store.
 
     python -m connectors.outbox LEDGER DSN    # runs until its stdin closes, then flushes
@@ -39,7 +39,8 @@ SCHEMA = (
 )
 TABLES = ("audit_events", "filter_drops", "executions", "trades")
 INTERVAL_S = 0.05
-CHUNK = 20_000
+CHUNK = 200  # outbox rows (one per ledger transaction, i.e. per Bytewax batch) per ClickHouse insert
+INLINE_AFTER = 40  # replays ship once this many batches wait: ~20,000 outcomes at 512 a batch
 
 
 def enqueue(db: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
@@ -66,7 +67,7 @@ class Shipper:
     outcomes, and flushes at the end.
     """
 
-    def __init__(self, ledger_path: Path, dsn: str, *, background: bool, max_backlog: int = 200_000):
+    def __init__(self, ledger_path: Path, dsn: str, *, background: bool, max_backlog: int = 5_000):
         self.ledger_path, self.dsn, self.background = Path(ledger_path), dsn, background
         self.max_backlog = max_backlog
         self._proc: subprocess.Popen | None = None
@@ -106,7 +107,7 @@ class Shipper:
         return healthy or self.backlog() < self.max_backlog, err
 
     def after_batch(self) -> None:
-        if not self.background and self.backlog() >= CHUNK:
+        if not self.background and self.backlog() >= INLINE_AFTER:
             self.ship_inline()
 
     def ship_inline(self) -> bool:

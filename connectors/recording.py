@@ -7,11 +7,11 @@ live, while the replay itself runs as fast as the machine allows.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Iterator
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.entry import Entry, id_ms
@@ -23,7 +23,7 @@ def read_lines(path: Path) -> Iterator[dict]:
     with path.open("rb") as fh:
         for line in fh:
             if line.strip():
-                yield json.loads(line)
+                yield orjson.loads(line)
 
 
 def count_entries(path: Path) -> int:

@@ -47,6 +47,7 @@ class VolEstimator:
 
     def __init__(self, window: int = 60):
         self._returns: deque[float] = deque(maxlen=window)
+        self._annualized: float | None = None  # every sizing reads it; it changes once a minute
         self._minute: int | None = None
         self._last_close: float | None = None
         self._current: float | None = None
@@ -56,17 +57,20 @@ class VolEstimator:
         if self._minute is not None and minute != self._minute and self._current is not None:
             if self._last_close is not None and self._last_close > 0 and self._current > 0:
                 self._returns.append(math.log(self._current / self._last_close))
+                self._annualized = None
             self._last_close = self._current
         self._minute = minute
         self._current = nav
 
     def annualized(self) -> float:
-        n = len(self._returns)
-        if n < 2:
-            return 0.0
-        mean = sum(self._returns) / n
-        var = sum((r - mean) ** 2 for r in self._returns) / (n - 1)
-        return math.sqrt(var) * math.sqrt(MINUTES_PER_YEAR)
+        if self._annualized is None:
+            n = len(self._returns)
+            if n < 2:
+                return 0.0
+            mean = sum(self._returns) / n
+            var = sum((r - mean) ** 2 for r in self._returns) / (n - 1)
+            self._annualized = math.sqrt(var) * math.sqrt(MINUTES_PER_YEAR)
+        return self._annualized
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Portfolio:
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
+        self._values: dict[tuple[str, str], float] | None = None
         self._by_symbol: dict[str, set[str]] = {}
         self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
 
@@ -101,7 +106,9 @@ class Portfolio:
         return max(0.0, 1 - self.nav / self.peak) if self.peak > 0 else 0.0
 
     def position_values(self) -> dict[tuple[str, str], float]:
-        return {k: q * self.marks.get(k[1], 0.0) for k, q in self.positions.items() if q}
+        if self._values is None:  # reset with NAV: only marks and fills change it
+            self._values = {k: q * self.marks.get(k[1], 0.0) for k, q in self.positions.items() if q}
+        return self._values
 
     def view(self, proposed_usd: float) -> PortfolioView:
         return PortfolioView(self.nav, self.position_values(), proposed_usd)
@@ -120,7 +127,7 @@ class Portfolio:
         self.positions[key] = self.positions.get(key, 0.0) + fill.signed_qty
         self.cash -= fill.signed_qty * fill.price + fill.fee_usd
         self.marks[fill.symbol] = fill.price
-        self._nav = None
+        self._nav = self._values = None
         self.fills += 1
         self._observe(fill.ts_ms)
 
@@ -139,7 +146,7 @@ class Portfolio:
     def on_price(self, symbol: str, price: float, clock_ms: int) -> list[TradeTerms]:
         """Mark the symbol; return the open trades whose hard stop this price hits."""
         self.marks[symbol] = price
-        self._nav = None
+        self._nav = self._values = None
         self._observe(clock_ms)
         ids = self._by_symbol.get(symbol, ())
         return [self.open_trades[sid] for sid in sorted(ids) if stop_hit(self.open_trades[sid], price)]

@@ -10,7 +10,8 @@ meaning of a field and guessing would trade on a misread signal.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from functools import cached_property
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -18,7 +19,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
 )
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -39,15 +39,9 @@ Regime = Literal["trending_up", "trending_down", "choppy"]
 REGIMES: tuple[str, ...] = Regime.__args__  # type: ignore[attr-defined]
 
 
-def _real(value: object) -> float:
-    """Accept ints and floats only: a string or a bool that happens to coerce
-    to a number is a producer bug and must not size a position."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("must be a real number, not " + type(value).__name__)
-    out = float(value)
-    if math.isnan(out) or math.isinf(out):
-        raise ValueError("must be finite")
-    return out
+# A real number: ints and floats only, finite. A string or a bool that happens to
+# coerce to a number is a producer bug and must not size a position.
+Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -57,7 +51,8 @@ class _Strict(BaseModel):
 
     def unknown_fields(self, prefix: str = "") -> list[str]:
         """Fields the producer sent that this version does not know: logged, never rejected."""
-        out = [prefix + k for k in self.__pydantic_extra__ or ()]
+        extra = self.__pydantic_extra__
+        out = [prefix + k for k in extra] if extra else []
         for name in self.nested:
             out += getattr(self, name).unknown_fields(prefix + name + ".")
         return out
@@ -67,24 +62,18 @@ class ExitRules(_Strict):
     """How the trade ends; ``description`` is the plain-English rule the producer wrote."""
 
     description: str = ""
-    hard_stop_pct: float | None = Field(default=None, gt=0, lt=1)
+    hard_stop_pct: Real | None = Field(default=None, gt=0, lt=1)
     exit_regimes: list[Regime] = Field(default_factory=list)
-    max_holding_hours: float | None = Field(default=None, gt=0)
-
-    _reals = field_validator("hard_stop_pct", "max_holding_hours", mode="before")(
-        lambda v: v if v is None else _real(v)
-    )
+    max_holding_hours: Real | None = Field(default=None, gt=0)
 
 
 class BacktestStats(_Strict):
     """What the strategy promised; realized results are compared against it."""
 
-    win_rate: float = Field(ge=0, le=1)
-    avg_win: float | None = None
-    avg_loss: float | None = None
+    win_rate: Real = Field(ge=0, le=1)
+    avg_win: Real | None = None
+    avg_loss: Real | None = None
     trades: int | None = Field(default=None, ge=0)
-
-    _reals = field_validator("win_rate", mode="before")(lambda v: _real(v))
 
 
 class Signal(_Strict):
@@ -98,27 +87,18 @@ class Signal(_Strict):
     venue: Venue
     symbol: str = Field(min_length=1)
     side: Side
-    confidence: float = Field(ge=0, le=1)
+    confidence: Real = Field(ge=0, le=1)
     regime: Regime
-    reference_price: float | None = Field(default=None, gt=0)
-    suggested_kelly: float = Field(ge=0, le=1)
-    max_position_usd: float = Field(gt=0)
-    holding_period_hours: float = Field(gt=0)
+    reference_price: Real | None = Field(default=None, gt=0)
+    suggested_kelly: Real = Field(ge=0, le=1)
+    max_position_usd: Real = Field(gt=0)
+    holding_period_hours: Real = Field(gt=0)
     exit_rules: ExitRules
     backtest_stats: BacktestStats
     regime_change_alert: bool = Field(default=False, strict=True, description="added in 1.1")
     nested: ClassVar[tuple[str, ...]] = ("exit_rules", "backtest_stats")
 
-    _reals = field_validator(
-        "confidence",
-        "reference_price",
-        "suggested_kelly",
-        "max_position_usd",
-        "holding_period_hours",
-        mode="before",
-    )(lambda v: v if v is None else _real(v))
-
-    @property
+    @cached_property
     def emitted_ms(self) -> int:
         return int(self.timestamp.timestamp() * 1000)
 
