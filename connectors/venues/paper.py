@@ -7,6 +7,7 @@ recording can be resolved by asking it (``lookup``) rather than sending twice.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from connectors.venues import Rejected
@@ -26,21 +27,28 @@ class PaperVenue:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS orders (client_order_id TEXT PRIMARY KEY, signal_id TEXT,"
-            " venue TEXT, symbol TEXT, side TEXT, quantity REAL, price REAL, fee_usd REAL, ts_ms INTEGER)"
+            " venue TEXT, symbol TEXT, side TEXT, quantity REAL, price REAL, fee_usd REAL, ts_ms INTEGER,"
+            " received_us INTEGER)"
         )
+        # wall-clock time the order reached the venue (µs since the epoch), for emit → venue latency;
+        # added to books made before the column existed
+        if "received_us" not in {r[1] for r in self.db.execute("PRAGMA table_info(orders)")}:
+            self.db.execute("ALTER TABLE orders ADD COLUMN received_us INTEGER")
         # every placement attempt, accepted or refused, so tests can prove nothing was sent twice
         self.db.execute("CREATE TABLE IF NOT EXISTS attempts (client_order_id TEXT, accepted INTEGER)")
 
     def place(self, order: Order) -> Fill:
+        received_us = time.time_ns() // 1000
         if order.price <= 0:
             raise Rejected("no price")
         sign = 1 if order.side == "buy" else -1
         price = order.price * (1 + sign * self.slippage)
         fee = abs(order.quantity * price) * self.fee
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO orders (client_order_id, signal_id, venue, symbol, side, quantity, price,"
+            " fee_usd, ts_ms, received_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.venue, order.symbol, order.side,
-             order.quantity, price, fee, order.ts_ms),
+             order.quantity, price, fee, order.ts_ms, received_us),
         )
         self.db.execute("INSERT INTO attempts VALUES (?, ?)", (order.client_order_id, cur.rowcount))
         if cur.rowcount == 0:

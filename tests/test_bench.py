@@ -1,0 +1,50 @@
+"""`apex bench --quick`: every scenario runs to the end and yields numbers.
+
+A smoke test only: the figures depend on the machine and its load, so nothing
+here asserts on a time or a rate (BENCHMARKS.md holds a real run's table).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = {"latency", "saturation", "recovery", "replay", "lookup"}
+
+
+def is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v
+
+
+def test_quick_bench_runs_every_scenario_and_produces_numbers(tmp_path):
+    if not Path("/usr/bin/redis-server").exists() and not shutil.which("redis-server"):
+        pytest.fail("redis-server not found: install Debian's redis-server (make redis)")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "apex.cli", "bench", "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["all_completed"] and not report["errors"]
+    assert {s["scenario"] for s in report["scenarios"]} == SCENARIOS
+    for s in report["scenarios"]:
+        systems = {r["system"] for r in s["runs"]}
+        assert systems == {"apex", "floor"}, s["scenario"]
+        for r in s["runs"]:
+            where = f"{s['scenario']} {r['system']} {r['what']}"
+            assert is_number(r["throughput_per_s"]) and r["throughput_per_s"] > 0, where
+            assert is_number(r["cpu_s"]) and is_number(r["peak_rss_mb"]) and r["peak_rss_mb"] > 0, where
+            if r["latency_us"] is not None:
+                assert all(is_number(r["latency_us"][q]) for q in ("p50", "p99", "p999", "max")), where
+        assert s["targets"], s["scenario"]
+        for t in s["targets"]:
+            assert t["measured"] is not None and isinstance(t["pass"], bool), (s["scenario"], t["name"])
+    live = {s["scenario"]: s for s in report["scenarios"]}
+    assert live["latency"]["runs"][0]["latency_us"]["n"] > 0  # orders reached the venue
+    assert "bench" in proc.stdout and "targets" in proc.stdout
