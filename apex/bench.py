@@ -3,7 +3,7 @@
 Starts its own redis-server (free loopback port, temporary directory, no
 persistence), runs every scenario for Apex and for the floor, one after the
 other, prints the measurements and the targets with pass/miss, and writes
-the lot as JSON. Scenarios live in ``apex/bench_scenarios.py``; the floor in
+the lot as JSON. Scenarios live in ``apex/bench_scenarios.py`` and ``apex/bench_soak.py``; the floor in
 ``apex/bench_floor.py``; the measured children in ``apex/bench_proc.py``.
 """
 
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from apex import bench_scenarios as S
 from apex.bench_proc import REDIS_SERVER, Child, RedisServer, machine
+from apex.bench_soak import soak
 
 ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "soak")
 
@@ -49,7 +50,7 @@ def command(*, quick: bool, soak_minutes: float | None, json_out: Path | None, o
             say(f"[b]{name}[/b]")
             t0 = time.monotonic()
             try:
-                res = S.soak(ctx, soak_minutes) if name == "soak" else getattr(S, name)(ctx)  # type: ignore[arg-type]
+                res = soak(ctx, soak_minutes) if name == "soak" else getattr(S, name)(ctx)  # type: ignore[arg-type]
                 res["seconds"] = round(time.monotonic() - t0, 1)
                 report["scenarios"].append(res)
             except Exception as e:  # noqa: BLE001 - report it, go on with the next scenario

@@ -76,7 +76,8 @@ def run(
     except ValueError as e:
         err.print(str(e))
         raise typer.Exit(2)
-    total = count_entries(wiring.source.path) if isinstance(wiring.source, RecordingSource) else None
+    show = progress and sys.stderr.isatty()
+    total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
     stop = wiring.stop if hasattr(wiring.source, "stop") else None
     if stop is not None:
         signals.signal(signals.SIGTERM, lambda *_: stop())
@@ -84,7 +85,7 @@ def run(
     err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
               f"clickhouse={p.clickhouse_dsn}", highlight=False)
     started = time.perf_counter()
-    if progress and sys.stderr.isatty():
+    if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("decided"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -90,6 +90,15 @@ class Ledger:
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
         self._rows: dict[str, list[dict]] = {}
+        # order of fills and closes: counters, not MAX()+1, which scanned the table on every fill
+        self._seq = {
+            "fill": self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM executions").fetchone()[0],
+            "close": self.db.execute("SELECT COALESCE(MAX(closed_seq), 0) FROM trades").fetchone()[0],
+        }
+
+    def _next(self, kind: str) -> int:
+        self._seq[kind] += 1
+        return self._seq[kind]
 
     def close(self) -> None:
         self.db.close()
@@ -165,8 +174,8 @@ class Ledger:
     def record_fill(self, fill: Fill) -> None:
         self.db.execute(
             "UPDATE executions SET status='filled', order_id=?, price=?, fee_usd=?, filled_ms=?,"
-            " seq=(SELECT COALESCE(MAX(seq), 0) + 1 FROM executions) WHERE client_order_id=?",
-            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, fill.client_order_id),
+            " seq=? WHERE client_order_id=?",
+            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.client_order_id),
         )
 
     def record_rejection(self, client_order_id: str, reason: str) -> None:
@@ -189,9 +198,8 @@ class Ledger:
 
     def record_close(self, closed: ClosedTrade) -> None:
         self.db.execute(
-            "UPDATE trades SET status='closed', won=?,"
-            " closed_seq=(SELECT COALESCE(MAX(closed_seq), 0) + 1 FROM trades) WHERE signal_id=?",
-            (int(closed.won), closed.terms.signal_id),
+            "UPDATE trades SET status='closed', won=?, closed_seq=? WHERE signal_id=?",
+            (int(closed.won), self._next("close"), closed.terms.signal_id),
         )
 
     def open_trades(self) -> list[TradeTerms]:
