@@ -9,7 +9,6 @@ meaning of a field and guessing would trade on a misread signal.
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from typing import Annotated, ClassVar, Literal
 
