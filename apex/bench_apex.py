@@ -57,6 +57,7 @@ def hold(signal, portfolio, path: str) -> bool:  # noqa: ARG001 - a filter's sig
 def run(a: argparse.Namespace) -> None:
     from bytewax.testing import run_main
 
+    from apex.gc_policy import quiet_gc
     from dataflows.apex import wire
     from dataflows.config import load
     from operators.filters import Filter
@@ -73,6 +74,7 @@ def run(a: argparse.Namespace) -> None:
     stop = getattr(wiring, "stop", None) or getattr(wiring.source, "stop", None)
     if stop is not None:
         signal.signal(signal.SIGTERM, lambda *_: stop())
+    quiet_gc()
     t0 = time.perf_counter()
     run_main(flow)
     seconds = time.perf_counter() - t0

@@ -20,6 +20,7 @@ import redis
 
 from apex.bench_proc import ROOT, Child, RedisServer, Usage, percentiles, wait_gone, wait_until
 from apex.bench_signals import publish, recording, templates
+from connectors import outbox
 from dataflows.config import RedisConfig
 
 CFG = RedisConfig()  # the shipped stream, group and consumer names (pipeline.yaml keeps them)
@@ -302,8 +303,10 @@ def audit_counts(ctx: Ctx, state: Path) -> dict:
     outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome"))
     left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     top = (db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone() or [0])[0]
-    shipped = db.execute("SELECT shipped_seq FROM outbox_state").fetchone()[0]
     db.close()
+    sdb = sqlite3.connect(outbox.state_path(state / "ledger.sqlite"))
+    shipped = sdb.execute("SELECT shipped_seq FROM outbox_state").fetchone()[0]
+    sdb.close()
     vdb = sqlite3.connect(state / "paper-venue.sqlite")
     orders = vdb.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
     vdb.close()

@@ -63,6 +63,7 @@ def run(
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
     from bytewax.testing import run_main
 
+    from apex.gc_policy import quiet_gc
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
     from dataflows.apex import wire
@@ -84,6 +85,7 @@ def run(
         signals.signal(signals.SIGINT, lambda *_: stop())
     err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
               f"clickhouse={p.clickhouse_dsn}", highlight=False)
+    quiet_gc()
     started = time.perf_counter()
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -77,6 +77,12 @@ class AuditStore:
     def __init__(self, dsn: str):
         self.dsn = dsn
         self.client = connect(dsn)
+        # column types read once: without them every insert first asks the server to DESCRIBE
+        rows = self.client.query(
+            "SELECT table, name, type FROM system.columns WHERE database = currentDatabase()"
+            " AND table IN {tables:Array(String)}", parameters={"tables": list(COLUMNS)}).result_rows
+        known = {(t, n): ty for t, n, ty in rows}
+        self.types = {t: [known[(t, c)] for c in cols] for t, cols in COLUMNS.items()}
 
     def write(self, rows: dict[str, list[dict[str, Any]]]) -> None:
         for table, items in rows.items():
@@ -84,7 +90,7 @@ class AuditStore:
                 continue
             cols = COLUMNS[table]
             data = [[r.get(c) for c in cols] for r in items]
-            self.client.insert(table, data, column_names=cols)
+            self.client.insert(table, data, column_names=cols, column_type_names=self.types[table])
 
     def query(self, sql: str, parameters: dict | None = None) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows

@@ -52,10 +52,10 @@ def counters_key(cfg: RedisConfig) -> str:
     return f"{cfg.stream}:{cfg.group}:counters"
 
 
-def ensure_group(r: redis.Redis, cfg: RedisConfig) -> None:
+def ensure_group(r: redis.Redis, cfg: RedisConfig, stream: str | None = None) -> None:
     """Id 0, so a fresh group also sees what Argus published before Apex first started."""
     try:
-        r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+        r.xgroup_create(stream or cfg.stream, cfg.group, id="0", mkstream=True)
     except redis.ResponseError as err:
         if "BUSYGROUP" not in str(err):
             raise
@@ -82,14 +82,19 @@ class Backoff:
 
 
 class _RedisPartition(StatelessSourcePartition[Entry]):
-    def __init__(self, cfg: RedisConfig, consumer: str, source: "RedisStreamSource"):
-        self.cfg, self.consumer, self.source = cfg, consumer, source
+    """Every stream of the source in one XREADGROUP: a blocking read on one
+    stream would otherwise hold up entries arriving on another, and one call
+    a poll costs less CPU than one a stream."""
+
+    def __init__(self, cfg: RedisConfig, streams: tuple[str, ...], consumer: str, source: "RedisStreamSource"):
+        self.cfg, self.streams, self.consumer, self.source = cfg, streams, consumer, source
         self.r = connect(cfg.url)
         self.backoff = Backoff(f"source {consumer}")
         self._group_ready = False
-        self._history: str | None = "0"  # own pending first (a previous life's), then '>'
+        # own pending first (a previous life's), stream by stream, then '>'
+        self._history: dict[str, str] = {s: "0" for s in streams}
         self._claim_at = 0.0
-        self._claim_from = "0-0"
+        self._claim_from = {s: "0-0" for s in streams}
         self._claim_every = max(0.01, min(cfg.claim_idle_ms / 2000, 1.0))
         self._awake: datetime | None = None
         self._active_at = time.monotonic()
@@ -125,41 +130,53 @@ class _RedisPartition(StatelessSourcePartition[Entry]):
     def _read(self) -> list[Entry]:
         cfg = self.cfg
         if not self._group_ready:
-            ensure_group(self.r, cfg)
+            for stream in self.streams:
+                ensure_group(self.r, cfg, stream)
             self._group_ready = True
-        if self._history is not None:
-            got = self._xread(self._history, None)
-            if got:
-                entries = self._admit(got)
-                self._history = got[-1][0]
-                return entries
-            self._history = None
-        out: list[Entry] = []
+        if self._history:
+            got = self._xread(dict(self._history), None)
+            out: list[Entry] = []
+            for stream in list(self._history):
+                entries = got.get(stream)
+                if entries:
+                    out += self._admit(stream, entries)
+                    self._history[stream] = entries[-1][0]
+                else:
+                    del self._history[stream]
+            if out or not self._history:
+                return out
+        out = []
         if time.monotonic() >= self._claim_at:
             out = self._claim()
         now_ms = int(time.time() * 1000)
-        return out + [self._entry(sid, f, 1, now_ms) for sid, f in self._xread(">", cfg.block_ms)]
+        got = self._xread({s: ">" for s in self.streams}, cfg.block_ms)
+        for stream, entries in got.items():
+            out += [self._entry(stream, sid, f, 1, now_ms) for sid, f in entries]
+        return out
 
-    def _xread(self, from_id: str, block: int | None) -> list[tuple[str, dict]]:
-        res = self.r.xreadgroup(self.cfg.group, self.consumer, {self.cfg.stream: from_id},
-                                count=self.cfg.count, block=block)
-        return res[0][1] if res else []
+    def _xread(self, ids: dict[str, str], block: int | None) -> dict[str, list[tuple[str, dict]]]:
+        res = self.r.xreadgroup(self.cfg.group, self.consumer, ids, count=self.cfg.count, block=block)
+        return {stream: entries for stream, entries in res or ()}
 
     def _claim(self) -> list[Entry]:
         """A dead consumer's entries, and our own that failed, once idle long enough."""
-        nxt, got, *_ = self.r.xautoclaim(self.cfg.stream, self.cfg.group, self.consumer,
-                                         self.cfg.claim_idle_ms, self._claim_from, count=self.cfg.count)
-        self._claim_from = nxt
-        more = nxt != "0-0" and len(got) >= self.cfg.count
+        out: list[Entry] = []
+        more = False
+        for stream in self.streams:
+            nxt, got, *_ = self.r.xautoclaim(stream, self.cfg.group, self.consumer, self.cfg.claim_idle_ms,
+                                             self._claim_from[stream], count=self.cfg.count)
+            self._claim_from[stream] = nxt
+            more = more or (nxt != "0-0" and len(got) >= self.cfg.count)
+            self.source.stats["claimed"] += len(got)
+            out += self._admit(stream, got)
         self._claim_at = 0.0 if more else time.monotonic() + self._claim_every
-        self.source.stats["claimed"] += len(got)
-        return self._admit(got)
+        return out
 
-    def _admit(self, got: list[tuple[str, dict]]) -> list[Entry]:
+    def _admit(self, stream: str, got: list[tuple[str, dict]]) -> list[Entry]:
         """Redelivered entries: dead-letter those past the delivery limit."""
         p = self.r.pipeline(transaction=False)
         for sid, _ in got:
-            p.xpending_range(self.cfg.stream, self.cfg.group, sid, sid, 1)
+            p.xpending_range(stream, self.cfg.group, sid, sid, 1)
         counts = {r[0]["message_id"]: r[0]["times_delivered"] for r in p.execute() if r}
         now_ms, out = int(time.time() * 1000), []
         for sid, fields in got:
@@ -167,46 +184,49 @@ class _RedisPartition(StatelessSourcePartition[Entry]):
             if n is None:
                 continue  # acked meanwhile by whoever held it before
             if not fields:  # deleted from the stream (XDEL, MAXLEN): nothing left to decide
-                self.r.xack(self.cfg.stream, self.cfg.group, sid)
+                self.r.xack(stream, self.cfg.group, sid)
             elif n > self.cfg.max_deliveries:
-                self._dead_letter(sid, fields, n)
+                self._dead_letter(stream, sid, fields, n)
             else:
-                out.append(self._entry(sid, fields, n, now_ms))
+                out.append(self._entry(stream, sid, fields, n, now_ms))
         return out
 
-    def _dead_letter(self, sid: str, fields: dict, deliveries: int) -> None:
+    def _dead_letter(self, stream: str, sid: str, fields: dict, deliveries: int) -> None:
         cfg = self.cfg
-        error = self.r.hget(errors_key(cfg.stream, cfg.group), sid) or "no error recorded"
+        error = self.r.hget(errors_key(stream, cfg.group), sid) or "no error recorded"
         p = self.r.pipeline(transaction=True)
         p.xadd(cfg.dead_letter_stream, {**fields, "reason": f"max_deliveries: {error}", "stream_id": sid,
-                                        "deliveries": str(deliveries), "cause": "max_deliveries"})
-        p.xack(cfg.stream, cfg.group, sid)
-        p.hdel(errors_key(cfg.stream, cfg.group), sid)
+                                        "stream": stream, "deliveries": str(deliveries),
+                                        "cause": "max_deliveries"})
+        p.xack(stream, cfg.group, sid)
+        p.hdel(errors_key(stream, cfg.group), sid)
         p.hincrby(counters_key(cfg), "dead_lettered", 1)
         p.execute()
         self.source.stats["dead_lettered"] += 1
-        log.warning("dead-lettered %s after %d deliveries: %s", sid, deliveries, error)
+        log.warning("dead-lettered %s %s after %d deliveries: %s", stream, sid, deliveries, error)
 
-    def _entry(self, sid: str, fields: dict, deliveries: int, now_ms: int) -> Entry:
-        return Entry(self.cfg.stream, sid, fields, now_ms, time.perf_counter_ns(), deliveries)
+    def _entry(self, stream: str, sid: str, fields: dict, deliveries: int, now_ms: int) -> Entry:
+        return Entry(stream, sid, fields, now_ms, time.perf_counter_ns(), deliveries)
 
     def _drained(self) -> bool:
         """--stop-when-idle: nothing new for that long and nothing of ours pending."""
         limit = self.cfg.stop_when_idle_ms
-        if limit is None or self._history is not None:
+        if limit is None or self._history:
             return False
         if (time.monotonic() - self._active_at) * 1000 < limit:
             return False
-        return not self.r.xpending_range(self.cfg.stream, self.cfg.group, "-", "+", 1,
-                                         consumername=self.consumer)
+        return not any(self.r.xpending_range(s, self.cfg.group, "-", "+", 1, consumername=self.consumer)
+                       for s in self.streams)
 
 
 class RedisStreamSource(DynamicSource[Entry]):
     """One consumer per Bytewax worker, all in one group: Redis hands each
-    entry to exactly one of them, which is what a DynamicSource asks for."""
+    entry to exactly one of them, which is what a DynamicSource asks for.
+    ``also`` are further streams read in the same call (prices and regimes)."""
 
-    def __init__(self, cfg: RedisConfig):
+    def __init__(self, cfg: RedisConfig, also: tuple[str, ...] = ()):
         self.cfg = cfg
+        self.streams = (cfg.stream, *(s for s in also if s != cfg.stream))
         self.stopping = False
         self.stats: Counter = Counter()
 
@@ -217,7 +237,7 @@ class RedisStreamSource(DynamicSource[Entry]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         name = self.cfg.consumer if worker_count == 1 else f"{self.cfg.consumer}-{worker_index}"
-        return _RedisPartition(self.cfg, name, self)
+        return _RedisPartition(self.cfg, self.streams, name, self)
 
 
 class RedisAcker:

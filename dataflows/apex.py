@@ -34,12 +34,10 @@ class Wiring:
     pipeline: Pipeline
     source: Any
     acker: Acker | None = None
-    market: Any = None  # the live price/regime source, merged into the same flow
 
     def stop(self) -> None:
-        """Graceful stop (SIGTERM): every live source stops reading; in-flight work finishes."""
-        for part in (self.source, self.market):
-            getattr(part, "stop", lambda: None)()
+        """Graceful stop (SIGTERM): the live source stops reading; in-flight work finishes."""
+        getattr(self.source, "stop", lambda: None)()
 
 
 def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, Acker | None]:
@@ -50,7 +48,8 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, 
         from connectors.redis_streams import RedisAcker, RedisStreamSource
 
         cfg = pipeline.redis.model_copy(update={"url": spec})
-        return RedisStreamSource(cfg), RedisAcker(cfg)
+        # prices and regimes come on their own stream, read in the same call
+        return RedisStreamSource(cfg, also=(pipeline.prices.stream,)), RedisAcker(cfg)
     raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
 
 
@@ -66,12 +65,6 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)
-    market = None
-    if acker is not None:  # live: prices and regimes come on their own stream, same group
-        from connectors.redis_streams import RedisStreamSource
-
-        market = RedisStreamSource(src.cfg.model_copy(update={"stream": pipeline.prices.stream}))
-        s = op.merge("with_market", s, op.input("market", flow, market))
     s = op.map("validate", s, validator(frozenset({pipeline.prices.stream})))
     used: set[str] = set()
     for i, f in enumerate(pipeline.filters):
@@ -88,7 +81,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker, market)
+    return flow, Wiring(pipeline, src, acker)
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:

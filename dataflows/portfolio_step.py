@@ -153,7 +153,10 @@ class PortfolioStep:
         chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
                   venue=self.executor.venue.name, kind="open", quantity=order.quantity, price=order.price)
         out.outcome = "sent"
-        self._record(out)  # the decision is durable before the order can leave
+        # the decision is durable with the intent, before the order can leave; its audit
+        # rows wait for the fill (a restart resuming a "sent" decision queues them all)
+        self.ledger.record_decision(out.signal_id, out.stream_id, "sent", out.reason, out.events[0].ts_ms,
+                                    [ev.to_dict() for ev in out.events])
         return self._open(book, out, chain, order, sig)
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
@@ -185,10 +188,10 @@ class PortfolioStep:
         e, sig = item.entry, item.signal
         assert sig is not None
         events = [Event.from_dict(d) for d in prior.events]
-        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
-                      queued=len(events))
         if prior.outcome != "sent":
-            return out
+            return Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
+                           queued=len(events))
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events)
         attempt = next(ev for ev in events if ev.stage == A.EXECUTION_ATTEMPT)
         d = attempt.details
         order = Order(d["client_order_id"], sig.signal_id, "open", sig.venue, sig.symbol, sig.side,
@@ -200,10 +203,10 @@ class PortfolioStep:
 
     def _record(self, out: Outcome) -> Outcome:
         """The decision and its audit rows, in the ledger's current transaction. Only an
-        order in flight keeps its events there: a restart rebuilds its chain from them."""
-        events = [ev.to_dict() for ev in out.events] if out.outcome == "sent" else []
+        order in flight keeps its events in the decision (``_decide``): a restart rebuilds
+        its chain from them."""
         self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
-                                    out.events[0].ts_ms, events)
+                                    out.events[0].ts_ms, [])
         return self._emit(out)
 
     def _emit(self, out: Outcome) -> Outcome:

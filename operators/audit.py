@@ -56,7 +56,11 @@ class Event:
     latency_us: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        # spelled out: a comprehension over __slots__ was a fifth of a fill's audit cost
+        return {"stream_id": self.stream_id, "signal_id": self.signal_id, "stage": self.stage,
+                "outcome": self.outcome, "ts_ms": self.ts_ms, "seq": self.seq, "reason": self.reason,
+                "source": self.source, "venue": self.venue, "symbol": self.symbol,
+                "size_usd": self.size_usd, "details": self.details, "latency_us": self.latency_us}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":

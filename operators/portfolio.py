@@ -91,14 +91,17 @@ class Portfolio:
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
-        self._values: dict[tuple[str, str], float] | None = None
+        # kept up to date symbol by symbol: rebuilding it from every position on each
+        # fill was a sixth of the portfolio step once a few hundred symbols were held
+        self._values: dict[tuple[str, str], float] = {}
+        self._keys: dict[str, list[tuple[str, str]]] = {}  # symbol -> position keys (venues)
         self._by_symbol: dict[str, set[str]] = {}
         self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
 
     @property
     def nav(self) -> float:
         if self._nav is None:
-            self._nav = self.cash + sum(q * self.marks.get(k[1], 0.0) for k, q in self.positions.items())
+            self._nav = self.cash + sum(self._values.values())
         return self._nav
 
     @property
@@ -106,9 +109,18 @@ class Portfolio:
         return max(0.0, 1 - self.nav / self.peak) if self.peak > 0 else 0.0
 
     def position_values(self) -> dict[tuple[str, str], float]:
-        if self._values is None:  # reset with NAV: only marks and fills change it
-            self._values = {k: q * self.marks.get(k[1], 0.0) for k, q in self.positions.items() if q}
+        """Marked value of every non-flat position."""
         return self._values
+
+    def _mark(self, symbol: str, price: float) -> None:
+        self.marks[symbol] = price
+        for key in self._keys.get(symbol, ()):
+            q = self.positions[key]
+            if q:
+                self._values[key] = q * price
+            else:
+                self._values.pop(key, None)
+        self._nav = None
 
     def view(self, proposed_usd: float) -> PortfolioView:
         return PortfolioView(self.nav, self.position_values(), proposed_usd)
@@ -124,10 +136,11 @@ class Portfolio:
     def apply_fill(self, fill: Fill) -> None:
         """Cash, position and mark; opening and closing fills alike."""
         key = (fill.venue, fill.symbol)
+        if key not in self.positions:
+            self._keys.setdefault(fill.symbol, []).append(key)
         self.positions[key] = self.positions.get(key, 0.0) + fill.signed_qty
         self.cash -= fill.signed_qty * fill.price + fill.fee_usd
-        self.marks[fill.symbol] = fill.price
-        self._nav = self._values = None
+        self._mark(fill.symbol, fill.price)
         self.fills += 1
         self._observe(fill.ts_ms)
 
@@ -145,8 +158,7 @@ class Portfolio:
 
     def on_price(self, symbol: str, price: float, clock_ms: int) -> list[TradeTerms]:
         """Mark the symbol; return the open trades whose hard stop this price hits."""
-        self.marks[symbol] = price
-        self._nav = self._values = None
+        self._mark(symbol, price)
         self._observe(clock_ms)
         ids = self._by_symbol.get(symbol, ())
         return [self.open_trades[sid] for sid in sorted(ids) if stop_hit(self.open_trades[sid], price)]

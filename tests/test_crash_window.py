@@ -8,7 +8,7 @@ import pytest
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.venues.paper import PaperVenue
-from helpers import entry, make_pipeline, paper_orders, run_entries
+from helpers import audit_query, entry, make_pipeline, paper_orders, run_entries
 from operators.orders import Order, client_order_id
 
 CID = client_order_id("sig-crash")
@@ -132,3 +132,7 @@ def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(t
     assert again.events[4].details["resolved_without_send"] is True
     assert calls == [client_order_id("sig-crash")]  # placed once, never again
     assert paper_orders(p) == (1, 0)
+    # the audit trail holds the whole chain once: the rows of the "sent" decision wait for its fill
+    rows = audit_query(p, "SELECT stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
+                          " GROUP BY stage, outcome, seq ORDER BY seq")
+    assert rows == [(stage, outcome, 1) for stage, outcome in stages]

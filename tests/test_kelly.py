@@ -262,3 +262,23 @@ def test_tracker_params_reject_bad_bounds():
         TrackerParams(bounds=(1.1, 1.5))
     with pytest.raises(ValueError):
         TrackerParams(bounds=(0.5, 0.9))
+
+
+def test_the_book_keeps_each_positions_value_marked_as_fills_and_prices_arrive():
+    """Values are kept symbol by symbol, not rebuilt: they must equal a rebuild at every step."""
+    book = Portfolio(1_000_000, SEED)
+
+    def rebuilt() -> dict:
+        return {k: q * book.marks[k[1]] for k, q in book.positions.items() if q}
+
+    def fill(sid, venue, symbol, side, qty, price, fee=1.0):
+        book.apply_fill(Fill(sid, "c" + sid, "o" + sid, venue, symbol, side, qty, price, fee, 1))
+
+    fill("a", "okx", "BTC-USDT", "buy", 2.0, 100.0)
+    fill("b", "ibkr", "BTC-USDT", "sell", 1.0, 101.0)  # same symbol on another venue: re-marks both
+    assert book.position_values() == {("okx", "BTC-USDT"): 202.0, ("ibkr", "BTC-USDT"): -101.0}
+    book.on_price("BTC-USDT", 90.0, 60_000)
+    assert book.position_values() == rebuilt() == {("okx", "BTC-USDT"): 180.0, ("ibkr", "BTC-USDT"): -90.0}
+    fill("c", "okx", "BTC-USDT", "sell", 2.0, 95.0)  # flat on okx: no longer held
+    assert book.position_values() == rebuilt() == {("ibkr", "BTC-USDT"): -95.0}
+    assert book.nav == pytest.approx(1_000_000 - 200 + 101 + 190 - 3.0 - 95.0)

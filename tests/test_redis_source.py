@@ -89,6 +89,27 @@ def test_own_pending_entries_come_first_then_new_ones(redis_server):
     assert [e.stream_id for e in rest] == new and [e.deliveries for e in rest] == [1, 1]
 
 
+PRICES = "argus:prices:stream"
+
+
+def test_signals_and_prices_come_from_one_read_and_each_stream_resumes_its_own_pending(redis_server):
+    """One XREADGROUP for both streams: a blocking read on one would hold up the other."""
+    r = redis_server.client()
+    src = rs.RedisStreamSource(RedisConfig(url=redis_server.url, block_ms=1000), also=(PRICES,))
+    part = src.build("source", 0, 1)
+    part.next_batch()  # creates the group on both streams
+    sig_id = add(r, 1)[0]
+    tick_id = r.xadd(PRICES, {"symbol": "BTC-USDT", "price": "100"})
+    got = poll(part, lambda g: len(g) >= 2)
+    assert sorted((e.stream, e.stream_id) for e in got) == sorted([(STREAM, sig_id), (PRICES, tick_id)])
+    # a new life of the same consumer reads its own pending entries of both streams first
+    again = src.build("source", 0, 1)
+    first = again.next_batch()
+    assert sorted((e.stream, e.stream_id) for e in first) == sorted([(STREAM, sig_id), (PRICES, tick_id)])
+    rs.RedisAcker(src.cfg).settle([outcome(e, "tick" if e.stream == PRICES else "dropped") for e in first])
+    assert pending_ids(r) == [] and r.xpending(PRICES, GROUP)["pending"] == 0
+
+
 def test_acker_acks_terminal_dead_letters_invalid_and_keeps_errors_pending(redis_server):
     r = redis_server.client()
     add(r, 3)

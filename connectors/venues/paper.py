@@ -34,7 +34,7 @@ class PaperVenue:
         # added to books made before the column existed
         if "received_us" not in {r[1] for r in self.db.execute("PRAGMA table_info(orders)")}:
             self.db.execute("ALTER TABLE orders ADD COLUMN received_us INTEGER")
-        # every placement attempt, accepted or refused, so tests can prove nothing was sent twice
+        # refused attempts (a client order id seen before), so tests can prove nothing was sent twice
         self.db.execute("CREATE TABLE IF NOT EXISTS attempts (client_order_id TEXT, accepted INTEGER)")
 
     def place(self, order: Order) -> Fill:
@@ -50,10 +50,11 @@ class PaperVenue:
             (order.client_order_id, order.signal_id, order.venue, order.symbol, order.side,
              order.quantity, price, fee, order.ts_ms, received_us),
         )
-        self.db.execute("INSERT INTO attempts VALUES (?, ?)", (order.client_order_id, cur.rowcount))
-        if cur.rowcount == 0:
+        if cur.rowcount == 0:  # accepted orders are in ``orders``; refusals are kept apart
+            self.db.execute("INSERT INTO attempts VALUES (?, 0)", (order.client_order_id,))
             raise Rejected(f"duplicate client order id {order.client_order_id}")
-        return self._fill(order.client_order_id)
+        return Fill(order.signal_id, order.client_order_id, _order_id(order.client_order_id), order.venue,
+                    order.symbol, order.side, order.quantity, price, fee, order.ts_ms)
 
     def lookup(self, client_order_id: str) -> Fill | None:
         return self._fill(client_order_id)
@@ -66,10 +67,14 @@ class PaperVenue:
         if row is None:
             return None
         sid, venue, symbol, side, qty, price, fee, ts = row
-        return Fill(sid, client_order_id, "paper-" + client_order_id[2:14], venue, symbol, side, qty, price, fee, ts)
+        return Fill(sid, client_order_id, _order_id(client_order_id), venue, symbol, side, qty, price, fee, ts)
 
     def orders_sent(self) -> tuple[int, int]:
         """(accepted orders, refused attempts)"""
         acc = self.db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
         ref = self.db.execute("SELECT COUNT(*) FROM attempts WHERE accepted = 0").fetchone()[0]
         return acc, ref
+
+
+def _order_id(client_order_id: str) -> str:
+    return "paper-" + client_order_id[2:14]

@@ -1,0 +1,64 @@
+"""The outbox between the ledger and ClickHouse: shipped in bulk, never in the worker's way."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from connectors import outbox
+from connectors.clickhouse import AuditStore
+from connectors.ledger import Ledger
+
+
+def _queue(ledger: Ledger, n: int) -> None:
+    for i in range(n):
+        ledger.begin()
+        ledger.enqueue({"filter_drops": [{"signal_id": f"s{i}", "stream_id": f"{i}-0", "filter": "confidence",
+                                          "ts_ms": 1, "source": "a", "venue": "okx", "symbol": "BTC-USDT",
+                                          "confidence": 0.5, "regime": "choppy"}]})
+        ledger.commit()
+
+
+def test_the_shipper_records_progress_while_the_worker_holds_the_ledgers_write_lock(tmp_path):
+    """A niced shipper holding the ledger's write lock stalled the worker's next commit by
+    many ms (SQLite's busy handler sleeps); its watermark now lives in a file of its own."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 3)
+    store = AuditStore(f"chdb://{tmp_path / 'ch'}")
+    db, state = outbox.connect(path), outbox.connect_state(path)
+    state.execute("PRAGMA busy_timeout=0")  # waiting would show up as "database is locked"
+    ledger.begin()  # the worker's open transaction: BEGIN IMMEDIATE holds the write lock
+    seq, full = outbox.ship_once(db, store, outbox.reconcile(db, state))
+    outbox.mark(state, seq)
+    outbox.checkpoint(db)
+    ledger.commit()
+    assert (seq, full) == (3, False)
+    assert store.query("SELECT count() FROM filter_drops") == [(3,)]
+    assert state.execute("SELECT shipped_seq FROM outbox_state").fetchone()[0] == 3
+
+
+def test_a_watermark_ahead_of_a_new_ledger_is_reset_so_nothing_is_skipped(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 2)
+    ledger.close()
+    state = outbox.connect_state(path)
+    outbox.mark(state, 2)
+    path.unlink()  # the ledger is removed, its shipped-state file left behind
+    ledger = Ledger(path)
+    _queue(ledger, 1)
+    db = outbox.connect(path)
+    assert outbox.reconcile(db, state) == 0
+    assert state.execute("SELECT shipped_seq FROM outbox_state").fetchone()[0] == 0
+
+
+def test_a_full_chunk_says_more_is_waiting(tmp_path, monkeypatch):
+    monkeypatch.setattr(outbox, "CHUNK", 2)
+    path = tmp_path / "ledger.sqlite"
+    _queue(Ledger(path), 3)
+    store = AuditStore(f"chdb://{tmp_path / 'ch'}")
+    db = outbox.connect(path)
+    assert outbox.ship_once(db, store, 0) == (2, True)
+    assert outbox.ship_once(db, store, 2) == (3, False)
+    assert outbox.ship_once(db, store, 3) == (3, False)
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 3  # the worker prunes
