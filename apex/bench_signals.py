@@ -47,12 +47,12 @@ def recording(count: int, seed: int = 7) -> Iterator[dict]:
     return make_recording().generate(count, seed, START_MS)
 
 
-def templates(count: int, seed: int = 7) -> Iterator[tuple[str, str]]:
+def templates(count: int, seed: int = 7, max_holding_hours: float | None = None) -> Iterator[tuple[str, str]]:
     """(signal_id, payload with the timestamp left as ``TS``), ``count`` of them, unique signal_ids.
 
     The generator costs ~100 µs a signal, so past ``POOL`` the pool is cycled with the
     signal_id suffixed by the lap (the side choice keeps positions bounded lap after lap)."""
-    pool = list(_shaped(min(count, POOL), seed))
+    pool = list(_shaped(min(count, POOL), seed, max_holding_hours))
     for i in range(count):
         sid, text = pool[i % len(pool)]
         lap = i // len(pool)
@@ -63,7 +63,7 @@ def templates(count: int, seed: int = 7) -> Iterator[tuple[str, str]]:
         yield sid, text
 
 
-def _shaped(count: int, seed: int) -> Iterator[tuple[str, str]]:
+def _shaped(count: int, seed: int, max_holding_hours: float | None = None) -> Iterator[tuple[str, str]]:
     mr = make_recording()
     rng = random.Random(seed + 1)
     exposure: dict[tuple[str, str], float] = {}
@@ -83,6 +83,8 @@ def _shaped(count: int, seed: int) -> Iterator[tuple[str, str]]:
             seen.add(sid)
             doc["signal_id"] = sid
             _shape(doc, rng, mr, exposure)
+            if max_holding_hours:
+                doc["exit_rules"]["max_holding_hours"] = max_holding_hours
             doc["timestamp"] = TS
             yield sid, json.dumps(doc)
             made += 1

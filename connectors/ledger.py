@@ -110,29 +110,39 @@ class Ledger:
             # fails at once (busy_timeout or not) when the shipper wrote in between.
             self.db.execute("BEGIN IMMEDIATE")
 
-    def _flush(self) -> None:
-        if self._decisions:
+    def _flush(self, audit: bool = True) -> None:
+        """``audit`` False (a checkpoint): only the orders in flight, which carry their own
+        events; every other decision stays buffered with its audit rows, so a decision is
+        never durable without them (a resumed entry re-queues only a "sent" one's)."""
+        if audit:
+            todo, self._decisions = self._decisions, {}
+        else:
+            todo = {k: v for k, v in self._decisions.items() if v[1] == "sent"}
+            for k in todo:
+                del self._decisions[k]
+        if todo:
             self.db.executemany(
                 "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
                 " outcome=excluded.outcome, reason=excluded.reason, events=excluded.events"
                 " WHERE decisions.stream_id = excluded.stream_id",
-                [(sid, *rest[:4], dumps(rest[4])) for sid, rest in self._decisions.items()],
+                [(sid, *rest[:4], dumps(rest[4])) for sid, rest in todo.items()],
             )
-            self._decisions = {}
-        if self._rows:
+        if audit and self._rows:
             outbox.enqueue(self.db, self._rows)
             self._rows = {}
 
-    def commit(self) -> None:
+    def commit(self, audit: bool = True) -> None:
         if not self.db.in_transaction:
             self.begin()
-        self._flush()
+        self._flush(audit)
         self.db.execute("COMMIT")
 
     def checkpoint(self) -> None:
-        """Make everything so far durable now, and go on in a new transaction.
-        Called right before an order leaves: the intent must outlive a crash."""
-        self.commit()
+        """Make the decisions and intents so far durable now, and go on in a new transaction.
+        Called right before an order leaves: the intent must outlive a crash. The audit
+        rows wait for the batch's last commit (one outbox row a batch, not one a fill):
+        nothing is acknowledged before that commit, so a crash before it loses none."""
+        self.commit(audit=False)
         self.db.execute("BEGIN IMMEDIATE")
 
     def decided(self, signal_id: str) -> Decided | None:

@@ -136,3 +136,22 @@ def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(t
     rows = audit_query(p, "SELECT stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
                           " GROUP BY stage, outcome, seq ORDER BY seq")
     assert rows == [(stage, outcome, 1) for stage, outcome in stages]
+
+
+def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_its_audit_rows(paths):
+    """The checkpoint before a send commits the intent and its "sent" decision; a drop
+    decided earlier in the batch waits for the batch's commit with its audit rows, so a
+    crash between the two leaves neither (the entry is redelivered and decided again)."""
+    ledger = Ledger(paths[0])
+    ledger.begin()
+    ledger.record_decision("sig-drop", "1-0", "dropped", "confidence", 1, [])
+    ledger.enqueue({"filter_drops": [{"signal_id": "sig-drop"}]})
+    ledger.record_decision("sig-crash", "2-0", "sent", "", 1, [{"stage": "EXECUTION_ATTEMPT"}])
+    ledger.record_intent(ORDER)
+    ledger.checkpoint()
+    ledger.db.close()  # the process dies here: the open transaction is lost
+    again = Ledger(paths[0])
+    assert again.decided("sig-drop") is None
+    assert again.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert again.decided("sig-crash").outcome == "sent"
+    assert again.execution(CID)[0] == "intent"
