@@ -20,6 +20,7 @@ stream entries stay pending instead of piling up behind a dead store.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -241,6 +242,10 @@ def main(ledger_path: str, dsn: str) -> None:
     # The audit trail may lag by a moment; a decision may not. Embedded ClickHouse
     # spreads an insert over every core, so the shipper yields the CPU to the worker.
     os.nice(19)
+    # One shipper a state dir: a worker restarted after SIGKILL starts its own while the
+    # killed one's is still draining, and embedded ClickHouse opens in one process only.
+    lock = open(Path(ledger_path).with_name("shipper.lock"), "w")  # noqa: SIM115 - held until exit
+    fcntl.flock(lock, fcntl.LOCK_EX)
 
     db = connect(Path(ledger_path))
     state = connect_state(Path(ledger_path))
