@@ -77,6 +77,9 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # New ledgers only (a page size is fixed at creation): every commit writes each page it
+        # touched whole to the WAL, ~15 random pages a fill; 1 KiB pages write a quarter of the bytes.
+        self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
