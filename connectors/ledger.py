@@ -64,6 +64,9 @@ CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 """  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
 
 
+RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``): ~25 s at 200 fills/s, a WAL of ~140 MB at most
+
+
 @dataclass(frozen=True, slots=True)
 class Decided:
     stream_id: str
@@ -79,7 +82,7 @@ class Ledger:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # New ledgers only (a page size is fixed at creation): every commit writes each page it
         # touched whole to the WAL, ~15 random pages a fill; 1 KiB pages write a quarter of the bytes.
-        self.db.execute("PRAGMA page_size=1024")
+        self.db.execute(f"PRAGMA page_size={outbox.PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
@@ -89,6 +92,7 @@ class Ledger:
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
         self._pruned = 0
+        self._commits = 0
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
@@ -139,6 +143,22 @@ class Ledger:
             self.begin()
         self._flush(audit)
         self.db.execute("COMMIT")
+        self._commits += 1
+        if audit and self._commits >= RESTART_EVERY:
+            self.restart_wal()
+
+    def restart_wal(self) -> None:
+        """Start the WAL over, between batches. The shipper's checkpoints copy it back
+        without waiting for us, and for that reason never complete while we commit every
+        few ms, so the WAL is never restarted and only grows (1.7 GB in two minutes at 200
+        fills/s, RSS growing with its index). Here, the only writer, between transactions,
+        a RESTART completes; it holds this batch's ack for ~20 ms at 200/s (what arrived
+        since the shipper's last pass, and any reader's end), hence only every
+        ``RESTART_EVERY`` commits. Not TRUNCATE: shrinking the file cost ~100 ms more; it
+        is overwritten from its start instead. Not from the shipper: niced, it held our
+        commits up to 50 ms."""
+        self.db.execute("PRAGMA wal_checkpoint(RESTART)")
+        self._commits = 0
 
     def checkpoint(self) -> None:
         """Make the decisions and intents so far durable now, and go on in a new transaction.

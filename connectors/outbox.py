@@ -43,7 +43,7 @@ TABLES = ("audit_events", "filter_drops", "executions", "trades")
 # An embedded ClickHouse insert costs 15-25 ms of CPU whatever its size (one part, one
 # query): at 4 a second per table the shipper took a whole core at 200 signals/s.
 INTERVAL_S = 1.0
-WAL_LIMIT = 32 << 20  # bytes of ledger WAL past which the shipper resets it (``checkpoint``)
+PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one per ledger transaction) per ClickHouse insert
 INLINE_AFTER = 40  # replays ship once this many batches wait: ~20,000 outcomes at 512 a batch
 
@@ -56,6 +56,7 @@ def enqueue(db: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
 def connect(ledger_path: Path) -> sqlite3.Connection:
     Path(ledger_path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # the ledger's, whichever of us creates the file
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=10000")
     # per connection: without it the shipper's own small writes trigger fsyncing checkpoints
@@ -193,17 +194,13 @@ class Shipper:
         self._db = self._state_db = None
 
 
-def checkpoint(db: sqlite3.Connection, ledger_path: Path | None = None) -> None:
-    """The ledger's WAL checkpoint, off the decision path (the ledger turns automatic ones off).
-
-    A PASSIVE checkpoint never waits for the worker, and for the same reason never
-    completes while the worker commits every few ms, so the WAL is never restarted
-    and grows without end (1.7 GB in two minutes at 200 fills/s, and RSS with its
-    index). Past ``WAL_LIMIT`` a TRUNCATE follows: it holds the worker's next commit
-    only while it copies what the PASSIVE one left (a few ms) and resets the file."""
+def checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the ledger's WAL back into the database, off the decision path and never
+    waiting for the worker (the ledger turns automatic checkpoints off). Under a worker
+    committing every few ms this never completes, so the WAL is never restarted: the
+    ledger restarts it itself every so many commits (``Ledger.restart_wal``), which is
+    quick because what is left to copy is what arrived since this ran."""
     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    if ledger_path is not None and wal_bytes(ledger_path) > WAL_LIMIT:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def wal_bytes(ledger_path: Path) -> int:
@@ -268,7 +265,7 @@ def main(ledger_path: str, dsn: str) -> None:
                 seq, shipped, more = new, True, full or done
                 mark(state, seq)
             if shipped:
-                checkpoint(db, Path(ledger_path))
+                checkpoint(db)
             backoff = INTERVAL_S
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)

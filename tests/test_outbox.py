@@ -64,17 +64,30 @@ def test_a_full_chunk_says_more_is_waiting(tmp_path, monkeypatch):
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 3  # the worker prunes
 
 
-def test_the_shippers_checkpoint_resets_a_wal_past_its_limit(tmp_path, monkeypatch):
-    """PASSIVE alone never completes under a worker committing every few ms, so the WAL
-    only grew (1.7 GB in two minutes at 200 fills/s); past the limit it is truncated."""
+def test_the_ledger_restarts_its_wal_so_the_file_stops_growing(tmp_path, monkeypatch):
+    """The shipper's PASSIVE checkpoints never complete under a worker committing every few
+    ms, so the WAL only grew (1.7 GB in two minutes at 200 fills/s); the ledger restarts it
+    every RESTART_EVERY commits and the file is overwritten from its start."""
+    from connectors import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
+    grows = Ledger(tmp_path / "grows.sqlite")
+    _queue(grows, 5)
+    before = outbox.wal_bytes(grows.path)
+    _queue(grows, 50)
+    assert outbox.wal_bytes(grows.path) > before  # without restarts
+
+    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 1)
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
+    _queue(ledger, 5)
+    before = outbox.wal_bytes(path)
     _queue(ledger, 50)
-    db = outbox.connect(path)
-    outbox.checkpoint(db, path)  # under the limit: copied back, the file left as it is
-    assert outbox.wal_bytes(path) > 0
-    monkeypatch.setattr(outbox, "WAL_LIMIT", 0)
-    outbox.checkpoint(db, path)
-    assert outbox.wal_bytes(path) == 0
-    _queue(ledger, 1)  # and the ledger goes on writing
-    assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 51
+    assert outbox.wal_bytes(path) == before
+    assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 55
+
+
+def test_the_ledger_gets_small_pages_whichever_connection_creates_it(tmp_path):
+    """The shipper's handle opens the ledger before the worker's Ledger in a live run."""
+    outbox.connect(tmp_path / "ledger.sqlite")
+    assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
