@@ -12,7 +12,7 @@ the shipper never takes the ledger's write lock, which a niced process could
 hold while descheduled, stalling the worker's next commit by many ms.
 
 If ClickHouse is down the outbox grows; once the shipper reports failure and
-the backlog passes ``max_backlog`` outbox rows (one per ledger transaction), the sink stops acknowledging, so
+the backlog passes ``max_backlog`` outbox rows (one per batch), the sink stops acknowledging, so
 stream entries stay pending instead of piling up behind a dead store.
 
     python -m connectors.outbox LEDGER DSN    # runs until its stdin closes, then flushes
@@ -44,7 +44,7 @@ TABLES = ("audit_events", "filter_drops", "executions", "trades")
 # query): at 4 a second per table the shipper took a whole core at 200 signals/s.
 INTERVAL_S = 1.0
 PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
-CHUNK = 2_000  # outbox rows (one per ledger transaction) per ClickHouse insert
+CHUNK = 2_000  # outbox rows (one per batch) per ClickHouse insert
 INLINE_AFTER = 40  # replays ship once this many batches wait: ~20,000 outcomes at 512 a batch
 
 
