@@ -203,13 +203,6 @@ def checkpoint(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def wal_bytes(ledger_path: Path) -> int:
-    try:
-        return os.path.getsize(f"{ledger_path}-wal")
-    except OSError:
-        return 0
-
-
 def mark(db: sqlite3.Connection, seq: int) -> None:
     db.execute("UPDATE outbox_state SET shipped_seq=?, healthy=1, last_error=''", (seq,))
 
