@@ -1,7 +1,7 @@
 """The idempotent execution path: ledger first, venue second.
 
-Looks the client order id up before anything is sent; writes the intent row
-before the order leaves; on finding an intent with no fill (the crash window
+Looks the client order id up before anything is sent; writes the intent rows
+and commits them before the orders leave (one commit for a batch's orders); on finding an intent with no fill (the crash window
 between sending and recording) asks the venue what became of it, and sends
 only if the venue never saw it.
 """
@@ -19,7 +19,7 @@ from operators.portfolio import Fill
 class Venue(Protocol):
     name: str
 
-    def place(self, order: Order) -> Fill: ...
+    def place_many(self, orders: list[Order]) -> list[Fill | Rejected]: ...
     def lookup(self, client_order_id: str) -> Fill | None: ...
 
 
@@ -28,30 +28,47 @@ class Executor:
         self.ledger = ledger
         self.venue = venue
 
-    def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
-        """Returns the fill and whether this call sent the order (False: resolved
-        from the ledger or the venue without sending)."""
+    def prepare(self, order: Order, reason: str = "") -> Fill | None:
+        """The fill if this order was already resolved (by the ledger, or by asking the
+        venue about an intent a crash left behind); None when it must be sent, its intent
+        now recorded. Raises ``Rejected`` for an order the venue refused before."""
         row = self.ledger.execution(order.client_order_id)
-        if row is not None:
-            status, order_id, price, fee, filled_ms = row
-            if status == "filled":
-                return self._fill(order, order_id, price, fee, filled_ms), False
-            if status == "rejected":
-                raise Rejected(order_id or "rejected")
-            known = self.venue.lookup(order.client_order_id)
-            if known is not None:
-                self.ledger.record_fill(known)
-                return known, False
-        else:
+        if row is None:
             self.ledger.record_intent(order, reason)
-        self.ledger.checkpoint()  # the intent is durable before the order can leave
-        try:
-            fill = self.venue.place(order)
-        except Rejected as err:
-            self.ledger.record_rejection(order.client_order_id, str(err))
-            raise
-        self.ledger.record_fill(fill)
-        return fill, True
+            return None
+        status, order_id, price, fee, filled_ms = row
+        if status == "filled":
+            return self._fill(order, order_id, price, fee, filled_ms)
+        if status == "rejected":
+            raise Rejected(order_id or "rejected")
+        known = self.venue.lookup(order.client_order_id)
+        if known is not None:
+            self.ledger.record_fill(known)
+        return known
+
+    def send(self, orders: list[Order]) -> list[Fill | Rejected]:
+        """Orders ``prepare`` left to send: one commit makes all their intents durable,
+        then they leave together. Anything but a per-order refusal propagates, and then
+        which of them the venue took is unknown until a retry asks it."""
+        self.ledger.checkpoint()
+        results = self.venue.place_many(orders)
+        for order, r in zip(orders, results, strict=True):
+            if isinstance(r, Rejected):
+                self.ledger.record_rejection(order.client_order_id, str(r))
+            else:
+                self.ledger.record_fill(r)
+        return results
+
+    def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
+        """One order now. Returns the fill and whether this call sent the order (False:
+        resolved from the ledger or the venue without sending)."""
+        known = self.prepare(order, reason)
+        if known is not None:
+            return known, False
+        (result,) = self.send([order])
+        if isinstance(result, Rejected):
+            raise result
+        return result, True
 
     @staticmethod
     def _fill(order: Order, order_id: str, price: float, fee: float, ts: int) -> Fill:

@@ -54,12 +54,12 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_signal ON executions(signal_id);
 CREATE TABLE IF NOT EXISTS trades (
-    signal_id  TEXT PRIMARY KEY,
+    signal_id  TEXT PRIMARY KEY,  -- a rowid table: its ~400-byte rows overflowed 1 KiB index pages
     terms      TEXT NOT NULL,
     status     TEXT NOT NULL,
     won        INTEGER,
     closed_seq INTEGER
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 """  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
 
@@ -162,9 +162,10 @@ class Ledger:
 
     def checkpoint(self) -> None:
         """Make the decisions and intents so far durable now, and go on in a new transaction.
-        Called right before an order leaves: the intent must outlive a crash. The audit
-        rows wait for the batch's last commit (one outbox row a batch, not one a fill):
-        nothing is acknowledged before that commit, so a crash before it loses none."""
+        Called right before orders leave (all of a batch's at once): an intent must outlive
+        a crash. The audit rows wait for the batch's last commit (one outbox row a batch,
+        not one a fill): nothing is acknowledged before that commit, so a crash before it
+        loses none."""
         self.commit(audit=False)
         self.db.execute("BEGIN IMMEDIATE")
 

@@ -29,6 +29,7 @@ import sys
 import threading
 from pathlib import Path
 
+import lz4.frame
 import orjson
 
 log = logging.getLogger("apex.outbox")
@@ -45,12 +46,20 @@ TABLES = ("audit_events", "filter_drops", "executions", "trades")
 INTERVAL_S = 1.0
 PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one per batch) per ClickHouse insert
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
 INLINE_AFTER = 40  # replays ship once this many batches wait: ~20,000 outcomes at 512 a batch
 
 
 def enqueue(db: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
-    """Inside the caller's transaction: the rows become durable with it."""
-    db.execute("INSERT INTO outbox (rows) VALUES (?)", (orjson.dumps(rows),))
+    """Inside the caller's transaction: the rows become durable with it. LZ4 frames: the
+    JSON of an audit chain shrinks ~6x for ~2 µs an entry, and every byte of it was
+    otherwise written to the WAL, copied to the ledger, read back and freed."""
+    db.execute("INSERT INTO outbox (rows) VALUES (?)", (lz4.frame.compress(orjson.dumps(rows)),))
+
+
+def decode(blob: bytes) -> dict[str, list[dict]]:
+    """Rows of one outbox entry; plain JSON in ledgers written before compression."""
+    return orjson.loads(lz4.frame.decompress(blob) if blob[:4] == LZ4_MAGIC else blob)
 
 
 def connect(ledger_path: Path) -> sqlite3.Connection:
@@ -220,7 +229,7 @@ def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, boo
         return shipped_seq, False
     merged: dict[str, list[dict]] = {t: [] for t in TABLES}
     for _, blob in batch:
-        for table, rows in orjson.loads(blob).items():
+        for table, rows in decode(blob).items():
             merged[table].extend(rows)
     store.write(merged)
     return batch[-1][0], len(batch) == CHUNK

@@ -10,6 +10,7 @@ ledger before the next can happen, so any crash is resumed, never repeated.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.audit_sink import rows_of
@@ -24,13 +25,32 @@ from operators import audit as A
 from operators.audit import Chain, Event, Outcome
 from operators.decide import judge
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, terms_for
-from operators.orders import Order, client_order_id
+from operators.orders import Order, client_order_id, expected_fill
 from operators.portfolio import Fill, Portfolio
 from operators.signal import Signal
 
 
+@dataclass(slots=True)
+class InFlight:
+    """An opening order decided and reserved in the book, sent when its batch's orders go."""
+
+    out: Outcome
+    chain: Chain
+    order: Order
+    signal: Signal
+    expected: Fill
+    nav_after: float  # the book's NAV right after the reservation, as a sequential run sees it
+
+
 class PortfolioStep:
-    """Owns the ledger and venue handles, opened lazily in the worker that runs the step."""
+    """Owns the ledger and venue handles, opened lazily in the worker that runs the step.
+
+    Opening orders leave in groups: each is decided with the fill it should get reserved
+    in the book (so the next decision sees its exposure), and ``send_orders`` (at the end
+    of the batch, or before anything else reaches the venue) commits all their intents
+    at once and sends them together. A crash anywhere in between is the crash window the
+    executor already resolves: a "sent" decision with an intent, redelivered and asked of
+    the venue."""
 
     def __init__(self, pipeline: Pipeline, shipper: Shipper | None = None):
         self.p = pipeline
@@ -38,6 +58,7 @@ class PortfolioStep:
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
+        self.in_flight: dict[str, InFlight] = {}  # by client order id, in decision order
 
     @property
     def ledger(self) -> Ledger:
@@ -117,6 +138,11 @@ class PortfolioStep:
         e, sig = item.entry, item.signal
         assert sig is not None
         prior = self.ledger.decided(sig.signal_id)
+        if prior is not None and prior.outcome == "sent" and self.in_flight:
+            # its order may be in flight: settle it first, so this entry's verdict reads
+            # the same whatever the batches were
+            self.send_orders(book)
+            prior = self.ledger.decided(sig.signal_id)
         if prior is not None and prior.stream_id == e.stream_id:
             return self._resume(book, item, prior)
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
@@ -161,22 +187,64 @@ class PortfolioStep:
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
         try:
-            fill, sent = self.executor.execute(order)
+            known = self.executor.prepare(order)
         except Rejected as err:
-            chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
-            out.outcome, out.reason = "rejected", str(err)
-            return self._record(out)
-        _confirmed(chain, fill, sent)
-        if fill.signal_id not in book.open_trades:
-            book.apply_fill(fill)
-            terms = terms_for(sig, fill)
-            book.open(terms)
-            self.ledger.record_open(terms)
+            return self._rejected(out, chain, err)
+        if known is not None:  # resolved without sending: a redelivery after a crash
+            _confirmed(chain, known, False)
+            if known.signal_id not in book.open_trades:
+                book.apply_fill(known)
+                terms = terms_for(sig, known)
+                book.open(terms)
+                self.ledger.record_open(terms)
+            return self._opened(out, chain, known, sig, book)
+        expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
+        book.reserve(expected, terms_for(sig, expected))
+        self.in_flight[order.client_order_id] = InFlight(out, chain, order, sig, expected, book.nav)
+        return out
+
+    def send_orders(self, book: Portfolio) -> None:
+        """Send every order in flight; settle each in the book, the ledger and its chain."""
+        if not self.in_flight:
+            return
+        batch = list(self.in_flight.values())
+        self.in_flight = {}
+        try:
+            results = self.executor.send([f.order for f in batch])
+        except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
+            for f in batch:
+                book.release(f.expected)
+                f.out.outcome, f.out.reason = "error", f"{type(err).__name__}: {err}"
+                f.out.terminal = False
+            return
+        now = time.perf_counter_ns()
+        for f, result in zip(batch, results, strict=True):
+            if isinstance(result, Rejected):
+                book.release(f.expected)
+                self._rejected(f.out, f.chain, result)
+            else:
+                before = book.nav
+                terms = terms_for(f.signal, result)
+                book.settle(f.expected, result, terms)
+                self.ledger.record_open(terms)
+                _confirmed(f.chain, result, True)
+                self._opened(f.out, f.chain, result, f.signal, book, f.nav_after + (book.nav - before))
+            latency = (now - f.out.received_ns) // 1000
+            for ev in f.out.events:
+                ev.latency_us = ev.latency_us or latency
+
+    def _opened(self, out: Outcome, chain: Chain, fill: Fill, sig: Signal, book: Portfolio,
+                nav_after: float | None = None) -> Outcome:
         chain.add(A.TRADE_OPEN, "opened", ts_ms=fill.ts_ms, side=fill.side, entry_price=fill.price,
-                  quantity=fill.quantity, nav_after=book.nav,
+                  quantity=fill.quantity, nav_after=book.nav if nav_after is None else nav_after,
                   exits=sig.exit_rules.description, deadline_ms=book.open_trades[sig.signal_id].deadline_ms)
         out.outcome = "filled"
-        out.executions.append(_execution_row(fill, order.kind))
+        out.executions.append(_execution_row(fill, "open"))
+        return self._record(out)
+
+    def _rejected(self, out: Outcome, chain: Chain, err: Rejected) -> Outcome:
+        chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
+        out.outcome, out.reason = "rejected", str(err)
         return self._record(out)
 
     def _resume(self, book: Portfolio, item: Received, prior: Decided) -> Outcome:
@@ -242,6 +310,7 @@ class PortfolioStep:
 
     def _finish_close(self, book: Portfolio, terms: TradeTerms, order: Order, reason: str,
                       trigger: str, outs: list[Outcome]) -> None:
+        self.send_orders(book)  # the venue sees orders in the order they were decided
         chain = Chain(trigger, terms.signal_id, order.ts_ms, terms.source, terms.venue, terms.symbol)
         chain.add(A.EXECUTION_ATTEMPT, "sent", reason, client_order_id=order.client_order_id,
                   venue=self.executor.venue.name, kind="close", quantity=order.quantity, price=order.price)

@@ -54,8 +54,9 @@ def stateless_filter(index: int, f: Filter) -> Callable[[Received], Received]:
 
 
 class PortfolioLogic(StatefulBatchLogic):
-    """The portfolio step per Bytewax batch: one ledger transaction a batch, so
-    the sink that follows (and acks) only ever sees decisions already durable."""
+    """The portfolio step per Bytewax batch: one ledger transaction a batch (and one
+    commit before its orders leave), so the sink that follows (and acks) only ever
+    sees decisions already durable."""
 
     def __init__(self, step: PortfolioStep, book: Portfolio | None):
         self.step = step
@@ -72,6 +73,8 @@ class PortfolioLogic(StatefulBatchLogic):
         try:
             for item in values:
                 self.book = self.step(self.book, item, out)
+            if self.book is not None:
+                self.step.send_orders(self.book)
         finally:
             ledger.commit()
         return out, StatefulBatchLogic.RETAIN

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from operators.portfolio import Fill
+
 
 def client_order_id(signal_id: str, kind: str = "open") -> str:
     """Deterministic per (signal, open/close): a replayed signal asks the venue
@@ -24,3 +26,15 @@ class Order:
     quantity: float
     price: float  # reference for the paper venue and for market-order checks
     ts_ms: int
+
+
+def expected_fill(order: Order, slippage_bps: float, fee_bps: float) -> Fill:
+    """The fill a market order should get: its reference price moved against it by the
+    slippage, less the fee. The book reserves it while the order is in flight (later
+    decisions of the batch must see the exposure), and the paper venue fills exactly
+    this, so a paper run decides the same whatever its batches."""
+    sign = 1 if order.side == "buy" else -1
+    price = order.price * (1 + sign * slippage_bps / 10_000)
+    fee = abs(order.quantity * price) * fee_bps / 10_000
+    return Fill(order.signal_id, order.client_order_id, "", order.venue, order.symbol, order.side,
+                order.quantity, price, fee, order.ts_ms)

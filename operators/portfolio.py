@@ -39,6 +39,10 @@ class Fill:
         return self.quantity if self.side == "buy" else -self.quantity
 
 
+def _economics(fill: Fill) -> tuple:
+    return fill.quantity, fill.price, fill.fee_usd, fill.ts_ms
+
+
 class VolEstimator:
     """Annualized volatility of the book from one-minute NAV returns on the
     stream clock (the last NAV seen in each minute), over the trailing
@@ -97,6 +101,7 @@ class Portfolio:
         self._keys: dict[str, list[tuple[str, str]]] = {}  # symbol -> position keys (venues)
         self._by_symbol: dict[str, set[str]] = {}
         self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
+        self._marks_before: dict[str, float | None] = {}  # signal_id -> mark, while its order is in flight
 
     @property
     def nav(self) -> float:
@@ -144,6 +149,46 @@ class Portfolio:
         self.fills += 1
         self._observe(fill.ts_ms)
 
+    def _unapply(self, fill: Fill, mark: float) -> None:
+        self.positions[(fill.venue, fill.symbol)] -= fill.signed_qty
+        self.cash += fill.signed_qty * fill.price + fill.fee_usd
+        self._mark(fill.symbol, mark)
+        self.fills -= 1
+
+    def reserve(self, expected: Fill, terms: TradeTerms) -> None:
+        """An order in flight counts as filled as expected until the venue answers
+        (``settle`` or ``release``): a risk check later in the batch sees its exposure."""
+        self._marks_before[expected.signal_id] = self.marks.get(expected.symbol)
+        self.apply_fill(expected)
+        self.open(terms)
+
+    def _mark_before(self, expected: Fill) -> float | None:
+        """The symbol's mark as the reservation found it, unless a price has come since."""
+        before = self._marks_before.pop(expected.signal_id, None)
+        now = self.marks[expected.symbol]
+        return before if now == expected.price else now
+
+    def settle(self, expected: Fill, actual: Fill, terms: TradeTerms) -> None:
+        """The venue's fill replaces the reserved one (nothing to do when they agree)."""
+        before = self._mark_before(expected)
+        if _economics(actual) == _economics(expected):
+            return
+        self._unapply(expected, expected.price if before is None else before)
+        self.apply_fill(actual)
+        before = self.open_trades[terms.signal_id]
+        self.open_trades[terms.signal_id] = terms  # same symbol: the same order filled
+        if terms.deadline_ms != before.deadline_ms:  # the old heap entry is skipped by ``due``
+            heapq.heappush(self._deadlines, (terms.deadline_ms, terms.signal_id))
+
+    def release(self, expected: Fill) -> None:
+        """The order never filled (refused, or its fate unknown until a retry asks the venue)."""
+        before = self._mark_before(expected)
+        self._unapply(expected, expected.price if before is None else before)
+        if before is None:  # no price but the order's own: the symbol is unmarked again
+            del self.marks[expected.symbol]
+        terms = self.open_trades.pop(expected.signal_id)
+        self._by_symbol.get(terms.symbol, set()).discard(expected.signal_id)
+
     def open(self, terms: TradeTerms) -> None:
         self.open_trades[terms.signal_id] = terms
         self._by_symbol.setdefault(terms.symbol, set()).add(terms.signal_id)
@@ -176,9 +221,10 @@ class Portfolio:
         """Open trades whose maximum holding time has passed on the stream clock."""
         out = []
         while self._deadlines and self._deadlines[0][0] <= clock_ms:
-            _, sid = heapq.heappop(self._deadlines)
-            if sid in self.open_trades:
-                out.append(self.open_trades[sid])
+            deadline, sid = heapq.heappop(self._deadlines)
+            terms = self.open_trades.get(sid)
+            if terms is not None and terms.deadline_ms == deadline:  # not one a settle replaced
+                out.append(terms)
         return out
 
     def retry_due(self, terms: TradeTerms) -> None:

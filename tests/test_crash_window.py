@@ -27,8 +27,8 @@ class DiesAfterSending:
     def __init__(self, venue: PaperVenue):
         self.venue = venue
 
-    def place(self, order: Order):
-        self.venue.place(order)
+    def place_many(self, orders: list[Order]):
+        self.venue.place_many(orders)
         raise Crash
 
     def lookup(self, client_order_id: str):
@@ -36,7 +36,7 @@ class DiesAfterSending:
 
 
 class DiesBeforeSending(DiesAfterSending):
-    def place(self, order: Order):
+    def place_many(self, orders: list[Order]):
         raise Crash
 
 
@@ -108,17 +108,17 @@ def test_paper_venue_refuses_a_second_order_under_one_client_id(paths):
 def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(tmp_path, monkeypatch):
     """The venue accepts the order and the step dies before recording the fill;
     the entry stays pending and is delivered again: the fill is taken from the venue."""
-    real_place = PaperVenue.place
+    real_place = PaperVenue.place_many
     calls = []
 
-    def place_then_die(self, order):
-        calls.append(order.client_order_id)
-        fill = real_place(self, order)
+    def place_then_die(self, orders):
+        calls.extend(o.client_order_id for o in orders)
+        fills = real_place(self, orders)
         if len(calls) == 1:
             raise RuntimeError("killed after the venue accepted the order")
-        return fill
+        return fills
 
-    monkeypatch.setattr(PaperVenue, "place", place_then_die)
+    monkeypatch.setattr(PaperVenue, "place_many", place_then_die)
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
     e = entry("1767261601000-0", signal_id="sig-crash")
     col = run_entries(tmp_path, p, [e, e])

@@ -96,3 +96,27 @@ def test_the_ledger_gets_small_pages_whichever_connection_creates_it(tmp_path):
     """The shipper's handle opens the ledger before the worker's Ledger in a live run."""
     outbox.connect(tmp_path / "ledger.sqlite")
     assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
+
+
+def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ships(tmp_path):
+    """LZ4 frames since the outbox's bytes were a large share of every commit; a ledger
+    written before that holds plain JSON, which the shipper must still read."""
+    import orjson
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 1)
+    rows = {"filter_drops": [{"signal_id": "old", "stream_id": "9-0", "filter": "confidence", "ts_ms": 1,
+                              "source": "a", "venue": "okx", "symbol": "BTC-USDT", "confidence": 0.5,
+                              "regime": "choppy"}]}
+    ledger.db.execute("INSERT INTO outbox (rows) VALUES (?)", (orjson.dumps(rows),))  # an older worker's row
+    stored = [blob for (blob,) in ledger.db.execute("SELECT rows FROM outbox ORDER BY seq")]
+    assert stored[0][:4] == outbox.LZ4_MAGIC and stored[1][:1] == b"{"
+    assert [outbox.decode(b)["filter_drops"][0]["signal_id"] for b in stored] == ["s0", "old"]
+    store = AuditStore(f"chdb://{tmp_path / 'ch'}")
+    try:
+        seq, _ = outbox.ship_once(outbox.connect(path), store, 0)
+        assert seq == 2
+        assert store.query("SELECT signal_id FROM filter_drops FINAL ORDER BY signal_id") == [("old",), ("s0",)]
+    finally:
+        store.close()
