@@ -7,7 +7,7 @@
 signals, each with its filled execution, in one transaction. ``lookup`` times
 M calls, half of them for signals the ledger has (a duplicate) and half for
 new ones (every fresh signal's path), interleaved at random:
-``apex``: ``Ledger.decided(signal_id)`` and ``Ledger.execution(client_order_id)``;
+``apex``: ``Ledger.decided(signal_id)`` and ``Ledger.execution(order)`` (by signal_id and kind);
 ``floor``: the bare ``SELECT 1 … WHERE key = ?`` on the same tables.
 Prints JSON: per kind, per-call µs percentiles, calls/s and the loop's CPU seconds.
 """
@@ -43,14 +43,13 @@ def populate(a: argparse.Namespace) -> None:
     sids = [signal_id(i) for i in range(a.rows)]
     db.executemany("INSERT INTO decisions VALUES (?, ?, 'filled', '', ?, '[]')",
                    ((sid, f"{base_ms + i}-0", base_ms + i) for i, sid in enumerate(sids)))
-    # in client order id order: the primary key's B-tree then fills left to right
-    rows = sorted((client_order_id(sid), i) for i, sid in enumerate(sids))
+    rows = [(client_order_id(sid), i) for i, sid in enumerate(sids)]
     db.executemany(
         "INSERT INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity, status,"
         " intent_ms, order_id, price, fee_usd, filled_ms, seq) VALUES (?, ?, 'open', 'okx', 'BTC-USDT',"
         " 'buy', 0.05, 'filled', ?, ?, 95000.0, 2.37, ?, ?)",
         ((coid, sids[i], base_ms + i, f"paper-{i:012x}", base_ms + i, i + 1) for coid, i in rows))
-    db.execute("CREATE INDEX executions_signal ON executions(signal_id)")
+    db.execute("CREATE UNIQUE INDEX executions_signal ON executions(signal_id, kind)")
     db.execute("COMMIT")
     ledger.close()
     print(json.dumps({"rows": a.rows, "seconds": time.perf_counter() - t0,
@@ -59,12 +58,12 @@ def populate(a: argparse.Namespace) -> None:
 
 def lookup(a: argparse.Namespace) -> None:
     from connectors.ledger import Ledger
-    from operators.orders import client_order_id
+    from operators.orders import Order, client_order_id
 
     rng = random.Random(11)
     keys = [signal_id(rng.randrange(a.rows)) if rng.random() < 0.5 else f"sig-new-{i:08d}"
             for i in range(a.lookups)]
-    orders = [client_order_id(k) for k in keys]
+    orders = [Order(client_order_id(k), k, "open", "okx", "BTC-USDT", "buy", 0.05, 95000.0, 0) for k in keys]
     ledger = Ledger(a.ledger)
     if a.impl == "apex":
         calls = {"decided": (ledger.decided, keys), "execution": (ledger.execution, orders)}
@@ -74,8 +73,9 @@ def lookup(a: argparse.Namespace) -> None:
         def decided(k: str):
             return db.execute("SELECT 1 FROM decisions WHERE signal_id = ?", (k,)).fetchone()
 
-        def execution(k: str):
-            return db.execute("SELECT 1 FROM executions WHERE client_order_id = ?", (k,)).fetchone()
+        def execution(o):
+            return db.execute("SELECT 1 FROM executions WHERE signal_id = ? AND kind = ?",
+                              (o.signal_id, o.kind)).fetchone()
 
         calls = {"decided": (decided, keys), "execution": (execution, orders)}
     out = {}

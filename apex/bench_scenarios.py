@@ -416,8 +416,8 @@ def lookup(ctx: Ctx) -> dict:
         u = c.wait(600)
         c.check(f"lookup {impl}")
         res = json.loads(c.log.read_text().strip().splitlines()[-1])
-        names = {"apex": ("Ledger.decided(signal_id)", "Ledger.execution(client_order_id)"),
-                 "floor": ("SELECT 1 … signal_id = ?", "SELECT 1 … client_order_id = ?")}[impl]
+        names = {"apex": ("Ledger.decided(signal_id)", "Ledger.execution(order)"),
+                 "floor": ("SELECT 1 … signal_id = ?", "SELECT 1 … signal_id = ? AND kind = ?")}[impl]
         for kind, what in zip(("decided", "execution"), names):
             k = res[kind]
             row = run_row(impl, what, u, per_s=k["per_s"], lat_us=None, kind=kind, lookups=m)

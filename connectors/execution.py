@@ -32,7 +32,7 @@ class Executor:
         """The fill if this order was already resolved (by the ledger, or by asking the
         venue about an intent a crash left behind); None when it must be sent, its intent
         now recorded. Raises ``Rejected`` for an order the venue refused before."""
-        row = self.ledger.execution(order.client_order_id)
+        row = self.ledger.execution(order)
         if row is None:
             self.ledger.record_intent(order, reason)
             return None
@@ -54,7 +54,7 @@ class Executor:
         results = self.venue.place_many(orders)
         for order, r in zip(orders, results, strict=True):
             if isinstance(r, Rejected):
-                self.ledger.record_rejection(order.client_order_id, str(r))
+                self.ledger.record_rejection(order, str(r))
             else:
                 self.ledger.record_fill(r)
         return results

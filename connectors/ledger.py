@@ -13,7 +13,9 @@ entries were then not acknowledged either, so Redis redelivers them.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,9 +36,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason    TEXT,
     ts_ms     INTEGER NOT NULL,
     events    TEXT NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS executions (
-    client_order_id TEXT PRIMARY KEY,
+    client_order_id TEXT NOT NULL,
     signal_id  TEXT NOT NULL,
     kind       TEXT NOT NULL,
     venue      TEXT NOT NULL,
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS executions (
     seq        INTEGER,
     reason     TEXT
 );
-CREATE INDEX IF NOT EXISTS executions_signal ON executions(signal_id);
+CREATE UNIQUE INDEX IF NOT EXISTS executions_signal ON executions(signal_id, kind);
 CREATE TABLE IF NOT EXISTS trades (
     signal_id  TEXT PRIMARY KEY,  -- a rowid table: its ~400-byte rows overflowed 1 KiB index pages
     terms      TEXT NOT NULL,
@@ -62,7 +64,14 @@ CREATE TABLE IF NOT EXISTS trades (
 );
 CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 """  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
+# Every key here is random (signal ids, hashes), so each index an order touches is one more
+# random page written to the WAL at each commit: rowid tables keep rows in arrival order,
+# with one index a table; an order is found by (signal_id, kind), which determines its client
+# order id. Ledgers made before this (a WITHOUT ROWID decisions table, executions keyed on
+# the client order id plus an index on signal_id) are read and written by the same statements.
 
+
+log = logging.getLogger("apex.ledger")
 
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``): ~18 s at 200/s with closes; WAL file up to ~300 MB
 
@@ -75,8 +84,36 @@ class Decided:
     events: list[dict[str, Any]]
 
 
+class WalKeeper:
+    """Copies the ledger's WAL back into the database (a PASSIVE checkpoint, which never
+    waits for the writer) a few times a second, on its own connection and thread: SQLite
+    lets go of the GIL while it copies and fsyncs, so the worker's thread goes on deciding.
+    What it leaves for ``Ledger.restart_wal`` is a fraction of a second of WAL."""
+
+    def __init__(self, path: Path, interval_s: float = 0.25):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(path, interval_s), name="apex-wal", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, interval_s: float) -> None:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(interval_s):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as err:  # a checkpoint is an optimisation: note it, go on
+                    log.warning("ledger checkpoint failed: %s", err)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Ledger:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, keep_wal: bool = False):
+        """``keep_wal``: run a ``WalKeeper`` beside this connection (the worker's ledger)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -87,12 +124,13 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         # No checkpoint on the hot path: an automatic one fsyncs the database inside
-        # a COMMIT (tens of ms here). The shipper checkpoints after it ships instead.
+        # a COMMIT (tens of ms here). The worker's ``WalKeeper`` thread checkpoints instead.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
         self._pruned = 0
         self._commits = 0
+        self._keeper = WalKeeper(self.path) if keep_wal else None
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
@@ -108,6 +146,8 @@ class Ledger:
         return self._seq[kind]
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
         self.db.close()
 
     def begin(self) -> None:
@@ -148,17 +188,21 @@ class Ledger:
             self.restart_wal()
 
     def restart_wal(self) -> None:
-        """Start the WAL over, between batches. The shipper's checkpoints copy it back
-        without waiting for us, and for that reason never complete while we commit every
-        few ms, so the WAL is never restarted and only grows (1.7 GB in two minutes at 200
-        fills/s, RSS growing with its index). Here, the only writer, between transactions,
-        a RESTART completes; it holds this batch's ack for ~20 ms at 200/s (what arrived
-        since the shipper's last pass, and any reader's end), hence only every
-        ``RESTART_EVERY`` commits. Not TRUNCATE: shrinking the file cost ~100 ms more; it
-        is overwritten from its start instead. Not from the shipper: niced, it held our
-        commits up to 50 ms."""
-        self.db.execute("PRAGMA wal_checkpoint(RESTART)")
-        self._commits = 0
+        """Start the WAL over, between batches. Without it the WAL only grows: a checkpoint
+        copies it back without waiting for us and so never completes while we commit every
+        few ms (1.7 GB in two minutes at 200 fills/s, RSS growing with its index). Here, the
+        only writer, between transactions, a RESTART completes; what it copies is only what
+        arrived since the ``WalKeeper``'s last pass (copying 18 s of WAL here held a batch
+        for 10-30 ms, growing with the ledger). A reader in the way (the shipper) makes it
+        return at once rather than sleep in the busy handler: the next batch tries again.
+        Not TRUNCATE: shrinking the file cost ~100 ms more; it is overwritten from its start."""
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            busy = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        finally:
+            self.db.execute("PRAGMA busy_timeout=5000")
+        if not busy:
+            self._commits = 0
 
     def checkpoint(self) -> None:
         """Make the decisions and intents so far durable now, and go on in a new transaction.
@@ -188,10 +232,10 @@ class Ledger:
             return
         self._decisions[signal_id] = (stream_id, outcome, reason, ts_ms, events)
 
-    def execution(self, client_order_id: str) -> sqlite3.Row | None:
+    def execution(self, order: Order) -> sqlite3.Row | None:
         cur = self.db.execute(
-            "SELECT status, order_id, price, fee_usd, filled_ms FROM executions WHERE client_order_id = ?",
-            (client_order_id,),
+            "SELECT status, order_id, price, fee_usd, filled_ms FROM executions WHERE signal_id = ? AND kind = ?",
+            (order.signal_id, order.kind),
         )
         return cur.fetchone()
 
@@ -208,14 +252,15 @@ class Ledger:
     def record_fill(self, fill: Fill) -> None:
         self.db.execute(
             "UPDATE executions SET status='filled', order_id=?, price=?, fee_usd=?, filled_ms=?,"
-            " seq=? WHERE client_order_id=?",
-            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.client_order_id),
+            " seq=? WHERE signal_id=? AND client_order_id=?",
+            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.signal_id,
+             fill.client_order_id),
         )
 
-    def record_rejection(self, client_order_id: str, reason: str) -> None:
+    def record_rejection(self, order: Order, reason: str) -> None:
         self.db.execute(
-            "UPDATE executions SET status='rejected', order_id=? WHERE client_order_id=?",
-            (reason, client_order_id),
+            "UPDATE executions SET status='rejected', order_id=? WHERE signal_id=? AND kind=?",
+            (reason, order.signal_id, order.kind),
         )
 
     def fills(self) -> Iterator[Fill]:

@@ -178,7 +178,6 @@ class Shipper:
             self._store = None
             return False
         self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
-        checkpoint(self.db)
         return True
 
     def stop(self, timeout_s: float = 120.0) -> None:
@@ -201,15 +200,6 @@ class Shipper:
             if conn is not None:
                 conn.close()
         self._db = self._state_db = None
-
-
-def checkpoint(db: sqlite3.Connection) -> None:
-    """Copy the ledger's WAL back into the database, off the decision path and never
-    waiting for the worker (the ledger turns automatic checkpoints off). Under a worker
-    committing every few ms this never completes, so the WAL is never restarted: the
-    ledger restarts it itself every so many commits (``Ledger.restart_wal``), which is
-    quick because what is left to copy is what arrived since this ran."""
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def mark(db: sqlite3.Connection, seq: int) -> None:
@@ -266,8 +256,6 @@ def main(ledger_path: str, dsn: str) -> None:
                     break
                 seq, shipped, more = new, True, full or done
                 mark(state, seq)
-            if shipped:
-                checkpoint(db)
             backoff = INTERVAL_S
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)

@@ -64,7 +64,7 @@ class PortfolioStep:
     def ledger(self) -> Ledger:
         if self._ledger is None:
             sd = Path(self.p.state_dir)
-            self._ledger = Ledger(self.p.ledger_path)
+            self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
             venue = PaperVenue(sd / "paper-venue.sqlite", slippage_bps=self.p.execute.slippage_bps,
                                fee_bps=self.p.execute.fee_bps)
             self._executor = Executor(self._ledger, venue)

@@ -49,7 +49,7 @@ def _crash(paths, venue_cls) -> None:
     ledger, venue = Ledger(paths[0]), PaperVenue(paths[1])
     with pytest.raises(Crash):
         Executor(ledger, venue_cls(venue)).execute(ORDER)
-    assert ledger.execution(CID)[0] == "intent"  # the intent row was written before the send
+    assert ledger.execution(ORDER)[0] == "intent"  # the intent row was written before the send
     assert list(ledger.fills()) == []
     ledger.close()
     venue.db.close()
@@ -64,7 +64,7 @@ def test_crash_after_send_resolves_from_the_venue_without_a_second_order(paths):
     assert (fill.signal_id, fill.client_order_id, fill.symbol, fill.side, fill.quantity, fill.price) == (
         "sig-crash", CID, "BTC-USDT", "buy", 50.0, 100.0)
     assert venue.orders_sent() == (1, 0)
-    assert ledger.execution(CID)[0] == "filled"
+    assert ledger.execution(ORDER)[0] == "filled"
     assert list(ledger.fills()) == [fill]
     # and once recorded, later calls are answered by the ledger alone
     again, sent = Executor(ledger, venue).execute(ORDER)
@@ -80,7 +80,7 @@ def test_crash_before_send_sends_once_on_restart(paths):
     assert sent is True
     assert fill.client_order_id == CID
     assert venue.orders_sent() == (1, 0)
-    assert ledger.execution(CID)[0] == "filled"
+    assert ledger.execution(ORDER)[0] == "filled"
 
 
 def test_executing_the_same_order_twice_sends_once(paths):
@@ -154,4 +154,4 @@ def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_
     assert again.decided("sig-drop") is None
     assert again.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     assert again.decided("sig-crash").outcome == "sent"
-    assert again.execution(CID)[0] == "intent"
+    assert again.execution(ORDER)[0] == "intent"

@@ -35,7 +35,6 @@ def test_the_shipper_records_progress_while_the_worker_holds_the_ledgers_write_l
     ledger.begin()  # the worker's open transaction: BEGIN IMMEDIATE holds the write lock
     seq, full = outbox.ship_once(db, store, outbox.reconcile(db, state))
     outbox.mark(state, seq)
-    outbox.checkpoint(db)
     ledger.commit()
     assert (seq, full) == (3, False)
     assert store.query("SELECT count() FROM filter_drops") == [(3,)]
@@ -120,3 +119,51 @@ def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ship
         assert store.query("SELECT signal_id FROM filter_drops FINAL ORDER BY signal_id") == [("old",), ("s0",)]
     finally:
         store.close()
+
+
+def _wal_index(path) -> tuple[int, int]:
+    """(frames in the WAL, frames copied back into the database): mxFrame and nBackfill
+    from the WAL index (the -shm file), as every connection sees them."""
+    import struct
+
+    raw = open(f"{path}-shm", "rb").read(100)
+    return struct.unpack_from("=I", raw, 16)[0], struct.unpack_from("=I", raw, 96)[0]
+
+
+def test_the_wal_keeper_copies_the_wal_back_while_the_worker_writes_on(tmp_path):
+    """The worker's thread never copies the WAL itself but at a restart, and then finds
+    nothing left to copy but what came since the keeper's last pass."""
+    import time
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path, keep_wal=True)
+    try:
+        _queue(ledger, 20)
+        frames, copied = _wal_index(path)
+        assert frames > 0
+        deadline = time.monotonic() + 30
+        while _wal_index(path)[1] < frames:  # the keeper's thread, on its own schedule
+            assert time.monotonic() < deadline, "the WAL keeper never copied the WAL back"
+            time.sleep(0.01)
+        ledger.begin()  # the worker goes on committing meanwhile
+        ledger.commit()
+        ledger.restart_wal()
+        assert ledger._commits == 0
+    finally:
+        ledger.close()
+
+
+def test_a_restart_that_a_reader_is_in_the_way_of_returns_at_once_and_is_tried_again(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 3)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM outbox").fetchone()  # holds a snapshot in the WAL
+    ledger._commits = 7
+    ledger.restart_wal()  # busy: no sleeping in SQLite's busy handler, no reset
+    assert ledger._commits == 7
+    assert ledger.db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    reader.execute("COMMIT")
+    ledger.restart_wal()
+    assert ledger._commits == 0
