@@ -249,12 +249,12 @@ def main(ledger_path: str, dsn: str) -> None:
             store = store or AuditStore(dsn)
             # One chunk a round unless a backlog fills chunks (or at the end): looping until
             # caught up never slept once inserts ran slower than the worker produced rows.
-            shipped, more = False, True
+            more = True
             while more:
                 new, full = ship_once(db, store, seq)
                 if new == seq:
                     break
-                seq, shipped, more = new, True, full or done
+                seq, more = new, full or done
                 mark(state, seq)
             backoff = INTERVAL_S
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later

@@ -209,6 +209,7 @@ class PortfolioStep:
             return
         batch = list(self.in_flight.values())
         self.in_flight = {}
+        t0 = time.perf_counter_ns()
         try:
             results = self.executor.send([f.order for f in batch])
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
@@ -229,6 +230,7 @@ class PortfolioStep:
                 self.ledger.record_open(terms)
                 _confirmed(f.chain, result, True)
                 self._opened(f.out, f.chain, result, f.signal, book, f.nav_after + (book.nav - before))
+            f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             latency = (now - f.out.received_ns) // 1000
             for ev in f.out.events:
                 ev.latency_us = ev.latency_us or latency

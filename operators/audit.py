@@ -120,5 +120,5 @@ class Outcome:
     fields: dict[str, str] = field(default_factory=dict)
     received_ns: int = 0
     deliveries: int = 1
-    step_us: float = 0.0  # time inside the portfolio step: decide, ledger, venue
+    step_us: float = 0.0  # time inside the portfolio step: decide, ledger, and its batch's send to the venue
     queued: int = 0  # events already written to the outbox

@@ -14,12 +14,11 @@ import connectors.recording
 from connectors.venues import Rejected
 from connectors.venues.paper import PaperVenue
 from dataflows.config import load
-from helpers import entry, make_pipeline, paper_orders, run_entries, run_flow
+from helpers import entry, make_pipeline, model, paper_orders, run_entries, run_flow
 from operators.exits import terms_for
 from operators.kelly import KellyParams
 from operators.orders import Order, client_order_id, expected_fill
 from operators.portfolio import Fill, Portfolio
-from helpers import model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
@@ -167,3 +166,16 @@ def test_a_replay_decides_the_same_whatever_its_batches(tmp_path, monkeypatch):
     small = _replay(tmp_path, monkeypatch, 7)
     assert len(big[1]) > 900
     assert small == big
+
+
+def test_an_exit_in_the_same_batch_reaches_the_venue_after_the_open_it_closes(tmp_path):
+    """The hard stop fires on a price read in the same batch as the signal, while the
+    opening order is still reserved: the open leaves first, then the close."""
+    from test_exits import T0, replay, signal, tick
+
+    seen, *_ = replay(tmp_path, [signal(1, T0, "BTC-USDT", "buy", 100.0), tick(T0 + 1000, "BTC-USDT", 94.0)])
+    assert [(o.signal_id, o.outcome, o.reason) for o in seen if o.signal_id] == [
+        ("t1", "filled", ""), ("t1", "closed", "hard_stop")]
+    venue = sqlite3.connect(tmp_path / "state" / "paper-venue.sqlite")
+    assert venue.execute("SELECT client_order_id FROM orders ORDER BY rowid").fetchall() == [
+        (client_order_id("t1"),), (client_order_id("t1", "close"),)]
