@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -131,6 +132,8 @@ class Ledger:
         self._pruned = 0
         self._commits = 0
         self._keeper = WalKeeper(self.path) if keep_wal else None
+        if self._keeper is not None:  # a ledger dropped unclosed (a finished dataflow) stops its thread
+            weakref.finalize(self, self._keeper._stop.set)
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}

@@ -60,19 +60,23 @@ class PortfolioStep:
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
         self.in_flight: dict[str, InFlight] = {}  # by client order id, in decision order
 
+    def _connect(self) -> None:
+        """Ledger and venue together, in the worker that runs the step (not where the flow is built)."""
+        self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
+        venue = PaperVenue(Path(self.p.state_dir) / "paper-venue.sqlite",
+                           slippage_bps=self.p.execute.slippage_bps, fee_bps=self.p.execute.fee_bps)
+        self._executor = Executor(self._ledger, venue)
+
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            sd = Path(self.p.state_dir)
-            self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
-            venue = PaperVenue(sd / "paper-venue.sqlite", slippage_bps=self.p.execute.slippage_bps,
-                               fee_bps=self.p.execute.fee_bps)
-            self._executor = Executor(self._ledger, venue)
-        return self._ledger
+            self._connect()
+        return self._ledger  # type: ignore[return-value]
 
     @property
     def executor(self) -> Executor:
-        self.ledger
+        if self._executor is None:
+            self._connect()
         return self._executor  # type: ignore[return-value]
 
     def new_book(self) -> Portfolio:

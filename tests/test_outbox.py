@@ -167,3 +167,17 @@ def test_a_restart_that_a_reader_is_in_the_way_of_returns_at_once_and_is_tried_a
     reader.execute("COMMIT")
     ledger.restart_wal()
     assert ledger._commits == 0
+
+
+def test_a_worker_ledger_dropped_without_close_stops_its_wal_thread(tmp_path):
+    """A finished dataflow lets go of its ledger without closing it; its keeper thread must
+    not outlive it (a test run builds a hundred dataflows in one process)."""
+    import gc
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", keep_wal=True)
+    thread = ledger._keeper._thread
+    assert thread.is_alive()
+    del ledger
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
