@@ -1,0 +1,64 @@
+"""A ledger written by an older Apex keeps working: the tables changed shape for new files
+(rowid tables, executions found by signal_id and kind), the statements did not."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from connectors.execution import Executor
+from connectors.ledger import Ledger
+from connectors.venues.paper import PaperVenue
+from operators.orders import Order, client_order_id
+
+OLD_SCHEMA = """
+CREATE TABLE decisions (signal_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, outcome TEXT NOT NULL,
+    reason TEXT, ts_ms INTEGER NOT NULL, events TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE executions (client_order_id TEXT PRIMARY KEY, signal_id TEXT NOT NULL, kind TEXT NOT NULL,
+    venue TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL, quantity REAL NOT NULL,
+    status TEXT NOT NULL, intent_ms INTEGER NOT NULL, order_id TEXT, price REAL, fee_usd REAL,
+    filled_ms INTEGER, seq INTEGER, reason TEXT);
+CREATE INDEX executions_signal ON executions(signal_id);
+CREATE TABLE trades (signal_id TEXT PRIMARY KEY, terms TEXT NOT NULL, status TEXT NOT NULL, won INTEGER,
+    closed_seq INTEGER) WITHOUT ROWID;
+CREATE INDEX trades_status ON trades(status, closed_seq);
+"""
+
+
+def _order(signal_id: str) -> Order:
+    return Order(client_order_id(signal_id), signal_id, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 1)
+
+
+def test_a_ledger_of_the_old_shape_records_resolves_and_refuses_as_a_new_one(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_SCHEMA)
+        old.execute("INSERT INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity,"
+                    " status, intent_ms, price) VALUES (?, 'sig-old', 'open', 'okx', 'BTC-USDT', 'buy', 1.0,"
+                    " 'intent', 1, 100.0)", (client_order_id("sig-old"),))  # a crash left this intent
+    ledger, venue = Ledger(path), PaperVenue(tmp_path / "venue.sqlite")
+    ex = Executor(ledger, venue)
+    ledger.begin()
+    fill, sent = ex.execute(_order("sig-new"))
+    again, sent_again = ex.execute(_order("sig-new"))
+    resumed, resumed_sent = ex.execute(_order("sig-old"))  # the venue never saw it: sent now, once
+    ledger.commit()
+    assert (sent, sent_again, resumed_sent) == (True, False, True)
+    assert again == fill
+    assert venue.orders_sent() == (2, 0)
+    assert [f.signal_id for f in ledger.fills()] == ["sig-new", "sig-old"]
+    ledger.record_intent(_order("sig-new"))  # a second intent under one id is ignored, not a second row
+    assert ledger.db.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 2
+    # the old file kept its own shape: nothing was rebuilt under the running worker
+    kinds = dict(ledger.db.execute("SELECT name, sql LIKE '%WITHOUT ROWID%' FROM sqlite_master WHERE type='table'"))
+    assert kinds["decisions"] == 1 and kinds["trades"] == 1
+
+
+def test_a_new_ledger_keeps_one_order_per_signal_and_kind(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.record_intent(_order("sig-a"))
+    ledger.record_intent(_order("sig-a"))
+    ledger.record_intent(Order(client_order_id("sig-a", "close"), "sig-a", "close", "okx", "BTC-USDT", "sell",
+                               1.0, 101.0, 2))
+    rows = ledger.db.execute("SELECT kind, client_order_id FROM executions ORDER BY kind").fetchall()
+    assert rows == [("close", client_order_id("sig-a", "close")), ("open", client_order_id("sig-a"))]
+    assert ledger.execution(_order("sig-a"))[0] == "intent"
