@@ -8,7 +8,7 @@ only if the venue never saw it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from connectors.ledger import Ledger
 from connectors.venues import Rejected
@@ -28,13 +28,13 @@ class Executor:
         self.ledger = ledger
         self.venue = venue
 
-    def prepare(self, order: Order, reason: str = "") -> Fill | None:
+    def prepare(self, order: Order, reason: str = "", trade: dict[str, Any] | None = None) -> Fill | None:
         """The fill if this order was already resolved (by the ledger, or by asking the
         venue about an intent a crash left behind); None when it must be sent, its intent
         now recorded. Raises ``Rejected`` for an order the venue refused before."""
         row = self.ledger.execution(order)
         if row is None:
-            self.ledger.record_intent(order, reason)
+            self.ledger.record_intent(order, reason, trade)
             return None
         status, order_id, price, fee, filled_ms = row
         if status == "filled":

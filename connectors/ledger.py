@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS executions (
     fee_usd    REAL,
     filled_ms  INTEGER,
     seq        INTEGER,
-    reason     TEXT
+    reason     TEXT,
+    trade      TEXT  -- an open's intended trade (terms and exits), so a start can book it without the signal
 );
 CREATE UNIQUE INDEX IF NOT EXISTS executions_signal ON executions(signal_id, kind);
 CREATE TABLE IF NOT EXISTS trades (
@@ -129,6 +130,8 @@ class Ledger:
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
+        if "trade" not in {r[1] for r in self.db.execute("PRAGMA table_info(executions)")}:
+            self.db.execute("ALTER TABLE executions ADD COLUMN trade TEXT")  # ledgers made before it
         self._pruned = 0
         self._commits = 0
         self._keeper = WalKeeper(self.path) if keep_wal else None
@@ -242,20 +245,22 @@ class Ledger:
         )
         return cur.fetchone()
 
-    def record_intent(self, order: Order, reason: str = "") -> None:
+    def record_intent(self, order: Order, reason: str = "", trade: dict[str, Any] | None = None) -> None:
         """``price`` holds the intended price until the fill overwrites it, so a
-        restart can still place an order the venue never received."""
+        restart can still place an order the venue never received; ``trade`` (an
+        open's expected terms and exits) lets a start book a fill it finds at the venue."""
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
-            " quantity, status, intent_ms, price, reason) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?)",
+            " quantity, status, intent_ms, price, reason, trade)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
-             order.quantity, order.ts_ms, order.price, reason),
+             order.quantity, order.ts_ms, order.price, reason, dumps(trade) if trade is not None else None),
         )
 
     def record_fill(self, fill: Fill) -> None:
         self.db.execute(
             "UPDATE executions SET status='filled', order_id=?, price=?, fee_usd=?, filled_ms=?,"
-            " seq=? WHERE signal_id=? AND client_order_id=?",
+            " seq=?, trade=NULL WHERE signal_id=? AND client_order_id=?",  # the trades row holds it now
             (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.signal_id,
              fill.client_order_id),
         )
@@ -302,6 +307,19 @@ class Ledger:
             " FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
         ).fetchall()
         return [(Order(*r[:9]), r[9] or "") for r in rows]
+
+    def open_intents(self) -> list[tuple[Order, TradeTerms, str]]:
+        """Opening orders in the crash window that carry their intended trade: (order,
+        expected terms, exits description)."""
+        rows = self.db.execute(
+            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, trade"
+            " FROM executions WHERE status='intent' AND kind='open' AND trade IS NOT NULL ORDER BY intent_ms",
+        ).fetchall()
+        out = []
+        for r in rows:
+            trade = orjson.loads(r[9])
+            out.append((Order(*r[:9]), _terms(trade["terms"]), trade["exits"]))
+        return out
 
     def prune(self, shipped_seq: int) -> None:
         """Drop outbox rows the shipper has written to ClickHouse."""

@@ -9,6 +9,7 @@ ledger before the next can happen, so any crash is resumed, never repeated.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,13 @@ from dataflows.steps import Received
 from operators import audit as A
 from operators.audit import Chain, Event, Outcome
 from operators.decide import judge
-from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, terms_for
+from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, booked, terms_for
 from operators.orders import Order, client_order_id, expected_fill
 from operators.portfolio import Fill, Portfolio
 from operators.signal import Signal
+
+
+log = logging.getLogger("apex.portfolio")
 
 
 @dataclass(slots=True)
@@ -90,11 +94,43 @@ class PortfolioStep:
             book.open(terms)
         for won, expected in self.ledger.recent_closes(self.p.kelly.tracker.window):
             book.tracker.record(won, expected)
+        for order, expected, exits in self.ledger.open_intents():
+            if order.signal_id not in book.open_trades:
+                self._recover_open(book, order, expected, exits)
         for order, reason in self.ledger.dangling("close"):
             if order.signal_id in book.open_trades:
                 self._finish_close(book, book.open_trades[order.signal_id], order, reason, "",
                                    self.recovered)
         return book
+
+    def _recover_open(self, book: Portfolio, order: Order, expected: TradeTerms, exits: str) -> None:
+        """An opening order caught in the crash window. Its entry's redelivery would settle
+        it, but the entry may never come back (dead-lettered while the venue was away), and
+        a position the venue holds must be in the book: ask the venue now. If the venue
+        never saw it there is no position, and a redelivery (if any) still sends it."""
+        try:
+            fill = self.executor.venue.lookup(order.client_order_id)
+        except Exception as err:  # noqa: BLE001 - unreachable now: the next start or a redelivery asks again
+            log.warning("open order %s left unresolved at start: %s", order.client_order_id, err)
+            return
+        if fill is None:
+            return
+        self.ledger.record_fill(fill)
+        terms = booked(expected, fill)
+        book.apply_fill(fill)
+        book.open(terms)
+        self.ledger.record_open(terms)
+        prior = self.ledger.decided(order.signal_id)
+        if prior is None or prior.outcome != "sent":
+            return
+        events = [Event.from_dict(d) for d in prior.events]
+        first = events[0]
+        chain = Chain(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue, first.symbol,
+                      events)
+        _confirmed(chain, fill, False)
+        # the entry's own stream id: its decision is final now, and acknowledging it is safe
+        out = Outcome("", prior.stream_id, order.signal_id, "sent", "", events)
+        self.recovered.append(self._opened(out, chain, fill, exits, book))
 
     def __call__(self, book: Portfolio | None, item: Received, outs: list[Outcome]) -> Portfolio:
         """Append this entry's outcomes (exits it triggered, then its own) to ``outs``."""
@@ -190,8 +226,10 @@ class PortfolioStep:
         return self._open(book, out, chain, order, sig)
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
+        expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
+        terms = terms_for(sig, expected)
         try:
-            known = self.executor.prepare(order)
+            known = self.executor.prepare(order, trade={"terms": terms, "exits": sig.exit_rules.description})
         except Rejected as err:
             return self._rejected(out, chain, err)
         if known is not None:  # resolved without sending: a redelivery after a crash
@@ -201,9 +239,8 @@ class PortfolioStep:
                 terms = terms_for(sig, known)
                 book.open(terms)
                 self.ledger.record_open(terms)
-            return self._opened(out, chain, known, sig, book)
-        expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
-        book.reserve(expected, terms_for(sig, expected))
+            return self._opened(out, chain, known, sig.exit_rules.description, book)
+        book.reserve(expected, terms)
         self.in_flight[order.client_order_id] = InFlight(out, chain, order, sig, expected, book.nav)
         return out
 
@@ -233,17 +270,18 @@ class PortfolioStep:
                 book.settle(f.expected, result, terms)
                 self.ledger.record_open(terms)
                 _confirmed(f.chain, result, True)
-                self._opened(f.out, f.chain, result, f.signal, book, f.nav_after + (book.nav - before))
+                self._opened(f.out, f.chain, result, f.signal.exit_rules.description, book,
+                             f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             latency = (now - f.out.received_ns) // 1000
             for ev in f.out.events:
                 ev.latency_us = ev.latency_us or latency
 
-    def _opened(self, out: Outcome, chain: Chain, fill: Fill, sig: Signal, book: Portfolio,
+    def _opened(self, out: Outcome, chain: Chain, fill: Fill, exits: str, book: Portfolio,
                 nav_after: float | None = None) -> Outcome:
         chain.add(A.TRADE_OPEN, "opened", ts_ms=fill.ts_ms, side=fill.side, entry_price=fill.price,
                   quantity=fill.quantity, nav_after=book.nav if nav_after is None else nav_after,
-                  exits=sig.exit_rules.description, deadline_ms=book.open_trades[sig.signal_id].deadline_ms)
+                  exits=exits, deadline_ms=book.open_trades[fill.signal_id].deadline_ms)
         out.outcome = "filled"
         out.executions.append(_execution_row(fill, "open"))
         return self._record(out)

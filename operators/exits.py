@@ -7,7 +7,7 @@ stream's clock, so a replay closes trades at the same moments as live.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the book imports this module; only type names flow the other way
@@ -109,6 +109,12 @@ class ClosedTrade:
             "exit_reason": self.exit_reason, "expected_win_rate": t.expected_win_rate,
             "avg_win": t.avg_win, "avg_loss": t.avg_loss,
         }
+
+
+def booked(expected: TradeTerms, fill: Fill) -> TradeTerms:
+    """The trade an order was expected to open, as the venue actually filled it."""
+    return replace(expected, quantity=fill.quantity, entry_price=fill.price, entry_ms=fill.ts_ms,
+                   entry_fee_usd=fill.fee_usd, deadline_ms=fill.ts_ms + expected.deadline_ms - expected.entry_ms)
 
 
 def terms_for(signal: Signal, fill: Fill) -> TradeTerms:

@@ -155,3 +155,67 @@ def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_
     assert again.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     assert again.decided("sig-crash").outcome == "sent"
     assert again.execution(ORDER)[0] == "intent"
+
+
+def _die_on_first_send(monkeypatch, accept: bool) -> list[str]:
+    real_place = PaperVenue.place_many
+    calls: list[str] = []
+
+    def place(self, orders):
+        calls.extend(o.client_order_id for o in orders)
+        if len(calls) == 1:
+            if accept:
+                real_place(self, orders)
+            raise RuntimeError("killed while sending")
+        return real_place(self, orders)
+
+    monkeypatch.setattr(PaperVenue, "place_many", place)
+    return calls
+
+
+def test_an_open_whose_entry_never_comes_back_is_booked_from_the_venue_at_the_next_start(tmp_path, monkeypatch):
+    """The venue took the order, the worker died before recording it, and the entry was
+    dead-lettered (the venue stayed away through every redelivery). The next start asks
+    the venue: the position is booked and the signal's chain completed, nothing sent."""
+    calls = _die_on_first_send(monkeypatch, accept=True)
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    first = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-crash")])
+    assert [(o.outcome, o.terminal) for o in first.outcomes] == [("error", False)]
+    later = run_entries(tmp_path, p, [entry("1767261700000-0", signal_id="sig-other", symbol="ETH-USDT")],
+                        name="later.jsonl")
+    recovered = later.by_signal("sig-crash")
+    assert [(o.stream_id, o.outcome) for o in recovered] == [("1767261601000-0", "filled")]
+    stages = [(ev.stage, ev.outcome) for ev in recovered[0].events]
+    assert stages == [("SIGNAL_RECEIVED", "received"), ("FILTER_CHECK", "passed"), ("POSITION_SIZING", "sized"),
+                      ("EXECUTION_ATTEMPT", "sent"), ("EXECUTION_CONFIRMED", "filled"), ("TRADE_OPEN", "opened")]
+    assert recovered[0].events[4].details["resolved_without_send"] is True
+    assert [o.outcome for o in later.by_signal("sig-other")] == ["filled"]
+    assert calls == [client_order_id("sig-crash"), client_order_id("sig-other")]  # sig-crash placed once
+    ledger = Ledger(p.ledger_path)
+    assert ledger.decided("sig-crash").outcome == "filled"
+    assert [t.signal_id for t in ledger.open_trades()] == ["sig-crash", "sig-other"]
+    rows = audit_query(p, "SELECT stage, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
+                          " GROUP BY stage, seq ORDER BY seq")
+    assert rows == [(stage, 1) for stage, _ in stages]
+
+
+def test_an_open_the_venue_never_saw_stays_an_intent_at_start_and_its_redelivery_sends_it_once(
+        tmp_path, monkeypatch):
+    calls = _die_on_first_send(monkeypatch, accept=False)
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    e = entry("1767261601000-0", signal_id="sig-crash")
+    run_entries(tmp_path, p, [e])
+    later = run_entries(tmp_path, p, [entry("1767261700000-0", signal_id="sig-other", symbol="ETH-USDT")],
+                        name="later.jsonl")
+    assert later.by_signal("sig-crash") == []  # no position exists: nothing to book
+    ledger = Ledger(p.ledger_path)
+    assert ledger.execution(_order_of("sig-crash"))[0] == "intent"
+    assert ledger.decided("sig-crash").outcome == "sent"
+    ledger.close()
+    again = run_entries(tmp_path, p, [e], name="again.jsonl")  # its entry, delivered again
+    assert [o.outcome for o in again.by_signal("sig-crash")] == ["filled"]
+    assert calls.count(client_order_id("sig-crash")) == 2 and paper_orders(p) == (2, 0)  # tried, then placed once
+
+
+def _order_of(signal_id: str) -> Order:
+    return Order(client_order_id(signal_id), signal_id, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 0)
