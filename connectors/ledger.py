@@ -254,7 +254,7 @@ class Ledger:
             " quantity, status, intent_ms, price, reason, trade)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
-             order.quantity, order.ts_ms, order.price, reason, dumps(trade) if trade is not None else None),
+             order.quantity, order.ts_ms, order.price, reason, orjson.dumps(trade) if trade is not None else None),
         )
 
     def record_fill(self, fill: Fill) -> None:
