@@ -75,6 +75,7 @@ CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
 
 log = logging.getLogger("apex.ledger")
 
+BUSY_TIMEOUT_MS = 5000
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``): ~18 s at 200/s with closes; WAL file up to ~300 MB
 
 
@@ -124,7 +125,7 @@ class Ledger:
         self.db.execute(f"PRAGMA page_size={outbox.PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # No checkpoint on the hot path: an automatic one fsyncs the database inside
         # a COMMIT (tens of ms here). The worker's ``WalKeeper`` thread checkpoints instead.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
@@ -206,7 +207,7 @@ class Ledger:
         try:
             busy = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
         finally:
-            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not busy:
             self._commits = 0
 
@@ -300,25 +301,18 @@ class Ledger:
         ).fetchall()
         return [(bool(w), orjson.loads(t)["expected_win_rate"]) for w, t in reversed(rows)]
 
-    def dangling(self, kind: str) -> list[tuple[Order, str]]:
-        """Orders whose intent was written but whose outcome never was: the crash window."""
+    def dangling(self, kind: str) -> list[tuple[Order, str, tuple[TradeTerms, str] | None]]:
+        """Orders whose intent was written but whose outcome never was: the crash window.
+        Each with its reason (a close's exit) and, for an open, the trade it was to open
+        with its exits description (None in intents written before it was kept)."""
         rows = self.db.execute(
-            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, reason"
-            " FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
-        ).fetchall()
-        return [(Order(*r[:9]), r[9] or "") for r in rows]
-
-    def open_intents(self) -> list[tuple[Order, TradeTerms, str]]:
-        """Opening orders in the crash window that carry their intended trade: (order,
-        expected terms, exits description)."""
-        rows = self.db.execute(
-            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, trade"
-            " FROM executions WHERE status='intent' AND kind='open' AND trade IS NOT NULL ORDER BY intent_ms",
+            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, reason,"
+            " trade FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
         ).fetchall()
         out = []
         for r in rows:
-            trade = orjson.loads(r[9])
-            out.append((Order(*r[:9]), _terms(trade["terms"]), trade["exits"]))
+            trade = orjson.loads(r[10]) if r[10] else None
+            out.append((Order(*r[:9]), r[9] or "", (_terms(trade["terms"]), trade["exits"]) if trade else None))
         return out
 
     def prune(self, shipped_seq: int) -> None:

@@ -41,8 +41,9 @@ class InFlight:
     out: Outcome
     chain: Chain
     order: Order
-    signal: Signal
     expected: Fill
+    terms: TradeTerms  # the trade the expected fill opens
+    exits: str
     nav_after: float  # the book's NAV right after the reservation, as a sequential run sees it
 
 
@@ -62,7 +63,7 @@ class PortfolioStep:
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
-        self.in_flight: dict[str, InFlight] = {}  # by client order id, in decision order
+        self.in_flight: list[InFlight] = []  # in decision order
 
     def _connect(self) -> None:
         """Ledger and venue together, in the worker that runs the step (not where the flow is built)."""
@@ -94,10 +95,10 @@ class PortfolioStep:
             book.open(terms)
         for won, expected in self.ledger.recent_closes(self.p.kelly.tracker.window):
             book.tracker.record(won, expected)
-        for order, expected, exits in self.ledger.open_intents():
-            if order.signal_id not in book.open_trades:
-                self._recover_open(book, order, expected, exits)
-        for order, reason in self.ledger.dangling("close"):
+        for order, _, trade in self.ledger.dangling("open"):
+            if trade is not None and order.signal_id not in book.open_trades:
+                self._recover_open(book, order, *trade)
+        for order, reason, _ in self.ledger.dangling("close"):
             if order.signal_id in book.open_trades:
                 self._finish_close(book, book.open_trades[order.signal_id], order, reason, "",
                                    self.recovered)
@@ -116,17 +117,12 @@ class PortfolioStep:
         if fill is None:
             return
         self.ledger.record_fill(fill)
-        terms = booked(expected, fill)
-        book.apply_fill(fill)
-        book.open(terms)
-        self.ledger.record_open(terms)
+        self._book_open(book, fill, booked(expected, fill))
         prior = self.ledger.decided(order.signal_id)
         if prior is None or prior.outcome != "sent":
             return
         events = [Event.from_dict(d) for d in prior.events]
-        first = events[0]
-        chain = Chain(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue, first.symbol,
-                      events)
+        chain = Chain.resumed(events)
         _confirmed(chain, fill, False)
         # the entry's own stream id: its decision is final now, and acknowledging it is safe
         out = Outcome("", prior.stream_id, order.signal_id, "sent", "", events)
@@ -221,35 +217,36 @@ class PortfolioStep:
         out.outcome = "sent"
         # the decision is durable with the intent, before the order can leave; its audit
         # rows wait for the fill (a restart resuming a "sent" decision queues them all)
-        self.ledger.record_decision(out.signal_id, out.stream_id, "sent", out.reason, out.events[0].ts_ms,
-                                    [ev.to_dict() for ev in out.events])
+        self._decided(out, [ev.to_dict() for ev in out.events])
         return self._open(book, out, chain, order, sig)
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
         expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
-        terms = terms_for(sig, expected)
+        terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
-            known = self.executor.prepare(order, trade={"terms": terms, "exits": sig.exit_rules.description})
+            known = self.executor.prepare(order, trade={"terms": terms, "exits": exits})
         except Rejected as err:
             return self._rejected(out, chain, err)
         if known is not None:  # resolved without sending: a redelivery after a crash
             _confirmed(chain, known, False)
             if known.signal_id not in book.open_trades:
-                book.apply_fill(known)
-                terms = terms_for(sig, known)
-                book.open(terms)
-                self.ledger.record_open(terms)
-            return self._opened(out, chain, known, sig.exit_rules.description, book)
+                self._book_open(book, known, booked(terms, known))
+            return self._opened(out, chain, known, exits, book)
         book.reserve(expected, terms)
-        self.in_flight[order.client_order_id] = InFlight(out, chain, order, sig, expected, book.nav)
+        self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav))
         return out
+
+    def _book_open(self, book: Portfolio, fill: Fill, terms: TradeTerms) -> None:
+        """A fill the book has not seen (found by asking the venue): its position and trade."""
+        book.apply_fill(fill)
+        book.open(terms)
+        self.ledger.record_open(terms)
 
     def send_orders(self, book: Portfolio) -> None:
         """Send every order in flight; settle each in the book, the ledger and its chain."""
         if not self.in_flight:
             return
-        batch = list(self.in_flight.values())
-        self.in_flight = {}
+        batch, self.in_flight = self.in_flight, []
         t0 = time.perf_counter_ns()
         try:
             results = self.executor.send([f.order for f in batch])
@@ -266,12 +263,11 @@ class PortfolioStep:
                 self._rejected(f.out, f.chain, result)
             else:
                 before = book.nav
-                terms = terms_for(f.signal, result)
+                terms = booked(f.terms, result)
                 book.settle(f.expected, result, terms)
                 self.ledger.record_open(terms)
                 _confirmed(f.chain, result, True)
-                self._opened(f.out, f.chain, result, f.signal.exit_rules.description, book,
-                             f.nav_after + (book.nav - before))
+                self._opened(f.out, f.chain, result, f.exits, book, f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             latency = (now - f.out.received_ns) // 1000
             for ev in f.out.events:
@@ -308,18 +304,18 @@ class PortfolioStep:
         d = attempt.details
         order = Order(d["client_order_id"], sig.signal_id, "open", sig.venue, sig.symbol, sig.side,
                       d["quantity"], d["price"], attempt.ts_ms)
-        first = events[0]
-        chain = Chain(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue,
-                      first.symbol, events)
-        return self._open(book, out, chain, order, sig)
+        return self._open(book, out, Chain.resumed(events), order, sig)
 
     def _record(self, out: Outcome) -> Outcome:
         """The decision and its audit rows, in the ledger's current transaction. Only an
         order in flight keeps its events in the decision (``_decide``): a restart rebuilds
         its chain from them."""
-        self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
-                                    out.events[0].ts_ms, [])
+        self._decided(out, [])
         return self._emit(out)
+
+    def _decided(self, out: Outcome, events: list[dict]) -> None:
+        self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
+                                    out.events[0].ts_ms, events)
 
     def _emit(self, out: Outcome) -> Outcome:
         self.ledger.enqueue(rows_of(out, out.queued, time.time_ns() // 1_000_000))

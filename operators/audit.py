@@ -86,6 +86,12 @@ class Chain:
     symbol: str = ""
     events: list[Event] = field(default_factory=list)
 
+    @classmethod
+    def resumed(cls, events: list[Event]) -> Chain:
+        """The chain an earlier run began (a "sent" decision's events), to go on adding to."""
+        first = events[0]
+        return cls(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue, first.symbol, events)
+
     def add(self, stage: str, outcome: str, reason: str = "", *, ts_ms: int | None = None,
             size_usd: float | None = None, **details: Any) -> Event:
         ev = Event(

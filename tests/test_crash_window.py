@@ -98,10 +98,15 @@ def test_executing_the_same_order_twice_sends_once(paths):
 def test_paper_venue_refuses_a_second_order_under_one_client_id(paths):
     from connectors.venues import Rejected
 
+    def place(order):
+        (result,) = venue.place_many([order])
+        if isinstance(result, Rejected):
+            raise result
+
     venue = PaperVenue(paths[1])
-    venue.place(ORDER)
+    place(ORDER)
     with pytest.raises(Rejected, match="duplicate client order id"):
-        venue.place(ORDER)
+        place(ORDER)
     assert venue.orders_sent() == (1, 1)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from connectors.venues import Rejected
@@ -36,12 +37,6 @@ class PaperVenue:
         # refused attempts (a client order id seen before), so tests can prove nothing was sent twice
         self.db.execute("CREATE TABLE IF NOT EXISTS attempts (client_order_id TEXT, accepted INTEGER)")
 
-    def place(self, order: Order) -> Fill:
-        result = self.place_many([order])[0]
-        if isinstance(result, Rejected):
-            raise result
-        return result
-
     def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
         """One transaction for a batch's orders (a commit each was a tenth of the worker)."""
         received_us = time.time_ns() // 1000
@@ -67,8 +62,7 @@ class PaperVenue:
         if cur.rowcount == 0:  # accepted orders are in ``orders``; refusals are kept apart
             self.db.execute("INSERT INTO attempts VALUES (?, 0)", (order.client_order_id,))
             return Rejected(f"duplicate client order id {order.client_order_id}")
-        return Fill(order.signal_id, order.client_order_id, _order_id(order.client_order_id), order.venue,
-                    order.symbol, order.side, order.quantity, f.price, f.fee_usd, order.ts_ms)
+        return replace(f, order_id=_order_id(order.client_order_id))
 
     def lookup(self, client_order_id: str) -> Fill | None:
         return self._fill(client_order_id)
