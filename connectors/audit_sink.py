@@ -61,7 +61,6 @@ class _AuditPartition(StatelessSinkPartition[Outcome]):
                 o.terminal = False
                 o.reason = o.reason or f"audit store unavailable: {why}"
         self.acker.settle(items)
-        self.shipper.after_batch()
         if self.observer is not None:
             self.observer.observe(items, time.perf_counter_ns())
 

@@ -89,8 +89,11 @@ class AuditStore:
             if not items:
                 continue
             cols = COLUMNS[table]
-            data = [[r.get(c) for c in cols] for r in items]
-            self.client.insert(table, data, column_names=cols, column_type_names=self.types[table])
+            # by column: clickhouse-connect builds Native columns, and rows would be transposed
+            # first (~25% of the insert's CPU); JSONEachRow parsed in ClickHouse cost twice as much
+            data = [[r.get(c) for r in items] for c in cols]
+            self.client.insert(table, data, column_names=cols, column_type_names=self.types[table],
+                               column_oriented=True)
 
     def query(self, sql: str, parameters: dict | None = None) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows

@@ -76,7 +76,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
     keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    shipper = Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn, background=acker is not None)
+    shipper = Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn)
     step = PortfolioStep(pipeline, shipper)
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])

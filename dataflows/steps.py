@@ -66,7 +66,7 @@ class PortfolioLogic(StatefulBatchLogic):
         ledger = self.step.ledger
         shipper = self.step.shipper
         # read outside the transaction: the shipper's connection must not wait on ours
-        shipped = shipper.shipped_seq if shipper is not None and shipper.background else 0
+        shipped = shipper.shipped_seq if shipper is not None else 0
         ledger.begin()
         ledger.prune(shipped)
         out: list[Outcome] = []
