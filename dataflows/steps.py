@@ -69,6 +69,7 @@ class PortfolioLogic(StatefulBatchLogic):
         shipped = shipper.shipped_seq if shipper is not None else 0
         ledger.begin()
         ledger.prune(shipped)
+        ledger.prefetch(v.signal.signal_id for v in values if v.signal is not None)
         out: list[Outcome] = []
         try:
             for item in values:

@@ -30,7 +30,7 @@ class Verdict:
     outcome: str  # duplicate | expired | dropped | order
     reason: str | None = None
     checked: list[tuple[str, bool]] = field(default_factory=list)
-    sizing: Sizing | None = None
+    sizing: Sizing | None = None  # None when dropped before anything needed the size
     age_ms: int = 0
 
 
@@ -66,7 +66,9 @@ def judge(
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
     if is_expired(signal, clock_ms):
         return Verdict("expired", "ttl", age_ms=age)
-    sizing = proposed_sizing(signal, book, kelly)
+    # sized when a portfolio filter needs the size or every filter passed: most signals
+    # are dropped before either, and sizing was a tenth of judging one
+    sizing: Sizing | None = None
     checked: list[tuple[str, bool]] = []
     view = None
     stop = early.index if early else len(filters)
@@ -74,7 +76,9 @@ def judge(
         if not f.needs_portfolio:
             checked.append((f.name, True))  # passed in its own step already
             continue
-        view = view or book.view(sizing.size_usd)
+        if view is None:
+            sizing = proposed_sizing(signal, book, kelly)
+            view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))
         if not ok:
@@ -82,6 +86,7 @@ def judge(
     if early:
         checked.append((early.name, False))
         return Verdict("dropped", early.name, checked, sizing, age)
+    sizing = sizing or proposed_sizing(signal, book, kelly)
     if sizing.price <= 0:
         return Verdict("dropped", "no_price", checked, sizing, age)
     if sizing.quantity <= 0:
