@@ -34,8 +34,9 @@ class Verdict:
     age_ms: int = 0
 
 
-def is_expired(signal: Signal, clock_ms: int) -> bool:
-    return clock_ms - signal.emitted_ms > signal.ttl_seconds * 1000
+def is_expired(age_ms: int, ttl_seconds: int) -> bool:
+    """``age_ms``: the stream clock less the signal's emit time."""
+    return age_ms > ttl_seconds * 1000
 
 
 def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams) -> Sizing:
@@ -64,7 +65,7 @@ def judge(
     age = clock_ms - signal.emitted_ms
     if already_decided:
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
-    if is_expired(signal, clock_ms):
+    if is_expired(age, signal.ttl_seconds):
         return Verdict("expired", "ttl", age_ms=age)
     # sized when a portfolio filter needs the size or every filter passed: most signals
     # are dropped before either, and sizing was a tenth of judging one

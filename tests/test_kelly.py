@@ -151,8 +151,8 @@ def test_duplicate_wins_over_expired_and_filters():
 
 def test_ttl_boundary_in_the_judge():
     s = model(ttl_seconds=30)  # emitted 1767261600000
-    assert not is_expired(s, 1767261630000)
-    assert is_expired(s, 1767261630001)
+    assert not is_expired(1767261630000 - s.emitted_ms, s.ttl_seconds)
+    assert is_expired(1767261630001 - s.emitted_ms, s.ttl_seconds)
     assert _judge(s, clock_ms=1767261630000).outcome == "order"
     v = _judge(s, clock_ms=1767261630001)
     assert (v.outcome, v.reason, v.age_ms) == ("expired", "ttl", 30001)

@@ -68,3 +68,32 @@ def test_more_ids_than_one_query_binds_are_all_looked_up(tmp_path):
     assert {sid for sid in ids if ledger.decided(sid) is not None} == set(ids[::3])
     ledger.commit()
     ledger.close()
+
+
+def test_an_opening_order_written_after_the_prefetch_is_what_the_next_check_reads(tmp_path):
+    """The idempotency check reads the batch's prefetched orders: an intent, a fill and a
+    refusal written since must each replace what the prefetch found."""
+    from operators.orders import Fill, Order, client_order_id
+
+    def order(sid: str) -> Order:
+        return Order(client_order_id(sid), sid, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 1)
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.begin()
+    ledger.record_intent(order("sig-old"))
+    ledger.commit()
+
+    ledger.begin()
+    ledger.prefetch(["sig-old", "sig-x", "sig-y"])
+    assert ledger.execution(order("sig-old"))[0] == "intent"
+    assert ledger.execution(order("sig-x")) is None
+    ledger.record_intent(order("sig-x"))
+    assert ledger.execution(order("sig-x"))[0] == "intent"
+    ledger.record_fill(Fill("sig-x", client_order_id("sig-x"), "v-1", "okx", "BTC-USDT", "buy", 1.0, 101.0, 0.1, 2))
+    assert ledger.execution(order("sig-x"))[:3] == ("filled", "v-1", 101.0)
+    ledger.record_intent(order("sig-y"))
+    ledger.execution(order("sig-y"))
+    ledger.record_rejection(order("sig-y"), "insufficient margin")
+    assert ledger.execution(order("sig-y"))[:2] == ("rejected", "insufficient margin")
+    ledger.commit()
+    ledger.close()
