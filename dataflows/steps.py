@@ -65,10 +65,7 @@ class PortfolioLogic(StatefulBatchLogic):
     def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
         ledger = self.step.ledger
         shipper = self.step.shipper
-        # read outside the transaction: the shipper's connection must not wait on ours
-        shipped = shipper.shipped_seq if shipper is not None else 0
         ledger.begin()
-        ledger.prune(shipped)
         ledger.prefetch(v.signal.signal_id for v in values if v.signal is not None)
         out: list[Outcome] = []
         try:
@@ -76,6 +73,8 @@ class PortfolioLogic(StatefulBatchLogic):
                 self.book = self.step(self.book, item, out)
             if self.book is not None:
                 self.step.send_orders(self.book)
+            # after the orders have left: the shipper's watermark (its own file) is not on their path
+            ledger.prune(shipper.shipped_seq if shipper is not None else 0)
         finally:
             ledger.commit()
         return out, StatefulBatchLogic.RETAIN

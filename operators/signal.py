@@ -52,7 +52,9 @@ class _Strict(BaseModel):
         extra = self.__pydantic_extra__
         out = [prefix + k for k in extra] if extra else []
         for name in self.nested:
-            out += getattr(self, name).unknown_fields(prefix + name + ".")
+            sub = getattr(self, name)
+            if sub.__pydantic_extra__ or sub.nested:  # asked of every signal: skip the empty ones
+                out += sub.unknown_fields(prefix + name + ".")
         return out
 
 
