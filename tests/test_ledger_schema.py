@@ -62,3 +62,28 @@ def test_a_new_ledger_keeps_one_order_per_signal_and_kind(tmp_path):
     rows = ledger.db.execute("SELECT kind, client_order_id FROM executions ORDER BY kind").fetchall()
     assert rows == [("close", client_order_id("sig-a", "close")), ("open", client_order_id("sig-a"))]
     assert ledger.execution(_order("sig-a"))[0] == "intent"
+
+
+def test_sent_decisions_keep_their_events_in_a_page_and_older_json_events_still_read(tmp_path):
+    """A "sent" decision keeps the chain a restart resumes: LZ4-compressed, so it fits a
+    1 KiB page instead of taking an overflow page; rows an older Apex wrote hold JSON text."""
+    import orjson
+
+    from operators.audit import Chain
+
+    chain = Chain("7-0", "sig-sent", 7, "macro", "okx", "BTC-USDT")
+    for stage in ("SIGNAL_RECEIVED", "FILTER_CHECK", "POSITION_SIZING", "EXECUTION_ATTEMPT"):
+        chain.add(stage, "passed", size_usd=1234.5, kelly_fraction=0.0123, volatility_scale=0.98,
+                  client_order_id=client_order_id("sig-sent"), checked=[["confidence", True]] * 5)
+    events = [ev.to_dict() for ev in chain.events]
+    assert len(orjson.dumps(events)) > 1024  # as JSON it would not fit one page
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.begin()
+    ledger.record_decision("sig-sent", "7-0", "sent", "", 7, events)
+    ledger.commit()
+    stored = ledger.db.execute("SELECT events FROM decisions WHERE signal_id = 'sig-sent'").fetchone()[0]
+    assert isinstance(stored, bytes) and len(stored) < 900
+    ledger.db.execute("INSERT INTO decisions VALUES ('sig-old', '6-0', 'sent', '', 6, ?)",
+                      (orjson.dumps(events).decode(),))  # an older worker's row
+    for sid in ("sig-sent", "sig-old"):
+        assert ledger.decided(sid).events == events
