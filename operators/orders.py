@@ -28,13 +28,13 @@ class Order:
     ts_ms: int
 
 
-def expected_fill(order: Order, slippage_bps: float, fee_bps: float) -> Fill:
+def expected_fill(order: Order, slippage_bps: float, fee_bps: float, order_id: str = "") -> Fill:
     """The fill a market order should get: its reference price moved against it by the
     slippage, less the fee. The book reserves it while the order is in flight (later
     decisions of the batch must see the exposure), and the paper venue fills exactly
-    this, so a paper run decides the same whatever its batches."""
+    this (with its ``order_id``), so a paper run decides the same whatever its batches."""
     sign = 1 if order.side == "buy" else -1
     price = order.price * (1 + sign * slippage_bps / 10_000)
     fee = abs(order.quantity * price) * fee_bps / 10_000
-    return Fill(order.signal_id, order.client_order_id, "", order.venue, order.symbol, order.side,
+    return Fill(order.signal_id, order.client_order_id, order_id, order.venue, order.symbol, order.side,
                 order.quantity, price, fee, order.ts_ms)

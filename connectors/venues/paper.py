@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from connectors.venues import Rejected
@@ -52,7 +51,7 @@ class PaperVenue:
     def _accept(self, order: Order, received_us: int) -> Fill | Rejected:
         if order.price <= 0:
             return Rejected("no price")
-        f = expected_fill(order, self.slippage_bps, self.fee_bps)
+        f = expected_fill(order, self.slippage_bps, self.fee_bps, _order_id(order.client_order_id))
         cur = self.db.execute(
             "INSERT OR IGNORE INTO orders (client_order_id, signal_id, venue, symbol, side, quantity, price,"
             " fee_usd, ts_ms, received_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -62,7 +61,7 @@ class PaperVenue:
         if cur.rowcount == 0:  # accepted orders are in ``orders``; refusals are kept apart
             self.db.execute("INSERT INTO attempts VALUES (?, 0)", (order.client_order_id,))
             return Rejected(f"duplicate client order id {order.client_order_id}")
-        return replace(f, order_id=_order_id(order.client_order_id))
+        return f
 
     def lookup(self, client_order_id: str) -> Fill | None:
         return self._fill(client_order_id)
