@@ -8,10 +8,11 @@ only if the venue never saw it.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from connectors.ledger import Ledger
 from connectors.venues import Rejected
+from operators.exits import TradeTerms
 from operators.orders import Order
 from operators.portfolio import Fill
 
@@ -28,7 +29,7 @@ class Executor:
         self.ledger = ledger
         self.venue = venue
 
-    def prepare(self, order: Order, reason: str = "", trade: dict[str, Any] | None = None) -> Fill | None:
+    def prepare(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> Fill | None:
         """The fill if this order was already resolved (by the ledger, or by asking the
         venue about an intent a crash left behind); None when it must be sent, its intent
         now recorded. Raises ``Rejected`` for an order the venue refused before."""

@@ -17,7 +17,8 @@ import logging
 import sqlite3
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -278,17 +279,21 @@ class Ledger:
         return self.db.execute(f"SELECT {EXECUTION} FROM executions WHERE signal_id = ? AND kind = ?",
                                (order.signal_id, order.kind)).fetchone()
 
-    def record_intent(self, order: Order, reason: str = "", trade: dict[str, Any] | None = None) -> None:
+    def record_intent(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> None:
         """``price`` holds the intended price until the fill overwrites it, so a
         restart can still place an order the venue never received; ``trade`` (an
-        open's expected terms and exits) lets a start book a fill it finds at the venue."""
+        open's expected terms and exits) lets a start book a fill it finds at the venue.
+        The trade is kept as a list of values (~300 bytes; an object with its keys was
+        ~510), so two intents share a 1 KiB page: each is written at the intent and again
+        at the fill, which clears it."""
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
             " quantity, status, intent_ms, price, reason, trade)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
-             order.quantity, order.ts_ms, order.price, reason, orjson.dumps(trade) if trade is not None else None),
+             order.quantity, order.ts_ms, order.price, reason,
+             orjson.dumps((_TERMS(trade[0]), trade[1])) if trade is not None else None),
         )
 
     def record_fill(self, fill: Fill) -> None:
@@ -344,11 +349,7 @@ class Ledger:
             "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, reason,"
             " trade FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
         ).fetchall()
-        out = []
-        for r in rows:
-            trade = orjson.loads(r[10]) if r[10] else None
-            out.append((Order(*r[:9]), r[9] or "", (_terms(trade["terms"]), trade["exits"]) if trade else None))
-        return out
+        return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None) for r in rows]
 
     def prune(self, shipped_seq: int) -> None:
         """Drop outbox rows the shipper has written to ClickHouse."""
@@ -379,6 +380,19 @@ def _decided(row: tuple) -> Decided:
     events = row[3]  # JSON text, or an LZ4 frame of it (``_events_blob``)
     return Decided(row[0], row[1], row[2] or "", orjson.loads(lz4.frame.decompress(events)
                                                                if isinstance(events, bytes) else events))
+
+
+_TERMS = attrgetter(*(f.name for f in fields(TradeTerms)))  # an intent's trade terms as a tuple
+
+
+def _trade(kept: list | dict) -> tuple[TradeTerms, str]:
+    """An intent's kept trade: [terms values, exits], or {"terms": {...}, "exits": ...} as
+    intents written before the compact form hold it."""
+    if isinstance(kept, dict):
+        return _terms(kept["terms"]), kept["exits"]
+    values, exits = kept
+    terms = TradeTerms(*values)
+    return replace(terms, exit_regimes=tuple(terms.exit_regimes)), exits
 
 
 def _terms(d: dict) -> TradeTerms:

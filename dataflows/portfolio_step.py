@@ -224,7 +224,7 @@ class PortfolioStep:
         expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
-            known = self.executor.prepare(order, trade={"terms": terms, "exits": exits})
+            known = self.executor.prepare(order, trade=(terms, exits))
         except Rejected as err:
             return self._rejected(out, chain, err)
         if known is not None:  # resolved without sending: a redelivery after a crash

@@ -87,3 +87,24 @@ def test_sent_decisions_keep_their_events_in_a_page_and_older_json_events_still_
                       (orjson.dumps(events).decode(),))  # an older worker's row
     for sid in ("sig-sent", "sig-old"):
         assert ledger.decided(sid).events == events
+
+
+def test_an_intent_keeps_its_trade_in_a_compact_form_and_older_object_forms_still_read(tmp_path):
+    """Intents keep the trade a start books from the venue as [terms values, exits]; ones an
+    older Apex wrote hold {"terms": {...}, "exits": ...}. Both read back as the same trade."""
+    import orjson
+
+    from operators.exits import TradeTerms
+
+    terms = TradeTerms("sig-t", "macro", "okx", "BTC-USDT", "buy", 1.5, 100.25, 7, 0.15, "choppy", 0.03,
+                       ("choppy", "trending_down"), 57_600_007, False, 0.62, 0.04, None)
+    exits = "Exit on a 3% adverse move, on a regime change to choppy or trending_down, or after 16 hours."
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.record_intent(_order("sig-t"), trade=(terms, exits))
+    older = {"terms": {k: getattr(terms, k) for k in TradeTerms.__dataclass_fields__}, "exits": exits}
+    ledger.record_intent(_order("sig-u"), trade=(terms, exits))
+    ledger.db.execute("UPDATE executions SET trade = ? WHERE signal_id = 'sig-u'", (orjson.dumps(older),))
+    stored = ledger.db.execute("SELECT length(trade) FROM executions WHERE signal_id = 'sig-t'").fetchone()[0]
+    assert stored < 320
+    assert sorted((o.signal_id, trade) for o, _, trade in ledger.dangling("open")) == [
+        ("sig-t", (terms, exits)), ("sig-u", (terms, exits))]
