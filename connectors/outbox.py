@@ -192,7 +192,13 @@ def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, boo
 
 
 def main(ledger_path: str, dsn: str) -> None:
+    from clickhouse_connect.driver import options
+
     from connectors.clickhouse import AuditStore
+
+    # The shipper inserts lists. clickhouse-connect resolves pandas lazily to check for a
+    # DataFrame, which imported it (~0.3 s) at the first insert: the end of every short run.
+    options.pd = None
 
     # The audit trail may lag by a moment; a decision may not. Embedded ClickHouse
     # spreads an insert over every core, so the shipper yields the CPU to the worker.
