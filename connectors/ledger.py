@@ -22,7 +22,6 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import lz4.frame
 import orjson
 
 from connectors import outbox
@@ -371,15 +370,11 @@ def _events_blob(events: list[dict[str, Any]]) -> str | bytes:
     """A "sent" decision's events (~1.5 KB of JSON, the chain a restart resumes) as an
     LZ4 frame of ~0.8 KB: kept whole in a 1 KiB page, where the JSON took an overflow page
     that the fill's update then freed again. Every other decision has none."""
-    if not events:
-        return "[]"
-    return lz4.frame.compress(orjson.dumps(events, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
+    return outbox.pack(events) if events else "[]"
 
 
 def _decided(row: tuple) -> Decided:
-    events = row[3]  # JSON text, or an LZ4 frame of it (``_events_blob``)
-    return Decided(row[0], row[1], row[2] or "", orjson.loads(lz4.frame.decompress(events)
-                                                               if isinstance(events, bytes) else events))
+    return Decided(row[0], row[1], row[2] or "", outbox.decode(row[3]))  # JSON text in older rows
 
 
 _TERMS = attrgetter(*(f.name for f in fields(TradeTerms)))  # an intent's trade terms as a tuple

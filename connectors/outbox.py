@@ -53,11 +53,17 @@ def enqueue(db: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
     """Inside the caller's transaction: the rows become durable with it. LZ4 frames: the
     JSON of an audit chain shrinks ~6x for ~2 µs an entry, and every byte of it was
     otherwise written to the WAL, copied to the ledger, read back and freed."""
-    db.execute("INSERT INTO outbox (rows) VALUES (?)", (lz4.frame.compress(orjson.dumps(rows)),))
+    db.execute("INSERT INTO outbox (rows) VALUES (?)", (pack(rows),))
 
 
-def decode(blob: bytes) -> dict[str, list[dict]]:
-    """Rows of one outbox entry; plain JSON in ledgers written before compression."""
+def pack(value) -> bytes:
+    """JSON as an LZ4 frame: the ledger's large values (outbox rows, a sent decision's events).
+    The options of the audit's ``dumps``: details may hold numpy numbers or objects shown as text."""
+    return lz4.frame.compress(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
+
+
+def decode(blob: bytes | str):
+    """What ``pack`` stored; plain JSON in rows written before compression."""
     return orjson.loads(lz4.frame.decompress(blob) if blob[:4] == LZ4_MAGIC else blob)
 
 

@@ -156,8 +156,7 @@ class PortfolioStep:
         own.received_ns, own.deliveries, own.step_us = e.received_ns, e.deliveries, (now - t0) / 1000
         latency = (now - e.received_ns) // 1000
         for o in outs[first:]:
-            for ev in o.events:
-                ev.latency_us = ev.latency_us or latency
+            o.stamp(latency)
         return book
 
     # --- signals -------------------------------------------------------------------------------
@@ -269,9 +268,7 @@ class PortfolioStep:
                 _confirmed(f.chain, result, True)
                 self._opened(f.out, f.chain, result, f.exits, book, f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
-            latency = (now - f.out.received_ns) // 1000
-            for ev in f.out.events:
-                ev.latency_us = ev.latency_us or latency
+            f.out.stamp((now - f.out.received_ns) // 1000)
 
     def _opened(self, out: Outcome, chain: Chain, fill: Fill, exits: str, book: Portfolio,
                 nav_after: float | None = None) -> Outcome:

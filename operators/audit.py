@@ -128,3 +128,8 @@ class Outcome:
     deliveries: int = 1
     step_us: float = 0.0  # time inside the portfolio step: decide, ledger, and its batch's send to the venue
     queued: int = 0  # events already written to the outbox
+
+    def stamp(self, latency_us: int) -> None:
+        """Receipt to decision, on the events that have none yet (a resumed chain keeps its own)."""
+        for ev in self.events:
+            ev.latency_us = ev.latency_us or latency_us
