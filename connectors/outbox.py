@@ -44,6 +44,10 @@ TABLES = ("audit_events", "filter_drops", "executions", "trades")
 # An embedded ClickHouse insert costs 15-25 ms of CPU whatever its size (one part, one
 # query): at 4 a second per table the shipper took a whole core at 200 signals/s.
 INTERVAL_S = 1.0
+# ...except while rows pour in (a replay, a saturated stream): a round this large pays its
+# inserts' fixed cost many times over, and a run's end waits for the last round's rows.
+BUSY_ROWS = 10_000
+BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one per batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
@@ -183,18 +187,24 @@ def failed(db: sqlite3.Connection, err: Exception) -> None:
     log.warning("audit store write failed, rows kept in the outbox: %s", err)
 
 
-def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, bool]:
-    """Ship one chunk past ``shipped_seq``; returns the new watermark and whether the chunk was full."""
+def next_wait(rows_shipped: int) -> float:
+    """Seconds until the next round, after one that shipped ``rows_shipped`` rows."""
+    return BUSY_INTERVAL_S if rows_shipped >= BUSY_ROWS else INTERVAL_S
+
+
+def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, bool, int]:
+    """Ship one chunk past ``shipped_seq``; returns the new watermark, whether the chunk
+    was full, and how many rows it held."""
     batch = db.execute("SELECT seq, rows FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                        (shipped_seq, CHUNK)).fetchall()
     if not batch:
-        return shipped_seq, False
+        return shipped_seq, False, 0
     merged: dict[str, list[dict]] = {t: [] for t in TABLES}
     for _, blob in batch:
         for table, rows in decode(blob).items():
             merged[table].extend(rows)
     store.write(merged)
-    return batch[-1][0], len(batch) == CHUNK
+    return batch[-1][0], len(batch) == CHUNK, sum(map(len, merged.values()))
 
 
 def main(ledger_path: str, dsn: str) -> None:
@@ -227,14 +237,14 @@ def main(ledger_path: str, dsn: str) -> None:
             store = store or AuditStore(dsn)
             # One chunk a round unless a backlog fills chunks (or at the end): looping until
             # caught up never slept once inserts ran slower than the worker produced rows.
-            more = True
+            more, rows = True, 0
             while more:
-                new, full = ship_once(db, store, seq)
+                new, full, n = ship_once(db, store, seq)
                 if new == seq:
                     break
-                seq, more = new, full or done
+                seq, more, rows = new, full or done, rows + n
                 mark(state, seq)
-            backoff = INTERVAL_S
+            backoff = next_wait(rows)
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)
             store = None

@@ -33,7 +33,7 @@ def test_the_shipper_records_progress_while_the_worker_holds_the_ledgers_write_l
     db, state = outbox.connect(path), outbox.connect_state(path)
     state.execute("PRAGMA busy_timeout=0")  # waiting would show up as "database is locked"
     ledger.begin()  # the worker's open transaction: BEGIN IMMEDIATE holds the write lock
-    seq, full = outbox.ship_once(db, store, outbox.reconcile(db, state))
+    seq, full, _ = outbox.ship_once(db, store, outbox.reconcile(db, state))
     outbox.mark(state, seq)
     ledger.commit()
     assert (seq, full) == (3, False)
@@ -62,10 +62,18 @@ def test_a_full_chunk_says_more_is_waiting(tmp_path, monkeypatch):
     _queue(Ledger(path), 3)
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     db = outbox.connect(path)
-    assert outbox.ship_once(db, store, 0) == (2, True)
-    assert outbox.ship_once(db, store, 2) == (3, False)
-    assert outbox.ship_once(db, store, 3) == (3, False)
+    assert outbox.ship_once(db, store, 0) == (2, True, 2)  # two outbox rows, one drop each
+    assert outbox.ship_once(db, store, 2) == (3, False, 1)
+    assert outbox.ship_once(db, store, 3) == (3, False, 0)
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 3  # the worker prunes
+
+
+def test_the_shipper_comes_back_sooner_while_rows_pour_in():
+    """A replay's end waited up to a whole interval's rows (0.3-0.6 s of a 7 s run) for the
+    last round; a trickle still ships once an interval, each insert's fixed cost amortized."""
+    assert outbox.next_wait(0) == outbox.INTERVAL_S
+    assert outbox.next_wait(outbox.BUSY_ROWS - 1) == outbox.INTERVAL_S
+    assert outbox.next_wait(outbox.BUSY_ROWS) == outbox.BUSY_INTERVAL_S < outbox.INTERVAL_S
 
 
 def test_the_ledger_restarts_its_wal_so_the_file_stops_growing(tmp_path, monkeypatch):
@@ -114,7 +122,7 @@ def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ship
     assert [outbox.decode(b)["filter_drops"][0]["signal_id"] for b in stored] == ["s0", "old"]
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     try:
-        seq, _ = outbox.ship_once(outbox.connect(path), store, 0)
+        seq, _, _ = outbox.ship_once(outbox.connect(path), store, 0)
         assert seq == 2
         assert store.query("SELECT signal_id FROM filter_drops FINAL ORDER BY signal_id") == [("old",), ("s0",)]
     finally:
