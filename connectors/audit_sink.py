@@ -10,7 +10,7 @@ for the outbox to pass its limit, entries are left pending instead.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -33,14 +33,9 @@ class Observer(Protocol):
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None: ...
 
 
-def rows_of(outcome: Outcome, first_event: int, recorded_ms: int) -> dict[str, list[dict[str, Any]]]:
+def rows_of(outcome: Outcome, first_event: int, recorded_ms: int) -> dict[str, list]:
     """The ClickHouse rows of one outcome, from its ``first_event``-th event on."""
-    events = []
-    for ev in outcome.events[first_event:]:
-        row = ev.as_row()
-        row["recorded_ms"] = recorded_ms
-        events.append(row)
-    rows = {"audit_events": events}
+    rows: dict[str, list] = {"audit_events": [ev.as_row(recorded_ms) for ev in outcome.events[first_event:]]}
     if outcome.drop:
         rows["filter_drops"] = [outcome.drop]
     if outcome.executions:

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import clickhouse_connect
 
+from operators.audit import DROP_COLUMNS, EVENT_COLUMNS
+
 DDL = {
     "audit_events": """
         CREATE TABLE IF NOT EXISTS audit_events (
@@ -52,10 +54,8 @@ DDL = {
 }
 
 COLUMNS = {
-    "audit_events": ["signal_id", "stream_id", "seq", "stage", "outcome", "reason", "ts_ms", "source",
-                     "venue", "symbol", "size_usd", "details", "latency_us", "recorded_ms"],
-    "filter_drops": ["signal_id", "stream_id", "filter", "ts_ms", "source", "venue", "symbol",
-                     "confidence", "regime"],
+    "audit_events": list(EVENT_COLUMNS),
+    "filter_drops": list(DROP_COLUMNS),
     "executions": ["signal_id", "client_order_id", "kind", "venue", "symbol", "side", "quantity",
                    "price", "fee_usd", "order_id", "ts_ms"],
     "trades": ["signal_id", "source", "venue", "symbol", "side", "entry_ms", "exit_ms", "entry_price",
@@ -84,14 +84,16 @@ class AuditStore:
         known = {(t, n): ty for t, n, ty in rows}
         self.types = {t: [known[(t, c)] for c in cols] for t, cols in COLUMNS.items()}
 
-    def write(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+    def write(self, rows: dict[str, list[list | dict[str, Any]]]) -> None:
+        """Rows are lists of values in ``COLUMNS`` order (events and drops) or objects keyed by
+        column (executions, trades, and events queued by an older worker)."""
         for table, items in rows.items():
             if not items:
                 continue
             cols = COLUMNS[table]
             # by column: clickhouse-connect builds Native columns, and rows would be transposed
             # first (~25% of the insert's CPU); JSONEachRow parsed in ClickHouse cost twice as much
-            data = [[r.get(c) for r in items] for c in cols]
+            data = list(zip(*(r if isinstance(r, list) else [r.get(c) for c in cols] for r in items)))
             self.client.insert(table, data, column_names=cols, column_type_names=self.types[table],
                                column_oriented=True)
 

@@ -198,9 +198,8 @@ class PortfolioStep:
         chain.add(A.FILTER_CHECK, "passed" if passed else "dropped", "" if passed else v.reason or "",
                   checked=v.checked)
         if not passed:
-            out.drop = {"signal_id": sig.signal_id, "stream_id": e.stream_id, "filter": v.reason,
-                        "ts_ms": e.clock_ms, "source": sig.source, "venue": sig.venue,
-                        "symbol": sig.symbol, "confidence": sig.confidence, "regime": sig.regime}
+            out.drop = [sig.signal_id, e.stream_id, v.reason, e.clock_ms, sig.source, sig.venue,  # DROP_COLUMNS
+                        sig.symbol, sig.confidence, sig.regime]
             return self._record(out)
         sz = v.sizing
         assert sz is not None

@@ -17,9 +17,8 @@ def wal_bytes(ledger_path) -> int:
 def _queue(ledger: Ledger, n: int) -> None:
     for i in range(n):
         ledger.begin()
-        ledger.enqueue({"filter_drops": [{"signal_id": f"s{i}", "stream_id": f"{i}-0", "filter": "confidence",
-                                          "ts_ms": 1, "source": "a", "venue": "okx", "symbol": "BTC-USDT",
-                                          "confidence": 0.5, "regime": "choppy"}]})
+        ledger.enqueue({"filter_drops": [[f"s{i}", f"{i}-0", "confidence", 1, "a", "okx", "BTC-USDT", 0.5,
+                                          "choppy"]]})  # DROP_COLUMNS
         ledger.commit()
 
 
@@ -107,7 +106,8 @@ def test_the_ledger_gets_small_pages_whichever_connection_creates_it(tmp_path):
 
 def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ships(tmp_path):
     """LZ4 frames since the outbox's bytes were a large share of every commit; a ledger
-    written before that holds plain JSON, which the shipper must still read."""
+    written before that holds plain JSON, which the shipper must still read. Rows are lists
+    of values now; an older worker's rows are objects keyed by column, in the same chunk."""
     import orjson
 
     path = tmp_path / "ledger.sqlite"
@@ -119,12 +119,14 @@ def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ship
     ledger.db.execute("INSERT INTO outbox (rows) VALUES (?)", (orjson.dumps(rows),))  # an older worker's row
     stored = [blob for (blob,) in ledger.db.execute("SELECT rows FROM outbox ORDER BY seq")]
     assert stored[0][:4] == outbox.LZ4_MAGIC and stored[1][:1] == b"{"
-    assert [outbox.decode(b)["filter_drops"][0]["signal_id"] for b in stored] == ["s0", "old"]
+    assert outbox.decode(stored[0])["filter_drops"][0][0] == "s0"
+    assert outbox.decode(stored[1])["filter_drops"][0]["signal_id"] == "old"
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     try:
         seq, _, _ = outbox.ship_once(outbox.connect(path), store, 0)
         assert seq == 2
-        assert store.query("SELECT signal_id FROM filter_drops FINAL ORDER BY signal_id") == [("old",), ("s0",)]
+        assert store.query("SELECT signal_id, stream_id, confidence, regime FROM filter_drops FINAL"
+                           " ORDER BY signal_id") == [("old", "9-0", 0.5, "choppy"), ("s0", "0-0", 0.5, "choppy")]
     finally:
         store.close()
 
