@@ -7,6 +7,12 @@ over. Moving what has survived into the permanent generation every few seconds
 (``gc.freeze``) leaves each collection only the objects made since. Reference
 counting still frees everything as usual; only cyclic garbage that is alive at
 a freeze is never reclaimed, and the pipeline's per-entry objects hold no cycles.
+
+The young generation is collected every ``YOUNG_THRESHOLD`` net allocations instead
+of CPython's 700. An entry's objects live until its batch is committed, so at 700 a
+collection came every few entries and walked the whole batch so far, again and again:
+4,578 collections, 0.6 s of a 6 s replay of 100,000 entries; at 20,000, 8 collections,
+0.04 s. The collection every ``interval_s`` still reclaims any cycle.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import gc
 import threading
 
 INTERVAL_S = 5.0
+YOUNG_THRESHOLD = 20_000  # above what a batch of 512 entries leaves alive until its commit
 
 
 def quiet_gc(interval_s: float = INTERVAL_S) -> threading.Event:
     """Freeze now and every ``interval_s``; set the returned event to stop."""
     stop = threading.Event()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     def loop() -> None:
         while True:
