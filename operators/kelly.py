@@ -59,24 +59,29 @@ class KellyTracker:
     def __init__(self, params: TrackerParams):
         self.params = params
         self._closes: deque[tuple[bool, float]] = deque(maxlen=params.window)
+        self._multiplier: float | None = None  # asked of every sized signal, changed by closes only
 
     def record(self, won: bool, expected_win_rate: float) -> None:
         self._closes.append((won, expected_win_rate))
+        self._multiplier = None
 
     @property
     def count(self) -> int:
         return len(self._closes)
 
     def multiplier(self) -> float:
-        n = len(self._closes)
-        if n < self.params.min_trades:
-            return 1.0
-        realized = sum(won for won, _ in self._closes) / n
-        expected = sum(exp for _, exp in self._closes) / n
-        return efficiency(realized, expected, self.params.bounds)
+        if self._multiplier is None:
+            n = len(self._closes)
+            if n < self.params.min_trades:
+                self._multiplier = 1.0
+            else:
+                realized = sum(won for won, _ in self._closes) / n
+                expected = sum(exp for _, exp in self._closes) / n
+                self._multiplier = efficiency(realized, expected, self.params.bounds)
+        return self._multiplier
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each of its 12 fields through object.__setattr__
 class Sizing:
     """One sizing decision with every factor that made it."""
 
