@@ -39,6 +39,17 @@ class Reservoir:
             if j < self.size:
                 self.values[j] = v
 
+    def extend(self, vs: list[float]) -> None:
+        """A batch's values: appended in one go while there is room (every entry of a replay
+        fed three reservoirs, one call each)."""
+        room = self.size - len(self.values)
+        if room > 0:
+            self.values.extend(vs[:room])
+            self.seen += min(room, len(vs))
+            vs = vs[room:]
+        for v in vs:
+            self.add(v)
+
     def percentiles(self) -> dict[str, float]:
         s = sorted(self.values)
         return {"p50": percentile(s, 0.5), "p99": percentile(s, 0.99),
@@ -63,13 +74,14 @@ class RunStats:
     pnl_usd: float = 0.0
 
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None:
+        durable, step, decision = [], [], []
         for o in outcomes:
             if not o.stream_id:  # a trade closed on the clock: no entry of its own
                 self.closes[o.reason] += 1
                 self.pnl_usd += sum(t["pnl_usd"] for t in o.trades)
                 continue
             self.entries += 1
-            self.durable_us.add((done_ns - o.received_ns) / 1000)
+            durable.append((done_ns - o.received_ns) / 1000)
             self.outcomes[o.outcome] += 1
             if o.outcome == "tick":
                 self.ticks += 1
@@ -78,9 +90,12 @@ class RunStats:
                 self.drops[o.reason] += 1
             elif o.outcome == "error" and not self.first_error:
                 self.first_error = o.reason
-            self.step_us.add(o.step_us)
+            step.append(o.step_us)
             if o.events:
-                self.decision_us.add(o.events[-1].latency_us)
+                decision.append(o.events[-1].latency_us)
+        self.durable_us.extend(durable)
+        self.step_us.extend(step)
+        self.decision_us.extend(decision)
         if self.on_batch:
             self.on_batch(len(outcomes))
 
