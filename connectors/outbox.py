@@ -262,3 +262,7 @@ def main(ledger_path: str, dsn: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # Everything is written and closed: skip the interpreter's and embedded ClickHouse's
+    # teardown (~80 ms), which the end of every run waited for.
+    sys.stderr.flush()
+    os._exit(0)
