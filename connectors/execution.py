@@ -13,7 +13,7 @@ from typing import Protocol
 from connectors.ledger import Ledger
 from connectors.venues import Rejected
 from operators.exits import TradeTerms
-from operators.orders import Order
+from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
 from operators.portfolio import Fill
 
 
@@ -34,14 +34,16 @@ class Executor:
         venue about an intent a crash left behind); None when it must be sent, its intent
         now recorded. Raises ``Rejected`` for an order the venue refused before."""
         row = self.ledger.execution(order)
-        if row is None:
+        step = next_step(row[0] if row is not None else None)
+        if step == SEND:
             self.ledger.record_intent(order, reason, trade)
             return None
-        status, order_id, price, fee, filled_ms = row
-        if status == "filled":
+        _, order_id, price, fee, filled_ms = row  # type: ignore[misc]
+        if step == DONE:
             return self._fill(order, order_id, price, fee, filled_ms)
-        if status == "rejected":
+        if step == REFUSED:
             raise Rejected(order_id or "rejected")
+        assert step == ASK_VENUE
         known = self.venue.lookup(order.client_order_id)
         if known is not None:
             self.ledger.record_fill(known)

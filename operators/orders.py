@@ -1,4 +1,5 @@
-"""Orders as data, and the client order id that makes sending one idempotent."""
+"""Orders as data, the client order id that makes sending one idempotent, and the rule
+for what the ledger's record of an order means before it is sent."""
 
 from __future__ import annotations
 
@@ -26,6 +27,25 @@ class Order:
     quantity: float
     price: float  # reference for the paper venue and for market-order checks
     ts_ms: int
+
+
+# What the ledger's record of an order means for sending it: the idempotency rule.
+SEND = "send"  # no record: record the intent, then send
+DONE = "done"  # filled: the ledger's fill is the answer, nothing is sent
+REFUSED = "refused"  # the venue refused it before: refused again, nothing is sent
+ASK_VENUE = "ask_venue"  # an intent with no outcome (the crash window): only the venue knows
+
+
+def next_step(status: str | None) -> str:
+    """``status``: the ledger's status of the order (None: no record). Never SEND for an
+    order that may have left: an intent without an outcome is asked of the venue."""
+    if status is None:
+        return SEND
+    if status == "filled":
+        return DONE
+    if status == "rejected":
+        return REFUSED
+    return ASK_VENUE
 
 
 def expected_fill(order: Order, slippage_bps: float, fee_bps: float, order_id: str = "") -> Fill:

@@ -9,7 +9,7 @@ from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.venues.paper import PaperVenue
 from helpers import audit_query, entry, make_pipeline, paper_orders, run_entries
-from operators.orders import Order, client_order_id
+from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, client_order_id, next_step
 
 CID = client_order_id("sig-crash")
 ORDER = Order(CID, "sig-crash", "open", "okx", "BTC-USDT", "buy", 50.0, 100.0, 1767261601000)
@@ -53,6 +53,14 @@ def _crash(paths, venue_cls) -> None:
     assert list(ledger.fills()) == []
     ledger.close()
     venue.db.close()
+
+
+def test_the_idempotency_rule_never_sends_an_order_the_ledger_knows():
+    assert next_step(None) == SEND
+    assert next_step("filled") == DONE
+    assert next_step("rejected") == REFUSED
+    assert next_step("intent") == ASK_VENUE  # the crash window: it may have left
+    assert next_step("a status of a newer ledger") == ASK_VENUE  # unknown: ask, never send
 
 
 def test_crash_after_send_resolves_from_the_venue_without_a_second_order(paths):
