@@ -24,7 +24,7 @@ from dataflows.config import Pipeline
 from dataflows.steps import Received
 from operators import audit as A
 from operators.audit import Chain, Event, Outcome
-from operators.decide import judge
+from operators.decide import audit_verdict, drop_row, judge
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, booked, terms_for
 from operators.orders import Order, client_order_id, expected_fill
 from operators.portfolio import Fill, Portfolio
@@ -183,31 +183,17 @@ class PortfolioStep:
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
                   filters=self.p.filters, early=item.early, kelly=self.p.kelly)
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
+        audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
         if v.outcome == "duplicate":
-            chain.add(A.SIGNAL_RECEIVED, "duplicate",
-                      f"signal_id decided at {prior.stream_id} as {prior.outcome}")  # type: ignore[union-attr]
             out.reason = chain.events[0].reason
             return self._emit(out)
-        if v.outcome == "expired":
-            chain.add(A.SIGNAL_RECEIVED, "expired", "ttl", age_ms=v.age_ms, ttl_seconds=sig.ttl_seconds)
-            return self._record(out)
-        chain.add(A.SIGNAL_RECEIVED, "received", age_ms=v.age_ms, version=sig.version,
-                  unknown_fields=sig.unknown_fields())
-        passed = v.outcome == "order" or v.reason in ("min_size", "no_price")
-        chain.add(A.FILTER_CHECK, "passed" if passed else "dropped", "" if passed else v.reason or "",
-                  checked=v.checked)
-        if not passed:
-            out.drop = [sig.signal_id, e.stream_id, v.reason, e.clock_ms, sig.source, sig.venue,  # DROP_COLUMNS
-                        sig.symbol, sig.confidence, sig.regime]
+        if v.outcome != "order":
+            if v.outcome == "dropped" and not v.filters_passed:
+                out.drop = drop_row(v, sig, e.stream_id, e.clock_ms)
             return self._record(out)
         sz = v.sizing
         assert sz is not None
-        sized = v.outcome == "order"
-        chain.add(A.POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
-                  size_usd=sz.size_usd, **sz.factors())
-        if not sized:
-            return self._record(out)
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
                       sig.side, sz.quantity, sz.price, e.clock_ms)
         chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,

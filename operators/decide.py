@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from operators.audit import FILTER_CHECK, POSITION_SIZING, SIGNAL_RECEIVED, Chain
 from operators.filters import Filter
 from operators.kelly import KellyParams, Sizing, size
 from operators.portfolio import Portfolio
@@ -32,6 +33,11 @@ class Verdict:
     checked: list[tuple[str, bool]] = field(default_factory=list)
     sizing: Sizing | None = None  # None when dropped before anything needed the size
     age_ms: int = 0
+
+    @property
+    def filters_passed(self) -> bool:
+        """Every filter passed (an order, or dropped at sizing)."""
+        return self.outcome == "order" or self.reason in ("min_size", "no_price")
 
 
 def is_expired(age_ms: int, ttl_seconds: int) -> bool:
@@ -93,3 +99,33 @@ def judge(
     if sizing.quantity <= 0:
         return Verdict("dropped", "min_size", checked, sizing, age)
     return Verdict("order", None, checked, sizing, age)
+
+
+def audit_verdict(v: Verdict, signal: Signal, chain: Chain, decided_at: str = "") -> None:
+    """The audit events a verdict leaves on its chain, as far as the signal got: its
+    receipt (or why it was not received), the filters, the sizing. ``decided_at``: for a
+    duplicate, the earlier decision ("<stream id> as <outcome>")."""
+    if v.outcome == "duplicate":
+        chain.add(SIGNAL_RECEIVED, "duplicate", f"signal_id decided at {decided_at}")
+        return
+    if v.outcome == "expired":
+        chain.add(SIGNAL_RECEIVED, "expired", "ttl", age_ms=v.age_ms, ttl_seconds=signal.ttl_seconds)
+        return
+    chain.add(SIGNAL_RECEIVED, "received", age_ms=v.age_ms, version=signal.version,
+              unknown_fields=signal.unknown_fields())
+    passed = v.filters_passed
+    chain.add(FILTER_CHECK, "passed" if passed else "dropped", "" if passed else v.reason or "",
+              checked=v.checked)
+    if not passed:
+        return
+    sz = v.sizing
+    assert sz is not None
+    sized = v.outcome == "order"
+    chain.add(POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
+              size_usd=sz.size_usd, **sz.factors())
+
+
+def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list:
+    """The audit store's row of a signal a filter dropped (``DROP_COLUMNS``)."""
+    return [signal.signal_id, stream_id, v.reason, clock_ms, signal.source, signal.venue, signal.symbol,
+            signal.confidence, signal.regime]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import DROP, model
-from operators.decide import EarlyDrop, is_expired, judge
+from operators.audit import Chain
+from operators.decide import EarlyDrop, audit_verdict, drop_row, is_expired, judge
 from operators.filters import Filter, confidence
 from operators.kelly import KellyParams, KellyTracker, TrackerParams, efficiency, round_quantity, size
 from operators.portfolio import Fill, Portfolio
@@ -171,6 +172,51 @@ def test_filters_drop_before_min_size():
     v = _judge(s, filters=[f], early=EarlyDrop(0, "confidence"))
     assert (v.outcome, v.reason) == ("dropped", "confidence")
     assert v.checked == [("confidence", False)]
+
+
+# --- what a verdict leaves in the audit trail -------------------------------------------------
+
+def _events(v, signal, decided_at=""):
+    chain = Chain("1767261600000-0", signal.signal_id, 1767261600000)
+    audit_verdict(v, signal, chain, decided_at)
+    return [(ev.stage, ev.outcome, ev.reason) for ev in chain.events], chain.events
+
+
+def test_a_filter_drop_is_received_then_dropped_by_the_filter_never_sized():
+    f = Filter("confidence", confidence, {"min": 0.65}, False)
+    s = model(confidence=0.1)
+    v = _judge(s, filters=[f], early=EarlyDrop(0, "confidence"))
+    stages, events = _events(v, s)
+    assert stages == [("SIGNAL_RECEIVED", "received", ""), ("FILTER_CHECK", "dropped", "confidence")]
+    assert events[1].details == {"checked": [("confidence", False)]}
+    assert drop_row(v, s, "1767261600000-0", 1767261600000) == [
+        s.signal_id, "1767261600000-0", "confidence", 1767261600000, s.source, s.venue, s.symbol, 0.1, s.regime]
+
+
+def test_an_order_is_received_passes_the_filters_and_is_sized():
+    s = model(venue="ibkr", symbol="SPY", reference_price=5_000.0, max_position_usd=5_000.0)
+    v = _judge(s)
+    stages, events = _events(v, s)
+    assert stages == [("SIGNAL_RECEIVED", "received", ""), ("FILTER_CHECK", "passed", ""),
+                      ("POSITION_SIZING", "sized", "")]
+    assert events[2].size_usd == 5_000.0 and events[2].details["quantity"] == 1.0
+
+
+def test_a_sizing_drop_passes_the_filters_and_names_the_sizing_reason():
+    s = model(venue="ibkr", symbol="SPY", reference_price=10_000.0, max_position_usd=5_000.0)
+    v = _judge(s)
+    assert v.filters_passed
+    stages, _ = _events(v, s)
+    assert stages[1:] == [("FILTER_CHECK", "passed", ""), ("POSITION_SIZING", "dropped", "min_size")]
+
+
+def test_expired_and_duplicate_stop_at_receipt():
+    s = model(ttl_seconds=30)
+    stages, events = _events(_judge(s, clock_ms=1767261630001), s)
+    assert stages == [("SIGNAL_RECEIVED", "expired", "ttl")]
+    assert events[0].details == {"age_ms": 30001, "ttl_seconds": 30}
+    stages, _ = _events(_judge(s, decided=True), s, "1767261500000-0 as filled")
+    assert stages == [("SIGNAL_RECEIVED", "duplicate", "signal_id decided at 1767261500000-0 as filled")]
 
 
 # --- KellyTracker ----------------------------------------------------------------------------
