@@ -199,7 +199,7 @@ def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, boo
                        (shipped_seq, CHUNK)).fetchall()
     if not batch:
         return shipped_seq, False, 0
-    merged: dict[str, list[dict]] = {t: [] for t in TABLES}
+    merged: dict[str, list] = {t: [] for t in TABLES}
     for _, blob in batch:
         for table, rows in decode(blob).items():
             merged[table].extend(rows)
