@@ -7,7 +7,7 @@ stream's clock, so a replay closes trades at the same moments as live.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the book imports this module; only type names flow the other way
@@ -112,9 +112,16 @@ class ClosedTrade:
 
 
 def booked(expected: TradeTerms, fill: Fill) -> TradeTerms:
-    """The trade an order was expected to open, as the venue actually filled it."""
-    return replace(expected, quantity=fill.quantity, entry_price=fill.price, entry_ms=fill.ts_ms,
-                   entry_fee_usd=fill.fee_usd, deadline_ms=fill.ts_ms + expected.deadline_ms - expected.entry_ms)
+    """The trade an order was expected to open, as the venue actually filled it. Spelled out:
+    ``dataclasses.replace`` read every field through getattr, ~3 µs an order."""
+    e = expected
+    return TradeTerms(
+        signal_id=e.signal_id, source=e.source, venue=e.venue, symbol=e.symbol, side=e.side,
+        quantity=fill.quantity, entry_price=fill.price, entry_ms=fill.ts_ms, entry_fee_usd=fill.fee_usd,
+        regime=e.regime, hard_stop_pct=e.hard_stop_pct, exit_regimes=e.exit_regimes,
+        deadline_ms=fill.ts_ms + e.deadline_ms - e.entry_ms, regime_change_alert=e.regime_change_alert,
+        expected_win_rate=e.expected_win_rate, avg_win=e.avg_win, avg_loss=e.avg_loss,
+    )
 
 
 def terms_for(signal: Signal, fill: Fill) -> TradeTerms:

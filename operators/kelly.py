@@ -100,7 +100,10 @@ class Sizing:
 
     def factors(self) -> dict[str, float]:
         """Everything but size_usd, which the audit event carries in its own column."""
-        return {k: getattr(self, k) for k in self.__slots__ if k != "size_usd"}
+        return {"suggested_kelly": self.suggested_kelly, "vol": self.vol, "vol_factor": self.vol_factor,
+                "drawdown": self.drawdown, "drawdown_factor": self.drawdown_factor,
+                "tracker_multiplier": self.tracker_multiplier, "kelly": self.kelly, "nav": self.nav,
+                "cap_usd": self.cap_usd, "price": self.price, "quantity": self.quantity}
 
 
 def round_quantity(venue: str, size_usd: float, price: float) -> float:

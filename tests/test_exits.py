@@ -4,6 +4,7 @@ and closes feed the KellyTracker that sizes the next signal."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from dataflows.apex import wire
 from dataflows.config import parse
 from operators.exits import (
     HARD_STOP, MAX_HOLDING, REGIME_ALERT, REGIME_EXIT, ClosedTrade, TradeTerms,
-    holding_expired, regime_exit, stop_hit,
+    booked, holding_expired, regime_exit, stop_hit,
 )
+from operators.portfolio import Fill
 
 T0 = 1_767_312_000_000  # 2026-01-02T00:00:00Z
 MIN = 60_000
@@ -26,6 +28,23 @@ SIGNALS, PRICES = "argus:signals:stream", "argus:prices:stream"
 def terms(side="buy", entry=100.0, stop=0.05, regimes=("choppy",), alert=False, qty=10.0, fee=0.0):
     return TradeTerms("s1", "macro", "okx", "BTC-USDT", side, qty, entry, T0, fee, "trending_up",
                       stop, regimes, T0 + 3_600_000, alert, 0.6)
+
+
+def test_booked_takes_the_fill_and_keeps_every_other_term():
+    values = dict(signal_id="s1", source="macro", venue="okx", symbol="BTC-USDT", side="buy", quantity=10.0,
+                  entry_price=100.0, entry_ms=T0, entry_fee_usd=0.5, regime="trending_up", hard_stop_pct=0.05,
+                  exit_regimes=("choppy",), deadline_ms=T0 + 3_600_000, regime_change_alert=True,
+                  expected_win_rate=0.6, avg_win=0.02, avg_loss=0.01)
+    assert set(values) == {f.name for f in fields(TradeTerms)}  # a new term needs a value here, not its default
+    expected = TradeTerms(**values)
+    fill = Fill("s1", "c1", "o1", "okx", "BTC-USDT", "buy", 9.5, 100.2, 0.48, T0 + 40)
+    got = booked(expected, fill)
+    assert (got.quantity, got.entry_price, got.entry_ms, got.entry_fee_usd) == (9.5, 100.2, T0 + 40, 0.48)
+    assert got.deadline_ms == T0 + 40 + 3_600_000  # the holding period runs from the fill
+    taken = {"quantity", "entry_price", "entry_ms", "entry_fee_usd", "deadline_ms"}
+    for name, value in values.items():
+        if name not in taken:
+            assert getattr(got, name) == value, name
 
 
 @pytest.mark.parametrize("side,price,hit", [

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from helpers import DROP, model
 from operators.audit import Chain
 from operators.decide import EarlyDrop, audit_verdict, drop_row, is_expired, judge
 from operators.filters import Filter, confidence
-from operators.kelly import KellyParams, KellyTracker, TrackerParams, efficiency, round_quantity, size
+from operators.kelly import KellyParams, KellyTracker, Sizing, TrackerParams, efficiency, round_quantity, size
 from operators.portfolio import Fill, Portfolio
 
 SEED = KellyParams()
@@ -71,6 +73,7 @@ def test_factors_exclude_size_usd_and_name_every_input():
         "drawdown_factor": 1.0, "tracker_multiplier": 0.9, "kelly": pytest.approx(0.0126),
         "nav": 1_000_000.0, "cap_usd": 5_000.0, "price": 100.0, "quantity": 50.0,
     }
+    assert set(s.factors()) == {f.name for f in fields(Sizing)} - {"size_usd"}  # a new field is audited too
 
 
 @pytest.mark.parametrize(
