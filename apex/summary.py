@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from operators.audit import Outcome
+from operators.decide import SIZING_DROPS
 
 RESERVOIR = 100_000
 
@@ -111,7 +112,7 @@ class RunStats:
             "entries": self.entries,
             "outcomes": dict(self.outcomes),
             "filter_drop_rate": {k: v / received for k, v in self.drops.items()} if received else {},
-            "dropped_before_sizing": (sum(v for k, v in self.drops.items() if k not in ("min_size", "no_price"))
+            "dropped_before_sizing": (sum(v for k, v in self.drops.items() if k not in SIZING_DROPS)
                                       / received) if received else 0.0,
             "fills": self.outcomes["filled"],
             "market_entries": self.ticks,

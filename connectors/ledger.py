@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import weakref
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -144,7 +144,7 @@ class Ledger:
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
-        self._rows: dict[str, list[dict]] = {}
+        self._rows: dict[str, list] = {}
         # what ``prefetch`` found for the batch's signal_ids (None: not decided); dropped
         # for a signal once its decision is written, and entirely at the batch's commit
         self._known: dict[str, Decided | None] = {}
@@ -356,7 +356,7 @@ class Ledger:
             self.db.execute("DELETE FROM outbox WHERE seq <= ?", (shipped_seq,))
             self._pruned = shipped_seq
 
-    def enqueue(self, rows: dict[str, list[dict]]) -> None:
+    def enqueue(self, rows: dict[str, list]) -> None:
         """Audit rows for ClickHouse, durable with this transaction (see connectors/outbox.py)."""
         for table, items in rows.items():
             if items:
@@ -387,7 +387,8 @@ def _trade(kept: list | dict) -> tuple[TradeTerms, str]:
         return _terms(kept["terms"]), kept["exits"]
     values, exits = kept
     terms = TradeTerms(*values)
-    return replace(terms, exit_regimes=tuple(terms.exit_regimes)), exits
+    terms.exit_regimes = tuple(terms.exit_regimes)  # a JSON list
+    return terms, exits
 
 
 def _terms(d: dict) -> TradeTerms:

@@ -53,7 +53,7 @@ CHUNK = 2_000  # outbox rows (one per batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 
-def enqueue(db: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
+def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
     """Inside the caller's transaction: the rows become durable with it. LZ4 frames: the
     JSON of an audit chain shrinks ~6x for ~2 µs an entry, and every byte of it was
     otherwise written to the WAL, copied to the ledger, read back and freed."""

@@ -189,8 +189,7 @@ class PortfolioStep:
             out.reason = chain.events[0].reason
             return self._emit(out)
         if v.outcome != "order":
-            if v.outcome == "dropped" and not v.filters_passed:
-                out.drop = drop_row(v, sig, e.stream_id, e.clock_ms)
+            out.drop = drop_row(v, sig, e.stream_id, e.clock_ms)
             return self._record(out)
         sz = v.sizing
         assert sz is not None

@@ -18,6 +18,11 @@ from operators.portfolio import Portfolio
 from operators.signal import Signal
 
 
+NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
+MIN_SIZE = "min_size"  # sized below the venue's smallest lot
+SIZING_DROPS = (NO_PRICE, MIN_SIZE)  # the drops after every filter passed
+
+
 @dataclass(frozen=True, slots=True)
 class EarlyDrop:
     """The first stateless filter that failed: its place in the list and name."""
@@ -37,7 +42,7 @@ class Verdict:
     @property
     def filters_passed(self) -> bool:
         """Every filter passed (an order, or dropped at sizing)."""
-        return self.outcome == "order" or self.reason in ("min_size", "no_price")
+        return self.outcome == "order" or self.reason in SIZING_DROPS
 
 
 def is_expired(age_ms: int, ttl_seconds: int) -> bool:
@@ -95,9 +100,9 @@ def judge(
         return Verdict("dropped", early.name, checked, sizing, age)
     sizing = sizing or proposed_sizing(signal, book, kelly)
     if sizing.price <= 0:
-        return Verdict("dropped", "no_price", checked, sizing, age)
+        return Verdict("dropped", NO_PRICE, checked, sizing, age)
     if sizing.quantity <= 0:
-        return Verdict("dropped", "min_size", checked, sizing, age)
+        return Verdict("dropped", MIN_SIZE, checked, sizing, age)
     return Verdict("order", None, checked, sizing, age)
 
 
@@ -125,7 +130,10 @@ def audit_verdict(v: Verdict, signal: Signal, chain: Chain, decided_at: str = ""
               size_usd=sz.size_usd, **sz.factors())
 
 
-def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list:
-    """The audit store's row of a signal a filter dropped (``DROP_COLUMNS``)."""
+def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list | None:
+    """The audit store's row (``DROP_COLUMNS``) of a signal a filter dropped; None for any
+    other verdict (an order, a drop at sizing, an expired or duplicate signal)."""
+    if v.outcome != "dropped" or v.filters_passed:
+        return None
     return [signal.signal_id, stream_id, v.reason, clock_ms, signal.source, signal.venue, signal.symbol,
             signal.confidence, signal.regime]

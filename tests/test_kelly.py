@@ -203,6 +203,7 @@ def test_an_order_is_received_passes_the_filters_and_is_sized():
     assert stages == [("SIGNAL_RECEIVED", "received", ""), ("FILTER_CHECK", "passed", ""),
                       ("POSITION_SIZING", "sized", "")]
     assert events[2].size_usd == 5_000.0 and events[2].details["quantity"] == 1.0
+    assert drop_row(v, s, "1767261600000-0", 1767261600000) is None  # no filter dropped it
 
 
 def test_a_sizing_drop_passes_the_filters_and_names_the_sizing_reason():
@@ -211,6 +212,7 @@ def test_a_sizing_drop_passes_the_filters_and_names_the_sizing_reason():
     assert v.filters_passed
     stages, _ = _events(v, s)
     assert stages[1:] == [("FILTER_CHECK", "passed", ""), ("POSITION_SIZING", "dropped", "min_size")]
+    assert drop_row(v, s, "1767261600000-0", 1767261600000) is None  # not a filter drop
 
 
 def test_expired_and_duplicate_stop_at_receipt():
