@@ -144,7 +144,7 @@ class Ledger:
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
-        self._rows: dict[str, list] = {}
+        self.rows: dict[str, list] = _no_rows()  # by ClickHouse table; ``enqueue`` or append to them
         # what ``prefetch`` found for the batch's signal_ids (None: not decided); dropped
         # for a signal once its decision is written, and entirely at the batch's commit
         self._known: dict[str, Decided | None] = {}
@@ -178,7 +178,7 @@ class Ledger:
         if audit:
             todo, self._decisions = self._decisions, {}
         else:
-            todo = {k: v for k, v in self._decisions.items() if v[1] == "sent"}
+            todo = {k: v for k, v in self._decisions.items() if v[2] == "sent"}
             for k in todo:
                 del self._decisions[k]
         if todo:
@@ -188,11 +188,13 @@ class Ledger:
                 "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
                 " outcome=excluded.outcome, reason=excluded.reason, events=excluded.events"
                 " WHERE decisions.stream_id = excluded.stream_id",
-                [(sid, *rest[:4], _events_blob(rest[4])) for sid, rest in todo.items()],
+                todo.values(),
             )
-        if audit and self._rows:
-            outbox.enqueue(self.db, self._rows)
-            self._rows = {}
+        if audit:
+            rows = {t: items for t, items in self.rows.items() if items}
+            if rows:
+                outbox.enqueue(self.db, rows)
+                self.rows = _no_rows()
 
     def commit(self, audit: bool = True) -> None:
         if not self.db.in_transaction:
@@ -253,8 +255,7 @@ class Ledger:
     def decided(self, signal_id: str) -> Decided | None:
         pending = self._decisions.get(signal_id)
         if pending is not None:
-            stream_id, outcome, reason, _, events = pending
-            return Decided(stream_id, outcome, reason, events)
+            return _decided(pending[1:4] + pending[5:])
         if signal_id in self._known:
             return self._known[signal_id]
         row = self.db.execute(
@@ -267,9 +268,10 @@ class Ledger:
         """First decision wins; the same stream entry may move its own row on
         (``sent`` to ``filled``), a different entry never overwrites it."""
         pending = self._decisions.get(signal_id)
-        if pending is not None and pending[0] != stream_id:
+        if pending is not None and pending[1] != stream_id:
             return
-        self._decisions[signal_id] = (stream_id, outcome, reason, ts_ms, events)
+        # kept as the row it will be written as: a batch's rows go to executemany as they are
+        self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms, _events_blob(events))
 
     def execution(self, order: Order) -> tuple | None:
         """(status, order_id, price, fee_usd, filled_ms) of the order for this signal and kind."""
@@ -360,10 +362,14 @@ class Ledger:
         """Audit rows for ClickHouse, durable with this transaction (see connectors/outbox.py)."""
         for table, items in rows.items():
             if items:
-                self._rows.setdefault(table, []).extend(items)
+                self.rows[table].extend(items)
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())
+
+
+def _no_rows() -> dict[str, list]:
+    return {t: [] for t in outbox.TABLES}
 
 
 def _events_blob(events: list[dict[str, Any]]) -> str | bytes:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.audit_sink import rows_of
+from connectors.audit_sink import add_rows
 from connectors.execution import Executor
 from connectors.outbox import Shipper
 from connectors.ledger import Decided, Ledger
@@ -299,7 +299,7 @@ class PortfolioStep:
                                     out.events[0].ts_ms, events)
 
     def _emit(self, out: Outcome) -> Outcome:
-        self.ledger.enqueue(rows_of(out, out.queued, time.time_ns() // 1_000_000))
+        add_rows(self.ledger.rows, out, out.queued, time.time_ns() // 1_000_000)
         out.queued = len(out.events)
         return out
 
