@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     outcome   TEXT NOT NULL,
     reason    TEXT,
     ts_ms     INTEGER NOT NULL,
-    events    TEXT NOT NULL
+    events    TEXT NOT NULL  -- '[]'; workers before SENT_EVENTS kept a "sent" decision's chain here
 );
 CREATE TABLE IF NOT EXISTS executions (
     client_order_id TEXT NOT NULL,
@@ -78,6 +78,7 @@ log = logging.getLogger("apex.ledger")
 
 BUSY_TIMEOUT_MS = 5000
 EXECUTION = "status, order_id, price, fee_usd, filled_ms"  # what an idempotency check reads of an order
+ORDER = "client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms"  # an ``Order``'s fields
 PREFETCH = 500  # ids a lookup query: under SQLite's smallest default limit of bound variables (999)
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``): ~18 s at 200/s with closes; WAL file up to ~300 MB
 
@@ -145,6 +146,8 @@ class Ledger:
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
         self.rows: dict[str, list] = _no_rows()  # by ClickHouse table; ``enqueue`` or append to them
+        # the audit rows of orders about to leave: written with their intents at the checkpoint
+        self.sent_rows: dict[str, list] = _no_rows()
         # what ``prefetch`` found for the batch's signal_ids (None: not decided); dropped
         # for a signal once its decision is written, and entirely at the batch's commit
         self._known: dict[str, Decided | None] = {}
@@ -172,9 +175,9 @@ class Ledger:
             self.db.execute("BEGIN IMMEDIATE")
 
     def _flush(self, audit: bool = True) -> None:
-        """``audit`` False (a checkpoint): only the orders in flight, which carry their own
-        events; every other decision stays buffered with its audit rows, so a decision is
-        never durable without them (a resumed entry re-queues only a "sent" one's)."""
+        """``audit`` False (a checkpoint): only the orders in flight, their "sent" decisions
+        with the audit rows of their chains so far (``sent_rows``); every other decision stays
+        buffered with its audit rows, so a decision is never durable without them."""
         if audit:
             todo, self._decisions = self._decisions, {}
         else:
@@ -190,11 +193,11 @@ class Ledger:
                 " WHERE decisions.stream_id = excluded.stream_id",
                 todo.values(),
             )
-        if audit:
-            rows = {t: items for t, items in self.rows.items() if items}
+        for name in ("sent_rows", "rows") if audit else ("sent_rows",):
+            rows = {t: items for t, items in getattr(self, name).items() if items}
             if rows:
                 outbox.enqueue(self.db, rows)
-                self.rows = _no_rows()
+                setattr(self, name, _no_rows())
 
     def commit(self, audit: bool = True) -> None:
         if not self.db.in_transaction:
@@ -225,11 +228,12 @@ class Ledger:
             self._commits = 0
 
     def checkpoint(self) -> None:
-        """Make the decisions and intents so far durable now, and go on in a new transaction.
-        Called right before orders leave (all of a batch's at once): an intent must outlive
-        a crash. The audit rows wait for the batch's last commit (one outbox row a batch,
-        not one a fill): nothing is acknowledged before that commit, so a crash before it
-        loses none."""
+        """Make the orders' intents durable now, with their "sent" decisions and the audit rows
+        of how they were decided, and go on in a new transaction. Called right before orders
+        leave (all of a batch's at once): an intent must outlive a crash, and a restart that
+        finds one adds only what happened after (``PortfolioStep._resume``). Every other
+        audit row waits for the batch's last commit (one outbox row a batch, not one a fill):
+        nothing is acknowledged before that commit, so a crash before it loses none."""
         self.commit(audit=False)
         self.db.execute("BEGIN IMMEDIATE")
 
@@ -263,15 +267,16 @@ class Ledger:
         ).fetchone()
         return _decided(row) if row else None
 
-    def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str,
-                        ts_ms: int, events: list[dict[str, Any]]) -> None:
+    def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str, ts_ms: int) -> None:
         """First decision wins; the same stream entry may move its own row on
-        (``sent`` to ``filled``), a different entry never overwrites it."""
+        (``sent`` to ``filled``), a different entry never overwrites it. The ``events``
+        column is empty: a decision's audit rows go to the outbox in the same commit
+        (a "sent" one's with its intent), and only rows of older workers hold a chain."""
         pending = self._decisions.get(signal_id)
         if pending is not None and pending[1] != stream_id:
             return
         # kept as the row it will be written as: a batch's rows go to executemany as they are
-        self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms, _events_blob(events))
+        self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms, "[]")
 
     def execution(self, order: Order) -> tuple | None:
         """(status, order_id, price, fee_usd, filled_ms) of the order for this signal and kind."""
@@ -279,6 +284,13 @@ class Ledger:
             return self._known_opens[order.signal_id]
         return self.db.execute(f"SELECT {EXECUTION} FROM executions WHERE signal_id = ? AND kind = ?",
                                (order.signal_id, order.kind)).fetchone()
+
+    def intent(self, signal_id: str, kind: str = "open") -> Order | None:
+        """The order recorded for this signal and kind, whatever became of it: what a
+        redelivered "sent" decision resumes."""
+        row = self.db.execute(f"SELECT {ORDER} FROM executions WHERE signal_id = ? AND kind = ?",
+                              (signal_id, kind)).fetchone()
+        return Order(*row) if row else None
 
     def record_intent(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> None:
         """``price`` holds the intended price until the fill overwrites it, so a
@@ -347,8 +359,8 @@ class Ledger:
         Each with its reason (a close's exit) and, for an open, the trade it was to open
         with its exits description (None in intents written before it was kept)."""
         rows = self.db.execute(
-            "SELECT client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, reason,"
-            " trade FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms", (kind,),
+            f"SELECT {ORDER}, reason, trade FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms",
+            (kind,),
         ).fetchall()
         return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None) for r in rows]
 
@@ -370,13 +382,6 @@ class Ledger:
 
 def _no_rows() -> dict[str, list]:
     return {t: [] for t in outbox.TABLES}
-
-
-def _events_blob(events: list[dict[str, Any]]) -> str | bytes:
-    """A "sent" decision's events (~1.5 KB of JSON, the chain a restart resumes) as an
-    LZ4 frame of ~0.8 KB: kept whole in a 1 KiB page, where the JSON took an overflow page
-    that the fill's update then freed again. Every other decision has none."""
-    return outbox.pack(events) if events else "[]"
 
 
 def _decided(row: tuple) -> Decided:

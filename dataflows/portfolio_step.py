@@ -121,11 +121,11 @@ class PortfolioStep:
         prior = self.ledger.decided(order.signal_id)
         if prior is None or prior.outcome != "sent":
             return
-        events = [Event.from_dict(d) for d in prior.events]
-        chain = Chain.resumed(events)
+        chain = Chain.after_send(prior.events, prior.stream_id, order.signal_id, order.ts_ms, expected.source,
+                                 order.venue, order.symbol)
         _confirmed(chain, fill, False)
         # the entry's own stream id: its decision is final now, and acknowledging it is safe
-        out = Outcome("", prior.stream_id, order.signal_id, "sent", "", events)
+        out = Outcome("", prior.stream_id, order.signal_id, "sent", "", chain.events)
         self.recovered.append(self._opened(out, chain, fill, exits, book))
 
     def __call__(self, book: Portfolio | None, item: Received, outs: list[Outcome]) -> Portfolio:
@@ -198,9 +198,9 @@ class PortfolioStep:
         chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
                   venue=self.executor.venue.name, kind="open", quantity=order.quantity, price=order.price)
         out.outcome = "sent"
-        # the decision is durable with the intent, before the order can leave; its audit
-        # rows wait for the fill (a restart resuming a "sent" decision queues them all)
-        self._decided(out, [ev.to_dict() for ev in out.events])
+        # the decision is durable with the intent, before the order can leave, and so are
+        # its audit rows so far (``send_orders``): a restart resuming it adds only the rest
+        self._decided(out)
         return self._open(book, out, chain, order, sig)
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
@@ -231,6 +231,10 @@ class PortfolioStep:
             return
         batch, self.in_flight = self.in_flight, []
         t0 = time.perf_counter_ns()
+        recorded_ms = time.time_ns() // 1_000_000
+        for f in batch:  # how each was decided: durable with its intent, before it leaves
+            add_rows(self.ledger.sent_rows, f.out, f.out.queued, recorded_ms)
+            f.out.queued = len(f.out.events)
         try:
             results = self.executor.send([f.order for f in batch])
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
@@ -276,27 +280,25 @@ class PortfolioStep:
         the venue before it would send."""
         e, sig = item.entry, item.signal
         assert sig is not None
-        events = [Event.from_dict(d) for d in prior.events]
         if prior.outcome != "sent":
+            events = [Event.from_dict(d) for d in prior.events]  # none but an older worker's
             return Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
                            queued=len(events))
-        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events)
-        attempt = next(ev for ev in events if ev.stage == A.EXECUTION_ATTEMPT)
-        d = attempt.details
-        order = Order(d["client_order_id"], sig.signal_id, "open", sig.venue, sig.symbol, sig.side,
-                      d["quantity"], d["price"], attempt.ts_ms)
-        return self._open(book, out, Chain.resumed(events), order, sig)
+        order = self.ledger.intent(sig.signal_id)
+        if order is None:  # written in the same commit as the decision: a damaged ledger
+            raise LookupError(f"{sig.signal_id} was sent but the ledger holds no order for it")
+        chain = Chain.after_send(prior.events, e.stream_id, sig.signal_id, order.ts_ms, sig.source, order.venue,
+                                 order.symbol)
+        out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, chain.events)
+        return self._open(book, out, chain, order, sig)
 
     def _record(self, out: Outcome) -> Outcome:
-        """The decision and its audit rows, in the ledger's current transaction. Only an
-        order in flight keeps its events in the decision (``_decide``): a restart rebuilds
-        its chain from them."""
-        self._decided(out, [])
+        """The decision and its audit rows, in the ledger's current transaction."""
+        self._decided(out)
         return self._emit(out)
 
-    def _decided(self, out: Outcome, events: list[dict]) -> None:
-        self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason,
-                                    out.events[0].ts_ms, events)
+    def _decided(self, out: Outcome) -> None:
+        self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason, out.events[0].ts_ms)
 
     def _emit(self, out: Outcome) -> Outcome:
         add_rows(self.ledger.rows, out, out.queued, time.time_ns() // 1_000_000)

@@ -48,6 +48,10 @@ EVENT_COLUMNS = ("signal_id", "stream_id", "seq", "stage", "outcome", "reason", 
 DETAILS = EVENT_COLUMNS.index("details")
 DROP_COLUMNS = ("signal_id", "stream_id", "filter", "ts_ms", "source", "venue", "symbol", "confidence", "regime")
 
+# The events of an opening order's chain when the order leaves (receipt, filters, sizing,
+# attempt): queued with its intent, so a chain resumed after a crash goes on from here.
+SENT_EVENTS = 4
+
 # Terminal outcomes: a signal that reached one of these is decided and its
 # stream entry may be acknowledged once the record of it is durable.
 TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", "closed")
@@ -69,13 +73,6 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
     latency_us: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        # spelled out: a comprehension over __slots__ was a fifth of a fill's audit cost
-        return {"stream_id": self.stream_id, "signal_id": self.signal_id, "stage": self.stage,
-                "outcome": self.outcome, "ts_ms": self.ts_ms, "seq": self.seq, "reason": self.reason,
-                "source": self.source, "venue": self.venue, "symbol": self.symbol,
-                "size_usd": self.size_usd, "details": self.details, "latency_us": self.latency_us}
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
         return cls(**d)
@@ -93,7 +90,9 @@ class Event:
 @dataclass(slots=True)
 class Chain:
     """The events of one stream entry in stage order, with a running sequence
-    number so two events in the same millisecond still sort as they happened."""
+    number so two events in the same millisecond still sort as they happened.
+    ``first_seq``: where a chain resumed after a crash goes on (its earlier events
+    are in the audit store already, and not held here)."""
 
     stream_id: str
     signal_id: str
@@ -102,10 +101,18 @@ class Chain:
     venue: str = ""
     symbol: str = ""
     events: list[Event] = field(default_factory=list)
+    first_seq: int = 0
 
     @classmethod
-    def resumed(cls, events: list[Event]) -> Chain:
-        """The chain an earlier run began (a "sent" decision's events), to go on adding to."""
+    def after_send(cls, kept: list[dict[str, Any]], stream_id: str, signal_id: str, ts_ms: int, source: str,
+                   venue: str, symbol: str) -> Chain:
+        """The chain of a "sent" decision found after a crash, to go on from its attempt: the
+        events before are in the audit store already (``SENT_EVENTS`` of them). Workers before
+        that kept them in the decision instead (``kept``): then the chain goes on from those,
+        and all of it is queued."""
+        if not kept:
+            return cls(stream_id, signal_id, ts_ms, source, venue, symbol, first_seq=SENT_EVENTS)
+        events = [Event.from_dict(d) for d in kept]
         first = events[0]
         return cls(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue, first.symbol, events)
 
@@ -113,7 +120,7 @@ class Chain:
             size_usd: float | None = None, **details: Any) -> Event:
         ev = Event(
             self.stream_id, self.signal_id, stage, outcome,
-            self.ts_ms if ts_ms is None else ts_ms, len(self.events), reason,
+            self.ts_ms if ts_ms is None else ts_ms, self.first_seq + len(self.events), reason,
             self.source, self.venue, self.symbol, size_usd, details,
         )
         self.events.append(ev)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from connectors import outbox
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.venues.paper import PaperVenue
@@ -12,6 +13,8 @@ from helpers import audit_query, entry, make_pipeline, paper_orders, run_entries
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, client_order_id, next_step
 
 CID = client_order_id("sig-crash")
+CHAIN = [("SIGNAL_RECEIVED", "received"), ("FILTER_CHECK", "passed"), ("POSITION_SIZING", "sized"),
+         ("EXECUTION_ATTEMPT", "sent"), ("EXECUTION_CONFIRMED", "filled"), ("TRADE_OPEN", "opened")]
 ORDER = Order(CID, "sig-crash", "open", "okx", "BTC-USDT", "buy", 50.0, 100.0, 1767261601000)
 
 
@@ -139,35 +142,39 @@ def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(t
     assert (first.outcome, first.terminal) == ("error", False)
     assert first.reason == "RuntimeError: killed after the venue accepted the order"
     assert (again.stream_id, again.outcome, again.terminal) == ("1767261601000-0", "filled", True)
-    stages = [(ev.stage, ev.outcome) for ev in again.events]
-    assert stages == [("SIGNAL_RECEIVED", "received"), ("FILTER_CHECK", "passed"), ("POSITION_SIZING", "sized"),
-                      ("EXECUTION_ATTEMPT", "sent"), ("EXECUTION_CONFIRMED", "filled"), ("TRADE_OPEN", "opened")]
-    assert again.events[4].details["resolved_without_send"] is True
+    # the retry goes on from the attempt: what came before was queued with the intent
+    assert [(ev.seq, ev.stage, ev.outcome) for ev in again.events] == [
+        (4, "EXECUTION_CONFIRMED", "filled"), (5, "TRADE_OPEN", "opened")]
+    assert again.events[0].details["resolved_without_send"] is True
     assert calls == [client_order_id("sig-crash")]  # placed once, never again
     assert paper_orders(p) == (1, 0)
-    # the audit trail holds the whole chain once: the rows of the "sent" decision wait for its fill
-    rows = audit_query(p, "SELECT stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
-                          " GROUP BY stage, outcome, seq ORDER BY seq")
-    assert rows == [(stage, outcome, 1) for stage, outcome in stages]
+    # the audit trail holds the whole chain once, in order
+    rows = audit_query(p, "SELECT seq, stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
+                          " GROUP BY seq, stage, outcome ORDER BY seq")
+    assert rows == [(i, stage, outcome, 1) for i, (stage, outcome) in enumerate(CHAIN)]
 
 
 def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_its_audit_rows(paths):
-    """The checkpoint before a send commits the intent and its "sent" decision; a drop
+    """The checkpoint before a send commits the intent, its "sent" decision and the audit rows
+    of how it was decided; a drop
     decided earlier in the batch waits for the batch's commit with its audit rows, so a
     crash between the two leaves neither (the entry is redelivered and decided again)."""
     ledger = Ledger(paths[0])
     ledger.begin()
-    ledger.record_decision("sig-drop", "1-0", "dropped", "confidence", 1, [])
+    ledger.record_decision("sig-drop", "1-0", "dropped", "confidence", 1)
     ledger.enqueue({"filter_drops": [{"signal_id": "sig-drop"}]})
-    ledger.record_decision("sig-crash", "2-0", "sent", "", 1, [{"stage": "EXECUTION_ATTEMPT"}])
+    ledger.record_decision("sig-crash", "2-0", "sent", "", 1)
+    ledger.sent_rows["audit_events"].append({"signal_id": "sig-crash", "stage": "EXECUTION_ATTEMPT"})
     ledger.record_intent(ORDER)
     ledger.checkpoint()
     ledger.db.close()  # the process dies here: the open transaction is lost
     again = Ledger(paths[0])
     assert again.decided("sig-drop") is None
-    assert again.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    queued = [outbox.decode(b) for (b,) in again.db.execute("SELECT rows FROM outbox")]
+    assert queued == [{"audit_events": [{"signal_id": "sig-crash", "stage": "EXECUTION_ATTEMPT"}]}]
     assert again.decided("sig-crash").outcome == "sent"
     assert again.execution(ORDER)[0] == "intent"
+    assert again.intent("sig-crash") == ORDER
 
 
 def _die_on_first_send(monkeypatch, accept: bool) -> list[str]:
@@ -198,18 +205,16 @@ def test_an_open_whose_entry_never_comes_back_is_booked_from_the_venue_at_the_ne
                         name="later.jsonl")
     recovered = later.by_signal("sig-crash")
     assert [(o.stream_id, o.outcome) for o in recovered] == [("1767261601000-0", "filled")]
-    stages = [(ev.stage, ev.outcome) for ev in recovered[0].events]
-    assert stages == [("SIGNAL_RECEIVED", "received"), ("FILTER_CHECK", "passed"), ("POSITION_SIZING", "sized"),
-                      ("EXECUTION_ATTEMPT", "sent"), ("EXECUTION_CONFIRMED", "filled"), ("TRADE_OPEN", "opened")]
-    assert recovered[0].events[4].details["resolved_without_send"] is True
+    assert [(ev.seq, ev.stage) for ev in recovered[0].events] == [(4, "EXECUTION_CONFIRMED"), (5, "TRADE_OPEN")]
+    assert recovered[0].events[0].details["resolved_without_send"] is True
     assert [o.outcome for o in later.by_signal("sig-other")] == ["filled"]
     assert calls == [client_order_id("sig-crash"), client_order_id("sig-other")]  # sig-crash placed once
     ledger = Ledger(p.ledger_path)
     assert ledger.decided("sig-crash").outcome == "filled"
     assert [t.signal_id for t in ledger.open_trades()] == ["sig-crash", "sig-other"]
-    rows = audit_query(p, "SELECT stage, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
-                          " GROUP BY stage, seq ORDER BY seq")
-    assert rows == [(stage, 1) for stage, _ in stages]
+    rows = audit_query(p, "SELECT stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
+                          " GROUP BY stage, outcome, seq ORDER BY seq")
+    assert rows == [(stage, outcome, 1) for stage, outcome in CHAIN]
 
 
 def test_an_open_the_venue_never_saw_stays_an_intent_at_start_and_its_redelivery_sends_it_once(
@@ -232,3 +237,49 @@ def test_an_open_the_venue_never_saw_stays_an_intent_at_start_and_its_redelivery
 
 def _order_of(signal_id: str) -> Order:
     return Order(client_order_id(signal_id), signal_id, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 0)
+
+
+@pytest.mark.parametrize("venue_took_it", [True, False])
+def test_a_sent_decision_an_older_worker_left_resumes_its_whole_chain(tmp_path, monkeypatch, venue_took_it):
+    """Before a sent decision's audit rows went out with its intent, the decision kept its
+    chain and nothing of it was queued: after an upgrade, the start (finding the order at
+    the venue) or the entry's redelivery (sending it) resumes that chain and queues all of it."""
+    import orjson
+
+    calls = _die_on_first_send(monkeypatch, accept=venue_took_it)
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    e = entry("1767261601000-0", signal_id="sig-crash")
+    run_entries(tmp_path, p, [e])
+    older = [{"stream_id": "1767261601000-0", "signal_id": "sig-crash", "stage": stage, "outcome": outcome,
+              "ts_ms": 1767261601000, "seq": i, "source": "older", "details": {"kept": "by an older worker"}}
+             for i, (stage, outcome) in enumerate(CHAIN[:4])]
+    ledger = Ledger(p.ledger_path)
+    ledger.db.execute("UPDATE decisions SET events = ? WHERE signal_id = 'sig-crash'", (orjson.dumps(older),))
+    ledger.close()
+    again = run_entries(tmp_path, p, [e], name="again.jsonl")
+    outs = again.by_signal("sig-crash")
+    if venue_took_it:  # booked from the venue at start; the redelivery is then only acknowledged
+        assert [(o.stream_id, o.outcome, len(o.events)) for o in outs[1:]] == [("1767261601000-0", "filled", 0)]
+    assert [(ev.seq, ev.stage, ev.outcome, ev.source) for ev in outs[0].events] == [
+        (i, stage, outcome, "older") for i, (stage, outcome) in enumerate(CHAIN)]
+    assert calls == [client_order_id("sig-crash")] * (1 if venue_took_it else 2) and paper_orders(p) == (1, 0)
+    rows = audit_query(p, "SELECT seq, stage, details FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
+                          " ORDER BY seq")
+    assert [(seq, stage) for seq, stage, _ in rows] == [(i, stage) for i, (stage, _) in enumerate(CHAIN)]
+    assert rows[0][2] == '{"kept":"by an older worker"}'  # queued again from the kept chain
+
+
+def test_a_chain_found_after_the_attempt_goes_on_numbering_from_it():
+    from operators.audit import SENT_EVENTS, Chain
+
+    chain = Chain.after_send([], "1-0", "sig-crash", 5, "macro", "okx", "BTC-USDT")
+    chain.add("EXECUTION_CONFIRMED", "filled", ts_ms=9)
+    ev = chain.events[0]
+    assert (ev.seq, ev.stream_id, ev.signal_id, ev.ts_ms, ev.source, ev.venue, ev.symbol) == (
+        SENT_EVENTS, "1-0", "sig-crash", 9, "macro", "okx", "BTC-USDT")
+    kept = [{"stream_id": "1-0", "signal_id": "sig-crash", "stage": "SIGNAL_RECEIVED", "outcome": "received",
+             "ts_ms": 5, "source": "macro", "venue": "okx", "symbol": "BTC-USDT"}]
+    older = Chain.after_send(kept, "ignored", "ignored", 0, "", "", "")
+    older.add("EXECUTION_ATTEMPT", "sent")
+    assert [(e.seq, e.stage, e.stream_id, e.source) for e in older.events] == [
+        (0, "SIGNAL_RECEIVED", "1-0", "macro"), (1, "EXECUTION_ATTEMPT", "1-0", "macro")]

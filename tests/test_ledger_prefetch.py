@@ -7,7 +7,7 @@ from connectors.ledger import PREFETCH, Ledger
 
 
 def _decide(ledger: Ledger, signal_id: str, stream_id: str, outcome: str) -> None:
-    ledger.record_decision(signal_id, stream_id, outcome, "", 1, [])
+    ledger.record_decision(signal_id, stream_id, outcome, "", 1)
 
 
 def test_prefetch_answers_for_decided_and_new_signals(tmp_path):

@@ -64,28 +64,29 @@ def test_a_new_ledger_keeps_one_order_per_signal_and_kind(tmp_path):
     assert ledger.execution(_order("sig-a"))[0] == "intent"
 
 
-def test_sent_decisions_keep_their_events_in_a_page_and_older_json_events_still_read(tmp_path):
-    """A "sent" decision keeps the chain a restart resumes: LZ4-compressed, so it fits a
-    1 KiB page instead of taking an overflow page; rows an older Apex wrote hold JSON text."""
+def test_decisions_keep_no_chain_and_the_chains_older_workers_kept_still_read(tmp_path):
+    """A "sent" decision's audit rows go to the outbox with its intent, so the decision row
+    is small; older workers kept the chain a restart resumes in it, as an LZ4 frame or, older
+    still, JSON text, and both still read."""
+    import dataclasses
+
     import orjson
 
+    from connectors import outbox
     from operators.audit import Chain
 
     chain = Chain("7-0", "sig-sent", 7, "macro", "okx", "BTC-USDT")
     for stage in ("SIGNAL_RECEIVED", "FILTER_CHECK", "POSITION_SIZING", "EXECUTION_ATTEMPT"):
-        chain.add(stage, "passed", size_usd=1234.5, kelly_fraction=0.0123, volatility_scale=0.98,
-                  client_order_id=client_order_id("sig-sent"), checked=[["confidence", True]] * 5)
-    events = [ev.to_dict() for ev in chain.events]
-    assert len(orjson.dumps(events)) > 1024  # as JSON it would not fit one page
+        chain.add(stage, "passed", size_usd=1234.5, client_order_id=client_order_id("sig-sent"))
+    events = [dataclasses.asdict(ev) for ev in chain.events]
     ledger = Ledger(tmp_path / "ledger.sqlite")
     ledger.begin()
-    ledger.record_decision("sig-sent", "7-0", "sent", "", 7, events)
+    ledger.record_decision("sig-sent", "7-0", "sent", "", 7)
     ledger.commit()
-    stored = ledger.db.execute("SELECT events FROM decisions WHERE signal_id = 'sig-sent'").fetchone()[0]
-    assert isinstance(stored, bytes) and len(stored) < 900
-    ledger.db.execute("INSERT INTO decisions VALUES ('sig-old', '6-0', 'sent', '', 6, ?)",
-                      (orjson.dumps(events).decode(),))  # an older worker's row
-    for sid in ("sig-sent", "sig-old"):
+    assert ledger.db.execute("SELECT events FROM decisions WHERE signal_id = 'sig-sent'").fetchone() == ("[]",)
+    assert ledger.decided("sig-sent").events == []
+    for sid, kept in (("sig-lz4", outbox.pack(events)), ("sig-json", orjson.dumps(events).decode())):
+        ledger.db.execute("INSERT INTO decisions VALUES (?, '6-0', 'sent', '', 6, ?)", (sid, kept))
         assert ledger.decided(sid).events == events
 
 
