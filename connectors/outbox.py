@@ -12,8 +12,9 @@ the shipper never takes the ledger's write lock, which a niced process could
 hold while descheduled, stalling the worker's next commit by many ms.
 
 If ClickHouse is down the outbox grows; once the shipper reports failure and
-the backlog passes ``max_backlog`` outbox rows (one per batch), the sink stops acknowledging, so
-stream entries stay pending instead of piling up behind a dead store.
+the backlog passes ``max_backlog`` outbox rows (one a batch, two when it sent orders),
+the sink stops acknowledging, so stream entries stay pending instead of piling up
+behind a dead store.
 
     python -m connectors.outbox LEDGER DSN    # runs until its stdin closes, then flushes
 """
@@ -49,7 +50,7 @@ INTERVAL_S = 1.0
 BUSY_ROWS = 10_000
 BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
-CHUNK = 2_000  # outbox rows (one per batch) per ClickHouse insert
+CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 
