@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import clickhouse_connect
 
-from operators.audit import DROP_COLUMNS, EVENT_COLUMNS
+from operators.audit import DETAILS, DROP_COLUMNS, EVENT_COLUMNS, details_text
 
 DDL = {
     "audit_events": """
@@ -94,6 +94,8 @@ class AuditStore:
             # by column: clickhouse-connect builds Native columns, and rows would be transposed
             # first (~25% of the insert's CPU); JSONEachRow parsed in ClickHouse cost twice as much
             data = list(zip(*(r if isinstance(r, list) else [r.get(c) for c in cols] for r in items)))
+            if table == "audit_events":
+                data[DETAILS] = [details_text(d) for d in data[DETAILS]]
             self.client.insert(table, data, column_names=cols, column_type_names=self.types[table],
                                column_oriented=True)
 

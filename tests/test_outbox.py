@@ -192,3 +192,28 @@ def test_a_worker_ledger_dropped_without_close_stops_its_wal_thread(tmp_path):
     thread.join(timeout=30)
     assert not thread.is_alive()
 
+
+def test_event_details_travel_as_objects_and_land_as_the_same_sorted_json_text(tmp_path):
+    """The worker queues an event's details as they are and the shipper writes them as
+    JSON text with sorted keys; rows an older worker queued hold that text already."""
+    from operators.audit import Chain, details_text
+
+    chain = Chain("1-0", "sig-d", 1, "macro", "okx", "BTC-USDT")
+    chain.add("FILTER_CHECK", "dropped", "confidence", checked=[("confidence", False)], age_ms=5)
+    chain.add("POSITION_SIZING", "sized", size_usd=10.0, z=1.5, a={"y": 2, "b": None})
+    new, older = (ev.as_row(7) for ev in chain.events)
+    older[11] = details_text(older[11])  # an older worker's row: details already text
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.begin()
+    ledger.enqueue({"audit_events": [new, older]})
+    ledger.commit()
+    store = AuditStore(f"chdb://{tmp_path / 'ch'}")
+    try:
+        outbox.ship_once(outbox.connect(path), store, 0)
+        assert store.query("SELECT seq, details FROM audit_events FINAL ORDER BY seq") == [
+            (0, '{"age_ms":5,"checked":[["confidence",false]]}'),
+            (1, '{"a":{"b":null,"y":2},"z":1.5}'),
+        ]
+    finally:
+        store.close()
