@@ -259,7 +259,7 @@ class Ledger:
     def decided(self, signal_id: str) -> Decided | None:
         pending = self._decisions.get(signal_id)
         if pending is not None:
-            return _decided(pending[1:4] + pending[5:])
+            return _decided(pending[1:4] + pending[5:])  # the row less its signal_id and ts_ms
         if signal_id in self._known:
             return self._known[signal_id]
         row = self.db.execute(

@@ -11,16 +11,17 @@ from typing import Any
 
 import orjson
 
-def details_text(details: dict[str, Any] | str) -> str:
-    """An event's details as the audit store keeps them: JSON text with sorted keys (rows
-    queued by an older worker already hold the text)."""
-    return details if isinstance(details, str) else dumps(details)
-
 
 def dumps(value: Any) -> str:
-    """JSON for audit details and the ledger: orjson, because every decision
-    serializes its events twice and the stdlib encoder was a tenth of a replay."""
+    """JSON text with sorted keys, for audit details and a trade's terms: orjson, because
+    the stdlib encoder was a tenth of a replay."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
+
+
+def details_text(details: dict[str, Any] | str) -> str:
+    """An event's details as the audit store keeps them (written by the shipper); rows an
+    older worker queued hold the text already."""
+    return details if isinstance(details, str) else dumps(details)
 
 
 SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
