@@ -33,19 +33,6 @@ class Observer(Protocol):
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None: ...
 
 
-def add_rows(rows: dict[str, list], outcome: Outcome, first_event: int, recorded_ms: int) -> None:
-    """Append the ClickHouse rows of one outcome, from its ``first_event``-th event on, to
-    ``rows`` (lists by table, as ``Ledger.rows`` holds them): appended in place, because a
-    dict of lists an outcome, merged into the batch's, was a step's work for every entry."""
-    rows["audit_events"] += [ev.as_row(recorded_ms) for ev in outcome.events[first_event:]]
-    if outcome.drop:
-        rows["filter_drops"].append(outcome.drop)
-    if outcome.executions:
-        rows["executions"] += outcome.executions
-    if outcome.trades:
-        rows["trades"] += outcome.trades
-
-
 class _AuditPartition(StatelessSinkPartition[Outcome]):
     def __init__(self, shipper: Shipper, acker: Acker, observer: Observer | None):
         self.shipper, self.acker, self.observer = shipper, acker, observer

@@ -145,7 +145,7 @@ class Ledger:
         # Decisions and audit rows of the open transaction, written in one go at its end
         # (executemany, one outbox blob): per-row statements were a third of a replay.
         self._decisions: dict[str, tuple] = {}
-        self.rows: dict[str, list] = _no_rows()  # by ClickHouse table; ``enqueue`` or append to them
+        self.rows: dict[str, list] = _no_rows()  # by ClickHouse table (``Outcome.queue`` appends to them)
         # the audit rows of orders about to leave: written with their intents at the checkpoint
         self.sent_rows: dict[str, list] = _no_rows()
         # what ``prefetch`` found for the batch's signal_ids (None: not decided); dropped
@@ -193,11 +193,18 @@ class Ledger:
                 " WHERE decisions.stream_id = excluded.stream_id",
                 todo.values(),
             )
-        for name in ("sent_rows", "rows") if audit else ("sent_rows",):
-            rows = {t: items for t, items in getattr(self, name).items() if items}
-            if rows:
-                outbox.enqueue(self.db, rows)
-                setattr(self, name, _no_rows())
+        self.sent_rows = self._enqueue(self.sent_rows)
+        if audit:
+            self.rows = self._enqueue(self.rows)
+
+    def _enqueue(self, buffer: dict[str, list]) -> dict[str, list]:
+        """Write a buffer of audit rows to the outbox (see connectors/outbox.py), durable with
+        this transaction; returns it emptied."""
+        rows = {t: items for t, items in buffer.items() if items}
+        if not rows:
+            return buffer
+        outbox.enqueue(self.db, rows)
+        return _no_rows()
 
     def commit(self, audit: bool = True) -> None:
         if not self.db.in_transaction:
@@ -369,12 +376,6 @@ class Ledger:
         if shipped_seq > self._pruned:
             self.db.execute("DELETE FROM outbox WHERE seq <= ?", (shipped_seq,))
             self._pruned = shipped_seq
-
-    def enqueue(self, rows: dict[str, list]) -> None:
-        """Audit rows for ClickHouse, durable with this transaction (see connectors/outbox.py)."""
-        for table, items in rows.items():
-            if items:
-                self.rows[table].extend(items)
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())

@@ -62,8 +62,9 @@ def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
 
 
 def pack(value) -> bytes:
-    """JSON as an LZ4 frame: the ledger's large values (outbox rows, a sent decision's events).
-    The options of the audit's ``dumps``: details may hold numpy numbers or objects shown as text."""
+    """An outbox row's audit rows as JSON in an LZ4 frame (older ledgers also hold a "sent"
+    decision's chain so). The options of the audit's ``dumps``: details may hold numpy
+    numbers or objects shown as text."""
     return lz4.frame.compress(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
 
 

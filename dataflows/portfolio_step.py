@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.audit_sink import add_rows
 from connectors.execution import Executor
 from connectors.outbox import Shipper
 from connectors.ledger import Decided, Ledger
@@ -233,8 +232,7 @@ class PortfolioStep:
         t0 = time.perf_counter_ns()
         recorded_ms = time.time_ns() // 1_000_000
         for f in batch:  # how each was decided: durable with its intent, before it leaves
-            add_rows(self.ledger.sent_rows, f.out, f.out.queued, recorded_ms)
-            f.out.queued = len(f.out.events)
+            f.out.queue(self.ledger.sent_rows, recorded_ms)
         try:
             results = self.executor.send([f.order for f in batch])
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
@@ -301,8 +299,7 @@ class PortfolioStep:
         self.ledger.record_decision(out.signal_id, out.stream_id, out.outcome, out.reason, out.events[0].ts_ms)
 
     def _emit(self, out: Outcome) -> Outcome:
-        add_rows(self.ledger.rows, out, out.queued, time.time_ns() // 1_000_000)
-        out.queued = len(out.events)
+        out.queue(self.ledger.rows, time.time_ns() // 1_000_000)
         return out
 
     # --- market entries and exits ----------------------------------------------------------------

@@ -155,6 +155,20 @@ class Outcome:
     step_us: float = 0.0  # time inside the portfolio step: decide, ledger, and its batch's send to the venue
     queued: int = 0  # events already written to the outbox
 
+    def queue(self, rows: dict[str, list], recorded_ms: int) -> None:
+        """Append its audit store rows not yet queued to ``rows`` (lists by table): the events
+        from ``queued`` on, then its drop, executions and trades. Called when its decision is
+        recorded, and for an order also before it leaves, with only its chain so far (the
+        drop, executions and trades come with the outcome's end)."""
+        rows["audit_events"] += [ev.as_row(recorded_ms) for ev in self.events[self.queued:]]
+        self.queued = len(self.events)
+        if self.drop:
+            rows["filter_drops"].append(self.drop)
+        if self.executions:
+            rows["executions"] += self.executions
+        if self.trades:
+            rows["trades"] += self.trades
+
     def stamp(self, latency_us: int) -> None:
         """Receipt to decision, on the events that have none yet (a resumed chain keeps its own)."""
         for ev in self.events:

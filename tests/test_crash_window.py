@@ -162,7 +162,7 @@ def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_
     ledger = Ledger(paths[0])
     ledger.begin()
     ledger.record_decision("sig-drop", "1-0", "dropped", "confidence", 1)
-    ledger.enqueue({"filter_drops": [{"signal_id": "sig-drop"}]})
+    ledger.rows["filter_drops"].append({"signal_id": "sig-drop"})
     ledger.record_decision("sig-crash", "2-0", "sent", "", 1)
     ledger.sent_rows["audit_events"].append({"signal_id": "sig-crash", "stage": "EXECUTION_ATTEMPT"})
     ledger.record_intent(ORDER)
@@ -283,3 +283,23 @@ def test_a_chain_found_after_the_attempt_goes_on_numbering_from_it():
     older.add("EXECUTION_ATTEMPT", "sent")
     assert [(e.seq, e.stage, e.stream_id, e.source) for e in older.events] == [
         (0, "SIGNAL_RECEIVED", "1-0", "macro"), (1, "EXECUTION_ATTEMPT", "1-0", "macro")]
+
+
+def test_an_outcome_queues_each_event_once_its_chain_before_the_order_leaves_the_rest_after():
+    from operators.audit import Chain, Outcome
+
+    chain = Chain("1-0", "sig-crash", 5, "macro", "okx", "BTC-USDT")
+    for stage in ("SIGNAL_RECEIVED", "FILTER_CHECK", "POSITION_SIZING", "EXECUTION_ATTEMPT"):
+        chain.add(stage, "ok")
+    out = Outcome("s", "1-0", "sig-crash", "sent", events=chain.events)
+    before = {t: [] for t in outbox.TABLES}
+    out.queue(before, 7)
+    chain.add("EXECUTION_CONFIRMED", "filled")
+    out.executions.append({"signal_id": "sig-crash"})
+    after = {t: [] for t in outbox.TABLES}
+    out.queue(after, 8)
+    assert [(r[2], r[3], r[13]) for r in before["audit_events"]] == [
+        (0, "SIGNAL_RECEIVED", 7), (1, "FILTER_CHECK", 7), (2, "POSITION_SIZING", 7), (3, "EXECUTION_ATTEMPT", 7)]
+    assert before["executions"] == []
+    assert [(r[2], r[3], r[13]) for r in after["audit_events"]] == [(4, "EXECUTION_CONFIRMED", 8)]
+    assert after["executions"] == [{"signal_id": "sig-crash"}]

@@ -17,8 +17,8 @@ def wal_bytes(ledger_path) -> int:
 def _queue(ledger: Ledger, n: int) -> None:
     for i in range(n):
         ledger.begin()
-        ledger.enqueue({"filter_drops": [[f"s{i}", f"{i}-0", "confidence", 1, "a", "okx", "BTC-USDT", 0.5,
-                                          "choppy"]]})  # DROP_COLUMNS
+        ledger.rows["filter_drops"].append([f"s{i}", f"{i}-0", "confidence", 1, "a", "okx", "BTC-USDT", 0.5,
+                                            "choppy"])  # DROP_COLUMNS
         ledger.commit()
 
 
@@ -206,7 +206,7 @@ def test_event_details_travel_as_objects_and_land_as_the_same_sorted_json_text(t
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     ledger.begin()
-    ledger.enqueue({"audit_events": [new, older]})
+    ledger.rows["audit_events"] += [new, older]
     ledger.commit()
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     try:
