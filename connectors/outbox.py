@@ -22,12 +22,14 @@ behind a dead store.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import lz4.frame
@@ -201,12 +203,30 @@ def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, boo
                        (shipped_seq, CHUNK)).fetchall()
     if not batch:
         return shipped_seq, False, 0
-    merged: dict[str, list] = {t: [] for t in TABLES}
-    for _, blob in batch:
-        for table, rows in decode(blob).items():
-            merged[table].extend(rows)
-    store.write(merged)
-    return batch[-1][0], len(batch) == CHUNK, sum(map(len, merged.values()))
+    with no_collections():
+        merged: dict[str, list] = {t: [] for t in TABLES}
+        for _, blob in batch:
+            for table, rows in decode(blob).items():
+                merged[table].extend(rows)
+        store.write(merged)
+        return batch[-1][0], len(batch) == CHUNK, sum(map(len, merged.values()))
+
+
+@contextmanager
+def no_collections():
+    """No cyclic collection while a round is in hand. A round decodes tens of thousands of
+    rows into millions of lists, dicts and strings, all alive until the insert, and a
+    collection every 700 allocations walked them again and again: decoding a 100,000-entry
+    replay's outbox took 2.0 s with collections and 0.22 s without, and the end of a replay
+    waits for the round in hand. The round's objects hold no cycles; reference counting frees
+    them when it ends, and any cycle a client library left is collected after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def main(ledger_path: str, dsn: str) -> None:
