@@ -23,7 +23,7 @@ import gc
 import threading
 
 INTERVAL_S = 5.0
-YOUNG_THRESHOLD = 100_000  # above what a batch of 512 orders leaves alive until its commit
+YOUNG_THRESHOLD = 100_000  # above what a batch leaves alive until its commit (measured with 512 orders)
 
 
 def quiet_gc(interval_s: float = INTERVAL_S) -> threading.Event:
