@@ -51,7 +51,7 @@ INTERVAL_S = 1.0
 # inserts' fixed cost many times over, and a run's end waits for the last round's rows.
 BUSY_ROWS = 10_000
 BUSY_INTERVAL_S = 0.25
-PAGE_SIZE = 1024  # the ledger's page size, set by whichever connection creates the file (see Ledger)
+PAGE_SIZE = 4096  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 

@@ -158,7 +158,32 @@ def test_the_ledger_restarts_its_wal_so_the_file_stops_growing(tmp_path, monkeyp
     assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 55
 
 
-def test_the_ledger_gets_small_pages_whichever_connection_creates_it(tmp_path):
+def test_the_ledger_restarts_its_wal_once_the_keeper_sees_it_past_the_limit(tmp_path, monkeypatch):
+    """Counted in commits alone, the bound on the WAL grew with the page size and the bytes a
+    commit writes; the worker's ``WalKeeper`` reports the WAL's length, and past
+    WAL_LIMIT_BYTES the next batch's commit starts it over."""
+    from connectors import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
+    ledger = Ledger(tmp_path / "ledger.sqlite", keep_wal=True)
+    ledger._keeper.stop()  # no passes of its own: the test sets what it saw
+    _queue(ledger, 5)
+    ledger._keeper.frames = (ledger_mod.WAL_LIMIT_BYTES - 1) // outbox.PAGE_SIZE
+    before = wal_bytes(ledger.path)
+    _queue(ledger, 20)
+    assert wal_bytes(ledger.path) > before  # under the limit: no restart
+
+    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // outbox.PAGE_SIZE
+    _queue(ledger, 1)  # this commit restarts it
+    assert ledger._keeper.frames == 0
+    high = wal_bytes(ledger.path)
+    _queue(ledger, 20)
+    assert wal_bytes(ledger.path) == high  # overwritten from its start
+    assert outbox.connect(ledger.path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 46
+    ledger.close()
+
+
+def test_the_ledger_gets_its_page_size_whichever_connection_creates_it(tmp_path):
     """The shipper's handle opens the ledger before the worker's Ledger in a live run."""
     outbox.connect(tmp_path / "ledger.sqlite")
     assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
