@@ -189,6 +189,31 @@ def test_the_ledger_gets_its_page_size_whichever_connection_creates_it(tmp_path)
     assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
 
 
+def test_a_ledger_made_with_1_kib_pages_keeps_them_and_its_wal_bound(tmp_path, monkeypatch):
+    """Ledgers made before 4 KiB pages keep 1 KiB (a page size is fixed at creation): they go
+    on working, and the WAL's bound counts their frames at their own size."""
+    from connectors import ledger as ledger_mod
+
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setattr(outbox, "PAGE_SIZE", 1024)
+    Ledger(path).close()
+    monkeypatch.undo()
+    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
+    ledger = Ledger(path, keep_wal=True)
+    ledger._keeper.stop()
+    assert ledger.db.execute("PRAGMA page_size").fetchone()[0] == 1024
+    _queue(ledger, 5)
+    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // 4096  # past the limit in 4 KiB frames only
+    before = wal_bytes(path)
+    _queue(ledger, 5)
+    assert wal_bytes(path) > before and ledger._keeper.frames > 0  # not restarted
+    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // 1024
+    _queue(ledger, 1)
+    assert ledger._keeper.frames == 0  # restarted
+    assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 11
+    ledger.close()
+
+
 def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ships(tmp_path):
     """LZ4 frames since the outbox's bytes were a large share of every commit; a ledger
     written before that holds plain JSON, which the shipper must still read. Rows are lists
