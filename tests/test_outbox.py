@@ -158,28 +158,37 @@ def test_the_ledger_restarts_its_wal_so_the_file_stops_growing(tmp_path, monkeyp
     assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 55
 
 
-def test_the_ledger_restarts_its_wal_once_the_keeper_sees_it_past_the_limit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("made_with", [None, 1024], ids=["new ledger", "ledger made with 1 KiB pages"])
+def test_the_ledger_restarts_its_wal_once_the_keeper_sees_it_past_the_limit(tmp_path, monkeypatch, made_with):
     """Counted in commits alone, the bound on the WAL grew with the page size and the bytes a
     commit writes; the worker's ``WalKeeper`` reports the WAL's length, and past
-    WAL_LIMIT_BYTES the next batch's commit starts it over."""
+    WAL_LIMIT_BYTES the next batch's commit starts it over. A ledger made before 4 KiB pages
+    keeps its 1 KiB (a page size is fixed at creation), and its frames count at that size."""
     from connectors import ledger as ledger_mod
 
+    path = tmp_path / "ledger.sqlite"
+    page = made_with or outbox.PAGE_SIZE
+    if made_with:
+        with monkeypatch.context() as m:
+            m.setattr(outbox, "PAGE_SIZE", made_with)
+            Ledger(path).close()
     monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
-    ledger = Ledger(tmp_path / "ledger.sqlite", keep_wal=True)
+    ledger = Ledger(path, keep_wal=True)
     ledger._keeper.stop()  # no passes of its own: the test sets what it saw
+    assert ledger.db.execute("PRAGMA page_size").fetchone()[0] == page
     _queue(ledger, 5)
-    ledger._keeper.frames = (ledger_mod.WAL_LIMIT_BYTES - 1) // outbox.PAGE_SIZE
-    before = wal_bytes(ledger.path)
+    ledger._keeper.frames = (ledger_mod.WAL_LIMIT_BYTES - 1) // page
+    before = wal_bytes(path)
     _queue(ledger, 20)
-    assert wal_bytes(ledger.path) > before  # under the limit: no restart
+    assert wal_bytes(path) > before and ledger._keeper.frames > 0  # under the limit: no restart
 
-    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // outbox.PAGE_SIZE
+    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // page
     _queue(ledger, 1)  # this commit restarts it
     assert ledger._keeper.frames == 0
-    high = wal_bytes(ledger.path)
+    high = wal_bytes(path)
     _queue(ledger, 20)
-    assert wal_bytes(ledger.path) == high  # overwritten from its start
-    assert outbox.connect(ledger.path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 46
+    assert wal_bytes(path) == high  # overwritten from its start
+    assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 46
     ledger.close()
 
 
@@ -187,31 +196,6 @@ def test_the_ledger_gets_its_page_size_whichever_connection_creates_it(tmp_path)
     """The shipper's handle opens the ledger before the worker's Ledger in a live run."""
     outbox.connect(tmp_path / "ledger.sqlite")
     assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
-
-
-def test_a_ledger_made_with_1_kib_pages_keeps_them_and_its_wal_bound(tmp_path, monkeypatch):
-    """Ledgers made before 4 KiB pages keep 1 KiB (a page size is fixed at creation): they go
-    on working, and the WAL's bound counts their frames at their own size."""
-    from connectors import ledger as ledger_mod
-
-    path = tmp_path / "ledger.sqlite"
-    monkeypatch.setattr(outbox, "PAGE_SIZE", 1024)
-    Ledger(path).close()
-    monkeypatch.undo()
-    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
-    ledger = Ledger(path, keep_wal=True)
-    ledger._keeper.stop()
-    assert ledger.db.execute("PRAGMA page_size").fetchone()[0] == 1024
-    _queue(ledger, 5)
-    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // 4096  # past the limit in 4 KiB frames only
-    before = wal_bytes(path)
-    _queue(ledger, 5)
-    assert wal_bytes(path) > before and ledger._keeper.frames > 0  # not restarted
-    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // 1024
-    _queue(ledger, 1)
-    assert ledger._keeper.frames == 0  # restarted
-    assert outbox.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 11
-    ledger.close()
 
 
 def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ships(tmp_path):
