@@ -136,7 +136,7 @@ def _print_summary(s: dict) -> None:
         out.print("redis: " + "  ".join(f"{k} {v}" for k, v in sorted(s["redis"].items())), highlight=False)
     closes = ", ".join(f"{k} {v}" for k, v in sorted(s["closes"].items())) or "none"
     out.print(f"fills: {s['fills']}   closes: {closes}   realized PnL: {s['realized_pnl_usd']:,.2f} USD   "
-              f"market entries: {s['market_entries']}", highlight=False)
+              f"market entries: {s['market_entries']} ({s['invalid_market_entries']} refused)", highlight=False)
     out.print(f"{s['entries']} entries in {s['seconds']} s = {s['entries_per_second']:.0f} entries/s",
               highlight=False)
 

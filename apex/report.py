@@ -73,6 +73,8 @@ def headline(rep: Report) -> list[tuple[str, str, str]]:
          f"realized {pct(eff.realized_win_rate)} ÷ expected {pct(eff.expected_win_rate)}" if eff else "no closes yet"),
         ("dropped before sizing", pct(f.rate_before_sizing),
          f"{f.dropped_before_sizing} of {f.received} received; target {f.target[0]:.0%}–{f.target[1]:.0%}"),
+        ("refused entries", str(f.invalid_signals + f.invalid_market_entries),
+         f"{f.invalid_signals} invalid signals, {f.invalid_market_entries} invalid market entries"),
         ("open positions", str(len(rep.open_positions)),
          f"{usd(sum(p.quantity * p.entry_price for p in rep.open_positions))} at entry"),
     ]

@@ -124,7 +124,8 @@ def group_status(r: redis.Redis, cfg: RedisConfig) -> dict:
                "lag": None, "pending": 0, "consumers": [], "oldest_pending": None,
                "dead_letter_stream": cfg.dead_letter_stream, "dead_letters": r.xlen(cfg.dead_letter_stream),
                "failing": r.hlen(errors_key(cfg.stream, cfg.group)),
-               "dead_lettered_max_deliveries": int(r.hget(counters_key(cfg), "dead_lettered") or 0)}
+               "dead_lettered_max_deliveries": int(r.hget(counters_key(cfg), "dead_lettered") or 0),
+               "invalid_market_entries": int(r.hget(counters_key(cfg), "invalid_market_entries") or 0)}
     groups = {g["name"]: g for g in r.xinfo_groups(cfg.stream)} if r.exists(cfg.stream) else {}
     g = groups.get(cfg.group)
     if g is None:
@@ -178,3 +179,5 @@ def status(
     out.print(f"dead letters: {s['dead_letters']} in {s['dead_letter_stream']} "
               f"({s['dead_lettered_max_deliveries']} past max deliveries); failing now: {s['failing']}",
               highlight=False)
+    out.print(f"invalid market entries: {s['invalid_market_entries']} (refused ticks, in the audit trail "
+              "with their reasons)", highlight=False)

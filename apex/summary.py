@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from operators.audit import Outcome
+from operators.audit import INVALID_TICK, Outcome
 from operators.decide import SIZING_DROPS
 
 RESERVOIR = 100_000
@@ -84,7 +84,7 @@ class RunStats:
             self.entries += 1
             durable.append((done_ns - o.received_ns) / 1000)
             self.outcomes[o.outcome] += 1
-            if o.outcome == "tick":
+            if o.outcome == "tick" or o.outcome == INVALID_TICK:
                 self.ticks += 1
                 continue
             if o.outcome == "dropped":
@@ -116,6 +116,7 @@ class RunStats:
                                       / received) if received else 0.0,
             "fills": self.outcomes["filled"],
             "market_entries": self.ticks,
+            "invalid_market_entries": self.outcomes[INVALID_TICK],
             "closes": dict(self.closes),
             "realized_pnl_usd": round(self.pnl_usd, 2),
             "step_latency_us": self.step_us.percentiles(),

@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from connectors.entry import Entry
 from dataflows.config import RedisConfig
-from operators.audit import Outcome
+from operators.audit import INVALID_TICK, Outcome
 
 log = logging.getLogger("apex.redis")
 
@@ -281,6 +281,7 @@ class RedisAcker:
         p = self.r.pipeline(transaction=True)
         done: dict[str, list[str]] = {}
         failed: dict[str, dict[str, str]] = {}
+        refused_ticks = 0
         for o in outcomes:
             if not o.stream_id:
                 continue
@@ -291,7 +292,11 @@ class RedisAcker:
             if o.outcome == "invalid":
                 p.xadd(cfg.dead_letter_stream, {**o.fields, "reason": o.reason, "stream_id": o.stream_id,
                                                 "cause": "invalid"})
+            elif o.outcome == INVALID_TICK:  # in the audit trail with its reason; counted for `apex status`
+                refused_ticks += 1
             done.setdefault(stream, []).append(o.stream_id)
+        if refused_ticks:
+            p.hincrby(counters_key(cfg), "invalid_market_entries", refused_ticks)
         for stream, ids in done.items():
             p.xack(stream, cfg.group, *ids)
             p.hdel(errors_key(stream, cfg.group), *ids)

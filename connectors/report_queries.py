@@ -39,6 +39,8 @@ class Funnel:
     dropped_before_sizing: int
     rate_before_sizing: float | None
     target: tuple[float, float] = TARGET_DROP
+    invalid_signals: int = 0  # refused by the schema or the clock: recorded, acknowledged, never traded
+    invalid_market_entries: int = 0  # ticks refused (malformed, or outside the price band)
 
 
 @dataclass
@@ -142,7 +144,9 @@ def funnel(store) -> Funnel:
     still show, in pipeline order."""
     head = _rows(store, """
         SELECT countIf(stage = 'SIGNAL_RECEIVED' AND outcome = 'received') AS received,
-               countIf(stage = 'FILTER_CHECK' AND outcome = 'dropped') AS dropped
+               countIf(stage = 'FILTER_CHECK' AND outcome = 'dropped') AS dropped,
+               countIf(stage = 'SIGNAL_RECEIVED' AND outcome = 'invalid') AS invalid,
+               countIf(stage = 'SIGNAL_RECEIVED' AND outcome = 'invalid_tick') AS invalid_tick
         FROM audit_events FINAL""")[0]
     per = _rows(store, """
         SELECT c.1 AS name, min(pos) AS pos, count() AS reached, countIf(NOT c.2) AS dropped
@@ -153,7 +157,8 @@ def funnel(store) -> Funnel:
     n = head["received"]
     return Funnel(n, [FilterRate(r["name"], r["reached"], r["dropped"], r["dropped"] / n if n else 0.0)
                       for r in per],
-                  head["dropped"], head["dropped"] / n if n else None)
+                  head["dropped"], head["dropped"] / n if n else None,
+                  invalid_signals=head["invalid"], invalid_market_entries=head["invalid_tick"])
 
 
 def latency(store) -> list[Latency]:

@@ -65,7 +65,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)
-    s = op.map("validate", s, validator(frozenset({pipeline.prices.stream})))
+    s = op.map("validate", s, validator(frozenset({pipeline.prices.stream}), pipeline.limits))
     used: set[str] = set()
     for i, f in enumerate(pipeline.filters):
         if f.needs_portfolio:

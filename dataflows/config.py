@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
+from operators.limits import Limits
 
 
 class ConfigError(Exception):
@@ -71,6 +72,7 @@ class Top(BaseModel):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
     exits: ExitsConfig = Field(default_factory=ExitsConfig)
+    limits: Limits = Field(default_factory=Limits)
     stages: list[Any]
 
 
@@ -86,6 +88,7 @@ class Pipeline:
     execute: ExecuteConfig
     prices: PricesConfig = field(default_factory=PricesConfig)
     exits: ExitsConfig = field(default_factory=ExitsConfig)
+    limits: Limits = field(default_factory=Limits)
     stages: list[str] = field(default_factory=list)  # stage names in YAML order, for display
 
     def resolve(self, p: str | Path) -> Path:
@@ -254,7 +257,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         path=path, source=top.source,
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=top.clickhouse, redis=top.redis, filters=filters,
-        kelly=kelly, execute=execute, prices=top.prices, exits=top.exits,  # type: ignore[arg-type]
+        kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
         stages=names,
     )
 

@@ -22,7 +22,7 @@ from connectors.venues.paper import PaperVenue
 from dataflows.config import Pipeline
 from dataflows.steps import Received
 from operators import audit as A
-from operators.audit import Chain, Event, Outcome
+from operators.audit import INVALID_TICK, Chain, Event, Outcome
 from operators.decide import audit_verdict, drop_row, judge
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, booked, terms_for
 from operators.orders import Order, client_order_id, expected_fill
@@ -87,7 +87,7 @@ class PortfolioStep:
         """The book as the ledger left it: fills in order, open trades, the
         tracker's window of closes; then any close caught in the crash window
         is finished (asking the venue first)."""
-        book = Portfolio(self.p.execute.initial_nav_usd, self.p.kelly)
+        book = Portfolio(self.p.execute.initial_nav_usd, self.p.kelly, self.p.limits)
         for fill in self.ledger.fills():
             book.apply_fill(fill)
         for terms in self.ledger.open_trades():
@@ -162,11 +162,21 @@ class PortfolioStep:
 
     def _invalid(self, item: Received) -> Outcome:
         e, err = item.entry, item.invalid
+        if item.market:
+            return self._invalid_tick(item, err.reason if err else "invalid", e.fields.get("symbol"))
         sid = (err.signal_id if err else None) or ""
         chain = Chain(e.stream_id, sid, e.clock_ms)
         chain.add(A.SIGNAL_RECEIVED, "invalid", err.reason if err else "invalid")
         return self._emit(Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
                                   chain.events, fields=e.fields))
+
+    def _invalid_tick(self, item: Received, reason: str, symbol: object, **details: object) -> Outcome:
+        """A market entry refused: recorded with its reason, never marking the book."""
+        e = item.entry
+        shown = symbol if isinstance(symbol, str) and item.invalid is None else ""  # a refused symbol stays out
+        chain = Chain(e.stream_id, "", e.clock_ms, symbol=shown)
+        chain.add(A.SIGNAL_RECEIVED, INVALID_TICK, reason, **details)
+        return self._emit(Outcome(e.stream, e.stream_id, "", INVALID_TICK, reason, chain.events, fields=e.fields))
 
     def _decide(self, book: Portfolio, item: Received) -> Outcome:
         e, sig = item.entry, item.signal
@@ -197,12 +207,13 @@ class PortfolioStep:
         chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
                   venue=self.executor.venue.name, kind="open", quantity=order.quantity, price=order.price)
         out.outcome = "sent"
-        # the decision is durable with the intent, before the order can leave, and so are
-        # its audit rows so far (``send_orders``): a restart resuming it adds only the rest
-        self._decided(out)
-        return self._open(book, out, chain, order, sig)
+        return self._open(book, out, chain, order, sig, fresh=True)
 
-    def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal) -> Outcome:
+    def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal,
+              fresh: bool = False) -> Outcome:
+        """``fresh``: decided just now, so its "sent" decision is recorded here, with its
+        intent in the same transaction and only once everything that could fail has been
+        computed: a decision saying "sent" with no order behind it can never be resumed."""
         expected = expected_fill(order, self.p.execute.slippage_bps, self.p.execute.fee_bps)
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
@@ -214,6 +225,10 @@ class PortfolioStep:
             if known.signal_id not in book.open_trades:
                 self._book_open(book, known, booked(terms, known))
             return self._opened(out, chain, known, exits, book)
+        if fresh:
+            # durable with the intent, before the order can leave, and so are its audit
+            # rows so far (``send_orders``): a restart resuming it adds only the rest
+            self._decided(out)
         book.reserve(expected, terms)
         self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav))
         return out
@@ -308,6 +323,11 @@ class PortfolioStep:
         e, t = item.entry, item.tick
         assert t is not None
         if t.price is not None and t.symbol is not None:
+            mark = book.marks.get(t.symbol)
+            why = book.refuses_price(t.symbol, t.price)
+            if why:  # the whole entry: a regime travelling with a refused price is not believed either
+                outs.append(self._invalid_tick(item, why, t.symbol, price=t.price, mark=mark))
+                return
             for terms in book.on_price(t.symbol, t.price, e.clock_ms):
                 self._close(book, terms, HARD_STOP, t.price, e.stream_id, e.clock_ms, outs)
         if t.regime is not None:

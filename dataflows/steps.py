@@ -13,7 +13,8 @@ from operators.decide import EarlyDrop
 from operators.filters import Filter
 from operators.market import Tick, parse_tick
 from operators.portfolio import Portfolio
-from operators.signal import Invalid, Signal, parse_signal
+from operators.limits import Limits
+from operators.signal import Invalid, Signal, check_clock, parse_signal
 
 if TYPE_CHECKING:
     from dataflows.portfolio_step import PortfolioStep
@@ -26,18 +27,24 @@ class Received:
     invalid: Invalid | None = None
     early: EarlyDrop | None = None
     tick: Tick | None = None
+    market: bool = False  # an entry of a market stream (a tick), valid or not
 
 
-def validator(market_streams: frozenset[str]) -> Callable[[Entry], Received]:
-    """Entries of a market stream are prices or regimes; everything else must be a signal."""
+def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry], Received]:
+    """Entries of a market stream are prices or regimes; everything else must be a signal,
+    stamped no later than the stream's clock allows."""
+    skew = limits.clock_skew_ms
 
     def validate(entry: Entry) -> Received:
+        market = entry.stream in market_streams
         try:
-            if entry.stream in market_streams:
-                return Received(entry, None, tick=parse_tick(entry.fields))
-            return Received(entry, parse_signal(entry.fields.get("payload")))
+            if market:
+                return Received(entry, None, tick=parse_tick(entry.fields, limits), market=True)
+            signal = parse_signal(entry.fields.get("payload"))
+            check_clock(signal, entry.clock_ms, skew)
+            return Received(entry, signal)
         except Invalid as err:
-            return Received(entry, None, err)
+            return Received(entry, None, err, market=market)
 
     return validate
 

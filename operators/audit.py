@@ -55,7 +55,8 @@ SENT_EVENTS = 4
 
 # Terminal outcomes: a signal that reached one of these is decided and its
 # stream entry may be acknowledged once the record of it is durable.
-TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", "closed")
+INVALID_TICK = "invalid_tick"  # a market entry refused (malformed, or a price the book cannot believe)
+TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", INVALID_TICK, "closed")
 
 
 @dataclass(slots=True)

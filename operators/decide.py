@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from operators.audit import FILTER_CHECK, POSITION_SIZING, SIGNAL_RECEIVED, Chain
 from operators.filters import Filter
 from operators.kelly import KellyParams, Sizing, size
+from operators.limits import PRICE_BAND
 from operators.portfolio import Portfolio
 from operators.signal import Signal
 
 
 NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
 MIN_SIZE = "min_size"  # sized below the venue's smallest lot
-SIZING_DROPS = (NO_PRICE, MIN_SIZE)  # the drops after every filter passed
+# PRICE_BAND: a reference price the book cannot believe (far from the mark, or absurd)
+SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE)  # the drops after every filter passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,19 @@ def is_expired(age_ms: int, ttl_seconds: int) -> bool:
     return age_ms > ttl_seconds * 1000
 
 
-def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams) -> Sizing:
-    price = signal.reference_price or book.price_of(signal.venue, signal.symbol) or 0.0
+def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, bool]:
+    """The price a signal is sized at and whether the book refuses it: the reference
+    price, or the symbol's mark without one; 0.0 when there is neither, or when the
+    reference price is refused (so nothing is sized on it, not even for a filter)."""
+    ref = signal.reference_price
+    if ref is None:
+        return book.price_of(signal.venue, signal.symbol) or 0.0, False
+    if book.refuses_reference(signal.symbol, ref):
+        return 0.0, True
+    return ref, False
+
+
+def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price: float) -> Sizing:
     return size(
         signal,
         nav=book.nav,
@@ -81,6 +94,7 @@ def judge(
     # sized when a portfolio filter needs the size or every filter passed: most signals
     # are dropped before either, and sizing was a tenth of judging one
     sizing: Sizing | None = None
+    price, refused = sizing_price(signal, book)
     checked: list[tuple[str, bool]] = []
     view = None
     stop = early.index if early else len(filters)
@@ -89,7 +103,7 @@ def judge(
             checked.append((f.name, True))  # passed in its own step already
             continue
         if view is None:
-            sizing = proposed_sizing(signal, book, kelly)
+            sizing = proposed_sizing(signal, book, kelly, price)
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))
@@ -98,7 +112,9 @@ def judge(
     if early:
         checked.append((early.name, False))
         return Verdict("dropped", early.name, checked, sizing, age)
-    sizing = sizing or proposed_sizing(signal, book, kelly)
+    sizing = sizing or proposed_sizing(signal, book, kelly, price)
+    if refused:
+        return Verdict("dropped", PRICE_BAND, checked, sizing, age)
     if sizing.price <= 0:
         return Verdict("dropped", NO_PRICE, checked, sizing, age)
     if sizing.quantity <= 0:

@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 
-from operators.signal import REGIMES, Invalid
+from operators.limits import Limits
+from operators.signal import MAX_SYMBOL_LENGTH, PRINTABLE, REGIMES, Invalid
+
+_PRINTABLE = re.compile(PRINTABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +20,14 @@ class Tick:
     regime: str | None
 
 
-def parse_tick(fields: dict[str, str]) -> Tick:
+def parse_tick(fields: dict[str, str], limits: Limits) -> Tick:
+    """A market entry, or ``Invalid``. A price must be believable on its own here
+    (``limits.outside_range``); whether it is believable next to the symbol's mark is
+    for the book to say."""
     symbol = fields.get("symbol") or None
+    if symbol is not None and (not isinstance(symbol, str) or len(symbol) > MAX_SYMBOL_LENGTH
+                               or not _PRINTABLE.match(symbol)):
+        raise Invalid(f"symbol: must be 1-{MAX_SYMBOL_LENGTH} printable characters, got {symbol!r}")
     regime = fields.get("regime") or None
     price = None
     if "price" in fields:
@@ -26,8 +35,9 @@ def parse_tick(fields: dict[str, str]) -> Tick:
             price = float(fields["price"])
         except (TypeError, ValueError):
             raise Invalid(f"price: not a number: {fields['price']!r}") from None
-        if not math.isfinite(price) or price <= 0:
-            raise Invalid(f"price: must be a positive number, got {fields['price']!r}")
+        why = limits.outside_range(price)
+        if why:
+            raise Invalid(why)
         if symbol is None:
             raise Invalid("symbol: a price needs a symbol")
     if regime is not None and regime not in REGIMES:

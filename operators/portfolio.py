@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from operators.exits import ClosedTrade, TradeTerms, regime_exit, stop_hit
 from operators.filters import PortfolioView
 from operators.kelly import KellyParams, KellyTracker
+from operators.limits import Limits, PriceGuard
 
 MINUTES_PER_YEAR = 365 * 24 * 60
 
@@ -81,6 +82,7 @@ class VolEstimator:
 class Portfolio:
     initial_nav: float
     kelly: KellyParams
+    limits: Limits = field(default_factory=Limits)
     cash: float = field(init=False)
     peak: float = field(init=False)
     positions: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -94,6 +96,7 @@ class Portfolio:
         self.peak = self.initial_nav
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
+        self._guard = PriceGuard(self.limits)
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
         # kept up to date symbol by symbol: rebuilding it from every position on each
         # fill was a sixth of the portfolio step once a few hundred symbols were held
@@ -132,6 +135,16 @@ class Portfolio:
 
     def price_of(self, venue: str, symbol: str) -> float | None:
         return self.marks.get(symbol)
+
+    def refuses_price(self, symbol: str, price: float) -> str | None:
+        """Why a tick's price must not mark the book (None: believe it). Asked before
+        ``on_price``: a price that is refused neither marks nor triggers an exit."""
+        return self._guard.check(symbol, price, self.marks.get(symbol))
+
+    def refuses_reference(self, symbol: str, price: float) -> str | None:
+        """Why a signal's reference price must not size an order: outside the band
+        around the symbol's mark, or unbelievable when there is no mark yet."""
+        return self.limits.outside_band(price, self.marks.get(symbol))
 
     def _observe(self, clock_ms: int) -> None:
         nav = self.nav

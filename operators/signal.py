@@ -9,6 +9,7 @@ meaning of a field and guessing would trade on a misread signal.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 
 Source = Literal[
     "mean_reversion",
@@ -40,6 +42,19 @@ REGIMES: tuple[str, ...] = Regime.__args__  # type: ignore[attr-defined]
 # A real number: ints and floats only, finite. A string or a bool that happens to
 # coerce to a number is a producer bug and must not size a position.
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+# Bounds on every duration and size a producer sends. Each is far beyond any real
+# signal and far inside what the arithmetic after it can hold: a holding period of
+# 1e308 hours used to overflow the deadline after the decision was recorded.
+MAX_TTL_SECONDS = 7 * 24 * 3600
+MAX_HOLDING_HOURS = 366 * 24
+MAX_POSITION_USD = 1e9
+MAX_BACKTEST_TRADES = 10**9
+MAX_ID_LENGTH = 128
+MAX_SYMBOL_LENGTH = 64
+# No control characters in what a terminal shows: an id carrying ESC[2J cleared the screen
+# of whoever ran ``apex audit`` (C0, DEL and C1).
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
 
 
 class _Strict(BaseModel):
@@ -64,7 +79,7 @@ class ExitRules(_Strict):
     description: str = ""
     hard_stop_pct: Real | None = Field(default=None, gt=0, lt=1)
     exit_regimes: list[Regime] = Field(default_factory=list)
-    max_holding_hours: Real | None = Field(default=None, gt=0)
+    max_holding_hours: Real | None = Field(default=None, gt=0, le=MAX_HOLDING_HOURS)
 
 
 class BacktestStats(_Strict):
@@ -73,26 +88,26 @@ class BacktestStats(_Strict):
     win_rate: Real = Field(ge=0, le=1)
     avg_win: Real | None = None
     avg_loss: Real | None = None
-    trades: int | None = Field(default=None, ge=0)
+    trades: int | None = Field(default=None, ge=0, le=MAX_BACKTEST_TRADES)
 
 
 class Signal(_Strict):
     """Schema version 1.x. Field order follows the producer's document."""
 
     version: str = Field(pattern=r"^1\.\d+$", description="major 1 only")
-    signal_id: str = Field(min_length=1, max_length=128)
+    signal_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE)
     timestamp: AwareDatetime = Field(description="emit time, ISO-8601 with zone")
-    ttl_seconds: int = Field(gt=0, strict=True)
+    ttl_seconds: int = Field(gt=0, le=MAX_TTL_SECONDS, strict=True)
     source: Source
     venue: Venue
-    symbol: str = Field(min_length=1)
+    symbol: str = Field(min_length=1, max_length=MAX_SYMBOL_LENGTH, pattern=PRINTABLE)
     side: Side
     confidence: Real = Field(ge=0, le=1)
     regime: Regime
     reference_price: Real | None = Field(default=None, gt=0)
     suggested_kelly: Real = Field(ge=0, le=1)
-    max_position_usd: Real = Field(gt=0)
-    holding_period_hours: Real = Field(gt=0)
+    max_position_usd: Real = Field(gt=0, le=MAX_POSITION_USD)
+    holding_period_hours: Real = Field(gt=0, le=MAX_HOLDING_HOURS)
     exit_rules: ExitRules
     backtest_stats: BacktestStats
     regime_change_alert: bool = Field(default=False, strict=True, description="added in 1.1")
@@ -152,4 +167,16 @@ def _guess_id(raw: bytes) -> str | None:
         sid = json.loads(raw).get("signal_id")
     except (ValueError, AttributeError):
         return None
-    return sid if isinstance(sid, str) and 0 < len(sid) <= 128 else None
+    return sid if isinstance(sid, str) and _PRINTABLE.match(sid) and len(sid) <= MAX_ID_LENGTH else None
+
+
+_PRINTABLE = re.compile(PRINTABLE)
+
+
+def check_clock(signal: Signal, clock_ms: int, skew_ms: int) -> None:
+    """Refuse a signal stamped later than the stream's clock allows: its age would be
+    negative, and a TTL counted from the future never expires."""
+    ahead = signal.emitted_ms - clock_ms
+    if ahead > skew_ms:
+        raise Invalid(f"{TIMESTAMP_IN_FUTURE}: stamped {ahead} ms ahead of the stream clock "
+                      f"(limits.clock_skew_ms {skew_ms})", signal.signal_id)
