@@ -54,14 +54,17 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, 
 
 
 def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | None = None,
-         redis_overrides: dict[str, Any] | None = None) -> tuple[Dataflow, Wiring]:
+         redis_overrides: dict[str, Any] | None = None, acker: Acker | None = None) -> tuple[Dataflow, Wiring]:
+    """``acker``: settles what the sink hands it, instead of the source's own (a test's
+    stand-in, to see what is durable at the moment an entry would be acknowledged)."""
     if redis_overrides:
         pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
     if source is None:
         spec, base = pipeline.source, pipeline.path.parent
     else:
         spec, base = source, Path.cwd()
-    src, acker = make_source(spec, pipeline, base)
+    src, own_acker = make_source(spec, pipeline, base)
+    acker = acker or own_acker
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)

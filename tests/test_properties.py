@@ -122,59 +122,72 @@ def test_a_hostile_tick_never_marks_the_book(fields):
     assert book.marks == {"BTC-USDT": 100.0}
 
 
-ORDINARY = [("o1", "BTC-USDT"), ("o2", "ETH-USDT")]
-_fresh: dict[str, dict] = {}
+HOSTILE_COUNT = 8
+END = T0 + 10 * (HOSTILE_COUNT + 1)  # the ordinary signal's clock, after every hostile entry
+_baseline: dict[str, dict] = {}
 
 
 def _sized(sizing: dict) -> dict:
     return {k: sizing[k] for k in ("nav", "vol", "drawdown", "tracker_multiplier", "size_usd", "quantity", "price")}
 
 
-def _fresh_sizing(sid: str, symbol: str, ms: int) -> dict:
-    """How a fresh book sizes the ordinary signal (the same document, at the same clock)."""
-    if sid not in _fresh:
-        with tempfile.TemporaryDirectory() as d:
-            _, _, sizing, _, _ = replay(Path(d), [_ordinary(sid, symbol, ms)])
-        _fresh[sid] = _sized(sizing[sid])
-    return _fresh[sid]
-
-
-def _ordinary(sid: str, symbol: str, ms: int) -> dict:
+def _signal(sid: str, symbol: str, ms: int, **fields) -> dict:
     e = signal(0, ms, symbol, "buy", 100.0)
-    doc = json.loads(e["fields"]["payload"])
-    doc["signal_id"] = sid
-    e["fields"]["payload"] = json.dumps(doc)
+    doc = json.loads(e["fields"]["payload"]) | {"signal_id": sid} | fields
+    e["fields"]["payload"] = _payload(doc)
     return e
+
+
+HELD = _signal("p0", "BTC-USDT", T0)  # a position the hostile entries must not disturb
+
+
+def _ordinary(sid: str, ms: int) -> dict:
+    return _signal(sid, "ETH-USDT", ms)
+
+
+def _baseline_sizing(sid: str, ms: int) -> dict:
+    """How the ordinary signal is sized when nothing hostile came before it: the held
+    position, then the signal, at the same clock."""
+    if sid not in _baseline:
+        with tempfile.TemporaryDirectory() as d:
+            _, _, sizing, _, _ = replay(Path(d), [HELD, _ordinary(sid, ms)])
+        _baseline[sid] = _sized(sizing[sid])
+    return _baseline[sid]
 
 
 @st.composite
 def hostile_entries(draw):
     out = []
-    for i in range(draw(st.integers(min_value=1, max_value=12))):
+    for i in range(HOSTILE_COUNT):
         ms = T0 + 10 * (i + 1)
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["tick", "tick", "numbers", "reference"]))
+        if kind == "tick":
             out.append(tick(ms, draw(st.sampled_from(["BTC-USDT", "ETH-USDT", "TSLA"])), draw(hostile_price)))
-        else:
+        elif kind == "numbers":  # out of bounds, or far in the past or the future
             doc = draw(hostile_signal(f"h{i}"))
-            doc["timestamp"] = draw(clocks)  # out of the allowance, far in the past, or just inside it
-            doc["reference_price"] = draw(st.sampled_from([1e-300, 5e-324, 1e12, 1e300, 1e308]))
+            doc["timestamp"] = draw(clocks)
             out.append({"stream": "argus:signals:stream", "id": f"{ms}-0", "fields": {"payload": _payload(doc)}})
+        else:  # valid in every field but a reference price no book can believe
+            out.append(_signal(f"h{i}", draw(st.sampled_from(["BTC-USDT", "SOL-USDT"])), ms,
+                               reference_price=draw(st.sampled_from([1e-300, 5e-324, 1e-9, 1e12, 1e300, 1e308]))))
     return out
 
 
-@settings(max_examples=5, **SETTINGS)
+@settings(max_examples=8, **SETTINGS)
 @given(entries=hostile_entries())
-def test_after_hostile_entries_an_ordinary_signal_is_sized_as_a_fresh_book_would(entries):
+def test_after_hostile_entries_an_ordinary_signal_is_sized_as_if_they_never_came(entries):
     """The run completes; every entry ends decided or invalid, never in error; every number
-    in the ledger and the audit store is finite; and an ordinary signal after the hostile
-    ones is sized as a fresh book sizes it, in the same run and after a restart."""
-    end = T0 + 10 * (len(entries) + 1)
+    in the ledger and the audit store is finite; the held position stays open; and an
+    ordinary signal after the hostile ones is sized exactly as without them, in the same
+    run and after a restart."""
     with tempfile.TemporaryDirectory() as d:
-        seen, _, sizing, _, state = replay(Path(d), entries + [_ordinary("o1", "BTC-USDT", end)])
+        seen, trades, sizing, _, state = replay(Path(d), [HELD, *entries, _ordinary("o1", END)])
         assert all(o.outcome in TERMINAL and o.terminal for o in seen), [(o.outcome, o.reason) for o in seen]
         assert {o.outcome for o in seen if o.signal_id.startswith("h")} <= {"invalid", "expired", "dropped"}
-        assert _sized(sizing["o1"]) == _fresh_sizing("o1", "BTC-USDT", end)
-        # a restart on the same state: the book rebuilt from the ledger sizes as a fresh one too
-        seen, _, sizing, _, _ = replay(Path(d), [_ordinary("o2", "ETH-USDT", end + 10)])
-        assert _sized(sizing["o2"]) == _fresh_sizing("o2", "ETH-USDT", end + 10)
+        assert "p0" not in trades
+        assert _sized(sizing["o1"]) == _baseline_sizing("o1", END)
+        # a restart on the same state: the book rebuilt from the ledger sizes the same way
+        seen, trades, sizing, _, _ = replay(Path(d), [_ordinary("o2", END + 10)])
+        assert _sized(sizing["o2"]) == _baseline_sizing("o2", END + 10)
+        assert "p0" not in trades
         _finite_everywhere(state)

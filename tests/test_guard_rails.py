@@ -1,0 +1,102 @@
+"""Promises the README makes that only a randomised test, or none, guarded: each test
+here names the promise it guards and fails when the promise breaks."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from bytewax.testing import run_main
+
+from connectors.ledger import Ledger
+from connectors.redis_streams import RedisAcker
+from connectors.venues.paper import PaperVenue
+from dataflows.apex import wire
+from dataflows.config import parse
+from operators.orders import Order, client_order_id
+from tests.helpers import Collector, payload, sig
+from tests.test_exits import T0, replay, signal, tick
+
+
+class DurabilityCheckingAcker:
+    """The real acker, asked first what another process would find in the ledger at the
+    moment each entry is acknowledged."""
+
+    def __init__(self, inner: RedisAcker, ledger_path):
+        self.inner, self.ledger_path = inner, ledger_path
+        self.acked_before_durable: list[str] = []
+        self.acked: list[str] = []
+
+    def settle(self, outcomes) -> None:
+        db = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True, timeout=10)
+        try:
+            for o in outcomes:
+                if not (o.terminal and o.stream_id and o.signal_id) or o.outcome == "invalid":
+                    continue
+                row = db.execute("SELECT stream_id FROM decisions WHERE signal_id = ?", (o.signal_id,)).fetchone()
+                (self.acked if row else self.acked_before_durable).append(o.signal_id)
+        finally:
+            db.close()
+        self.inner.settle(outcomes)
+
+
+def test_an_entry_is_acknowledged_only_once_its_decision_is_committed(tmp_path, redis_server):
+    """Promise: acknowledge only after the outcome is durable. At the moment the sink
+    acknowledges, another connection to the ledger already sees every acknowledged
+    entry's decision: a commit moved after the acknowledgement fails this."""
+    r = redis_server.client()
+    for i in range(40):
+        doc = sig(f"d{i}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), ttl_seconds=3600,
+                  confidence=0.9 if i % 2 else 0.1)
+        r.xadd("argus:signals:stream", {"payload": payload(doc)})
+    p = parse(f"state_dir: {tmp_path / 'state'}\nsource: {redis_server.url}\nredis: {{count: 7}}\n"
+              "stages:\n  - filter: confidence\n  - size: kelly\n  - execute: {venue: paper}\n",
+              tmp_path / "pipeline.yaml", {})
+    acker = DurabilityCheckingAcker(RedisAcker(p.redis.model_copy(update={"url": redis_server.url})),
+                                    p.ledger_path)
+    flow, _ = wire(p, observer=Collector(), redis_overrides={"stop_when_idle_ms": 300}, acker=acker)
+    run_main(flow)
+    assert acker.acked_before_durable == []
+    assert sorted(acker.acked) == sorted(f"d{i}" for i in range(40))
+    assert r.xpending("argus:signals:stream", "apex-consumer")["pending"] == 0
+
+
+def test_a_close_caught_in_the_crash_window_is_finished_at_start_without_a_second_order(tmp_path):
+    """Promise: a close whose intent was recorded but whose outcome was not (the process
+    died around the send) is finished when the book is rebuilt, by asking the venue:
+    the venue's fill closes the trade, and no second close order is sent."""
+    seen, trades, _, _, state = replay(tmp_path, [signal(1, T0, "BTC-USDT", "buy", 100.0, stop=0.05)])
+    assert "t1" not in trades
+    ledger, venue = Ledger(state / "ledger.sqlite"), PaperVenue(state / "paper-venue.sqlite")
+    (terms,) = ledger.open_trades()
+    close = Order(client_order_id("t1", "close"), "t1", "close", "okx", "BTC-USDT", "sell", terms.quantity,
+                  94.0, T0 + 100)
+    ledger.begin()
+    ledger.record_intent(close, "hard_stop")
+    ledger.commit()
+    venue.place_many([close])  # the venue took it; the process died before recording the fill
+    ledger.close()
+    venue.db.close()
+
+    seen, trades, _, closed, _ = replay(tmp_path, [tick(T0 + 200, "ETH-USDT", 50.0)])  # the restart
+    assert trades["t1"]["exit_reason"] == "hard_stop"
+    assert trades["t1"]["exit_price"] == 94.0
+    assert PaperVenue(state / "paper-venue.sqlite").orders_sent() == (2, 0)  # the open and one close
+    assert [o.outcome for o in seen if o.signal_id == "t1"] == ["closed"]
+
+
+def test_a_close_intent_the_venue_never_saw_is_sent_once_at_start(tmp_path):
+    """The same crash window, the process having died before the close left: asked, the
+    venue knows nothing of it, so it is sent now, once."""
+    _, _, _, _, state = replay(tmp_path, [signal(1, T0, "BTC-USDT", "buy", 100.0, stop=0.05)])
+    ledger = Ledger(state / "ledger.sqlite")
+    (terms,) = ledger.open_trades()
+    ledger.begin()
+    ledger.record_intent(Order(client_order_id("t1", "close"), "t1", "close", "okx", "BTC-USDT", "sell",
+                               terms.quantity, 94.0, T0 + 100), "hard_stop")
+    ledger.commit()
+    ledger.close()
+    _, trades, _, _, _ = replay(tmp_path, [tick(T0 + 200, "ETH-USDT", 50.0)])
+    assert trades["t1"]["exit_reason"] == "hard_stop"
+    assert PaperVenue(state / "paper-venue.sqlite").orders_sent() == (2, 0)
+
