@@ -30,8 +30,27 @@ def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
             err.print(f"[red]error[/red] {path}: {line}", markup=True, highlight=False)
         raise typer.Exit(1)
     if state_dir is not None:
-        p.state_dir = state_dir
+        p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
     return p
+
+
+def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Optional[str]) -> str:
+    """The audit store `apex run` wrote: a --state-dir names it (relative to the current folder),
+    else the pipeline's state_dir and clickhouse (--pipeline, or pipeline.yaml here if present),
+    else .apex here."""
+    if pipeline is None and state_dir is None and Path("pipeline.yaml").is_file():
+        pipeline = Path("pipeline.yaml")
+    if pipeline is not None:
+        p = _load(pipeline, state_dir)
+        root, dsn = p.state_dir, clickhouse or p.clickhouse_dsn
+    else:
+        root = (state_dir or Path(".apex")).resolve()
+        dsn = clickhouse or f"chdb://{root / 'clickhouse'}"
+    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
+        err.print(f"no audit trail under {root} (run `apex run` first, or pass --state-dir, --pipeline "
+                  "or --clickhouse)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    return dsn
 
 
 def _env() -> str:
@@ -106,6 +125,10 @@ def run(
     _print_summary(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+    if wiring.shipper is not None and wiring.shipper.problem:
+        err.print(f"apex run: the audit trail is incomplete: {wiring.shipper.problem}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _print_summary(s: dict) -> None:
@@ -141,11 +164,16 @@ def _print_summary(s: dict) -> None:
               highlight=False)
 
 
+STATE_DIR_HELP = "where the run kept its state (default: the pipeline's state_dir, else .apex)"
+PIPELINE_HELP = "the pipeline whose state_dir and clickhouse to read (default: pipeline.yaml here, if any)"
+
+
 @app.command()
 def audit(
     signal_id: Optional[str] = typer.Argument(None, help="one signal's decision chain; omit for all"),
-    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
-    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    state_dir: Optional[Path] = typer.Option(None, help=STATE_DIR_HELP),
+    pipeline: Optional[Path] = typer.Option(None, help=PIPELINE_HELP),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: the pipeline's, or embedded chdb under state_dir)"),
     format: str = typer.Option("table", help="table or jsonl"),
 ) -> None:
     """Rebuild decision chains from the audit trail in ClickHouse."""
@@ -154,11 +182,7 @@ def audit(
     if format not in ("table", "jsonl"):
         err.print("--format must be table or jsonl")
         raise typer.Exit(2)
-    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
-    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
-        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
-        raise typer.Exit(1)
-    store = AuditStore(dsn)
+    store = AuditStore(_trail(state_dir, pipeline, clickhouse))
     where = "WHERE signal_id = {sid:String}" if signal_id else ""
     rows = list(store.query_dicts(
         "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
@@ -191,15 +215,16 @@ def audit(
 
 @app.command()
 def report(
-    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
-    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    state_dir: Optional[Path] = typer.Option(None, help=STATE_DIR_HELP),
+    pipeline: Optional[Path] = typer.Option(None, help=PIPELINE_HELP),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: the pipeline's, or embedded chdb under state_dir)"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML page with charts"),
     initial_nav: float = typer.Option(1_000_000.0, help="NAV the equity curve starts from"),
 ) -> None:
     """Kelly efficiency, win rates, PnL, drop rates, latency and open positions from ClickHouse."""
     from apex.report import command
 
-    command(state_dir, clickhouse, html, initial_nav, out, err)
+    command(_trail(state_dir, pipeline, clickhouse), html, initial_nav, out, err)
 
 
 @app.command()

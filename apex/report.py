@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -42,16 +41,12 @@ def safe_dsn(dsn: str) -> str:
     return dsn if u.password is None else dsn.replace(f":{u.password}@", ":***@", 1)
 
 
-def load(state_dir: Path, clickhouse: str | None, initial_nav: float, err: Console) -> tuple[Report, str]:
+def load(dsn: str, initial_nav: float) -> Report:
     from connectors.clickhouse import AuditStore
 
-    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
-    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
-        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
-        raise typer.Exit(1)
     store = AuditStore(dsn)
     try:
-        return build(store, initial_nav), dsn
+        return build(store, initial_nav)
     finally:
         store.close()
 
@@ -125,9 +120,8 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
         out.print(f"… and {len(rep.open_positions) - OPEN_ROWS_IN_TERMINAL} more (all of them in --html)")
 
 
-def command(state_dir: Path, clickhouse: str | None, html: Path | None, initial_nav: float,
-            out: Console, err: Console) -> None:
-    rep, dsn = load(state_dir, clickhouse, initial_nav, err)
+def command(dsn: str, html: Path | None, initial_nav: float, out: Console, err: Console) -> None:
+    rep = load(dsn, initial_nav)
     print_report(rep, dsn, out)
     if html is not None:
         from apex.report_html import page

@@ -120,8 +120,10 @@ class Shipper:
     """
 
     def __init__(self, ledger_path: Path, dsn: str, *, max_backlog: int = 5_000):
-        self.ledger_path, self.dsn = Path(ledger_path), dsn
+        # absolute: the child runs in the repository's folder, not the worker's
+        self.ledger_path, self.dsn = Path(ledger_path).resolve(), dsn
         self.max_backlog = max_backlog
+        self.problem: str | None = None  # why the audit trail may be incomplete, for the run's end
         self._proc: subprocess.Popen | None = None
         self._db: sqlite3.Connection | None = None
         self._state_db: sqlite3.Connection | None = None
@@ -161,21 +163,37 @@ class Shipper:
         return top - self.shipped_seq
 
     def accepting(self) -> tuple[bool, str]:
-        """(False, why) when entries should stay pending: the store fails and the queue is long."""
+        """(False, why) when entries should stay pending: the store fails (or nothing ships
+        it any more) and the queue is long."""
         _, healthy, err = self.state()
+        proc = self._proc
+        if proc is not None and proc.poll() is not None and self.problem is None:
+            self.problem = f"the audit shipper exited with code {proc.returncode} while the run went on"
+            log.error("%s: audit rows stay in the outbox until the next start", self.problem)
+        if self.problem is not None:
+            healthy, err = False, self.problem
         return healthy or self.backlog() < self.max_backlog, err
 
     def stop(self, timeout_s: float = 120.0) -> None:
-        """Let the child drain the outbox and exit; then drop what it shipped."""
+        """Let the child drain the outbox and exit; then drop what it shipped. What it could
+        not ship stays for the next start, and ``problem`` says so."""
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is not None:
             proc.stdin.close()  # type: ignore[union-attr]
             try:
-                proc.wait(timeout_s)
+                code = proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                code = proc.wait()
             self.db.execute("DELETE FROM outbox WHERE seq <= ?", (self.shipped_seq,))
+            left, (_, _, err) = self.backlog(), self.state()
+            if code != 0 and self.problem is None:
+                self.problem = f"the audit shipper exited with code {code}"
+            if left > 0:
+                why = f" ({self.problem or err})" if self.problem or err else ""
+                self.problem = (f"{left} outbox rows were not shipped to ClickHouse{why}; "
+                                "they stay in the ledger and ship on the next start")
         for conn in (self._db, self._state_db):
             if conn is not None:
                 conn.close()
@@ -304,7 +322,11 @@ def main(ledger_path: str, dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except Exception as err:  # noqa: BLE001 - one line for the worker's log; the worker reports it
+        print(f"apex shipper: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        os._exit(1)
     # Everything is written and closed: skip the interpreter's and embedded ClickHouse's
     # teardown (~80 ms), which the end of every run waited for.
     sys.stderr.flush()
