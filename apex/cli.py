@@ -98,10 +98,9 @@ def run(
         raise typer.Exit(2)
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
-    stop = wiring.stop if hasattr(wiring.source, "stop") else None
-    if stop is not None:
-        signals.signal(signals.SIGTERM, lambda *_: stop())
-        signals.signal(signals.SIGINT, lambda *_: stop())
+    # a replay stops as a live run does: no more reading, in-flight work decided and recorded
+    signals.signal(signals.SIGTERM, lambda *_: wiring.stop())
+    signals.signal(signals.SIGINT, lambda *_: wiring.stop())
     err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
               f"clickhouse={p.clickhouse_dsn}", highlight=False)
     quiet_gc()

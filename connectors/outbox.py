@@ -25,6 +25,7 @@ import fcntl
 import gc
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +55,9 @@ BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 4096  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
+# How long the shipper may take to drain once told to stop (or orphaned): past it, the
+# rest stays in the outbox for the next start rather than holding the stop up forever.
+DRAIN_LIMIT_S = 120.0
 
 
 def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
@@ -145,9 +149,11 @@ class Shipper:
         with self._lock:
             reconcile(self.db, self.state_db)
             if self._proc is None:
+                # its own session: a signal to the worker's process group (Ctrl-C, systemd's
+                # stop) must not end it before it has shipped what the worker acknowledged
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "connectors.outbox", str(self.ledger_path), self.dsn],
-                    stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+                    stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                 )
 
     def state(self) -> tuple[int, bool, str]:
@@ -174,7 +180,7 @@ class Shipper:
             healthy, err = False, self.problem
         return healthy or self.backlog() < self.max_backlog, err
 
-    def stop(self, timeout_s: float = 120.0) -> None:
+    def stop(self, timeout_s: float = DRAIN_LIMIT_S + 30) -> None:
         """Let the child drain the outbox and exit; then drop what it shipped. What it could
         not ship stays for the next start, and ``problem`` says so."""
         with self._lock:
@@ -267,6 +273,11 @@ def spare_a_core() -> None:
 
 
 def main(ledger_path: str, dsn: str) -> None:
+    # Only the worker stops the shipper, by closing its stdin (or by dying): a SIGINT or SIGTERM
+    # meant for the whole service (systemd signals every process of the unit) is the worker's
+    # to act on, and the shipper drains what the worker acknowledged before it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from clickhouse_connect.driver import options
 
     from connectors.clickhouse import AuditStore
@@ -289,8 +300,8 @@ def main(ledger_path: str, dsn: str) -> None:
     state = connect_state(Path(ledger_path))
     seq = reconcile(db, state)
     store = None
-    closing = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), closing.set()), daemon=True).start()
+    closing, finished = threading.Event(), threading.Event()
+    threading.Thread(target=watch_parent, args=(closing, finished), daemon=True).start()
     backoff = INTERVAL_S
     while True:
         done = closing.is_set()
@@ -319,6 +330,17 @@ def main(ledger_path: str, dsn: str) -> None:
         store.close()
     db.close()
     state.close()
+    finished.set()
+
+
+def watch_parent(closing: threading.Event, finished: threading.Event) -> None:
+    """Stdin closes when the worker stops us or dies: drain, within ``DRAIN_LIMIT_S``."""
+    sys.stdin.read()
+    closing.set()
+    if not finished.wait(DRAIN_LIMIT_S):
+        print(f"apex shipper: still draining after {DRAIN_LIMIT_S:.0f} s; the rest stays in the outbox "
+              "for the next start", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class Wiring:
     shipper: Shipper | None = None
 
     def stop(self) -> None:
-        """Graceful stop (SIGTERM): the live source stops reading; in-flight work finishes."""
+        """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes."""
         getattr(self.source, "stop", lambda: None)()
 
 
