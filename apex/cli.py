@@ -7,8 +7,9 @@ import os
 import signal as signals
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -163,6 +164,23 @@ def _print_summary(s: dict) -> None:
               highlight=False)
 
 
+@contextmanager
+def _reading(dsn: str) -> Iterator:
+    """The audit store at ``dsn`` to read (through a running worker's shipper if it holds it);
+    a store that cannot be read now is one line and exit 1."""
+    from connectors.audit_query import TrailUnavailable, open_store
+
+    try:
+        store = open_store(dsn)
+        try:
+            yield store
+        finally:
+            store.close()
+    except TrailUnavailable as e:
+        err.print(f"apex: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 STATE_DIR_HELP = "where the run kept its state (default: the pipeline's state_dir, else .apex)"
 PIPELINE_HELP = "the pipeline whose state_dir and clickhouse to read (default: pipeline.yaml here, if any)"
 
@@ -176,19 +194,16 @@ def audit(
     format: str = typer.Option("table", help="table or jsonl"),
 ) -> None:
     """Rebuild decision chains from the audit trail in ClickHouse."""
-    from connectors.clickhouse import AuditStore
-
     if format not in ("table", "jsonl"):
         err.print("--format must be table or jsonl")
         raise typer.Exit(2)
-    store = AuditStore(_trail(state_dir, pipeline, clickhouse))
     where = "WHERE signal_id = {sid:String}" if signal_id else ""
-    rows = list(store.query_dicts(
-        "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
-        f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
-        {"sid": signal_id} if signal_id else None,
-    ))
-    store.close()
+    with _reading(_trail(state_dir, pipeline, clickhouse)) as store:
+        rows = list(store.query_dicts(
+            "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
+            f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
+            {"sid": signal_id} if signal_id else None,
+        ))
     if signal_id and not rows:
         err.print(f"no audit events for signal_id {signal_id!r}")
         raise typer.Exit(1)
@@ -223,7 +238,9 @@ def report(
     """Kelly efficiency, win rates, PnL, drop rates, latency and open positions from ClickHouse."""
     from apex.report import command
 
-    command(_trail(state_dir, pipeline, clickhouse), html, initial_nav, out, err)
+    dsn = _trail(state_dir, pipeline, clickhouse)
+    with _reading(dsn) as store:
+        command(store, dsn, html, initial_nav, out, err)
 
 
 @app.command()

@@ -41,16 +41,6 @@ def safe_dsn(dsn: str) -> str:
     return dsn if u.password is None else dsn.replace(f":{u.password}@", ":***@", 1)
 
 
-def load(dsn: str, initial_nav: float) -> Report:
-    from connectors.clickhouse import AuditStore
-
-    store = AuditStore(dsn)
-    try:
-        return build(store, initial_nav)
-    finally:
-        store.close()
-
-
 def headline(rep: Report) -> list[tuple[str, str, str]]:
     """(label, value, note) for the figures a reader wants first."""
     eq = rep.equity[-1].equity if rep.equity else rep.initial_nav
@@ -120,8 +110,9 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
         out.print(f"… and {len(rep.open_positions) - OPEN_ROWS_IN_TERMINAL} more (all of them in --html)")
 
 
-def command(dsn: str, html: Path | None, initial_nav: float, out: Console, err: Console) -> None:
-    rep = load(dsn, initial_nav)
+def command(store, dsn: str, html: Path | None, initial_nav: float, out: Console, err: Console) -> None:
+    """``store`` has ``query_dicts`` (``connectors.audit_query.open_store``); ``dsn`` is shown."""
+    rep = build(store, initial_nav)
     print_report(rep, dsn, out)
     if html is not None:
         from apex.report_html import page

@@ -280,7 +280,8 @@ def main(ledger_path: str, dsn: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from clickhouse_connect.driver import options
 
-    from connectors.clickhouse import AuditStore
+    from connectors.audit_query import socket_path
+    from connectors.audit_server import SharedStore, serve
 
     # The shipper inserts lists. clickhouse-connect resolves pandas lazily to check for a
     # DataFrame, which imported it (~0.3 s) at the first insert: the end of every short run.
@@ -299,19 +300,21 @@ def main(ledger_path: str, dsn: str) -> None:
     db = connect(Path(ledger_path))
     state = connect_state(Path(ledger_path))
     seq = reconcile(db, state)
-    store = None
+    # while the worker runs, `apex audit` and `apex report` can read the store only through us
+    store = SharedStore(dsn)
+    server = serve(socket_path(dsn), store) if dsn.startswith("chdb://") else None
     closing, finished = threading.Event(), threading.Event()
     threading.Thread(target=watch_parent, args=(closing, finished), daemon=True).start()
     backoff = INTERVAL_S
     while True:
         done = closing.is_set()
         try:
-            store = store or AuditStore(dsn)
             # One chunk a round unless a backlog fills chunks (or at the end): looping until
             # caught up never slept once inserts ran slower than the worker produced rows.
             more, rows = True, 0
             while more:
-                new, full, n = ship_once(db, store, seq)
+                with store.lock:  # a query waits for the chunk in hand, not for the whole round
+                    new, full, n = ship_once(db, store.get(), seq)
                 if new == seq:
                     break
                 seq, more, rows = new, full or done, rows + n
@@ -319,15 +322,16 @@ def main(ledger_path: str, dsn: str) -> None:
             backoff = next_wait(rows)
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)
-            store = None
+            store.drop()
             backoff = min(max(backoff * 2, 0.2), 5.0)
             if done:
                 break
         if done:
             break
         closing.wait(backoff)
-    if store is not None:
-        store.close()
+    if server is not None:
+        server.close()
+    store.close()
     db.close()
     state.close()
     finished.set()
