@@ -41,12 +41,14 @@ def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Opti
     else .apex here."""
     if pipeline is None and state_dir is None and Path("pipeline.yaml").is_file():
         pipeline = Path("pipeline.yaml")
+    from connectors.audit_query import absolute
+
     if pipeline is not None:
         p = _load(pipeline, state_dir)
-        root, dsn = p.state_dir, clickhouse or p.clickhouse_dsn
+        root, dsn = p.state_dir, absolute(clickhouse or p.clickhouse_dsn)
     else:
         root = (state_dir or Path(".apex")).resolve()
-        dsn = clickhouse or f"chdb://{root / 'clickhouse'}"
+        dsn = absolute(clickhouse or f"chdb://{root / 'clickhouse'}")
     if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
         err.print(f"no audit trail under {root} (run `apex run` first, or pass --state-dir, --pipeline "
                   "or --clickhouse)", highlight=False, soft_wrap=True)

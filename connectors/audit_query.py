@@ -39,6 +39,12 @@ def store_path(dsn: str) -> Path:
     return Path(dsn.removeprefix("chdb://"))
 
 
+def absolute(dsn: str) -> str:
+    """An embedded store's DSN with its path made absolute against the current folder, so
+    that a process started elsewhere (the shipper) opens the same store."""
+    return f"chdb://{store_path(dsn).resolve()}" if dsn.startswith("chdb://") else dsn
+
+
 def socket_path(dsn: str) -> Path:
     """Beside the store it answers for: ``STATE_DIR/clickhouse.sock`` by default."""
     p = store_path(dsn)

@@ -36,6 +36,8 @@ from pathlib import Path
 import lz4.frame
 import orjson
 
+from connectors.audit_query import absolute, socket_path
+
 log = logging.getLogger("apex.outbox")
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, rows BLOB NOT NULL);"
@@ -125,7 +127,7 @@ class Shipper:
 
     def __init__(self, ledger_path: Path, dsn: str, *, max_backlog: int = 5_000):
         # absolute: the child runs in the repository's folder, not the worker's
-        self.ledger_path, self.dsn = Path(ledger_path).resolve(), dsn
+        self.ledger_path, self.dsn = Path(ledger_path).resolve(), absolute(dsn)
         self.max_backlog = max_backlog
         self.problem: str | None = None  # why the audit trail may be incomplete, for the run's end
         self._proc: subprocess.Popen | None = None
@@ -280,7 +282,6 @@ def main(ledger_path: str, dsn: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from clickhouse_connect.driver import options
 
-    from connectors.audit_query import socket_path
     from connectors.audit_server import SharedStore, serve
 
     # The shipper inserts lists. clickhouse-connect resolves pandas lazily to check for a

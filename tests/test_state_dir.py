@@ -77,3 +77,15 @@ def test_a_shipper_that_cannot_start_makes_the_run_say_so_and_fail(tmp_path):
     assert "the audit trail is incomplete" in run.stderr and "ship on the next start" in run.stderr
     assert "Traceback" not in run.stderr
     assert "total" in run.stdout  # the summary of what was decided still prints
+
+
+def test_a_relative_embedded_clickhouse_dsn_is_the_same_store_for_every_process(tmp_path):
+    cfg, _, sid = setup(tmp_path)
+    doc = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({**doc, "clickhouse": "chdb://rel-ch"}, sort_keys=False))
+    run = apex("run", "../pipeline.yaml", "--no-progress", cwd=cfg)
+    assert run.returncode == 0, run.stderr
+    assert (cfg / "rel-ch").is_dir()  # where the worker was started, not where the shipper runs
+    audit = apex("audit", "--clickhouse", "chdb://rel-ch", sid, cwd=cfg)
+    assert audit.returncode == 0, audit.stderr
+    assert sid in audit.stdout
