@@ -119,9 +119,11 @@ class TrailReader:
         self.direct = None
 
     def result(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
+        from clickhouse_connect.driver.exceptions import Error
+
         from connectors.clickhouse import AuditStore
 
-        deadline = time.monotonic() + self.wait_s
+        path, deadline = store_path(self.dsn), time.monotonic() + self.wait_s
         while True:
             if self.direct is not None:
                 res = self.direct.client.query(sql, parameters=parameters)
@@ -130,13 +132,15 @@ class TrailReader:
                 return ask(socket_path(self.dsn), sql, parameters)
             except NoAnswer:
                 pass
-            if not held(store_path(self.dsn)):
-                self.direct = AuditStore(self.dsn)
-                continue
+            why = "it is open in another process that does not answer queries (a worker still starting?)"
+            if not held(path):
+                try:
+                    self.direct = AuditStore(self.dsn)
+                    continue
+                except Error as err:  # taken between the look and the open, or unreadable
+                    why = str(err).splitlines()[0]
             if time.monotonic() > deadline:
-                raise TrailUnavailable(
-                    f"the audit store {store_path(self.dsn)} is open in another process that does not "
-                    f"answer queries (an older Apex, or a worker still starting); try again")
+                raise TrailUnavailable(f"cannot read the audit store {path}: {why}; try again")
             time.sleep(0.05)  # a worker starting or stopping: look again shortly
 
     def query(self, sql: str, parameters: dict | None = None) -> list[tuple]:
