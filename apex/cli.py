@@ -7,8 +7,9 @@ import os
 import signal as signals
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -30,8 +31,29 @@ def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
             err.print(f"[red]error[/red] {path}: {line}", markup=True, highlight=False)
         raise typer.Exit(1)
     if state_dir is not None:
-        p.state_dir = state_dir
+        p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
     return p
+
+
+def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Optional[str]) -> str:
+    """The audit store `apex run` wrote: a --state-dir names it (relative to the current folder),
+    else the pipeline's state_dir and clickhouse (--pipeline, or pipeline.yaml here if present),
+    else .apex here."""
+    if pipeline is None and state_dir is None and Path("pipeline.yaml").is_file():
+        pipeline = Path("pipeline.yaml")
+    from connectors.audit_query import absolute
+
+    if pipeline is not None:
+        p = _load(pipeline, state_dir)
+        root, dsn = p.state_dir, absolute(clickhouse or p.clickhouse_dsn)
+    else:
+        root = (state_dir or Path(".apex")).resolve()
+        dsn = absolute(clickhouse or f"chdb://{root / 'clickhouse'}")
+    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
+        err.print(f"no audit trail under {root} (run `apex run` first, or pass --state-dir, --pipeline "
+                  "or --clickhouse)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    return dsn
 
 
 def _env() -> str:
@@ -79,10 +101,9 @@ def run(
         raise typer.Exit(2)
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
-    stop = wiring.stop if hasattr(wiring.source, "stop") else None
-    if stop is not None:
-        signals.signal(signals.SIGTERM, lambda *_: stop())
-        signals.signal(signals.SIGINT, lambda *_: stop())
+    # a replay stops as a live run does: no more reading, in-flight work decided and recorded
+    signals.signal(signals.SIGTERM, lambda *_: wiring.stop())
+    signals.signal(signals.SIGINT, lambda *_: wiring.stop())
     err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
               f"clickhouse={p.clickhouse_dsn}", highlight=False)
     quiet_gc()
@@ -106,6 +127,10 @@ def run(
     _print_summary(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+    if wiring.shipper is not None and wiring.shipper.problem:
+        err.print(f"apex run: the audit trail is incomplete: {wiring.shipper.problem}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _print_summary(s: dict) -> None:
@@ -141,31 +166,46 @@ def _print_summary(s: dict) -> None:
               highlight=False)
 
 
+@contextmanager
+def _reading(dsn: str) -> Iterator:
+    """The audit store at ``dsn`` to read (through a running worker's shipper if it holds it);
+    a store that cannot be read now is one line and exit 1."""
+    from connectors.audit_query import TrailUnavailable, open_store
+
+    try:
+        store = open_store(dsn)
+        try:
+            yield store
+        finally:
+            store.close()
+    except TrailUnavailable as e:
+        err.print(f"apex: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+STATE_DIR_HELP = "where the run kept its state (default: the pipeline's state_dir, else .apex)"
+PIPELINE_HELP = "the pipeline whose state_dir and clickhouse to read (default: pipeline.yaml here, if any)"
+
+
 @app.command()
 def audit(
     signal_id: Optional[str] = typer.Argument(None, help="one signal's decision chain; omit for all"),
-    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
-    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    state_dir: Optional[Path] = typer.Option(None, help=STATE_DIR_HELP),
+    pipeline: Optional[Path] = typer.Option(None, help=PIPELINE_HELP),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: the pipeline's, or embedded chdb under state_dir)"),
     format: str = typer.Option("table", help="table or jsonl"),
 ) -> None:
     """Rebuild decision chains from the audit trail in ClickHouse."""
-    from connectors.clickhouse import AuditStore
-
     if format not in ("table", "jsonl"):
         err.print("--format must be table or jsonl")
         raise typer.Exit(2)
-    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
-    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
-        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
-        raise typer.Exit(1)
-    store = AuditStore(dsn)
     where = "WHERE signal_id = {sid:String}" if signal_id else ""
-    rows = list(store.query_dicts(
-        "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
-        f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
-        {"sid": signal_id} if signal_id else None,
-    ))
-    store.close()
+    with _reading(_trail(state_dir, pipeline, clickhouse)) as store:
+        rows = list(store.query_dicts(
+            "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
+            f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
+            {"sid": signal_id} if signal_id else None,
+        ))
     if signal_id and not rows:
         err.print(f"no audit events for signal_id {signal_id!r}")
         raise typer.Exit(1)
@@ -191,15 +231,18 @@ def audit(
 
 @app.command()
 def report(
-    state_dir: Path = typer.Option(Path(".apex"), help="where the run kept its state"),
-    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: embedded chdb under state_dir)"),
+    state_dir: Optional[Path] = typer.Option(None, help=STATE_DIR_HELP),
+    pipeline: Optional[Path] = typer.Option(None, help=PIPELINE_HELP),
+    clickhouse: Optional[str] = typer.Option(None, help="DSN (default: the pipeline's, or embedded chdb under state_dir)"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML page with charts"),
     initial_nav: float = typer.Option(1_000_000.0, help="NAV the equity curve starts from"),
 ) -> None:
     """Kelly efficiency, win rates, PnL, drop rates, latency and open positions from ClickHouse."""
     from apex.report import command
 
-    command(state_dir, clickhouse, html, initial_nav, out, err)
+    dsn = _trail(state_dir, pipeline, clickhouse)
+    with _reading(dsn) as store:
+        command(store, dsn, html, initial_nav, out, err)
 
 
 @app.command()

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -40,20 +39,6 @@ def safe_dsn(dsn: str) -> str:
     """The DSN without its password, since the page may travel further than the credentials should."""
     u = urlsplit(dsn)
     return dsn if u.password is None else dsn.replace(f":{u.password}@", ":***@", 1)
-
-
-def load(state_dir: Path, clickhouse: str | None, initial_nav: float, err: Console) -> tuple[Report, str]:
-    from connectors.clickhouse import AuditStore
-
-    dsn = clickhouse or f"chdb://{(state_dir / 'clickhouse').resolve()}"
-    if dsn.startswith("chdb://") and not (state_dir / "clickhouse").exists():
-        err.print(f"no audit trail under {state_dir} (run `apex run` first, or pass --clickhouse)")
-        raise typer.Exit(1)
-    store = AuditStore(dsn)
-    try:
-        return build(store, initial_nav), dsn
-    finally:
-        store.close()
 
 
 def headline(rep: Report) -> list[tuple[str, str, str]]:
@@ -127,9 +112,9 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
         out.print(f"… and {len(rep.open_positions) - OPEN_ROWS_IN_TERMINAL} more (all of them in --html)")
 
 
-def command(state_dir: Path, clickhouse: str | None, html: Path | None, initial_nav: float,
-            out: Console, err: Console) -> None:
-    rep, dsn = load(state_dir, clickhouse, initial_nav, err)
+def command(store, dsn: str, html: Path | None, initial_nav: float, out: Console, err: Console) -> None:
+    """``store`` has ``query_dicts`` (``connectors.audit_query.open_store``); ``dsn`` is shown."""
+    rep = build(store, initial_nav)
     print_report(rep, dsn, out)
     if html is not None:
         from apex.report_html import page

@@ -25,6 +25,7 @@ import fcntl
 import gc
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import lz4.frame
 import orjson
+
+from connectors.audit_query import absolute, socket_path
 
 log = logging.getLogger("apex.outbox")
 
@@ -54,6 +57,9 @@ BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 4096  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
+# How long the shipper may take to drain once told to stop (or orphaned): past it, the
+# rest stays in the outbox for the next start rather than holding the stop up forever.
+DRAIN_LIMIT_S = 120.0
 
 
 def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
@@ -120,8 +126,10 @@ class Shipper:
     """
 
     def __init__(self, ledger_path: Path, dsn: str, *, max_backlog: int = 5_000):
-        self.ledger_path, self.dsn = Path(ledger_path), dsn
+        # absolute: the child runs in the repository's folder, not the worker's
+        self.ledger_path, self.dsn = Path(ledger_path).resolve(), absolute(dsn)
         self.max_backlog = max_backlog
+        self.problem: str | None = None  # why the audit trail may be incomplete, for the run's end
         self._proc: subprocess.Popen | None = None
         self._db: sqlite3.Connection | None = None
         self._state_db: sqlite3.Connection | None = None
@@ -143,9 +151,11 @@ class Shipper:
         with self._lock:
             reconcile(self.db, self.state_db)
             if self._proc is None:
+                # its own session: a signal to the worker's process group (Ctrl-C, systemd's
+                # stop) must not end it before it has shipped what the worker acknowledged
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "connectors.outbox", str(self.ledger_path), self.dsn],
-                    stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+                    stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                 )
 
     def state(self) -> tuple[int, bool, str]:
@@ -161,21 +171,37 @@ class Shipper:
         return top - self.shipped_seq
 
     def accepting(self) -> tuple[bool, str]:
-        """(False, why) when entries should stay pending: the store fails and the queue is long."""
+        """(False, why) when entries should stay pending: the store fails (or nothing ships
+        it any more) and the queue is long."""
         _, healthy, err = self.state()
+        proc = self._proc
+        if proc is not None and proc.poll() is not None and self.problem is None:
+            self.problem = f"the audit shipper exited with code {proc.returncode} while the run went on"
+            log.error("%s: audit rows stay in the outbox until the next start", self.problem)
+        if self.problem is not None:
+            healthy, err = False, self.problem
         return healthy or self.backlog() < self.max_backlog, err
 
-    def stop(self, timeout_s: float = 120.0) -> None:
-        """Let the child drain the outbox and exit; then drop what it shipped."""
+    def stop(self, timeout_s: float = DRAIN_LIMIT_S + 30) -> None:
+        """Let the child drain the outbox and exit; then drop what it shipped. What it could
+        not ship stays for the next start, and ``problem`` says so."""
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is not None:
             proc.stdin.close()  # type: ignore[union-attr]
             try:
-                proc.wait(timeout_s)
+                code = proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                code = proc.wait()
             self.db.execute("DELETE FROM outbox WHERE seq <= ?", (self.shipped_seq,))
+            left, (_, _, err) = self.backlog(), self.state()
+            if code != 0 and self.problem is None:
+                self.problem = f"the audit shipper exited with code {code}"
+            if left > 0:
+                why = f" ({self.problem or err})" if self.problem or err else ""
+                self.problem = (f"{left} outbox rows were not shipped to ClickHouse{why}; "
+                                "they stay in the ledger and ship on the next start")
         for conn in (self._db, self._state_db):
             if conn is not None:
                 conn.close()
@@ -249,9 +275,14 @@ def spare_a_core() -> None:
 
 
 def main(ledger_path: str, dsn: str) -> None:
+    # Only the worker stops the shipper, by closing its stdin (or by dying): a SIGINT or SIGTERM
+    # meant for the whole service (systemd signals every process of the unit) is the worker's
+    # to act on, and the shipper drains what the worker acknowledged before it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from clickhouse_connect.driver import options
 
-    from connectors.clickhouse import AuditStore
+    from connectors.audit_server import SharedStore, serve
 
     # The shipper inserts lists. clickhouse-connect resolves pandas lazily to check for a
     # DataFrame, which imported it (~0.3 s) at the first insert: the end of every short run.
@@ -270,19 +301,21 @@ def main(ledger_path: str, dsn: str) -> None:
     db = connect(Path(ledger_path))
     state = connect_state(Path(ledger_path))
     seq = reconcile(db, state)
-    store = None
-    closing = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), closing.set()), daemon=True).start()
+    # while the worker runs, `apex audit` and `apex report` can read the store only through us
+    store = SharedStore(dsn)
+    server = serve(socket_path(dsn), store) if dsn.startswith("chdb://") else None
+    closing, finished = threading.Event(), threading.Event()
+    threading.Thread(target=watch_parent, args=(closing, finished), daemon=True).start()
     backoff = INTERVAL_S
     while True:
         done = closing.is_set()
         try:
-            store = store or AuditStore(dsn)
             # One chunk a round unless a backlog fills chunks (or at the end): looping until
             # caught up never slept once inserts ran slower than the worker produced rows.
             more, rows = True, 0
             while more:
-                new, full, n = ship_once(db, store, seq)
+                with store.lock:  # a query waits for the chunk in hand, not for the whole round
+                    new, full, n = ship_once(db, store.get(), seq)
                 if new == seq:
                     break
                 seq, more, rows = new, full or done, rows + n
@@ -290,21 +323,37 @@ def main(ledger_path: str, dsn: str) -> None:
             backoff = next_wait(rows)
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)
-            store = None
+            store.drop()
             backoff = min(max(backoff * 2, 0.2), 5.0)
             if done:
                 break
         if done:
             break
         closing.wait(backoff)
-    if store is not None:
-        store.close()
+    if server is not None:
+        server.close()
+    store.close()
     db.close()
     state.close()
+    finished.set()
+
+
+def watch_parent(closing: threading.Event, finished: threading.Event) -> None:
+    """Stdin closes when the worker stops us or dies: drain, within ``DRAIN_LIMIT_S``."""
+    sys.stdin.read()
+    closing.set()
+    if not finished.wait(DRAIN_LIMIT_S):
+        print(f"apex shipper: still draining after {DRAIN_LIMIT_S:.0f} s; the rest stays in the outbox "
+              "for the next start", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except Exception as err:  # noqa: BLE001 - one line for the worker's log; the worker reports it
+        print(f"apex shipper: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        os._exit(1)
     # Everything is written and closed: skip the interpreter's and embedded ClickHouse's
     # teardown (~80 ms), which the end of every run waited for.
     sys.stderr.flush()

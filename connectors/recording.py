@@ -36,7 +36,8 @@ def count_entries(path: Path) -> int:
 
 
 class _RecordingPartition(StatefulSourcePartition[Entry, int]):
-    def __init__(self, path: Path, skip: int):
+    def __init__(self, path: Path, skip: int, source: "RecordingSource"):
+        self.source = source
         self._it = read_lines(path)
         self._pos = 0
         for _ in range(skip):
@@ -44,6 +45,8 @@ class _RecordingPartition(StatefulSourcePartition[Entry, int]):
             self._pos += 1
 
     def next_batch(self) -> list[Entry]:
+        if self.source.stopping:
+            raise StopIteration
         out = []
         now = time.perf_counter_ns()
         for rec in self._it:
@@ -63,9 +66,15 @@ class _RecordingPartition(StatefulSourcePartition[Entry, int]):
 class RecordingSource(FixedPartitionedSource[Entry, int]):
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.stopping = False
+
+    def stop(self) -> None:
+        """From a signal handler (Ctrl-C): the replay ends at its next batch, as a live run
+        does, and what is in flight is decided and recorded."""
+        self.stopping = True
 
     def list_parts(self) -> list[str]:
         return [self.path.name]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RecordingPartition:
-        return _RecordingPartition(self.path, resume_state or 0)
+        return _RecordingPartition(self.path, resume_state or 0, self)

@@ -34,9 +34,10 @@ class Wiring:
     pipeline: Pipeline
     source: Any
     acker: Acker | None = None
+    shipper: Shipper | None = None
 
     def stop(self) -> None:
-        """Graceful stop (SIGTERM): the live source stops reading; in-flight work finishes."""
+        """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes."""
         getattr(self.source, "stop", lambda: None)()
 
 
@@ -84,7 +85,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker)
+    return flow, Wiring(pipeline, src, acker, shipper)
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:

@@ -114,7 +114,7 @@ class Worker:
     running: list["Worker"] = []  # so a failing test does not leave workers behind
 
     def __init__(self, tmp_path: Path, pipeline: Path, consumer: str = "apex-worker-1", *args: str,
-                 state: str = "state"):
+                 state: str = "state", session: bool = False):
         n = len(list(tmp_path.glob(f"{consumer}-*.log")))
         self.log = tmp_path / f"{consumer}-{n}.log"
         self.json = tmp_path / f"{consumer}-{n}.json"
@@ -124,7 +124,8 @@ class Worker:
             self.proc = subprocess.Popen(
                 [APEX, "run", str(pipeline), "--consumer", consumer, "--state-dir", str(self.state),
                  "--no-progress", "--json", str(self.json), *args],
-                stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "APEX_ENV": "paper"})
+                stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "APEX_ENV": "paper"},
+                start_new_session=session)  # a process group of its own, as under systemd or in a terminal
         Worker.running.append(self)
 
     def output(self) -> str:
