@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS trades (
     closed_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
+CREATE TABLE IF NOT EXISTS book (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL  -- what the book learnt from the market (Portfolio.market_state), as of the last batch
+);
 """  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
 # Every key here is random (signal ids, hashes), so each index an order touches is one more
 # random page written to the WAL at each commit: rowid tables keep rows in arrival order,
@@ -364,6 +368,14 @@ class Ledger:
             "UPDATE trades SET status='closed', won=?, closed_seq=? WHERE signal_id=?",
             (int(closed.won), self._next("close"), closed.terms.signal_id),
         )
+
+    def record_book(self, state: dict) -> None:
+        """In the batch's transaction, so it always matches the fills committed with it."""
+        self.db.execute("INSERT OR REPLACE INTO book VALUES (1, ?)", (orjson.dumps(state),))
+
+    def book(self) -> dict | None:
+        row = self.db.execute("SELECT state FROM book").fetchone()
+        return orjson.loads(row[0]) if row else None
 
     def open_trades(self) -> list[TradeTerms]:
         rows = self.db.execute("SELECT terms FROM trades WHERE status='open' ORDER BY signal_id")

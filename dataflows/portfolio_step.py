@@ -94,6 +94,9 @@ class PortfolioStep:
             book.open(terms)
         for won, expected in self.ledger.recent_closes(self.p.kelly.tracker.window):
             book.tracker.record(won, expected)
+        market = self.ledger.book()
+        if market is not None:
+            book.restore_market(market)
         for order, _, trade in self.ledger.dangling("open"):
             if trade is not None and order.signal_id not in book.open_trades:
                 self._recover_open(book, order, *trade)

@@ -80,6 +80,7 @@ class PortfolioLogic(StatefulBatchLogic):
                 self.book = self.step(self.book, item, out)
             if self.book is not None:
                 self.step.send_orders(self.book)
+                ledger.record_book(self.book.market_state())
             # after the orders have left: the shipper's watermark (its own file) is not on their path
             ledger.prune(shipper.shipped_seq if shipper is not None else 0)
         finally:

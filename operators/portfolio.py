@@ -67,6 +67,17 @@ class VolEstimator:
         self._minute = minute
         self._current = nav
 
+    def state(self) -> dict:
+        """What a restart needs to go on estimating as if it had never stopped."""
+        return {"returns": list(self._returns), "minute": self._minute, "last_close": self._last_close,
+                "current": self._current}
+
+    def restore(self, state: dict) -> None:
+        self._returns.clear()
+        self._returns.extend(state["returns"])
+        self._minute, self._last_close, self._current = state["minute"], state["last_close"], state["current"]
+        self._annualized = None
+
     def annualized(self) -> float:
         if self._annualized is None:
             n = len(self._returns)
@@ -129,6 +140,21 @@ class Portfolio:
             else:
                 self._values.pop(key, None)
         self._nav = None
+
+    def market_state(self) -> dict:
+        """What the book learnt from the market rather than from its fills: the marks, the
+        peak NAV, the regime and the volatility. Fills alone rebuild positions and cash; a
+        restart without these would mark every position at its last fill, forget the
+        drawdown and size the next signal with no volatility haircut."""
+        return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state()}
+
+    def restore_market(self, state: dict) -> None:
+        """After the fills are applied: the market as the book last saw it (``market_state``)."""
+        for symbol, price in state["marks"].items():
+            self._mark(symbol, price)
+        self.peak = state["peak"]  # the NAVs seen while the fills were applied again were never real
+        self.regime = state["regime"]
+        self.vol_estimator.restore(state["vol"])
 
     def view(self, proposed_usd: float) -> PortfolioView:
         return PortfolioView(self.nav, self.position_values(), proposed_usd)

@@ -15,7 +15,7 @@ from dataflows.apex import wire
 from dataflows.config import parse
 from operators.orders import Order, client_order_id
 from tests.helpers import Collector, payload, sig
-from tests.test_exits import T0, replay, signal, tick
+from tests.test_exits import MIN, T0, replay, signal, tick
 
 
 class DurabilityCheckingAcker:
@@ -100,3 +100,31 @@ def test_a_close_intent_the_venue_never_saw_is_sent_once_at_start(tmp_path):
     assert trades["t1"]["exit_reason"] == "hard_stop"
     assert PaperVenue(state / "paper-venue.sqlite").orders_sent() == (2, 0)
 
+
+
+def _losers_and_a_volatile_market() -> list[dict]:
+    """Six trades closed at a loss (the KellyTracker's multiplier falls to its floor), then
+    a held position whose price swings every minute (the book's volatility passes the
+    haircut's threshold) and ends below its peak (a drawdown)."""
+    out = []
+    for i, sym in enumerate(["SOL-USDT", "XRP-USDT", "ADA-USDT", "DOT-USDT", "LTC-USDT", "LINK-USDT"]):
+        out += [signal(10 + i, T0 + 10 * i, sym, "buy", 100.0, stop=0.05), tick(T0 + 10 * i + 5, sym, 90.0)]
+    out.append(signal(1, T0 + 100, "BTC-USDT", "buy", 100.0, stop=0.9, kelly=0.3, cap=1e6))
+    for m in range(1, 11):
+        out.append(tick(T0 + 100 + m * MIN, "BTC-USDT", 100.0 * (1.08 if m % 2 else 0.93)))
+    return out
+
+
+def test_a_restart_sizes_the_next_signal_as_the_run_would_have_gone_on(tmp_path):
+    """Promise: a restart rebuilds the book from the ledger: the KellyTracker's window, the
+    marks, the peak NAV and the volatility from the price series, so the next signal is
+    sized as if the process had never stopped (each sizing factor and the size)."""
+    after = signal(2, T0 + 100 + 12 * MIN, "ETH-USDT", "buy", 50.0, kelly=0.05, cap=1e6)
+    _, _, straight, _, _ = replay(tmp_path / "straight", _losers_and_a_volatile_market() + [after])
+    replay(tmp_path / "restarted", _losers_and_a_volatile_market())
+    _, _, restarted, _, _ = replay(tmp_path / "restarted", [after])
+    factors = ("vol", "vol_factor", "drawdown", "drawdown_factor", "tracker_multiplier", "nav", "kelly", "size_usd")
+    expected = {k: straight["t2"][k] for k in factors}
+    assert expected["vol_factor"] == 0.7 and expected["tracker_multiplier"] == 0.5  # the test's premise
+    assert expected["drawdown"] > 0
+    assert {k: restarted["t2"][k] for k in factors} == expected
