@@ -12,8 +12,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from apex.refuse import refuse
 from dataflows.config import ConfigError, Pipeline, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,7 +29,7 @@ def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
         p = load(path)
     except ConfigError as e:
         for line in e.errors:
-            err.print(f"[red]error[/red] {path}: {line}", markup=True, highlight=False)
+            err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if state_dir is not None:
         p.state_dir = state_dir
@@ -75,8 +77,7 @@ def run(
     try:
         flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides)
     except ValueError as e:
-        err.print(str(e))
-        raise typer.Exit(2)
+        refuse(err, str(e))
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
     stop = wiring.stop if hasattr(wiring.source, "stop") else None
@@ -238,7 +239,9 @@ def _brief(details: dict) -> str:
 
 def main() -> None:
     import apex.stream_cli  # noqa: F401  (registers publish, record, status)
+    from apex.pipe_safe import PipeSafe
 
+    sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]
     app()
 
 

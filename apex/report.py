@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from apex.refuse import refuse
 from connectors.report_queries import Group, Report, build
 
 OPEN_ROWS_IN_TERMINAL = 20
@@ -128,9 +129,12 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
 def command(state_dir: Path, clickhouse: str | None, html: Path | None, initial_nav: float,
             out: Console, err: Console) -> None:
     rep, dsn = load(state_dir, clickhouse, initial_nav, err)
-    print_report(rep, dsn, out)
-    if html is not None:
+    if html is not None:  # first: the page is the part that lasts, whatever happens to the terminal
         from apex.report_html import page
 
-        html.write_text(page(rep, safe_dsn(dsn)), encoding="utf-8")
+        try:
+            html.write_text(page(rep, safe_dsn(dsn)), encoding="utf-8")
+        except OSError as e:
+            refuse(err, f"--html {html}: {e.strerror}")
         err.print(f"wrote {html}", highlight=False)
+    print_report(rep, dsn, out)
