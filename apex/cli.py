@@ -107,16 +107,21 @@ def run(
     _print_summary(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+    if summary["errors"] and isinstance(wiring.source, RecordingSource):
+        raise typer.Exit(1)  # a replay that could not decide everything failed, whatever it printed
 
 
 def _print_summary(s: dict) -> None:
-    t = Table(title="apex run", show_header=True)
+    already = s["already_decided"]
+    t = Table(title="apex run: entries by outcome", show_header=True)
     t.add_column("outcome")
-    t.add_column("entries", justify="right")
+    t.add_column("this run", justify="right")
+    t.add_column("already decided", justify="right")
     for k, v in sorted(s["outcomes"].items(), key=lambda kv: -kv[1]):
-        t.add_row(k, str(v))
-    t.add_row("[b]total[/b]", str(s["entries"]))
+        t.add_row(k, str(v - already.get(k, 0)), str(already.get(k, 0)))
+    t.add_row("[b]total[/b]", str(s["entries"] - sum(already.values())), str(sum(already.values())))
     out.print(t)
+    out.print(f"decided now {s['decided_now']} · already decided {sum(already.values())}", highlight=False)
     f = Table(title="drops per filter (share of received signals)")
     f.add_column("filter")
     f.add_column("drop rate", justify="right")
@@ -140,6 +145,9 @@ def _print_summary(s: dict) -> None:
               f"market entries: {s['market_entries']}", highlight=False)
     out.print(f"{s['entries']} entries in {s['seconds']} s = {s['entries_per_second']:.0f} entries/s",
               highlight=False)
+    if s["errors"]:
+        err.print(f"error: {s['errors']} entries left undecided (a redelivery or a rerun decides them once fixed); the first: "
+                  f"{s['first_error']}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
