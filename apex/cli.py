@@ -158,6 +158,7 @@ def audit(
     format: str = typer.Option("table", help="table or jsonl"),
 ) -> None:
     """Rebuild decision chains from the audit trail in ClickHouse."""
+    from apex.audit_view import print_jsonl, print_table
     from connectors.clickhouse import AuditStore
 
     if format not in ("table", "jsonl"):
@@ -179,23 +180,9 @@ def audit(
         err.print(f"no audit events for signal_id {signal_id!r}")
         raise typer.Exit(1)
     if format == "jsonl":
-        for r in rows:
-            r["ts"] = r["ts"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-            r["details"] = json.loads(r["details"])
-            sys.stdout.write(json.dumps(r, default=str) + "\n")
+        print_jsonl(rows)
         return
-    first = rows[0] if rows else {}
-    title = (f"decision chain of {signal_id}: {first['venue']} {first['symbol']} from {first['source']}"
-             if signal_id else f"{len(rows)} audit events")
-    t = Table(title=title, show_lines=False)
-    for c in ("time (UTC)", "stream id", "stage", "outcome", "size usd", "why"):
-        t.add_column(c, overflow="fold", no_wrap=c != "why")
-    for r in rows:
-        size = "" if r["size_usd"] is None else f"{r['size_usd']:,.2f}"
-        why = " ".join(x for x in (r["reason"], _brief(json.loads(r["details"]))) if x)
-        t.add_row(r["ts"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], r["stream_id"], r["stage"],
-                  r["outcome"], size, why)
-    out.print(t)
+    print_table(rows, signal_id, out)
 
 
 @app.command()
@@ -225,24 +212,6 @@ def bench(
 
     raise typer.Exit(command(quick=quick, soak_minutes=soak, json_out=json_out, only=only, keep=keep,
                              out=out, err=err))
-
-
-def _brief(details: dict) -> str:
-    """One line of key=value with numbers at readable precision."""
-    parts = []
-    for k, v in details.items():
-        if k == "checked":
-            v = " ".join(f"{name}{'✓' if ok else '✗'}" for name, ok in v)
-            parts.append(v)
-            continue
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        elif isinstance(v, list):
-            if not v:
-                continue
-            v = ",".join(map(str, v))
-        parts.append(f"{k}={v}")
-    return " ".join(parts)
 
 
 def main() -> None:

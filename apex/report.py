@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from apex.display import cell
 from apex.refuse import refuse
 from connectors.report_queries import Group, Report, build
 
@@ -84,7 +85,7 @@ def _group_table(title: str, col: str, groups: list[Group]) -> Table:
     for c in (col, "trades", "wins", "win rate", "expected", "pnl usd", "fees usd"):
         t.add_column(c, justify="left" if c == col else "right")
     for g in groups:
-        t.add_row(g.key, str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
+        t.add_row(cell(g.key), str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
                   usd(g.pnl_usd), usd(g.fees_usd))
     return t
 
@@ -104,7 +105,7 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
     for c in ("filter", "reached", "dropped", "drop rate"):
         f.add_column(c, justify="left" if c == "filter" else "right")
     for r in rep.funnel.filters:
-        f.add_row(r.name, str(r.reached), str(r.dropped), pct(r.rate))
+        f.add_row(cell(r.name), str(r.reached), str(r.dropped), pct(r.rate))
     lo, hi = rep.funnel.target
     f.add_row("[b]before sizing[/b]", "", str(rep.funnel.dropped_before_sizing),
               f"{pct(rep.funnel.rate_before_sizing)} (target {lo:.0%}–{hi:.0%})")
@@ -119,7 +120,8 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
     for c in ("opened (UTC)", "signal", "source", "venue", "symbol", "side", "quantity", "entry price"):
         op.add_column(c, justify="right" if c in ("quantity", "entry price") else "left", overflow="fold")
     for p in rep.open_positions[:OPEN_ROWS_IN_TERMINAL]:
-        op.add_row(utc(p.entry_ms), p.signal_id, p.source, p.venue, p.symbol, p.side, f"{p.quantity:,.8g}",
+        op.add_row(utc(p.entry_ms), *map(cell, (p.signal_id, p.source, p.venue, p.symbol, p.side)),
+                   f"{p.quantity:,.8g}",
                    f"{p.entry_price:,.6g}")
     out.print(op)
     if len(rep.open_positions) > OPEN_ROWS_IN_TERMINAL:

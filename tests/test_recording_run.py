@@ -312,10 +312,9 @@ def test_cli_audit_every_event_jsonl(cli_run):
                                                   "EXECUTION_ATTEMPT": 11, "EXECUTION_CONFIRMED": 11, "TRADE_OPEN": 11}
 
 
-def test_cli_audit_table(cli_run, monkeypatch):
+def test_cli_audit_table(cli_run):
     _, state, _ = cli_run
-    monkeypatch.setattr(apex.cli.out, "_width", 400)
-    res = CliRunner().invoke(apex.cli.app, ["audit", "--state-dir", str(state), "eth-40k"])
+    res = CliRunner().invoke(apex.cli.app, ["audit", "--state-dir", str(state), "eth-40k"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     for stage in SIX_STAGES:
         assert stage in res.stdout
