@@ -226,6 +226,15 @@ def _yaml(text: str, errors: list[str]) -> Any:
         loader.dispose()
 
 
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, what, and while doing what."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def _duplicate_keys(node: yaml.Node, path: str, errors: list[str]) -> None:
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
@@ -272,7 +281,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     try:
         doc = _yaml(text, errors)
     except yaml.YAMLError as err:
-        raise ConfigError([f"(yaml): {err}"]) from None
+        raise ConfigError([f"(yaml): {_yaml_error(err)}"]) from None
     if not isinstance(doc, dict):
         raise ConfigError(["(root): must be a mapping with a stages: list"])
     for key in doc:

@@ -365,3 +365,10 @@ def test_cli_validate_a_raising_filter_module_is_one_line_without_traceback(tmp_
     assert len(lines) == 2, res.output
     assert "redis.count: input should be a valid integer" in lines[0]
     assert "RuntimeError: no config for the rules" in lines[1] and "apex_t_boom.py line 1" in lines[1]
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    assert _errors("stages: [\n  - a\n", tmp_path / "p.yaml") == [
+        "(yaml): line 2, column 3: expected the node content, but found '-' (while parsing a flow node)"]
+    assert _errors("\t\n", tmp_path / "p.yaml") == [
+        "(yaml): line 1, column 1: found character '\\t' that cannot start any token (while scanning for the next token)"]
