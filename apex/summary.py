@@ -7,7 +7,7 @@ not grow with the number of signals it has seen.
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +15,7 @@ from operators.audit import Outcome
 from operators.decide import SIZING_DROPS
 
 RESERVOIR = 100_000
+REMEMBERED = 50_000
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -79,10 +80,11 @@ class RunStats:
 
     closes: Counter = field(default_factory=Counter)
     pnl_usd: float = 0.0
-    # (stream, stream id) -> what it counts as; a redelivery comes within seconds (claim_idle_ms)
-    # or after a restart, which is a new run, so the most recent entries are enough to remember
-    seen: OrderedDict = field(default_factory=OrderedDict)
-    remember: int = RESERVOIR
+    # (stream, stream id) -> what it counts as, for the last ``remember`` to twice that many
+    # entries: a redelivery comes within seconds (claim_idle_ms) or after a restart, which is
+    # a new run, so the most recent entries are enough, and a long run's memory stays flat
+    seen: dict = field(default_factory=dict)
+    remember: int = REMEMBERED
 
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None:
         durable, step, decision = [], [], []
@@ -108,17 +110,22 @@ class RunStats:
 
     def _count(self, o: Outcome) -> None:
         key = (o.stream, o.stream_id)
-        prev = self.seen.pop(key, None)
-        if prev is None:
-            self.entries += 1
-        else:
+        prev = self.seen.get(key)
+        if prev is not None:  # delivered again within the run: its earlier outcome gives way
             self._tally(*prev, -1)
-        # decided earlier in this run and delivered again: still decided now
-        now = (o.outcome, o.reason, o.resumed and (prev is None or prev[2]))
-        self._tally(*now, 1)
-        self.seen[key] = now
-        if len(self.seen) > self.remember:
-            self.seen.popitem(last=False)
+            # decided earlier in this run and delivered again: still decided now
+            now = self.seen[key] = (o.outcome, o.reason, o.resumed and prev[2])
+            self._tally(*now, 1)
+            return
+        self.entries += 1
+        self.seen[key] = (o.outcome, o.reason, o.resumed)
+        if len(self.seen) > 2 * self.remember:  # the older half goes at once: cheaper than one by one
+            self.seen = dict(list(self.seen.items())[-self.remember:])
+        self.outcomes[o.outcome] += 1
+        if o.resumed:
+            self.already[o.outcome] += 1
+        elif o.outcome == "dropped":
+            self.drops[o.reason] += 1
 
     def _tally(self, outcome: str, reason: str, resumed: bool, n: int) -> None:
         self.outcomes[outcome] += n
