@@ -13,8 +13,10 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from apex.refuse import refuse
 from dataflows.config import ConfigError, Pipeline, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -28,7 +30,7 @@ def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
         p = load(path)
     except ConfigError as e:
         for line in e.errors:
-            err.print(f"[red]error[/red] {path}: {line}", markup=True, highlight=False)
+            err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if state_dir is not None:
         p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
@@ -97,8 +99,7 @@ def run(
     try:
         flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides)
     except ValueError as e:
-        err.print(str(e))
-        raise typer.Exit(2)
+        refuse(err, str(e))
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
     # a replay stops as a live run does: no more reading, in-flight work decided and recorded
@@ -127,20 +128,26 @@ def run(
     _print_summary(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
-    if wiring.shipper is not None and wiring.shipper.problem:
+    incomplete = wiring.shipper is not None and wiring.shipper.problem
+    if incomplete:
         err.print(f"apex run: the audit trail is incomplete: {wiring.shipper.problem}", highlight=False,
                   soft_wrap=True)
+    # a replay that could not decide everything failed, whatever it printed
+    if incomplete or (summary["errors"] and isinstance(wiring.source, RecordingSource)):
         raise typer.Exit(1)
 
 
 def _print_summary(s: dict) -> None:
-    t = Table(title="apex run", show_header=True)
+    already = s["already_decided"]
+    t = Table(title="apex run: entries by outcome", show_header=True)
     t.add_column("outcome")
-    t.add_column("entries", justify="right")
+    t.add_column("this run", justify="right")
+    t.add_column("already decided", justify="right")
     for k, v in sorted(s["outcomes"].items(), key=lambda kv: -kv[1]):
-        t.add_row(k, str(v))
-    t.add_row("[b]total[/b]", str(s["entries"]))
+        t.add_row(k, str(v - already.get(k, 0)), str(already.get(k, 0)))
+    t.add_row("[b]total[/b]", str(s["entries"] - sum(already.values())), str(sum(already.values())))
     out.print(t)
+    out.print(f"decided now {s['decided_now']} · already decided {sum(already.values())}", highlight=False)
     f = Table(title="drops per filter (share of received signals)")
     f.add_column("filter")
     f.add_column("drop rate", justify="right")
@@ -164,6 +171,9 @@ def _print_summary(s: dict) -> None:
               f"market entries: {s['market_entries']} ({s['invalid_market_entries']} refused)", highlight=False)
     out.print(f"{s['entries']} entries in {s['seconds']} s = {s['entries_per_second']:.0f} entries/s",
               highlight=False)
+    if s["errors"]:
+        err.print(f"error: {s['errors']} entries left undecided (a redelivery or a rerun decides them once fixed); the first: "
+                  f"{s['first_error']}", highlight=False, markup=False, soft_wrap=True)
 
 
 @contextmanager
@@ -196,6 +206,8 @@ def audit(
     format: str = typer.Option("table", help="table or jsonl"),
 ) -> None:
     """Rebuild decision chains from the audit trail in ClickHouse."""
+    from apex.audit_view import print_jsonl, print_table
+
     if format not in ("table", "jsonl"):
         err.print("--format must be table or jsonl")
         raise typer.Exit(2)
@@ -210,23 +222,9 @@ def audit(
         err.print(f"no audit events for signal_id {signal_id!r}")
         raise typer.Exit(1)
     if format == "jsonl":
-        for r in rows:
-            r["ts"] = r["ts"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-            r["details"] = json.loads(r["details"])
-            sys.stdout.write(json.dumps(r, default=str) + "\n")
+        print_jsonl(rows)
         return
-    first = rows[0] if rows else {}
-    title = (f"decision chain of {signal_id}: {first['venue']} {first['symbol']} from {first['source']}"
-             if signal_id else f"{len(rows)} audit events")
-    t = Table(title=title, show_lines=False)
-    for c in ("time (UTC)", "stream id", "stage", "outcome", "size usd", "why"):
-        t.add_column(c, overflow="fold", no_wrap=c != "why")
-    for r in rows:
-        size = "" if r["size_usd"] is None else f"{r['size_usd']:,.2f}"
-        why = " ".join(x for x in (r["reason"], _brief(json.loads(r["details"]))) if x)
-        t.add_row(r["ts"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], r["stream_id"], r["stage"],
-                  r["outcome"], size, why)
-    out.print(t)
+    print_table(rows, signal_id, out)
 
 
 @app.command()
@@ -261,27 +259,11 @@ def bench(
                              out=out, err=err))
 
 
-def _brief(details: dict) -> str:
-    """One line of key=value with numbers at readable precision."""
-    parts = []
-    for k, v in details.items():
-        if k == "checked":
-            v = " ".join(f"{name}{'✓' if ok else '✗'}" for name, ok in v)
-            parts.append(v)
-            continue
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        elif isinstance(v, list):
-            if not v:
-                continue
-            v = ",".join(map(str, v))
-        parts.append(f"{k}={v}")
-    return " ".join(parts)
-
-
 def main() -> None:
     import apex.stream_cli  # noqa: F401  (registers publish, record, status)
+    from apex.pipe_safe import PipeSafe
 
+    sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]
     app()
 
 

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from apex.display import cell
+from apex.refuse import refuse
 from connectors.report_queries import Group, Report, build
 
 OPEN_ROWS_IN_TERMINAL = 20
@@ -70,7 +72,7 @@ def _group_table(title: str, col: str, groups: list[Group]) -> Table:
     for c in (col, "trades", "wins", "win rate", "expected", "pnl usd", "fees usd"):
         t.add_column(c, justify="left" if c == col else "right")
     for g in groups:
-        t.add_row(g.key, str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
+        t.add_row(cell(g.key), str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
                   usd(g.pnl_usd), usd(g.fees_usd))
     return t
 
@@ -90,7 +92,7 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
     for c in ("filter", "reached", "dropped", "drop rate"):
         f.add_column(c, justify="left" if c == "filter" else "right")
     for r in rep.funnel.filters:
-        f.add_row(r.name, str(r.reached), str(r.dropped), pct(r.rate))
+        f.add_row(cell(r.name), str(r.reached), str(r.dropped), pct(r.rate))
     lo, hi = rep.funnel.target
     f.add_row("[b]before sizing[/b]", "", str(rep.funnel.dropped_before_sizing),
               f"{pct(rep.funnel.rate_before_sizing)} (target {lo:.0%}–{hi:.0%})")
@@ -105,7 +107,8 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
     for c in ("opened (UTC)", "signal", "source", "venue", "symbol", "side", "quantity", "entry price"):
         op.add_column(c, justify="right" if c in ("quantity", "entry price") else "left", overflow="fold")
     for p in rep.open_positions[:OPEN_ROWS_IN_TERMINAL]:
-        op.add_row(utc(p.entry_ms), p.signal_id, p.source, p.venue, p.symbol, p.side, f"{p.quantity:,.8g}",
+        op.add_row(utc(p.entry_ms), *map(cell, (p.signal_id, p.source, p.venue, p.symbol, p.side)),
+                   f"{p.quantity:,.8g}",
                    f"{p.entry_price:,.6g}")
     out.print(op)
     if len(rep.open_positions) > OPEN_ROWS_IN_TERMINAL:
@@ -115,9 +118,12 @@ def print_report(rep: Report, dsn: str, out: Console) -> None:
 def command(store, dsn: str, html: Path | None, initial_nav: float, out: Console, err: Console) -> None:
     """``store`` has ``query_dicts`` (``connectors.audit_query.open_store``); ``dsn`` is shown."""
     rep = build(store, initial_nav)
-    print_report(rep, dsn, out)
-    if html is not None:
+    if html is not None:  # first: the page is the part that lasts, whatever happens to the terminal
         from apex.report_html import page
 
-        html.write_text(page(rep, safe_dsn(dsn)), encoding="utf-8")
+        try:
+            html.write_text(page(rep, safe_dsn(dsn)), encoding="utf-8")
+        except OSError as e:
+            refuse(err, f"--html {html}: {e.strerror}")
         err.print(f"wrote {html}", highlight=False)
+    print_report(rep, dsn, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from apex import charts as C
+from apex.display import printable
 from apex.report import headline, pct, ratio, usd, utc
 from connectors.report_queries import Group, Report
 
@@ -37,13 +38,18 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _text(value: str) -> str:
+    """Producer text in the page: control characters shown as escapes, as in the terminal."""
+    return escape(printable(value))
+
+
 def _money(v: float) -> str:
     return f'<span class="{"neg" if v < 0 else "pos"}">{usd(v)}</span>'
 
 
 def _groups(col: str, groups: list[Group]) -> str:
     return _table([col, "trades", "wins", "win rate", "expected", "PnL usd", "fees usd"],
-                  [[escape(g.key), str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
+                  [[_text(g.key), str(g.trades), str(g.wins), pct(g.win_rate), pct(g.expected_win_rate),
                     _money(g.pnl_usd), usd(g.fees_usd)] for g in groups] or [["no closed trades yet"] + [""] * 6],
                   {1, 2, 3, 4, 5, 6})
 
@@ -113,13 +119,13 @@ def page(rep: Report, dsn: str) -> str:
                  [[s.stage, str(s.events), *(f"{v:,}" for v in (s.p50, s.p90, s.p99, s.max))] for s in rep.latency],
                  {1, 2, 3, 4, 5})
     filters = _table(["filter", "reached", "dropped", "drop rate"],
-                     [[escape(r.name), str(r.reached), str(r.dropped), pct(r.rate)] for r in rep.funnel.filters]
+                     [[_text(r.name), str(r.reached), str(r.dropped), pct(r.rate)] for r in rep.funnel.filters]
                      + [["<b>before sizing</b>", str(rep.funnel.received), str(rep.funnel.dropped_before_sizing),
                          f"<b>{pct(rep.funnel.rate_before_sizing)}</b>"]], {1, 2, 3})
     opens = _table(["opened (UTC)", "signal", "source", "venue", "symbol", "side", "quantity", "entry price",
                     "notional usd"],
-                   [[utc(p.entry_ms), escape(p.signal_id), escape(p.source), escape(p.venue), escape(p.symbol),
-                     escape(p.side), f"{p.quantity:,.8g}", f"{p.entry_price:,.6g}", usd(p.quantity * p.entry_price)]
+                   [[utc(p.entry_ms), *map(_text, (p.signal_id, p.source, p.venue, p.symbol, p.side)),
+                     f"{p.quantity:,.8g}", f"{p.entry_price:,.6g}", usd(p.quantity * p.entry_price)]
                     for p in rep.open_positions], {6, 7, 8})
     eff = rep.efficiency_now
     return f"""<!doctype html>

@@ -20,8 +20,9 @@ import typer
 from rich.table import Table
 
 from apex.cli import app, err, out
+from apex.refuse import refuse
 from connectors.entry import id_ms
-from connectors.recording import read_lines
+from connectors.recording import NotARecording, check, read_lines
 from connectors.redis_streams import DOWN, Backoff, connect, counters_key, errors_key
 from dataflows.config import RedisConfig
 from operators.signal import Invalid, parse_signal
@@ -51,15 +52,28 @@ def restamp(fields: dict, entry_id: str, now_ms: int) -> dict:
     return {**fields, "payload": text} if n else fields
 
 
+def client(url: str) -> redis.Redis:
+    try:
+        return connect(url)
+    except ValueError as e:  # not a URL redis-py knows
+        refuse(err, f"--redis {url!r}: {e}")
+
+
 @app.command()
 def publish(
-    recording: Path = typer.Argument(..., exists=True, dir_okay=False, help="a recording (.jsonl)"),
+    recording: Path = typer.Argument(..., help="a recording (.jsonl)"),
     rate: float = typer.Option(200.0, help="entries per second; 0 = as fast as Redis takes them"),
     redis_url: str = REDIS_OPT,
     stream: Optional[str] = typer.Option(None, help="target stream (default: each entry's recorded stream)"),
 ) -> None:
     """Act as Argus: XADD each recorded entry, timestamps re-stamped to now (age kept)."""
-    pipe = connect(redis_url).pipeline(transaction=False)
+    if not rate >= 0:
+        refuse(err, f"--rate must be 0 (as fast as Redis takes them) or more entries per second, not {rate:g}")
+    try:
+        check(recording)
+    except NotARecording as e:
+        refuse(err, str(e))
+    pipe = client(redis_url).pipeline(transaction=False)
     started, n = time.perf_counter(), 0
     try:
         for rec in read_lines(recording):
@@ -95,10 +109,16 @@ def record(
     Reads with XREAD, outside any consumer group, so it takes nothing from Apex.
     Entries of several streams are written in stream-id order within each read,
     so a replay sees prices and signals on one timeline."""
-    r, backoff = connect(redis_url), Backoff("record")
+    if not duration > 0:
+        refuse(err, f"--duration must be more than 0 seconds, not {duration:g}")
+    r, backoff = client(redis_url), Backoff("record")
+    try:
+        fh = out_path.open("w")
+    except OSError as e:
+        refuse(err, f"--out {out_path}: {e.strerror}")
     last, n = {name: since for name in stream}, 0
     deadline = time.monotonic() + duration
-    with out_path.open("w") as fh:
+    with fh:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 for name, pos in last.items():  # pin '$' to an id, or entries between two reads would be missed
@@ -155,7 +175,7 @@ def status(
 
         cfg = _load(pipeline).redis
     try:
-        s = group_status(connect(redis_url), cfg)
+        s = group_status(client(redis_url), cfg)
     except DOWN as e:
         err.print(f"redis unavailable at {redis_url}: {e}")
         raise typer.Exit(1)

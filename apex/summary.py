@@ -15,6 +15,7 @@ from operators.audit import INVALID_TICK, Outcome
 from operators.decide import SIZING_DROPS
 
 RESERVOIR = 100_000
+REMEMBERED = 50_000
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -59,20 +60,31 @@ class Reservoir:
 
 @dataclass
 class RunStats:
-    """The sink's observer: fed every durable batch, read by the summary."""
+    """The sink's observer: fed every durable batch, read by the summary.
 
-    outcomes: Counter = field(default_factory=Counter)
-    drops: Counter = field(default_factory=Counter)
+    Counts entries, not deliveries: an entry delivered again within the run (retried
+    after an error, claimed from a dead consumer) keeps one count, its last outcome's.
+    An entry whose decision was already in the ledger (a rerun on the same state dir,
+    a redelivery after a crash) is counted apart from those decided now, so a rerun
+    does not claim fills it never sent."""
+
+    outcomes: Counter = field(default_factory=Counter)  # last outcome of each entry
+    already: Counter = field(default_factory=Counter)  # of those, decided before this run reached them
+    drops: Counter = field(default_factory=Counter)  # drop reasons of the entries dropped now
     step_us: Reservoir = field(default_factory=Reservoir)
     decision_us: Reservoir = field(default_factory=Reservoir)
     durable_us: Reservoir = field(default_factory=Reservoir)
     entries: int = 0
-    ticks: int = 0
     on_batch: Callable[[int], None] | None = None
     first_error: str = ""
 
     closes: Counter = field(default_factory=Counter)
     pnl_usd: float = 0.0
+    # (stream, stream id) -> what it counts as, for the last ``remember`` to twice that many
+    # entries: a redelivery comes within seconds (claim_idle_ms) or after a restart, which is
+    # a new run, so the most recent entries are enough, and a long run's memory stays flat
+    seen: dict = field(default_factory=dict)
+    remember: int = REMEMBERED
 
     def observe(self, outcomes: list[Outcome], done_ns: int) -> None:
         durable, step, decision = [], [], []
@@ -81,15 +93,11 @@ class RunStats:
                 self.closes[o.reason] += 1
                 self.pnl_usd += sum(t["pnl_usd"] for t in o.trades)
                 continue
-            self.entries += 1
+            self._count(o)
             durable.append((done_ns - o.received_ns) / 1000)
-            self.outcomes[o.outcome] += 1
             if o.outcome == "tick" or o.outcome == INVALID_TICK:
-                self.ticks += 1
                 continue
-            if o.outcome == "dropped":
-                self.drops[o.reason] += 1
-            elif o.outcome == "error" and not self.first_error:
+            if o.outcome == "error" and not self.first_error:
                 self.first_error = o.reason
             step.append(o.step_us)
             if o.events:
@@ -100,21 +108,61 @@ class RunStats:
         if self.on_batch:
             self.on_batch(len(outcomes))
 
+    def _count(self, o: Outcome) -> None:
+        key = (o.stream, o.stream_id)
+        prev = self.seen.get(key)
+        if prev is not None:  # delivered again within the run: its earlier outcome gives way
+            self._tally(*prev, -1)
+            # decided earlier in this run and delivered again: still decided now
+            now = self.seen[key] = (o.outcome, o.reason, o.resumed and prev[2])
+            self._tally(*now, 1)
+            return
+        self.entries += 1
+        self.seen[key] = (o.outcome, o.reason, o.resumed)
+        if len(self.seen) > 2 * self.remember:  # the older half goes at once: cheaper than one by one
+            self.seen = dict(list(self.seen.items())[-self.remember:])
+        self.outcomes[o.outcome] += 1
+        if o.resumed:
+            self.already[o.outcome] += 1
+        elif o.outcome == "dropped":
+            self.drops[o.reason] += 1
+
+    def _tally(self, outcome: str, reason: str, resumed: bool, n: int) -> None:
+        self.outcomes[outcome] += n
+        if resumed:
+            self.already[outcome] += n
+        elif outcome == "dropped":
+            self.drops[reason] += n
+
+    @property
+    def ticks(self) -> int:
+        """Market entries, believed or refused."""
+        return self.outcomes["tick"] + self.outcomes[INVALID_TICK]
+
+    @property
+    def decided_now(self) -> int:
+        """Entries this run brought to a decision (not market entries, not left undecided by an error)."""
+        return self.entries - self.ticks - self.outcomes["error"] - sum(self.already.values())
+
     @property
     def received(self) -> int:
-        """Signals that reached the filters: valid, new and inside their TTL."""
-        skipped = sum(self.outcomes[k] for k in ("invalid", "duplicate", "expired", "error"))
-        return self.entries - self.ticks - skipped
+        """Signals decided now that reached the filters: valid, new and inside their TTL."""
+        skipped = sum(self.outcomes[k] - self.already[k] for k in ("invalid", "duplicate", "expired"))
+        return self.decided_now - skipped
 
     def as_dict(self) -> dict:
         received = self.received
         return {
             "entries": self.entries,
-            "outcomes": dict(self.outcomes),
-            "filter_drop_rate": {k: v / received for k, v in self.drops.items()} if received else {},
+            "outcomes": dict(+self.outcomes),
+            "decided_now": self.decided_now,
+            "already_decided": dict(+self.already),
+            "errors": self.outcomes["error"],
+            "first_error": self.first_error,
+            "filter_drop_rate": {k: v / received for k, v in self.drops.items() if v} if received else {},
             "dropped_before_sizing": (sum(v for k, v in self.drops.items() if k not in SIZING_DROPS)
                                       / received) if received else 0.0,
-            "fills": self.outcomes["filled"],
+            "fills": self.outcomes["filled"] - self.already["filled"],
             "market_entries": self.ticks,
             "invalid_market_entries": self.outcomes[INVALID_TICK],
             "closes": dict(self.closes),

@@ -33,6 +33,7 @@ log = logging.getLogger("apex.redis")
 DOWN = (redis.ConnectionError, redis.TimeoutError)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0
 ACK_PATIENCE_S = 5.0  # past this the acks are dropped: the entries stay pending and come back
+LOGGED_ERRORS = 20  # distinct error messages shown in a run; past it they are only counted
 
 
 def connect(url: str) -> redis.Redis:
@@ -248,6 +249,7 @@ class RedisAcker:
         self.r = connect(cfg.url)
         self.backoff = Backoff("acker")
         self.stats: Counter = Counter()
+        self.logged: set[str] = set()  # the error messages shown so far
 
     def settle(self, outcomes: list[Outcome]) -> None:
         """One MULTI: dead letters for invalid payloads, XACK for every terminal
@@ -262,10 +264,7 @@ class RedisAcker:
                 self._pipeline(outcomes).execute()
                 self.backoff.recovered()
                 self.stats["acked"] += sum(bool(o.terminal and o.stream_id) for o in outcomes)
-                failed = [o for o in outcomes if o.stream_id and not o.terminal]
-                if failed:
-                    log.warning("%d entries left pending for a retry, e.g. %s: %s", len(failed),
-                                failed[0].stream_id, failed[0].reason)
+                self._report([o for o in outcomes if o.stream_id and not o.terminal])
                 return
             except DOWN as err:
                 delay = self.backoff.failed(err)
@@ -274,6 +273,22 @@ class RedisAcker:
                     log.warning("acker: %d outcomes left pending for redelivery", len(outcomes))
                     return
                 time.sleep(delay)
+
+    def _report(self, failed: list[Outcome]) -> None:
+        """Each distinct error once, with the entry it first stopped; the rest are counted
+        (``left_pending``): a broken filter fails every batch, and its message once a batch
+        would bury everything else in the log."""
+        self.stats["left_pending"] += len(failed)
+        for o in failed:
+            if o.reason in self.logged or len(self.logged) > LOGGED_ERRORS:
+                continue
+            self.logged.add(o.reason)
+            if len(self.logged) > LOGGED_ERRORS:
+                log.warning("more than %d distinct errors: further ones are only counted (left_pending)",
+                            LOGGED_ERRORS)
+            else:
+                log.warning("entry %s left pending for a retry: %s (further entries failing the same way "
+                            "are only counted: left_pending)", o.stream_id, o.reason)
 
     def _pipeline(self, outcomes: list[Outcome]):
         """Outcomes without a stream id (a trade closed on the clock) own no entry: nothing to ack."""

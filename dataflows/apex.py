@@ -44,7 +44,10 @@ class Wiring:
 def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, Acker | None]:
     if spec.startswith("recording:"):
         p = Path(spec.split(":", 1)[1])
-        return RecordingSource(p if p.is_absolute() else relative_to / p), None
+        p = p if p.is_absolute() else relative_to / p
+        if not p.is_file():  # the Rust side would panic on it
+            raise ValueError(f"recording {p} does not exist")
+        return RecordingSource(p), None
     if spec.startswith(("redis://", "rediss://", "unix://")):
         from connectors.redis_streams import RedisAcker, RedisStreamSource
 

@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
@@ -159,10 +161,27 @@ def _custom(ref: str, where: str, errors: list[str]) -> Any:
     except (ImportError, AttributeError) as err:
         errors.append(f"{where}.filter: cannot load {ref!r}: {err}")
         return None
+    except SyntaxError as err:
+        errors.append(f"{where}.filter: cannot load {ref!r}: SyntaxError in {err.filename} line {err.lineno}: {err.msg}")
+        return None
+    except Exception as err:  # noqa: BLE001 - the user's module raised while it was imported
+        errors.append(f"{where}.filter: cannot load {ref!r}: {type(err).__name__}: {err} "
+                      f"(raised at {_import_site(err)})")
+        return None
     if not callable(fn):
         errors.append(f"{where}.filter: {ref!r} is not callable")
         return None
     return fn
+
+
+def _import_site(err: BaseException) -> str:
+    """Where a module's own top-level code raised: the innermost ``<module>`` frame of the
+    traceback, which is the file being imported rather than importlib's machinery."""
+    site = "unknown"
+    for frame, line in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "<module>":
+            site = f"{frame.f_code.co_filename} line {line}"
+    return site
 
 
 def _filter(i: int, stage: dict, base: Path, errors: list[str]) -> Filter | None:
@@ -172,10 +191,13 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str]) -> Filter | None
     if not isinstance(name, str) or not name:
         errors.append(f"{where}.filter: must be a filter name or package.module:function")
         return None
+    label = stage.get("name")
+    if label is not None and not isinstance(label, str):
+        errors.append(f"{where}.name: must be a string (it is the drop reason), not {type(label).__name__}")
+        return None
     if ":" in name:
         fn = _custom(name, where, errors)
-        label = stage.get("name") or name.rsplit(":", 1)[1]
-        return Filter(str(label), fn, params, True) if fn else None
+        return Filter(label or name.rsplit(":", 1)[1], fn, params, True) if fn else None
     if name not in BUILTINS:
         errors.append(f"{where}.filter: unknown filter {name!r}{_suggest(name, list(BUILTINS))}")
         return None
@@ -187,33 +209,99 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str]) -> Filter | None
     except ValidationError as err:
         errors.extend(_fmt(where, err))
         return None
-    return Filter(stage.get("name") or name, builtin.fn, bound.model_dump(), builtin.needs_portfolio)
+    return Filter(label or name, builtin.fn, bound.model_dump(), builtin.needs_portfolio)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also keeps the composed tree, so duplicate keys (which YAML
+    would settle silently, the last one winning) can be reported with their path."""
+
+
+def _yaml(text: str, errors: list[str]) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _duplicate_keys(node, "", errors)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, what, and while doing what."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
+def _duplicate_keys(node: yaml.Node, path: str, errors: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else None
+            where = f"{path}.{k}".lstrip(".")
+            if k is not None and k != "<<":
+                if k in first:
+                    errors.append(f"{where}: line {key.start_mark.line + 1}: duplicate key {k!r} "
+                                  f"(first on line {first[k]}); YAML would keep only the last")
+                first.setdefault(k, key.start_mark.line + 1)
+            _duplicate_keys(value, where, errors)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]", errors)
+
+
+def _top(doc: dict, errors: list[str]) -> tuple[Top, bool]:
+    """Every top-level section at once: a section with errors is reported and replaced by
+    its default, so the stages are still checked and every mistake is named in one go.
+    Returns the sections and whether ``stages`` itself was usable."""
+    try:
+        return Top.model_validate(doc), True
+    except ValidationError as err:
+        errors.extend(_fmt("", err))
+        bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+    kept = {k: v for k, v in doc.items() if k not in bad}
+    stages_ok = "stages" in kept
+    kept.setdefault("stages", [])
+    return Top.model_validate(kept), stages_ok
+
+
+def _recording_exists(source: str, base: Path, errors: list[str]) -> None:
+    if source.startswith("recording:"):
+        p = Path(source.split(":", 1)[1])
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            errors.append(f"source: recording {p} does not exist")
 
 
 def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     errors: list[str] = []
     text = interpolate(text, dict(os.environ) if env is None else env, errors)
     try:
-        doc = yaml.safe_load(text)
+        doc = _yaml(text, errors)
     except yaml.YAMLError as err:
-        raise ConfigError([f"(yaml): {err}"]) from None
+        raise ConfigError([f"(yaml): {_yaml_error(err)}"]) from None
     if not isinstance(doc, dict):
         raise ConfigError(["(root): must be a mapping with a stages: list"])
     for key in doc:
         if key not in Top.model_fields:
             errors.append(f"{key}: unknown key{_suggest(str(key), list(Top.model_fields))}")
-    try:
-        top = Top.model_validate({k: v for k, v in doc.items() if k in Top.model_fields})
-    except ValidationError as err:
-        raise ConfigError(errors + _fmt("", err)) from None
+    top, stages_ok = _top({k: v for k, v in doc.items() if k in Top.model_fields}, errors)
 
     base = path.parent.resolve()
+    if isinstance(doc.get("source"), str):  # the default names the repo's own sample
+        _recording_exists(doc["source"], base, errors)
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
     filters: list[Filter] = []
     kelly: KellyParams | None = None
     execute: ExecuteConfig | None = None
     names: list[str] = []
+    reasons: dict[str, int] = {}
     for i, stage in enumerate(top.stages):
         where = f"stages[{i}]"
         kinds = [k for k in ("filter", "size", "execute") if isinstance(stage, dict) and k in stage]
@@ -225,7 +313,13 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         kind = kinds[0]
         if kind == "filter":
             f = _filter(i, stage, base, errors)
+            if f and f.name in reasons:
+                errors.append(f"{where}: drop reason {f.name!r} is also stages[{reasons[f.name]}]'s; "
+                              "give one of them another `name:`")
+            elif f and f.name in SIZING_DROPS:
+                errors.append(f"{where}: drop reason {f.name!r} is the sizing stage's; give the filter another `name:`")
             if f:
+                reasons.setdefault(f.name, i)
                 filters.append(f)
                 names.append(f"filter:{f.name}")
         elif kind == "size":
@@ -246,9 +340,9 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
             except ValidationError as err:
                 errors.extend(_fmt(f"{where}.execute", err))
                 execute = ExecuteConfig()
-    if not any("size" in stage for stage in top.stages if isinstance(stage, dict)):
+    if stages_ok and not any("size" in stage for stage in top.stages if isinstance(stage, dict)):
         errors.append("stages: missing `- size: kelly`")
-    if execute is None:
+    if stages_ok and execute is None:
         errors.append("stages: missing `- execute:` (it must be the last stage)")
     if errors:
         raise ConfigError(errors)

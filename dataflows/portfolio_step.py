@@ -299,7 +299,7 @@ class PortfolioStep:
         if prior.outcome != "sent":
             events = [Event.from_dict(d) for d in prior.events]  # none but an older worker's
             return Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
-                           queued=len(events))
+                           queued=len(events), resumed=True)
         order = self.ledger.intent(sig.signal_id)
         if order is None:  # written in the same commit as the decision: a damaged ledger
             raise LookupError(f"{sig.signal_id} was sent but the ledger holds no order for it")

@@ -155,6 +155,7 @@ class Outcome:
     deliveries: int = 1
     step_us: float = 0.0  # time inside the portfolio step: decide, ledger, and its batch's send to the venue
     queued: int = 0  # events already written to the outbox
+    resumed: bool = False  # its decision was found in the ledger, made by an earlier delivery or run
 
     def queue(self, rows: dict[str, list], recorded_ms: int) -> None:
         """Append its audit store rows not yet queued to ``rows`` (lists by table): the events

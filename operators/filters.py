@@ -9,6 +9,7 @@ margin answer the same wherever sizing sits in ``pipeline.yaml``.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -160,4 +161,45 @@ class Filter:
     needs_portfolio: bool
 
     def __call__(self, signal: Signal, portfolio: PortfolioView) -> bool:
-        return bool(self.fn(signal, portfolio, **self.params))
+        try:
+            ok = self.fn(signal, portfolio, **self.params)
+        except Exception as err:
+            raise FilterError(f"filter {self.name!r} raised {type(err).__name__}: {err} "
+                              f"in {_raised_at(err, self.fn)}") from err
+        if ok is True or ok is False:
+            return ok
+        if type(ok).__module__ == "numpy" and type(ok).__name__ in ("bool", "bool_"):
+            return bool(ok)  # a comparison of numpy numbers
+        # a silent drop (None, a missing return) or pass (a non-empty string) would hide the bug
+        raise TypeError(f"filter {self.name!r} returned {type(ok).__name__} {_brief(ok)}, not True or False "
+                        f"(in {_defined_at(self.fn)})")
+
+
+class FilterError(Exception):
+    """A filter (a user's, as a rule) raised: a bug in its code, not in the signal, so the
+    entry is left undecided and pending, to be decided once the filter is fixed."""
+
+
+def _code_file(fn: Any) -> str | None:
+    code = getattr(fn, "__code__", None)
+    return code.co_filename if code is not None else None
+
+
+def _raised_at(err: BaseException, fn: Any) -> str:
+    """file:line of the innermost frame in the filter's own file (else the innermost at all)."""
+    own = _code_file(fn)
+    sites = [(frame.f_code.co_filename, line) for frame, line in traceback.walk_tb(err.__traceback__)
+             if frame.f_code.co_filename != __file__]
+    mine = [s for s in sites if s[0] == own]
+    file, line = (mine or sites or [("unknown", 0)])[-1]
+    return f"{file}:{line}"
+
+
+def _defined_at(fn: Any) -> str:
+    code = getattr(fn, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else repr(fn)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

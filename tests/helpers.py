@@ -97,8 +97,9 @@ KELLY_AND_EXECUTE = """
 
 def pipeline_yaml(state_dir: Path, filters: str) -> str:
     """A pipeline with the given filter stages (YAML list items, 2-space indented)
-    followed by the seed's Kelly stage and a fee-free, slippage-free paper venue."""
-    return f"source: recording:unused.jsonl\nstate_dir: {state_dir}\nstages:\n{filters.rstrip()}\n{KELLY_AND_EXECUTE}"
+    followed by the seed's Kelly stage and a fee-free, slippage-free paper venue. No
+    ``source``: each run passes its own recording."""
+    return f"state_dir: {state_dir}\nstages:\n{filters.rstrip()}\n{KELLY_AND_EXECUTE}"
 
 
 def make_pipeline(tmp_path: Path, filters: str, env: dict[str, str] | None = None) -> Pipeline:

@@ -268,3 +268,107 @@ def test_cli_validate_missing_file(tmp_path):
     res = _validate(tmp_path / "absent.yaml")
     assert res.exit_code == 1
     assert "No such file or directory" in _flat(res.output)
+
+
+# --- every error at once (issue 16, items 8 and 9) ---------------------------------------------------
+
+def test_a_bad_top_level_section_does_not_hide_the_stages_errors(tmp_path):
+    text = "redis: {count: lots}\n" + _stages("  - filter: confidence\n    min: high\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert [e.split(":")[0] for e in errors] == ["redis.count", "stages[0].min"]
+
+
+def test_inverted_tracker_bounds_are_reported_beside_a_bad_block_ms(tmp_path):
+    text = ("redis: {block_ms: 0}\nstages:\n  - size: kelly\n    tracker: {bounds: [1.5, 0.5]}\n"
+            "  - execute: {}\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors[0].startswith("redis.block_ms: input should be greater than or equal to 1")
+    assert errors[1] == "stages[0].tracker: value error, bounds must satisfy 0 < low <= 1 <= high"
+    assert len(errors) == 2
+
+
+def test_missing_stages_is_one_error_not_three(tmp_path):
+    assert _errors("state_dir: x\n", tmp_path / "pipeline.yaml") == ["stages: field required"]
+
+
+def test_duplicate_keys_are_refused_at_every_level_with_line_and_path(tmp_path):
+    text = ("state_dir: a\nstate_dir: b\nredis: {count: 5, count: 6}\nstages:\n"
+            "  - filter: confidence\n    min: 0.6\n    min: 0.7\n  - size: kelly\n  - execute: {}\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == [
+        "state_dir: line 2: duplicate key 'state_dir' (first on line 1); YAML would keep only the last",
+        "redis.count: line 3: duplicate key 'count' (first on line 3); YAML would keep only the last",
+        "stages[0].min: line 7: duplicate key 'min' (first on line 6); YAML would keep only the last",
+    ]
+
+
+def test_a_recording_source_that_does_not_exist_is_refused(tmp_path):
+    errors = _errors("source: recording:nowhere.jsonl\n" + _stages("  - filter: confidence\n"),
+                     tmp_path / "pipeline.yaml")
+    assert errors == [f"source: recording {tmp_path / 'nowhere.jsonl'} does not exist"]
+    (tmp_path / "here.jsonl").write_text("")
+    parse("source: recording:here.jsonl\n" + _stages("  - filter: confidence\n"), tmp_path / "pipeline.yaml", {})
+
+
+def test_a_filter_name_must_be_a_string(tmp_path):
+    errors = _errors(_stages("  - filter: confidence\n    name: [a, b]\n"), tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].name: must be a string (it is the drop reason), not list"]
+
+
+def test_two_filters_with_the_same_drop_reason_are_refused(tmp_path):
+    text = _stages("  - filter: confidence\n  - filter: margin\n  - filter: confidence\n    min: 0.9\n"
+                   "  - filter: margin\n    name: min_size\n")
+    errors = _errors(text, tmp_path / "pipeline.yaml")
+    assert errors == [
+        "stages[2]: drop reason 'confidence' is also stages[0]'s; give one of them another `name:`",
+        "stages[3]: drop reason 'min_size' is the sizing stage's; give the filter another `name:`",
+    ]
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Writes a module beside pipeline.yaml; sys.path and sys.modules are restored afterwards."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+
+    return write
+
+
+def test_a_filter_module_with_a_syntax_error_is_refused_with_its_file_and_line(tmp_path, user_module):
+    user_module("apex_t_syntax", "def keep(signal, portfolio):\n    return signal.confidence >\n")
+    errors = _errors(_stages("  - filter: apex_t_syntax:keep\n"), tmp_path / "pipeline.yaml")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"stages[0].filter: cannot load 'apex_t_syntax:keep': SyntaxError in "
+                                f"{tmp_path / 'apex_t_syntax.py'} line 2: ")
+
+
+def test_a_filter_module_that_raises_on_import_is_refused_with_its_line(tmp_path, user_module):
+    user_module("apex_t_raises", "import os\n\nLIMIT = int(os.environ.get('APEX_T_NOPE', 'many'))\n")
+    errors = _errors(_stages("  - filter: apex_t_raises:keep\n"), tmp_path / "pipeline.yaml")
+    assert errors == ["stages[0].filter: cannot load 'apex_t_raises:keep': ValueError: invalid literal for int() "
+                      f"with base 10: 'many' (raised at {tmp_path / 'apex_t_raises.py'} line 3)"]
+
+
+def test_cli_validate_a_raising_filter_module_is_one_line_without_traceback(tmp_path, user_module):
+    user_module("apex_t_boom", "raise RuntimeError('no config for the rules')\n")
+    f = tmp_path / "pipeline.yaml"
+    f.write_text("redis: {count: lots}\n" + _stages("  - filter: apex_t_boom:keep\n"))
+    res = _validate(f)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 2, res.output
+    assert "redis.count: input should be a valid integer" in lines[0]
+    assert "RuntimeError: no config for the rules" in lines[1] and "apex_t_boom.py line 1" in lines[1]
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    assert _errors("stages: [\n  - a\n", tmp_path / "p.yaml") == [
+        "(yaml): line 2, column 3: expected the node content, but found '-' (while parsing a flow node)"]
+    assert _errors("\t\n", tmp_path / "p.yaml") == [
+        "(yaml): line 1, column 1: found character '\\t' that cannot start any token (while scanning for the next token)"]

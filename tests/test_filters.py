@@ -7,6 +7,8 @@ import pytest
 from helpers import model
 from operators.filters import (
     DEFAULT_UNIVERSE,
+    Filter,
+    FilterError,
     PortfolioView,
     RegimeParams,
     concentration,
@@ -205,3 +207,41 @@ def test_margin_always_passes_okx():
 def test_margin_when_book_margin_exceeds_nav_drops_any_ibkr_order():
     view = _view(1.0, {("ibkr", "AAPL"): 300_000.0}, nav=100_000.0)
     assert margin(model(venue="ibkr"), view, initial_margin_rate=0.5, max_utilization=0.8) is False
+
+
+# --- a filter that answers something other than pass or drop (issue 16, item 8) ----------------------
+
+def _answers(value):
+    def answer(signal, portfolio):
+        return value
+
+    return answer
+
+
+@pytest.mark.parametrize("value", [None, "no", 0, [], 1.0])
+def test_a_filter_that_does_not_return_a_bool_is_an_error_naming_it(value):
+    f = Filter("mine", _answers(value), {}, True)
+    with pytest.raises(TypeError) as info:
+        f(model(), EMPTY)
+    line = _answers.__code__.co_firstlineno + 1
+    assert str(info.value) == (f"filter 'mine' returned {type(value).__name__} {value!r}, not True or False "
+                               f"(in {__file__}:{line})")
+
+
+def test_a_numpy_comparison_is_a_bool():
+    import numpy as np
+
+    assert Filter("mine", _answers(np.float64(2.0) > 1), {}, True)(model(), EMPTY) is True
+
+
+def test_a_filter_that_raises_names_itself_and_the_line_in_its_own_file():
+    def lookup(signal):
+        return {}[signal.symbol]
+
+    def mine(signal, portfolio):
+        return lookup(signal) > 1
+
+    with pytest.raises(FilterError) as info:
+        Filter("mine", mine, {}, True)(model(), EMPTY)
+    line = lookup.__code__.co_firstlineno + 1
+    assert str(info.value) == f"filter 'mine' raised KeyError: 'BTC-USDT' in {__file__}:{line}"

@@ -166,6 +166,7 @@ def test_each_stateless_filter_is_its_own_named_step_in_yaml_order(tmp_path):
     from dataflows.apex import wire
 
     p = make_pipeline(tmp_path, TIGHT_CONCENTRATION + UNIVERSE + CONF + "  - filter: margin\n")
+    (tmp_path / "none.jsonl").write_text("")
     flow, _ = wire(p, source=f"recording:{tmp_path / 'none.jsonl'}")
     steps = [s.step_id for s in flow.substeps]
     assert [s for s in steps if s.startswith("apex.filter_")] == ["apex.filter_symbol_universe",

@@ -275,12 +275,15 @@ def test_cli_run_summary(cli_run):
     res, state, summary = cli_run
     assert res.exit_code == 0, res.output
     s = json.loads(summary.read_text())
-    assert s["entries"] == 42
-    assert s["outcomes"] == {"filled": 12, "dropped": 12, "invalid": 14, "duplicate": 3, "expired": 1}
-    assert s["fills"] == 12  # 11 fills and the redelivered fill-aapl
-    assert s["filter_drop_rate"] == {"confidence": 2 / 24, "regime_compatibility": 3 / 24, "symbol_universe": 2 / 24,
-                                     "concentration": 2 / 24, "margin": 1 / 24, "min_size": 2 / 24}
-    assert "42 entries in" in res.output
+    # 42 deliveries of 40 entries: the two redelivered ones (fill-aapl, low-conf) count once each
+    assert s["entries"] == 40
+    assert s["outcomes"] == {"filled": 11, "dropped": 11, "invalid": 14, "duplicate": 3, "expired": 1}
+    assert (s["decided_now"], s["already_decided"], s["errors"]) == (40, {}, 0)
+    assert s["fills"] == 11
+    assert s["filter_drop_rate"] == {"confidence": 1 / 22, "regime_compatibility": 3 / 22, "symbol_universe": 2 / 22,
+                                     "concentration": 2 / 22, "margin": 1 / 22, "min_size": 2 / 22}
+    assert "40 entries in" in res.output
+    assert "decided now 40 · already decided 0" in res.output
     assert (state / "ledger.sqlite").exists() and (state / "clickhouse").is_dir()
 
 
@@ -309,10 +312,9 @@ def test_cli_audit_every_event_jsonl(cli_run):
                                                   "EXECUTION_ATTEMPT": 11, "EXECUTION_CONFIRMED": 11, "TRADE_OPEN": 11}
 
 
-def test_cli_audit_table(cli_run, monkeypatch):
+def test_cli_audit_table(cli_run):
     _, state, _ = cli_run
-    monkeypatch.setattr(apex.cli.out, "_width", 400)
-    res = CliRunner().invoke(apex.cli.app, ["audit", "--state-dir", str(state), "eth-40k"])
+    res = CliRunner().invoke(apex.cli.app, ["audit", "--state-dir", str(state), "eth-40k"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     for stage in SIX_STAGES:
         assert stage in res.stdout

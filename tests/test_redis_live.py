@@ -398,7 +398,8 @@ def test_a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_rest_flows
 
     dead = [d for _, d in r.xrange(DEAD) if d["cause"] == "max_deliveries"]
     assert [d["stream_id"] for d in dead] == [ids[poison]]
-    assert dead[0]["reason"] == f"max_deliveries: RuntimeError: poisoned {poison_sid}"
+    assert dead[0]["reason"] == (f"max_deliveries: FilterError: filter 'refuse' raised RuntimeError: poisoned "
+                                 f"{poison_sid} in {tmp_path / 'poisonmod.py'}:3")
     assert dead[0]["deliveries"] == "4" and dead[0]["payload"] == recs[poison]["fields"]["payload"]
     assert w.summary()["redis"]["dead_lettered"] == 1
     assert drained(r, 40)

@@ -124,6 +124,27 @@ def test_acker_acks_terminal_dead_letters_invalid_and_keeps_errors_pending(redis
     assert dead == {**invalid.fields, "reason": "not_json", "stream_id": invalid.stream_id, "cause": "invalid"}
 
 
+def test_an_error_failing_every_batch_is_logged_once_and_counted(redis_server, caplog):
+    r = redis_server.client()
+    add(r, 6)
+    src, part = partition(redis_server, count=2)
+    entries = poll(part, lambda g: len(g) >= 6)
+    acker = rs.RedisAcker(src.cfg)
+    broken = "FilterError: filter 'mine' raised KeyError: 'x' in rules.py:3"
+    with caplog.at_level("WARNING", logger="apex.redis"):
+        for batch in (entries[0:2], entries[2:4], entries[4:6]):
+            acker.settle([outcome(e, "error", False, broken) for e in batch])
+        acker.settle([outcome(entries[0], "error", False, "VenueDown: timeout")])
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert logged == [
+        f"entry {entries[0].stream_id} left pending for a retry: {broken} (further entries failing the same way "
+        "are only counted: left_pending)",
+        f"entry {entries[0].stream_id} left pending for a retry: VenueDown: timeout (further entries failing the "
+        "same way are only counted: left_pending)",
+    ]
+    assert acker.stats["left_pending"] == 7
+
+
 def test_an_entry_delivered_past_the_limit_is_dead_lettered_with_its_last_error(redis_server):
     r = redis_server.client()
     poison, healthy = add(r, 2)
