@@ -17,6 +17,7 @@ import random
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import redis
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -34,6 +35,7 @@ DOWN = (redis.ConnectionError, redis.TimeoutError)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0
 ACK_PATIENCE_S = 5.0  # past this the acks are dropped: the entries stay pending and come back
 LOGGED_ERRORS = 20  # distinct error messages shown in a run; past it they are only counted
+PAUSE = timedelta(milliseconds=200)  # how often a paused source asks again whether it may read
 
 
 def connect(url: str) -> redis.Redis:
@@ -103,6 +105,10 @@ class _RedisPartition(StatelessSourcePartition[Entry]):
     def next_batch(self) -> list[Entry]:
         if self.source.stopping:
             raise StopIteration
+        if not self.source.accepting():
+            self.source.stats["paused"] += 1
+            self._awake = datetime.now(timezone.utc) + PAUSE
+            return []
         try:
             batch = self._read()
             done = not batch and self._drained()
@@ -225,11 +231,15 @@ class RedisStreamSource(DynamicSource[Entry]):
     entry to exactly one of them, which is what a DynamicSource asks for.
     ``also`` are further streams read in the same call (prices and regimes)."""
 
-    def __init__(self, cfg: RedisConfig, also: tuple[str, ...] = ()):
+    def __init__(self, cfg: RedisConfig, also: tuple[str, ...] = (), accepting: Callable[[], bool] | None = None):
+        """``accepting``: asked before each read; while it answers False nothing is read or
+        claimed. Entries already taken stay pending, unclaimed, so their delivery count
+        does not climb towards the dead-letter limit while the outage lasts."""
         self.cfg = cfg
         self.streams = (cfg.stream, *(s for s in also if s != cfg.stream))
         self.stopping = False
         self.stats: Counter = Counter()
+        self.accepting = accepting or (lambda: True)
 
     def stop(self) -> None:
         """From a signal handler: every partition ends at its next poll and the

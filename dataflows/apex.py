@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -41,7 +41,10 @@ class Wiring:
         getattr(self.source, "stop", lambda: None)()
 
 
-def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, Acker | None]:
+def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
+                accepting: Callable[[], bool] | None = None) -> tuple[Any, Acker | None]:
+    """``accepting``: asked by a live source before each read; while it says no, nothing
+    new is taken (the audit store is down and the outbox past its bound)."""
     if spec.startswith("recording:"):
         p = Path(spec.split(":", 1)[1])
         p = p if p.is_absolute() else relative_to / p
@@ -53,21 +56,24 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path) -> tuple[Any, 
 
         cfg = pipeline.redis.model_copy(update={"url": spec})
         # prices and regimes come on their own stream, read in the same call
-        return RedisStreamSource(cfg, also=(pipeline.prices.stream,)), RedisAcker(cfg)
+        return RedisStreamSource(cfg, also=(pipeline.prices.stream,), accepting=accepting), RedisAcker(cfg)
     raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
 
 
 def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | None = None,
-         redis_overrides: dict[str, Any] | None = None, acker: Acker | None = None) -> tuple[Dataflow, Wiring]:
+         redis_overrides: dict[str, Any] | None = None, acker: Acker | None = None,
+         shipper: Shipper | None = None) -> tuple[Dataflow, Wiring]:
     """``acker``: settles what the sink hands it, instead of the source's own (a test's
-    stand-in, to see what is durable at the moment an entry would be acknowledged)."""
+    stand-in, to see what is durable at the moment an entry would be acknowledged).
+    ``shipper``: moves the outbox to the audit store, instead of one made from the pipeline."""
     if redis_overrides:
         pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
     if source is None:
         spec, base = pipeline.source, pipeline.path.parent
     else:
         spec, base = source, Path.cwd()
-    src, own_acker = make_source(spec, pipeline, base)
+    shipper = shipper or Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn)
+    src, own_acker = make_source(spec, pipeline, base, lambda: shipper.accepting()[0])
     acker = acker or own_acker
 
     flow = Dataflow("apex")
@@ -83,7 +89,6 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
     keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    shipper = Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn)
     step = PortfolioStep(pipeline, shipper)
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])

@@ -325,10 +325,16 @@ class PortfolioStep:
     def _tick(self, book: Portfolio, item: Received, outs: list[Outcome]) -> None:
         e, t = item.entry, item.tick
         assert t is not None
+        if not book.market_entry_is_new(e.stream, e.stream_id):
+            # delivered again after the book took it (its acknowledgement was lost): an older
+            # price must not mark the book over newer ones, nor fire an exit a second time
+            outs.append(Outcome(e.stream, e.stream_id, "", "tick", "already applied"))
+            return
         if t.price is not None and t.symbol is not None:
             mark = book.marks.get(t.symbol)
             why = book.refuses_price(t.symbol, t.price)
             if why:  # the whole entry: a regime travelling with a refused price is not believed either
+                book.market_entry_taken(e.stream, e.stream_id)
                 outs.append(self._invalid_tick(item, why, t.symbol, price=t.price, mark=mark))
                 return
             for terms in book.on_price(t.symbol, t.price, e.clock_ms):
@@ -338,6 +344,7 @@ class PortfolioStep:
                 if t.symbol is None or terms.symbol == t.symbol:
                     self._close(book, terms, reason, book.marks.get(terms.symbol, terms.entry_price),
                                 e.stream_id, e.clock_ms, outs)
+        book.market_entry_taken(e.stream, e.stream_id)  # only now: an exit that failed is tried again
         outs.append(Outcome(e.stream, e.stream_id, "", "tick"))
 
     def _close(self, book: Portfolio, terms: TradeTerms, reason: str, price: float, trigger: str,

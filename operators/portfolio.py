@@ -108,6 +108,7 @@ class Portfolio:
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
         self._guard = PriceGuard(self.limits)
+        self._market_ids: dict[str, tuple[int, int]] = {}  # stream -> the last market entry taken
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
         # kept up to date symbol by symbol: rebuilding it from every position on each
         # fill was a sixth of the portfolio step once a few hundred symbols were held
@@ -141,12 +142,22 @@ class Portfolio:
                 self._values.pop(key, None)
         self._nav = None
 
+    def market_entry_is_new(self, stream: str, stream_id: str) -> bool:
+        """Whether the book has not yet taken this market entry: entries of a stream come
+        in stream-id order, so one at or below the last taken is a redelivery."""
+        last = self._market_ids.get(stream)
+        return last is None or _id(stream_id) > last
+
+    def market_entry_taken(self, stream: str, stream_id: str) -> None:
+        self._market_ids[stream] = _id(stream_id)
+
     def market_state(self) -> dict:
         """What the book learnt from the market rather than from its fills: the marks, the
         peak NAV, the regime and the volatility. Fills alone rebuild positions and cash; a
         restart without these would mark every position at its last fill, forget the
         drawdown and size the next signal with no volatility haircut."""
-        return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state()}
+        return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
+                "taken": self._market_ids}
 
     def restore_market(self, state: dict) -> None:
         """After the fills are applied: the market as the book last saw it (``market_state``)."""
@@ -155,6 +166,7 @@ class Portfolio:
         self.peak = state["peak"]  # the NAVs seen while the fills were applied again were never real
         self.regime = state["regime"]
         self.vol_estimator.restore(state["vol"])
+        self._market_ids = {stream: tuple(i) for stream, i in state["taken"].items()}
 
     def view(self, proposed_usd: float) -> PortfolioView:
         return PortfolioView(self.nav, self.position_values(), proposed_usd)
@@ -269,3 +281,8 @@ class Portfolio:
     def retry_due(self, terms: TradeTerms) -> None:
         """A max-holding close that could not be sent is due again on the next entry."""
         heapq.heappush(self._deadlines, (terms.deadline_ms, terms.signal_id))
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

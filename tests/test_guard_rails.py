@@ -4,17 +4,19 @@ here names the promise it guards and fails when the promise breaks."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 from bytewax.testing import run_main
 
+from connectors.clickhouse import AuditStore
 from connectors.ledger import Ledger
 from connectors.redis_streams import RedisAcker
 from connectors.venues.paper import PaperVenue
 from dataflows.apex import wire
 from dataflows.config import parse
 from operators.orders import Order, client_order_id
-from tests.helpers import Collector, payload, sig
+from tests.helpers import Collector, paper_orders, payload, sig
 from tests.test_exits import MIN, T0, replay, signal, tick
 
 
@@ -128,3 +130,85 @@ def test_a_restart_sizes_the_next_signal_as_the_run_would_have_gone_on(tmp_path)
     assert expected["vol_factor"] == 0.7 and expected["tracker_multiplier"] == 0.5  # the test's premise
     assert expected["drawdown"] > 0
     assert {k: restarted["t2"][k] for k in factors} == expected
+
+
+def test_a_market_entry_delivered_again_is_not_applied_twice(tmp_path):
+    """Promise: a market entry the book already took (its acknowledgement lost, so Redis
+    hands it out again, in this run or after a restart) neither marks the book over newer
+    prices nor fires an exit a second time."""
+    held = signal(1, T0, "BTC-USDT", "buy", 100.0, stop=0.05)
+    seen, trades, _, _, _ = replay(tmp_path, [held, tick(T0 + 10, "BTC-USDT", 93.0, seq=0),
+                                              tick(T0 + 20, "BTC-USDT", 101.0), tick(T0 + 10, "BTC-USDT", 93.0)])
+    assert [o.reason for o in seen if o.outcome == "tick"] == ["", "", "already applied"]
+    assert [o.outcome for o in seen if o.signal_id == "t1"] == ["filled", "closed"]  # one close, not two
+
+    again = signal(2, T0 + 30, "ETH-USDT", "buy", 100.0, stop=0.05)
+    _, _, _, _, _ = replay(tmp_path / "b", [again, tick(T0 + 40, "ETH-USDT", 99.0)])
+    seen, trades, _, _, _ = replay(tmp_path / "b", [tick(T0 + 40, "ETH-USDT", 90.0)])  # after a restart
+    assert [(o.outcome, o.reason) for o in seen] == [("tick", "already applied")]
+    assert "t2" not in trades
+
+
+def _until(condition, seconds: float = 60) -> bool:
+    """Poll ``condition`` until it holds; the deadline only bounds a failure."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_while_the_audit_store_is_down_entries_stay_pending_and_nothing_new_is_read(tmp_path, redis_server):
+    """Promise: once the audit store fails and the outbox backlog passes its bound, entries
+    are left pending instead of acknowledged and the worker takes nothing new (so no entry
+    climbs towards the dead-letter limit); once the store is back, every entry is decided
+    once, acknowledged, and its audit chain reaches the store."""
+    from connectors.outbox import Shipper, connect_state
+
+    state = tmp_path / "state"
+    state.mkdir()
+    blocker = state / "clickhouse"
+    blocker.write_text("a file where the embedded store's folder should be: it cannot open")
+    r = redis_server.client()
+    p = parse(f"state_dir: {state}\nsource: {redis_server.url}\nredis: {{count: 4, claim_idle_ms: 100}}\n"
+              "stages:\n  - filter: confidence\n  - size: kelly\n  - execute: {venue: paper}\n",
+              tmp_path / "pipeline.yaml", {})
+    obs = Collector()
+    flow, wiring = wire(p, observer=obs, shipper=Shipper(p.ledger_path, p.clickhouse_dsn, max_backlog=2))
+    during: dict = {}
+    group = lambda: (r.xinfo_groups("argus:signals:stream") or [{"pending": 0, "lag": None}])[0]  # noqa: E731
+
+    def outage_then_recovery() -> None:
+        try:
+            shipped = connect_state(p.ledger_path)
+            during["failing"] = _until(lambda: not shipped.execute("SELECT healthy FROM outbox_state").fetchone()[0])
+            for i in range(40):
+                doc = sig(f"b{i}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), ttl_seconds=3600,
+                          confidence=0.9 if i % 2 else 0.1)
+                r.xadd("argus:signals:stream", {"payload": payload(doc)})
+            during["paused"] = _until(lambda: wiring.source.stats["paused"] >= 10 and any(
+                not o.terminal and "audit store unavailable" in o.reason for o in list(obs.outcomes)))
+            g = group()
+            during.update(pending=g["pending"], lag=g["lag"], dead=r.xlen("argus:signals:dead"))
+            blocker.unlink()
+            during["drained"] = _until(lambda: group()["pending"] == 0 and group()["lag"] == 0)
+        finally:
+            wiring.stop()
+
+    helper = threading.Thread(target=outage_then_recovery)
+    helper.start()
+    run_main(flow)
+    helper.join()
+    assert during["failing"] and during["paused"] and during["drained"], during
+    assert during["pending"] > 0 and during["lag"] > 0 and during["dead"] == 0, during
+    assert r.xlen("argus:signals:dead") == 0
+    store = AuditStore(p.clickhouse_dsn)
+    try:
+        decided = dict(store.query("SELECT signal_id, count() FROM audit_events FINAL"
+                                   " WHERE stage = 'SIGNAL_RECEIVED' GROUP BY signal_id"))
+    finally:
+        store.close()
+    assert decided == {f"b{i}": 1 for i in range(40)}
+    assert paper_orders(p) == (20, 0)
+    assert len({o.signal_id for o in obs.outcomes if o.outcome == "filled" and o.terminal}) == 20
