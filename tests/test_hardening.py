@@ -147,8 +147,10 @@ def test_schema_bounds_refuse_extreme_durations_sizes_and_control_characters(pat
 
 
 def test_an_out_of_bounds_holding_period_is_invalid_and_a_corrected_republish_trades(tmp_path):
-    """Issue 16, item 3: 1e308 hours overflowed after "sent" was recorded, the entry was
-    dead-lettered, and the corrected re-publish was called a duplicate."""
+    """Promise: an invalid payload is decided per stream entry, not per signal_id, so a
+    corrected re-publish under the same id is traded. (Issue 16, item 3: 1e308 hours
+    overflowed after "sent" was recorded, the entry was dead-lettered, and the corrected
+    re-publish was called a duplicate.)"""
     bad = signal(1, T0, "BTC-USDT", "buy", 100.0)
     doc = json.loads(bad["fields"]["payload"])
     doc["holding_period_hours"] = 1e308
@@ -195,6 +197,8 @@ def test_a_signal_from_the_future_is_invalid_beyond_the_clock_skew_allowance(tmp
 
 
 def test_a_year_9999_signal_is_invalid_and_its_corrected_republish_trades(tmp_path):
+    """Promise: a signal from the future is invalid (timestamp_in_future), decided per stream
+    entry, so its corrected re-publish under the same signal_id is traded."""
     s = signal(1, T0, "BTC-USDT", "buy", 100.0)
     doc = json.loads(s["fields"]["payload"])
     doc["timestamp"] = "9999-12-31T23:59:59.999+00:00"
