@@ -3,10 +3,14 @@ here names the promise it guards and fails when the promise breaks."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
 from bytewax.testing import run_main
+from typer.testing import CliRunner
+
+import apex.cli
 
 from connectors.ledger import Ledger
 from connectors.redis_streams import RedisAcker
@@ -15,7 +19,7 @@ from dataflows.apex import wire
 from dataflows.config import parse
 from operators.orders import Order, client_order_id
 from tests.helpers import Collector, payload, sig
-from tests.test_exits import MIN, T0, replay, signal, tick
+from tests.test_exits import MIN, PIPELINE, T0, replay, signal, tick
 
 
 class DurabilityCheckingAcker:
@@ -128,3 +132,18 @@ def test_a_restart_sizes_the_next_signal_as_the_run_would_have_gone_on(tmp_path)
     assert expected["vol_factor"] == 0.7 and expected["tracker_multiplier"] == 0.5  # the test's premise
     assert expected["drawdown"] > 0
     assert {k: restarted["t2"][k] for k in factors} == expected
+
+
+def test_an_unknown_apex_env_is_refused_before_anything_runs(tmp_path):
+    """Promise (README): live trading never starts by accident. An APEX_ENV that is neither
+    paper nor live ends `apex run` with exit 2 and says why, before the pipeline's state dir
+    is touched."""
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text(json.dumps(signal(1, T0, "BTC-USDT", "buy", 100.0)) + "\n")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"source: recording:{rec}\n"
+                        + PIPELINE.format(state=tmp_path / "state", fee=0, alert="false"))
+    res = CliRunner().invoke(apex.cli.app, ["run", str(pipeline), "--no-progress"], env={"APEX_ENV": "staging"})
+    assert res.exit_code == 2, res.output
+    assert "APEX_ENV must be paper or live, not 'staging'" in " ".join(res.output.split())
+    assert not (tmp_path / "state").exists()
