@@ -89,6 +89,20 @@ def test_own_pending_entries_come_first_then_new_ones(redis_server):
     assert [e.stream_id for e in rest] == new and [e.deliveries for e in rest] == [1, 1]
 
 
+def test_each_worker_of_several_reads_as_a_consumer_of_its_own(redis_server):
+    """Promise (README, several workers): under `bytewax.run ... -w N` each worker gets its own
+    consumer in the group, `apex-worker-1-0`, `apex-worker-1-1`, ...: Bytewax builds one
+    partition a worker, and two under one name would each take the other's pending entries
+    for its own previous life's."""
+    r = redis_server.client()
+    ids = add(r, 4)
+    src = rs.RedisStreamSource(RedisConfig(url=redis_server.url, count=2))
+    got = [poll(src.build("source", i, 2), lambda g: len(g) >= 2) for i in range(2)]
+    assert {c["name"]: c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)} == {"apex-worker-1-0": 2,
+                                                                                   "apex-worker-1-1": 2}
+    assert sorted(e.stream_id for part in got for e in part) == ids
+
+
 PRICES = "argus:prices:stream"
 
 
