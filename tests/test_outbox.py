@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import sqlite3
@@ -18,8 +19,8 @@ def wal_bytes(ledger_path) -> int:
     return os.path.getsize(f"{ledger_path}-wal")
 
 
-def _queue(ledger: Ledger, n: int) -> None:
-    for i in range(n):
+def _queue(ledger: Ledger, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
         ledger.begin()
         ledger.rows["filter_drops"].append([f"s{i}", f"{i}-0", "confidence", 1, "a", "okx", "BTC-USDT", 0.5,
                                             "choppy"])  # DROP_COLUMNS
@@ -329,3 +330,41 @@ def test_the_shipper_keeps_off_one_core_so_the_worker_finds_it_free(tmp_path):
         assert os.sched_getaffinity(pid) == expected
     finally:
         shipper.stop()
+
+
+def _until(cond, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout  # bounds a failure only
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_second_shipper_on_the_same_state_dir_waits_for_the_first_to_exit(tmp_path):
+    """Promise (README): one shipper runs per state dir, behind a lock file, so a restarted
+    worker's shipper waits for a killed one's to finish draining (embedded ClickHouse opens
+    in one process only); then it ships what is left."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 2)
+    dsn = f"chdb://{tmp_path / 'ch'}"
+    first, second = outbox.Shipper(path, dsn), outbox.Shipper(path, dsn)
+    first.start()
+    try:
+        _until(lambda: first.shipped_seq == 2, "the first shipper's round")
+        with open(tmp_path / "shipper.lock", "w") as probe:  # what a second shipper would find
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second.start()  # the restarted worker's
+        _queue(ledger, 1, start=2)
+        first.stop()  # drained and gone: the second takes over
+        _queue(ledger, 1, start=3)
+        _until(lambda: second.shipped_seq == 4, "the second shipper's round")
+    finally:
+        first.stop()
+        second.stop()
+    assert (first.problem, second.problem) == (None, None)
+    store = AuditStore(dsn)
+    try:
+        assert store.query("SELECT count() FROM filter_drops FINAL") == [(4,)]
+    finally:
+        store.close()
