@@ -21,6 +21,7 @@ from apex.stream_cli import restamp
 from connectors.entry import id_ms
 from connectors.recording import read_lines
 from dataflows.config import RedisConfig
+from helpers import record_until
 from operators.audit import Outcome
 from operators.signal import Invalid, parse_signal
 
@@ -222,13 +223,22 @@ def test_stop_ends_the_partition(redis_server):
 
 
 def test_stop_when_idle_waits_for_our_own_pending_entries(redis_server):
+    """--stop-when-idle ends a partition only once nothing of its own is pending: polls that
+    begin with the idle limit long passed go on while our entry is unacked; acked, it ends."""
     r = redis_server.client()
     add(r, 1)
-    src, part = partition(redis_server, stop_when_idle_ms=20)
-    (entry,) = poll(part, lambda g: len(g) >= 1)
-    quiet_until = time.monotonic() + 0.2  # ten idle periods with our entry unacked: must not stop
-    while time.monotonic() < quiet_until:
+    rs.ensure_group(r, RedisConfig())
+    r.xreadgroup(GROUP, "apex-worker-1", {STREAM: ">"}, count=1)  # pending before the partition exists
+    src, part = partition(redis_server, stop_when_idle_ms=1)
+    (entry,) = poll(part, lambda g: len(g) >= 1)  # its own pending entry, read first
+    idle_from = time.monotonic()
+    past_the_limit = 0
+    deadline = idle_from + 30  # bounds a failure only
+    while past_the_limit < 5:  # polls each of which would end an idle partition with nothing pending
+        assert time.monotonic() < deadline
+        began = time.monotonic()
         assert part.next_batch() == []
+        past_the_limit += began - idle_from > 0.002
     rs.RedisAcker(src.cfg).settle([outcome(entry, "dropped")])
     with pytest.raises(StopIteration):
         poll(part, lambda g: False)
@@ -274,12 +284,12 @@ def test_publish_record_and_status_commands(redis_server, tmp_path):
         new_age = id_ms(sid) - parse_signal(fields["payload"]).emitted_ms
         assert (old_age > sig.ttl_seconds * 1000) == (new_age > sig.ttl_seconds * 1000)  # expired stays expired
 
-    out = tmp_path / "out.jsonl"
-    res = cli.invoke(app, ["record", "--out", str(out), "--duration", "0.3", "--since", "0",
+    recorded = record_until(tmp_path / "out.jsonl", 200, "--since", "0", "--redis", redis_server.url)
+    assert [(x["id"], x["fields"]) for x in recorded] == [(i, f) for i, f in published]
+    assert {x["stream"] for x in recorded} == {STREAM}
+    res = cli.invoke(app, ["record", "--out", str(tmp_path / "end.jsonl"), "--duration", "0.05",
                            "--redis", redis_server.url])
-    assert res.exit_code == 0, res.output
-    assert [(x["id"], x["fields"]) for x in read_lines(out)] == [(i, f) for i, f in published]
-    assert {x["stream"] for x in read_lines(out)} == {STREAM}
+    assert res.exit_code == 0, res.output  # a capture ends by itself at its duration
 
     rs.ensure_group(r, RedisConfig())
     r.xreadgroup(GROUP, "apex-worker-7", {STREAM: ">"}, count=5)
