@@ -68,6 +68,7 @@ def test_live_prices_close_trades_and_every_market_entry_is_acked(tmp_path, redi
 
 
 def test_record_captures_signals_and_prices_on_one_timeline(tmp_path, redis_server):
+    """`apex record` writes the signal and price streams interleaved in stream-id order."""
     r = redis_server.client()
     r.xadd(SIGNALS, {"payload": "{}"}, id="1000-0")
     r.xadd(PRICES, {"symbol": "BTC-USDT", "price": "100"}, id="1500-0")

@@ -266,6 +266,8 @@ def test_restamp_keeps_each_entrys_age_and_leaves_invalid_payloads_alone():
 
 
 def test_publish_record_and_status_commands(redis_server, tmp_path):
+    """`apex publish` re-stamps each entry keeping its age (expired stays expired), `apex record`
+    captures the stream as it is and ends at its duration, `apex status` reports the group."""
     recording = tmp_path / "in.jsonl"
     recording.write_text("".join(json.dumps(rec) + "\n" for rec in sample(200)))
     cli = CliRunner()
