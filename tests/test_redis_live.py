@@ -96,6 +96,15 @@ def age_ms(rec: dict) -> int:
     return int(time.time() * 1000) - parse_signal(rec["fields"]["payload"]).emitted_ms
 
 
+def reaching_the_filters(recs: list[dict], after: int) -> int:
+    """The index of the first entry past ``after`` that reaches the filters: valid, fresh
+    (with 10 s of its TTL to spare), its signal_id not republished."""
+    sids = Counter(signal_id(rec["fields"]) for rec in recs)
+    return next(i for i, rec in enumerate(recs)
+                if i > after and signal_id(rec["fields"]) and sids[signal_id(rec["fields"])] == 1
+                and age_ms(rec) < parse_signal(rec["fields"]["payload"]).ttl_seconds * 1000 - 10_000)
+
+
 def write_recording(path: Path, recs: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
@@ -382,10 +391,7 @@ def test_a_dead_consumers_pending_entries_are_claimed_by_the_live_worker(tmp_pat
 def test_a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_rest_flows_on(tmp_path, redis_server):
     r = redis_server.client()
     recs = fresh_entries(40)
-    sids = Counter(signal_id(rec["fields"]) for rec in recs)
-    poison = next(i for i, rec in enumerate(recs)  # one that reaches the filters: valid, fresh, not republished
-                  if i > 5 and signal_id(rec["fields"]) and sids[signal_id(rec["fields"])] == 1
-                  and age_ms(rec) < parse_signal(rec["fields"]["payload"]).ttl_seconds * 1000 - 10_000)
+    poison = reaching_the_filters(recs, after=5)
     poison_sid = signal_id(recs[poison]["fields"])
     (tmp_path / "poisonmod.py").write_text(
         "def refuse(signal, portfolio, signal_id):\n"
@@ -435,10 +441,7 @@ def test_sigterm_stops_reading_finishes_in_flight_and_exits_zero(tmp_path, redis
     its SIGTERM handler has run, so the stream is certainly not read to its end before it."""
     r = redis_server.client()
     recs = fresh_entries(3000)
-    sids = Counter(signal_id(rec["fields"]) for rec in recs)
-    held_at = next(signal_id(rec["fields"]) for i, rec in enumerate(recs)  # valid, fresh, not republished
-                   if i > 200 and signal_id(rec["fields"]) and sids[signal_id(rec["fields"])] == 1
-                   and age_ms(rec) < parse_signal(rec["fields"]["payload"]).ttl_seconds * 1000 - 10_000)
+    held_at = signal_id(recs[reaching_the_filters(recs, after=200)]["fields"])
     marks = tmp_path / "hold"
     (tmp_path / "holdmod.py").write_text(
         "import os, signal, time\n"
