@@ -126,8 +126,9 @@ class WalKeeper:
 
 
 class Ledger:
-    def __init__(self, path: str | Path, keep_wal: bool = False):
-        """``keep_wal``: run a ``WalKeeper`` beside this connection (the worker's ledger)."""
+    def __init__(self, path: str | Path, keep_wal: bool = False, wal_keeper: WalKeeper | None = None):
+        """``keep_wal``: run a ``WalKeeper`` beside this connection (the worker's ledger);
+        ``wal_keeper``: one the caller made instead (its own schedule), stopped with the ledger."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -149,7 +150,7 @@ class Ledger:
         self._pruned = 0
         self._commits = 0
         self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # an older ledger's may differ
-        self._keeper = WalKeeper(self.path) if keep_wal else None
+        self._keeper = wal_keeper or (WalKeeper(self.path) if keep_wal else None)
         if self._keeper is not None:  # a ledger dropped unclosed (a finished dataflow) stops its thread
             weakref.finalize(self, self._keeper._stop.set)
         # Decisions and audit rows of the open transaction, written in one go at its end
@@ -234,7 +235,7 @@ class Ledger:
         whatever the page size, the rate or the batches."""
         return self._keeper is not None and self._keeper.frames * self._page >= WAL_LIMIT_BYTES
 
-    def restart_wal(self) -> None:
+    def restart_wal(self) -> bool:
         """Start the WAL over, between batches. Without it the WAL only grows: a checkpoint
         copies it back without waiting for us and so never completes while we commit every
         few ms (1.7 GB in two minutes at 200 fills/s, RSS growing with its index). Here, the
@@ -242,7 +243,8 @@ class Ledger:
         arrived since the ``WalKeeper``'s last pass (copying 18 s of WAL here held a batch
         for 10-30 ms, growing with the ledger). A reader in the way (the shipper) makes it
         return at once rather than sleep in the busy handler: the next batch tries again.
-        Not TRUNCATE: shrinking the file cost ~100 ms more; it is overwritten from its start."""
+        Not TRUNCATE: shrinking the file cost ~100 ms more; it is overwritten from its start.
+        Returns whether it started the WAL over."""
         self.db.execute("PRAGMA busy_timeout=0")
         try:
             busy = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
@@ -252,6 +254,7 @@ class Ledger:
             self._commits = 0
             if self._keeper is not None:
                 self._keeper.frames = 0  # until its next pass: the WAL starts over
+        return not busy
 
     def checkpoint(self) -> None:
         """Make the orders' intents durable now, with their "sent" decisions and the audit rows

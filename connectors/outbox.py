@@ -158,6 +158,12 @@ class Shipper:
                     stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                 )
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs; None before ``start`` and after ``stop``."""
+        proc = self._proc
+        return None if proc is None else proc.pid
+
     def state(self) -> tuple[int, bool, str]:
         seq, healthy, err = self.state_db.execute("SELECT shipped_seq, healthy, last_error FROM outbox_state").fetchone()
         return seq, bool(healthy), err

@@ -7,6 +7,10 @@ conftest.py stays free for infrastructure fixtures.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from operators.audit import Outcome
 from operators.signal import Signal
 
 STREAM = "argus:signals:stream"
+APEX = str(Path(sys.executable).with_name("apex"))
 DROP = object()  # pass as a field value to remove that field from the signal
 
 # 2026-01-01T10:00:00.000Z is 1767261600000 ms; every default timestamp below is that instant.
@@ -149,3 +154,21 @@ def audit_query(pipeline: Pipeline, sql: str, parameters: dict | None = None) ->
         return store.query(sql, parameters)
     finally:
         store.close()
+
+
+def record_until(out: Path, lines: int, *args: str, timeout: float = 60) -> list[dict]:
+    """`apex record` in a process of its own until ``out`` holds ``lines`` entries, then
+    stopped (SIGINT): a capture window fixed in seconds starts before the recorder's first
+    connection and, on a loaded machine, could close before its first read."""
+    proc = subprocess.Popen([APEX, "record", "--out", str(out), "--duration", "3600", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout  # bounds a failure only
+        while not (out.exists() and out.read_bytes().count(b"\n") >= lines):
+            assert proc.poll() is None, f"apex record exited {proc.returncode}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"apex record did not capture {lines} entries"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    return [json.loads(line) for line in out.read_text().splitlines()]

@@ -4,6 +4,7 @@ and closes feed the KellyTracker that sizes the next signal."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from bytewax.testing import run_main
 
 from connectors.clickhouse import AuditStore
 from connectors.ledger import Ledger
+from connectors.venues.paper import PaperVenue
 from dataflows.apex import wire
 from dataflows.config import parse
 from operators.exits import (
@@ -185,6 +187,47 @@ def test_each_exit_kind_fires_at_the_right_tick_with_the_right_pnl(tmp_path):
     ledger = Ledger(state / "ledger.sqlite")
     assert ledger.open_trades() == []
     ledger.close()
+
+
+def test_max_holding_falls_back_to_the_holding_period(tmp_path):
+    """A signal without exit_rules.max_holding_hours is held for its holding_period_hours
+    (README, maximum holding: "falling back to holding_period_hours"): closed by the first
+    entry at entry time + 24 h, and not by the one a millisecond before."""
+    day = 24 * 60 * MIN
+    entries = [
+        signal(1, T0, "BTC-USDT", "buy", 100.0, stop=0.5, regimes=()),  # holding_period_hours 24, no maximum
+        tick(T0 + day - 1, "BTC-USDT", 101.0),  # still held
+        tick(T0 + day, "BTC-USDT", 102.0),      # due: closed at the mark before this tick
+    ]
+    _, trades, _, _, _ = replay(tmp_path, entries)
+    assert {sid: (t["exit_reason"], t["exit_ms"], t["exit_price"]) for sid, t in trades.items()} == {
+        "t1": (MAX_HOLDING, T0 + day, 101.0)}
+
+
+def test_a_failed_max_holding_close_is_retried_at_the_next_entry(tmp_path):
+    """A maximum-holding close that fails (here the ledger refuses to record its intent)
+    leaves the entry that triggered it pending and the trade due: the next entry closes it,
+    within the same run, with one close order at the venue."""
+    due = T0 + 60 * MIN
+    state = tmp_path / "state"
+    Ledger(state / "ledger.sqlite").close()
+    db = sqlite3.connect(state / "ledger.sqlite")
+    db.execute("CREATE TRIGGER no_close_yet BEFORE INSERT ON executions"  # the close at the deadline only
+               f" WHEN NEW.kind = 'close' AND NEW.intent_ms <= {due} BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    db.commit()
+    db.close()
+    entries = [
+        signal(1, T0, "SOL-USDT", "buy", 50.0, stop=0.5, regimes=(), hold=1),
+        tick(due, "SOL-USDT", 54.0),          # due: its close fails
+        tick(due + MIN, "SOL-USDT", 53.0),    # still due: closed before this tick
+    ]
+    seen, trades, _, _, _ = replay(tmp_path, entries)
+    (failed,) = [o for o in seen if o.outcome == "error"]
+    assert (failed.stream_id, failed.terminal) == (f"{due}-0", False) and "disk says no" in failed.reason
+    assert {sid: (t["exit_reason"], t["exit_ms"]) for sid, t in trades.items()} == {"t1": (MAX_HOLDING, due + MIN)}
+    venue = PaperVenue(state / "paper-venue.sqlite")
+    assert venue.orders_sent() == (2, 0)  # the open and one close, nothing refused as a repeat
+    venue.db.close()
 
 
 def test_fees_enter_pnl(tmp_path):

@@ -3,11 +3,15 @@ here names the promise it guards and fails when the promise breaks."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 
 from bytewax.testing import run_main
+from typer.testing import CliRunner
+
+import apex.cli
 
 from connectors.clickhouse import AuditStore
 from connectors.ledger import Ledger
@@ -17,7 +21,7 @@ from dataflows.apex import wire
 from dataflows.config import parse
 from operators.orders import Order, client_order_id
 from tests.helpers import Collector, paper_orders, payload, sig
-from tests.test_exits import MIN, T0, replay, signal, tick
+from tests.test_exits import MIN, PIPELINE, T0, replay, signal, tick
 
 
 class DurabilityCheckingAcker:
@@ -212,3 +216,18 @@ def test_while_the_audit_store_is_down_entries_stay_pending_and_nothing_new_is_r
     assert decided == {f"b{i}": 1 for i in range(40)}
     assert paper_orders(p) == (20, 0)
     assert len({o.signal_id for o in obs.outcomes if o.outcome == "filled" and o.terminal}) == 20
+
+
+def test_an_unknown_apex_env_is_refused_before_anything_runs(tmp_path):
+    """Promise (README): live trading never starts by accident. An APEX_ENV that is neither
+    paper nor live ends `apex run` with exit 2 and says why, before the pipeline's state dir
+    is touched."""
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text(json.dumps(signal(1, T0, "BTC-USDT", "buy", 100.0)) + "\n")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"source: recording:{rec}\n"
+                        + PIPELINE.format(state=tmp_path / "state", fee=0, alert="false"))
+    res = CliRunner().invoke(apex.cli.app, ["run", str(pipeline), "--no-progress"], env={"APEX_ENV": "staging"})
+    assert res.exit_code == 2, res.output
+    assert "APEX_ENV must be paper or live, not 'staging'" in " ".join(res.output.split())
+    assert not (tmp_path / "state").exists()

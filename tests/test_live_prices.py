@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from connectors.clickhouse import AuditStore
+from helpers import record_until
 from tests.test_exits import PRICES, SIGNALS, T0, regime, signal, tick
 
 APEX = str(Path(sys.executable).with_name("apex"))
@@ -67,14 +68,11 @@ def test_live_prices_close_trades_and_every_market_entry_is_acked(tmp_path, redi
 
 
 def test_record_captures_signals_and_prices_on_one_timeline(tmp_path, redis_server):
+    """`apex record` writes the signal and price streams interleaved in stream-id order."""
     r = redis_server.client()
     r.xadd(SIGNALS, {"payload": "{}"}, id="1000-0")
     r.xadd(PRICES, {"symbol": "BTC-USDT", "price": "100"}, id="1500-0")
     r.xadd(SIGNALS, {"payload": "{}"}, id="2000-0")
-    out = tmp_path / "rec.jsonl"
-    res = _run("record", "--out", str(out), "--duration", "0.5", "--since", "0", "--redis", redis_server.url,
-               cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = record_until(tmp_path / "rec.jsonl", 3, "--since", "0", "--redis", redis_server.url)
     assert [(e["stream"], e["id"]) for e in lines] == [(SIGNALS, "1000-0"), (PRICES, "1500-0"), (SIGNALS, "2000-0")]
     assert lines[1]["fields"] == {"symbol": "BTC-USDT", "price": "100"}

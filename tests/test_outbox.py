@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
 
 from connectors import outbox
 from connectors.clickhouse import AuditStore
-from connectors.ledger import Ledger
+from connectors.ledger import Ledger, WalKeeper
 
 
 def wal_bytes(ledger_path) -> int:
     return os.path.getsize(f"{ledger_path}-wal")
 
 
-def _queue(ledger: Ledger, n: int) -> None:
-    for i in range(n):
+def _queue(ledger: Ledger, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
         ledger.begin()
         ledger.rows["filter_drops"].append([f"s{i}", f"{i}-0", "confidence", 1, "a", "okx", "BTC-USDT", 0.5,
                                             "choppy"])  # DROP_COLUMNS
@@ -168,23 +170,22 @@ def test_the_ledger_restarts_its_wal_once_the_keeper_sees_it_past_the_limit(tmp_
 
     path = tmp_path / "ledger.sqlite"
     page = made_with or outbox.PAGE_SIZE
-    if made_with:
-        with monkeypatch.context() as m:
-            m.setattr(outbox, "PAGE_SIZE", made_with)
-            Ledger(path).close()
+    with monkeypatch.context() as m:
+        m.setattr(outbox, "PAGE_SIZE", page)
+        Ledger(path).close()
     monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 10**9)
-    ledger = Ledger(path, keep_wal=True)
-    ledger._keeper.stop()  # no passes of its own: the test sets what it saw
+    keeper = WalKeeper(path, interval_s=3600)  # no passes of its own within the test: the test sets what it saw
+    ledger = Ledger(path, wal_keeper=keeper)
     assert ledger.db.execute("PRAGMA page_size").fetchone()[0] == page
     _queue(ledger, 5)
-    ledger._keeper.frames = (ledger_mod.WAL_LIMIT_BYTES - 1) // page
+    keeper.frames = (ledger_mod.WAL_LIMIT_BYTES - 1) // page
     before = wal_bytes(path)
     _queue(ledger, 20)
-    assert wal_bytes(path) > before and ledger._keeper.frames > 0  # under the limit: no restart
+    assert wal_bytes(path) > before and keeper.frames > 0  # under the limit: no restart
 
-    ledger._keeper.frames = ledger_mod.WAL_LIMIT_BYTES // page
+    keeper.frames = ledger_mod.WAL_LIMIT_BYTES // page
     _queue(ledger, 1)  # this commit restarts it
-    assert ledger._keeper.frames == 0
+    assert keeper.frames == 0
     high = wal_bytes(path)
     _queue(ledger, 20)
     assert wal_bytes(path) == high  # overwritten from its start
@@ -251,26 +252,33 @@ def test_the_wal_keeper_copies_the_wal_back_while_the_worker_writes_on(tmp_path)
             time.sleep(0.01)
         ledger.begin()  # the worker goes on committing meanwhile
         ledger.commit()
-        ledger.restart_wal()
-        assert ledger._commits == 0
+        assert ledger.restart_wal()
     finally:
         ledger.close()
 
 
-def test_a_restart_that_a_reader_is_in_the_way_of_returns_at_once_and_is_tried_again(tmp_path):
+def test_a_restart_that_a_reader_is_in_the_way_of_returns_at_once_and_is_tried_again(tmp_path, monkeypatch):
+    """A reader (the shipper) holding a snapshot makes a restart return at once, without
+    sleeping in SQLite's busy handler, and the restart stays due: the first commit after
+    the reader has gone starts the WAL over."""
+    from connectors import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "RESTART_EVERY", 3)
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    _queue(ledger, 3)
+    _queue(ledger, 2)
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT COUNT(*) FROM outbox").fetchone()  # holds a snapshot in the WAL
-    ledger._commits = 7
-    ledger.restart_wal()  # busy: no sleeping in SQLite's busy handler, no reset
-    assert ledger._commits == 7
+    assert not ledger.restart_wal()  # busy: nothing reset
     assert ledger.db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    _queue(ledger, 1, start=2)  # the third commit: due, and the reader still in the way
+    frames = _wal_index(path)[0]
     reader.execute("COMMIT")
-    ledger.restart_wal()
-    assert ledger._commits == 0
+    _queue(ledger, 1, start=3)  # tried again after this commit...
+    _queue(ledger, 1, start=4)  # ...so this one is written from the WAL's start
+    assert _wal_index(path)[0] < frames
+    assert ledger.restart_wal()
 
 
 def test_a_worker_ledger_dropped_without_close_stops_its_wal_thread(tmp_path):
@@ -278,8 +286,9 @@ def test_a_worker_ledger_dropped_without_close_stops_its_wal_thread(tmp_path):
     not outlive it (a test run builds a hundred dataflows in one process)."""
     import gc
 
+    before = {t for t in threading.enumerate() if t.name == "apex-wal"}
     ledger = Ledger(tmp_path / "ledger.sqlite", keep_wal=True)
-    thread = ledger._keeper._thread
+    (thread,) = {t for t in threading.enumerate() if t.name == "apex-wal"} - before
     assert thread.is_alive()
     del ledger
     gc.collect()
@@ -321,11 +330,49 @@ def test_the_shipper_keeps_off_one_core_so_the_worker_finds_it_free(tmp_path):
     Ledger(tmp_path / "ledger.sqlite").close()
     shipper.start()
     try:
-        pid = shipper._proc.pid
+        pid = shipper.pid
         expected = cores - {min(cores)} if len(cores) > 1 else cores
         deadline = time.monotonic() + 30  # the child sets it once imported: poll for it, a bounded wait
-        while os.sched_getaffinity(pid) != expected and shipper._proc.poll() is None and time.monotonic() < deadline:
+        while os.sched_getaffinity(pid) != expected and time.monotonic() < deadline:
             time.sleep(0.01)
         assert os.sched_getaffinity(pid) == expected
     finally:
         shipper.stop()
+
+
+def _until(cond, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout  # bounds a failure only
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_second_shipper_on_the_same_state_dir_waits_for_the_first_to_exit(tmp_path):
+    """Promise (README): one shipper runs per state dir, behind a lock file, so a restarted
+    worker's shipper waits for a killed one's to finish draining (embedded ClickHouse opens
+    in one process only); then it ships what is left."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _queue(ledger, 2)
+    dsn = f"chdb://{tmp_path / 'ch'}"
+    first, second = outbox.Shipper(path, dsn), outbox.Shipper(path, dsn)
+    first.start()
+    try:
+        _until(lambda: first.shipped_seq == 2, "the first shipper's round")
+        with open(tmp_path / "shipper.lock", "w") as probe:  # what a second shipper would find
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second.start()  # the restarted worker's
+        _queue(ledger, 1, start=2)
+        first.stop()  # drained and gone: the second takes over
+        _queue(ledger, 1, start=3)
+        _until(lambda: second.shipped_seq == 4, "the second shipper's round")
+    finally:
+        first.stop()
+        second.stop()
+    assert (first.problem, second.problem) == (None, None)
+    store = AuditStore(dsn)
+    try:
+        assert store.query("SELECT count() FROM filter_drops FINAL") == [(4,)]
+    finally:
+        store.close()

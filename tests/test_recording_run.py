@@ -4,6 +4,9 @@ trail in ClickHouse, and the `apex run` / `apex audit` commands over the same fi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import apex.cli
 from dataflows.config import parse
 from helpers import DROP, audit_query, entry, paper_orders, payload, pipeline_yaml, run_flow, sig, write_recording
 
+APEX = str(Path(sys.executable).with_name("apex"))
 OKX_UNIVERSE = "# okx pairs for the test\nBTC-USDT\nETH-USDT\nSOL-USDT\nDOGE-USDT\nXRP-USDT\n"
 FILTERS = """\
   - filter: confidence
@@ -313,9 +317,12 @@ def test_cli_audit_every_event_jsonl(cli_run):
 
 
 def test_cli_audit_table(cli_run):
+    """The table of one signal's chain shows every stage and the sizes, at a width the test sets:
+    a process of its own, whatever COLUMNS the test run itself was started with."""
     _, state, _ = cli_run
-    res = CliRunner().invoke(apex.cli.app, ["audit", "--state-dir", str(state), "eth-40k"], env={"COLUMNS": "400"})
-    assert res.exit_code == 0, res.output
+    res = subprocess.run([APEX, "audit", "--state-dir", str(state), "eth-40k"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert res.returncode == 0, res.stdout + res.stderr
     for stage in SIX_STAGES:
         assert stage in res.stdout
     assert "40,000.00" in res.stdout

@@ -96,6 +96,15 @@ def age_ms(rec: dict) -> int:
     return int(time.time() * 1000) - parse_signal(rec["fields"]["payload"]).emitted_ms
 
 
+def reaching_the_filters(recs: list[dict], after: int) -> int:
+    """The index of the first entry past ``after`` that reaches the filters: valid, fresh
+    (with 10 s of its TTL to spare), its signal_id not republished."""
+    sids = Counter(signal_id(rec["fields"]) for rec in recs)
+    return next(i for i, rec in enumerate(recs)
+                if i > after and signal_id(rec["fields"]) and sids[signal_id(rec["fields"])] == 1
+                and age_ms(rec) < parse_signal(rec["fields"]["payload"]).ttl_seconds * 1000 - 10_000)
+
+
 def write_recording(path: Path, recs: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
@@ -332,11 +341,14 @@ def test_seed_scenario_47_pending_at_the_kill_drain_to_zero_lag(tmp_path, redis_
 
 
 def test_two_workers_in_one_group_share_the_stream_and_decide_each_entry_once(tmp_path, redis_server):
+    """Promise: several `apex run` processes in one group split the stream, each entry decided
+    by exactly one of them, nothing executed twice."""
     r = redis_server.client()
     recs = fresh_entries(600, unique=True)  # republished signal_ids: see docs/redis.md on separate ledgers
     feed = write_recording(tmp_path / "feed.jsonl", recs)
-    # the default claim_idle_ms: an entry one worker has in flight is not taken by the other
-    pipeline = pipeline_yaml(tmp_path, redis_server.url, count=10, claim_idle_ms=5000)
+    # no claims within the test, however slow the machine: an entry one worker has in flight
+    # is never taken by the other (a default 5 s could pass while a loaded worker holds one)
+    pipeline = pipeline_yaml(tmp_path, redis_server.url, count=10, claim_idle_ms=3_600_000)
     a = Worker(tmp_path, pipeline, "apex-worker-1", state="state-a")
     b = Worker(tmp_path, pipeline, "apex-worker-2", state="state-b")
     wait_for(lambda: r.exists(STREAM) and len(r.xinfo_consumers(STREAM, GROUP)) == 2, "both consumers polling",
@@ -379,10 +391,7 @@ def test_a_dead_consumers_pending_entries_are_claimed_by_the_live_worker(tmp_pat
 def test_a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_rest_flows_on(tmp_path, redis_server):
     r = redis_server.client()
     recs = fresh_entries(40)
-    sids = Counter(signal_id(rec["fields"]) for rec in recs)
-    poison = next(i for i, rec in enumerate(recs)  # one that reaches the filters: valid, fresh, not republished
-                  if i > 5 and signal_id(rec["fields"]) and sids[signal_id(rec["fields"])] == 1
-                  and age_ms(rec) < parse_signal(rec["fields"]["payload"]).ttl_seconds * 1000 - 10_000)
+    poison = reaching_the_filters(recs, after=5)
     poison_sid = signal_id(recs[poison]["fields"])
     (tmp_path / "poisonmod.py").write_text(
         "def refuse(signal, portfolio, signal_id):\n"
@@ -428,13 +437,35 @@ def test_redis_restarted_under_the_worker_it_reconnects_and_loses_nothing(tmp_pa
 
 
 def test_sigterm_stops_reading_finishes_in_flight_and_exits_zero(tmp_path, redis_server):
+    """Promise: SIGTERM stops reading, and what is in flight is finished and acknowledged
+    before a clean exit. The worker is held mid-stream (a filter waiting at one signal) until
+    its SIGTERM handler has run, so the stream is certainly not read to its end before it."""
     r = redis_server.client()
-    xadd_all(r, fresh_entries(3000))
-    pipeline = pipeline_yaml(tmp_path, redis_server.url, count=10)
+    recs = fresh_entries(3000)
+    held_at = signal_id(recs[reaching_the_filters(recs, after=200)]["fields"])
+    marks = tmp_path / "hold"
+    (tmp_path / "holdmod.py").write_text(
+        "import os, signal, time\n"
+        "def hold(sig, portfolio, signal_id, marks):\n"
+        "    if sig.signal_id != signal_id:\n"
+        "        return True\n"
+        "    stop = signal.getsignal(signal.SIGTERM)  # apex run's, installed by now\n"
+        "    def noted(*args):\n"
+        "        stop(*args)\n"
+        "        open(marks + '.stopping', 'w').close()\n"
+        "    signal.signal(signal.SIGTERM, noted)\n"
+        "    open(marks + '.held', 'w').close()\n"
+        "    while not os.path.exists(marks + '.stopping'):  # until the stop has been handled\n"
+        "        time.sleep(0.005)\n"
+        "    return True\n")
+    pipeline = pipeline_yaml(tmp_path, redis_server.url, count=10,
+                             prefix=({"filter": "holdmod:hold", "signal_id": held_at, "marks": str(marks)},))
+    xadd_all(r, recs)
     w = Worker(tmp_path, pipeline)
-    wait_for(lambda: group(r)["acked"] >= 100, "some progress", workers=(w,))
+    wait_for(lambda: Path(f"{marks}.held").exists(), "the worker held mid-stream", workers=(w,))
     w.term()
-    assert w.wait() == 0
+    assert w.wait() == 0, w.output()[-3000:]
+    assert Path(f"{marks}.stopping").exists()
     g = group(r)
     pending = {p["message_id"] for p in r.xpending_range(STREAM, GROUP, "-", "+", 10_000)}
     failed = set(r.hkeys(f"{STREAM}:{GROUP}:errors"))  # an error waits for its retry: not in flight

@@ -21,6 +21,7 @@ from apex.stream_cli import restamp
 from connectors.entry import id_ms
 from connectors.recording import read_lines
 from dataflows.config import RedisConfig
+from helpers import record_until
 from operators.audit import Outcome
 from operators.signal import Invalid, parse_signal
 
@@ -87,6 +88,20 @@ def test_own_pending_entries_come_first_then_new_ones(redis_server):
     assert [e.deliveries for e in first] == [2, 2, 2]
     rest = poll(part, lambda g: len(g) >= 2)
     assert [e.stream_id for e in rest] == new and [e.deliveries for e in rest] == [1, 1]
+
+
+def test_each_worker_of_several_reads_as_a_consumer_of_its_own(redis_server):
+    """Promise (README, several workers): under `bytewax.run ... -w N` each worker gets its own
+    consumer in the group, `apex-worker-1-0`, `apex-worker-1-1`, ...: Bytewax builds one
+    partition a worker, and two under one name would each take the other's pending entries
+    for its own previous life's."""
+    r = redis_server.client()
+    ids = add(r, 4)
+    src = rs.RedisStreamSource(RedisConfig(url=redis_server.url, count=2))
+    got = [poll(src.build("source", i, 2), lambda g: len(g) >= 2) for i in range(2)]
+    assert {c["name"]: c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)} == {"apex-worker-1-0": 2,
+                                                                                   "apex-worker-1-1": 2}
+    assert sorted(e.stream_id for part in got for e in part) == ids
 
 
 PRICES = "argus:prices:stream"
@@ -229,13 +244,22 @@ def test_stop_ends_the_partition(redis_server):
 
 
 def test_stop_when_idle_waits_for_our_own_pending_entries(redis_server):
+    """--stop-when-idle ends a partition only once nothing of its own is pending: polls that
+    begin with the idle limit long passed go on while our entry is unacked; acked, it ends."""
     r = redis_server.client()
     add(r, 1)
-    src, part = partition(redis_server, stop_when_idle_ms=20)
-    (entry,) = poll(part, lambda g: len(g) >= 1)
-    quiet_until = time.monotonic() + 0.2  # ten idle periods with our entry unacked: must not stop
-    while time.monotonic() < quiet_until:
+    rs.ensure_group(r, RedisConfig())
+    r.xreadgroup(GROUP, "apex-worker-1", {STREAM: ">"}, count=1)  # pending before the partition exists
+    src, part = partition(redis_server, stop_when_idle_ms=1)
+    (entry,) = poll(part, lambda g: len(g) >= 1)  # its own pending entry, read first
+    idle_from = time.monotonic()
+    past_the_limit = 0
+    deadline = idle_from + 30  # bounds a failure only
+    while past_the_limit < 5:  # polls each of which would end an idle partition with nothing pending
+        assert time.monotonic() < deadline
+        began = time.monotonic()
         assert part.next_batch() == []
+        past_the_limit += began - idle_from > 0.002
     rs.RedisAcker(src.cfg).settle([outcome(entry, "dropped")])
     with pytest.raises(StopIteration):
         poll(part, lambda g: False)
@@ -263,6 +287,8 @@ def test_restamp_keeps_each_entrys_age_and_leaves_invalid_payloads_alone():
 
 
 def test_publish_record_and_status_commands(redis_server, tmp_path):
+    """`apex publish` re-stamps each entry keeping its age (expired stays expired), `apex record`
+    captures the stream as it is and ends at its duration, `apex status` reports the group."""
     recording = tmp_path / "in.jsonl"
     recording.write_text("".join(json.dumps(rec) + "\n" for rec in sample(200)))
     cli = CliRunner()
@@ -281,12 +307,12 @@ def test_publish_record_and_status_commands(redis_server, tmp_path):
         new_age = id_ms(sid) - parse_signal(fields["payload"]).emitted_ms
         assert (old_age > sig.ttl_seconds * 1000) == (new_age > sig.ttl_seconds * 1000)  # expired stays expired
 
-    out = tmp_path / "out.jsonl"
-    res = cli.invoke(app, ["record", "--out", str(out), "--duration", "0.3", "--since", "0",
+    recorded = record_until(tmp_path / "out.jsonl", 200, "--since", "0", "--redis", redis_server.url)
+    assert [(x["id"], x["fields"]) for x in recorded] == [(i, f) for i, f in published]
+    assert {x["stream"] for x in recorded} == {STREAM}
+    res = cli.invoke(app, ["record", "--out", str(tmp_path / "end.jsonl"), "--duration", "0.05",
                            "--redis", redis_server.url])
-    assert res.exit_code == 0, res.output
-    assert [(x["id"], x["fields"]) for x in read_lines(out)] == [(i, f) for i, f in published]
-    assert {x["stream"] for x in read_lines(out)} == {STREAM}
+    assert res.exit_code == 0, res.output  # a capture ends by itself at its duration
 
     rs.ensure_group(r, RedisConfig())
     r.xreadgroup(GROUP, "apex-worker-7", {STREAM: ">"}, count=5)

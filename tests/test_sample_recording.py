@@ -14,6 +14,7 @@ from operators.signal import Invalid, parse_signal
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
+PRICES = REPO / "recordings" / "argus-prices.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,10 @@ def test_every_entry_is_decided_once(replay):
 
 
 def test_outcome_counts(replay):
+    """The README's `make run` summary: every outcome of the sample, counted as it states them."""
     _, own = replay
-    counts = Counter(o.outcome for o in own)
-    assert counts["invalid"] == 120
-    assert counts["expired"] == 90
-    assert counts["duplicate"] == 60
-    assert counts["dropped"] + counts["filled"] == 3000 - 120 - 90 - 60
-    assert set(counts) == {"invalid", "expired", "duplicate", "dropped", "filled"}
+    assert Counter(o.outcome for o in own) == {"dropped": 1767, "filled": 963, "invalid": 120, "expired": 90,
+                                               "duplicate": 60}
 
 
 def test_invalid_kinds_in_the_sample(replay):
@@ -94,3 +92,17 @@ def test_expired_agrees_with_the_stream_clock(replay):
         if int(e["id"].split("-")[0]) - s.emitted_ms > s.ttl_seconds * 1000:
             stale.add(e["id"])
     assert expired == stale
+
+
+def test_the_price_recording_fills_closes_and_realizes_what_the_readme_states(tmp_path):
+    """The README's replay of recordings/argus-prices.jsonl: 291 fills; closes hard_stop 13,
+    max_holding 94, regime_exit 152; realized PnL -2,704.39 USD, as the run's closes carry it
+    and as the trades landed in ClickHouse."""
+    pipeline = load(REPO / "pipeline.yaml", env={"APEX_STATE_DIR": str(tmp_path / "prices")})
+    col = run_flow(pipeline, PRICES)
+    closed = [o for o in col.outcomes if o.outcome == "closed"]
+    assert sum(o.outcome == "filled" for o in col.outcomes) == 291
+    assert Counter(o.reason for o in closed) == {"hard_stop": 13, "max_holding": 94, "regime_exit": 152}
+    assert round(sum(t["pnl_usd"] for o in closed for t in o.trades), 2) == -2704.39
+    (stored,) = audit_query(pipeline, "SELECT count(), round(sum(pnl_usd), 2) FROM trades FINAL")
+    assert stored == (259, -2704.39)
