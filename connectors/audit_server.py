@@ -26,6 +26,9 @@ log = logging.getLogger("apex.audit_server")
 REQUEST_LIMIT = 1 << 20  # bytes of one request: a query and its parameters
 
 
+POLL_S = 0.02  # how often the server's loop looks whether it is asked to stop
+
+
 class SharedStore:
     """The shipper's one store, opened on first use, used by its loop and by queries in turn."""
 
@@ -82,7 +85,10 @@ class QueryServer:
             self.server = socketserver.UnixStreamServer(addr, _Handler)
         os.chmod(path, 0o600)
         self.server.store = store  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, name="audit-server", daemon=True).start()
+        # shutdown() waits for the loop to look up: at the default half second, the end of
+        # every run waited for it
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": POLL_S}, name="audit-server",
+                         daemon=True).start()
 
     def close(self) -> None:
         """Stop answering: askers then open the store themselves once the shipper has let go."""
