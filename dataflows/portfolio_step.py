@@ -193,7 +193,7 @@ class PortfolioStep:
         if prior is not None and prior.stream_id == e.stream_id:
             return self._resume(book, item, prior)
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
-                  filters=self.p.filters, early=item.early, kelly=self.p.kelly)
+                  filters=self.p.filters, early=item.early, kelly=self.p.kelly, emitted_ms=item.emitted_ms)
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
         audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)

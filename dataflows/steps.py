@@ -28,6 +28,7 @@ class Received:
     early: EarlyDrop | None = None
     tick: Tick | None = None
     market: bool = False  # an entry of a market stream (a tick), valid or not
+    emitted_ms: int | None = None  # a signal's emit time, as validation read it
 
 
 def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry], Received]:
@@ -41,8 +42,7 @@ def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry
             if market:
                 return Received(entry, None, tick=parse_tick(entry.fields, limits), market=True)
             signal = parse_signal(entry.fields.get("payload"))
-            check_clock(signal, entry.clock_ms, skew)
-            return Received(entry, signal)
+            return Received(entry, signal, emitted_ms=check_clock(signal, entry.clock_ms, skew))
         except Invalid as err:
             return Received(entry, None, err, market=market)
 

@@ -85,8 +85,11 @@ def judge(
     filters: list[Filter],
     early: EarlyDrop | None,
     kelly: KellyParams,
+    emitted_ms: int | None = None,
 ) -> Verdict:
-    age = clock_ms - signal.emitted_ms
+    """``emitted_ms``: the signal's emit time if the caller has it already (validation
+    computes it to check the clock), else it is computed here."""
+    age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
     if is_expired(age, signal.ttl_seconds):
@@ -94,7 +97,7 @@ def judge(
     # sized when a portfolio filter needs the size or every filter passed: most signals
     # are dropped before either, and sizing was a tenth of judging one
     sizing: Sizing | None = None
-    price, refused = sizing_price(signal, book)
+    price, refused = 0.0, None  # looked up once something needs the size
     checked: list[tuple[str, bool]] = []
     view = None
     stop = early.index if early else len(filters)
@@ -103,6 +106,7 @@ def judge(
             checked.append((f.name, True))  # passed in its own step already
             continue
         if view is None:
+            price, refused = sizing_price(signal, book)
             sizing = proposed_sizing(signal, book, kelly, price)
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
@@ -112,7 +116,9 @@ def judge(
     if early:
         checked.append((early.name, False))
         return Verdict("dropped", early.name, checked, sizing, age)
-    sizing = sizing or proposed_sizing(signal, book, kelly, price)
+    if sizing is None:
+        price, refused = sizing_price(signal, book)
+        sizing = proposed_sizing(signal, book, kelly, price)
     if refused:
         return Verdict("dropped", PRICE_BAND, checked, sizing, age)
     if sizing.price <= 0:

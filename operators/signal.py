@@ -173,10 +173,12 @@ def _guess_id(raw: bytes) -> str | None:
 _PRINTABLE = re.compile(PRINTABLE)
 
 
-def check_clock(signal: Signal, clock_ms: int, skew_ms: int) -> None:
+def check_clock(signal: Signal, clock_ms: int, skew_ms: int) -> int:
     """Refuse a signal stamped later than the stream's clock allows: its age would be
-    negative, and a TTL counted from the future never expires."""
-    ahead = signal.emitted_ms - clock_ms
+    negative, and a TTL counted from the future never expires. Returns its emit time."""
+    emitted = signal.emitted_ms
+    ahead = emitted - clock_ms
     if ahead > skew_ms:
         raise Invalid(f"{TIMESTAMP_IN_FUTURE}: stamped {ahead} ms ahead of the stream clock "
                       f"(limits.clock_skew_ms {skew_ms})", signal.signal_id)
+    return emitted
