@@ -24,8 +24,6 @@ from connectors.audit_query import address
 log = logging.getLogger("apex.audit_server")
 
 REQUEST_LIMIT = 1 << 20  # bytes of one request: a query and its parameters
-
-
 POLL_S = 0.02  # how often the server's loop looks whether it is asked to stop
 
 
