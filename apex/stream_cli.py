@@ -116,7 +116,7 @@ def record(
         fh = out_path.open("w")
     except OSError as e:
         refuse(err, f"--out {out_path}: {e.strerror}")
-    last, n = {name: since for name in stream}, 0
+    last, n, reached, down = {name: since for name in stream}, 0, False, ""
     deadline = time.monotonic() + duration
     with fh:
         while (left := deadline - time.monotonic()) > 0:
@@ -126,7 +126,9 @@ def record(
                         last[name] = r.xinfo_stream(name)["last-generated-id"] if r.exists(name) else "0-0"
                 got = r.xread(last, count=1000, block=max(1, int(min(left, 1.0) * 1000)))
                 backoff.recovered()
+                reached = True
             except DOWN as e:
+                down = str(e)
                 time.sleep(min(backoff.failed(e), max(0.0, deadline - time.monotonic())))
                 continue
             batch = [(name, sid, fields) for name, entries in got or [] for sid, fields in entries]
@@ -134,6 +136,9 @@ def record(
                 fh.write(json.dumps({"stream": name, "id": sid, "fields": fields}, separators=(",", ":")) + "\n")
                 last[name], n = sid, n + 1
             fh.flush()
+    if not reached:  # an empty recording must not look like a quiet stream
+        err.print(f"redis unavailable at {redis_url} for the whole capture: {down}", highlight=False)
+        raise typer.Exit(1)
     err.print(f"recorded {n} entries from {', '.join(stream)} to {out_path}", highlight=False)
 
 

@@ -83,3 +83,17 @@ def test_report_into_a_closed_pipe_still_writes_its_page_and_exits_0(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
     assert "<svg" in (tmp_path / "page.html").read_text()
+
+
+def test_record_with_redis_away_for_the_whole_capture_says_so_and_fails(tmp_path):
+    """An empty recording must not pass for a quiet stream: nothing listens on the port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    res = apex("record", "--out", str(tmp_path / "x.jsonl"), "--duration", "0.3",
+               "--redis", f"redis://127.0.0.1:{port}/0", cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    # the backoff's own line says it is retrying; the last one says what came of it
+    assert res.stderr.splitlines()[-1].startswith(f"redis unavailable at redis://127.0.0.1:{port}/0 for the whole")
