@@ -21,7 +21,7 @@ import redis
 from apex.bench_proc import ROOT, Child, RedisServer, Usage, percentiles, wait_gone, wait_until
 from apex.bench_signals import publish, recording, templates
 from connectors import outbox
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 
 CFG = RedisConfig()  # the shipped stream, group and consumer names (pipeline.yaml keeps them)
 STREAM, GROUP, CONSUMER = CFG.stream, CFG.group, CFG.consumer

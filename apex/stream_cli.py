@@ -24,7 +24,7 @@ from apex.refuse import refuse
 from connectors.entry import id_ms
 from connectors.recording import NotARecording, check, read_lines
 from connectors.redis_streams import DOWN, Backoff, connect, counters_key, errors_key
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 from operators.signal import Invalid, parse_signal
 
 DEFAULTS = RedisConfig()
