@@ -28,7 +28,7 @@ from connectors import outbox
 from operators.audit import dumps
 from operators.exits import ClosedTrade, TradeTerms
 from operators.orders import Order
-from operators.portfolio import Fill
+from operators.fill import Fill
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the book imports this module; only type names flow the other way
-    from operators.portfolio import Fill
+from operators.fill import Fill
+
+if TYPE_CHECKING:
     from operators.signal import Signal
 
 HARD_STOP = "hard_stop"
