@@ -19,7 +19,7 @@ import redis
 import typer
 from rich.table import Table
 
-from apex.cli import app, err, out
+from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
 from connectors.entry import id_ms
 from connectors.recording import NotARecording, check, read_lines
@@ -171,9 +171,7 @@ def status(
     """Stream length, group lag, pending entries per consumer with idle time, oldest pending age."""
     cfg = DEFAULTS
     if pipeline is not None:
-        from apex.cli import _load
-
-        cfg = _load(pipeline).redis
+        cfg = load_pipeline(pipeline).redis
     try:
         s = group_status(client(redis_url), cfg)
     except DOWN as e:
