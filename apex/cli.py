@@ -224,6 +224,17 @@ def report(
         command(store, dsn, html, initial_nav, out, err)
 
 
+def _checkout_on_path() -> None:
+    """The bench ships with the repository, not with the package: find the checkout
+    this apex was installed from (editable), or else the current folder."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "bench" / "command.py").is_file() and (root / "scripts" / "make_recording.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return
+    refuse(err, "apex bench runs from a checkout of the Apex repository (git clone, make install, then apex bench)")
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="every scenario at a small size (a smoke run, well under a minute)"),
@@ -234,7 +245,8 @@ def bench(
     keep: bool = typer.Option(False, help="keep the work dir (logs, ledgers, ack times) for a look"),
 ) -> None:
     """Measure Apex against the floor (a bare XREADGROUP → json.loads → XACK consumer) on a private redis-server."""
-    from apex.bench import command
+    _checkout_on_path()
+    from bench.command import command
 
     raise typer.Exit(command(quick=quick, soak_minutes=soak, json_out=json_out, only=only, keep=keep,
                              out=out, err=err))
