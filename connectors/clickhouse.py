@@ -86,7 +86,7 @@ class AuditStore:
 
     def write(self, rows: dict[str, list[list | dict[str, Any]]]) -> None:
         """Rows are lists of values in ``COLUMNS`` order (events and drops) or objects keyed by
-        column (executions, trades, and events queued by an older worker)."""
+        column (executions and trades)."""
         for table, items in rows.items():
             if not items:
                 continue

@@ -22,13 +22,14 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import lz4.frame
 import orjson
 
 from connectors import outbox
 from operators.audit import dumps
 from operators.exits import ClosedTrade, TradeTerms
-from operators.orders import Order
 from operators.fill import Fill
+from operators.orders import Order
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -74,8 +75,7 @@ CREATE TABLE IF NOT EXISTS book (
 # Every key here is random (signal ids, hashes), so each index an order touches is one more
 # random page written to the WAL at each commit: rowid tables keep rows in arrival order,
 # with one index a table; an order is found by (signal_id, kind), which determines its client
-# order id. Ledgers made before this (a WITHOUT ROWID decisions table, executions keyed on
-# the client order id plus an index on signal_id) are read and written by the same statements.
+# order id.
 
 
 log = logging.getLogger("apex.ledger")
@@ -145,8 +145,6 @@ class Ledger:
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
-        if "trade" not in {r[1] for r in self.db.execute("PRAGMA table_info(executions)")}:
-            self.db.execute("ALTER TABLE executions ADD COLUMN trade TEXT")  # ledgers made before it
         self._pruned = 0
         self._commits = 0
         self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # an older ledger's may differ
@@ -416,17 +414,24 @@ def _no_rows() -> dict[str, list]:
 
 
 def _decided(row: tuple) -> Decided:
-    return Decided(row[0], row[1], row[2] or "", outbox.decode(row[3]))  # JSON text in older rows
+    return Decided(row[0], row[1], row[2] or "", _kept_chain(row[3]))
+
+
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def _kept_chain(value: str | bytes) -> list[dict[str, Any]]:
+    """The ``events`` column: '[]' as written now; a "sent" decision's chain as workers
+    before ``SENT_EVENTS`` kept it (JSON text, later an LZ4 frame). Goes with
+    ``Decided.events`` once the portfolio step no longer resumes from it."""
+    return orjson.loads(lz4.frame.decompress(value) if value[:4] == _LZ4_MAGIC else value)
 
 
 _TERMS = attrgetter(*(f.name for f in fields(TradeTerms)))  # an intent's trade terms as a tuple
 
 
-def _trade(kept: list | dict) -> tuple[TradeTerms, str]:
-    """An intent's kept trade: [terms values, exits], or {"terms": {...}, "exits": ...} as
-    intents written before the compact form hold it."""
-    if isinstance(kept, dict):
-        return _terms(kept["terms"]), kept["exits"]
+def _trade(kept: list) -> tuple[TradeTerms, str]:
+    """An intent's kept trade, [terms values, exits]: compact, since it is written with every open."""
     values, exits = kept
     terms = TradeTerms(*values)
     terms.exit_regimes = tuple(terms.exit_regimes)  # a JSON list

@@ -56,7 +56,6 @@ BUSY_ROWS = 10_000
 BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 4096  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
-LZ4_MAGIC = b"\x04\x22\x4d\x18"
 # How long the shipper may take to drain once told to stop (or orphaned): past it, the
 # rest stays in the outbox for the next start rather than holding the stop up forever.
 DRAIN_LIMIT_S = 120.0
@@ -70,15 +69,14 @@ def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
 
 
 def pack(value) -> bytes:
-    """An outbox row's audit rows as JSON in an LZ4 frame (older ledgers also hold a "sent"
-    decision's chain so). The options of the audit's ``dumps``: details may hold numpy
-    numbers or objects shown as text."""
+    """An outbox row's audit rows as JSON in an LZ4 frame. The options of the audit's
+    ``dumps``: details may hold numpy numbers or objects shown as text."""
     return lz4.frame.compress(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
 
 
-def decode(blob: bytes | str):
-    """What ``pack`` stored; plain JSON in rows written before compression."""
-    return orjson.loads(lz4.frame.decompress(blob) if blob[:4] == LZ4_MAGIC else blob)
+def decode(blob: bytes):
+    """What ``pack`` stored."""
+    return orjson.loads(lz4.frame.decompress(blob))
 
 
 def connect(ledger_path: Path) -> sqlite3.Connection:

@@ -18,10 +18,9 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
 
 
-def details_text(details: dict[str, Any] | str) -> str:
-    """An event's details as the audit store keeps them (written by the shipper); rows an
-    older worker queued hold the text already."""
-    return details if isinstance(details, str) else dumps(details)
+def details_text(details: dict[str, Any]) -> str:
+    """An event's details as the audit store keeps them: written by the shipper, off the worker's path."""
+    return dumps(details)
 
 
 SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
