@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS executions_signal ON executions(signal_id, kind);
 CREATE TABLE IF NOT EXISTS trades (
-    signal_id  TEXT PRIMARY KEY,  -- a rowid table: its ~400-byte rows overflowed 1 KiB index pages
+    signal_id  TEXT PRIMARY KEY,  -- a rowid table: its rows are too large for index pages to hold well
     terms      TEXT NOT NULL,
     status     TEXT NOT NULL,
     won        INTEGER,
@@ -132,10 +132,10 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # New ledgers only (a page size is fixed at creation; older ones keep theirs). SQLite's
-        # default 4 KiB: a WAL frame costs two pwrite calls whatever its size, and a batch's
-        # intent, execution and trade rows (100-400 bytes) spread over 1 KiB pages wrote
-        # 3.4x the frames for 0.86x the bytes; the saturation signals replayed 9-16% faster.
+        # New files only (a page size is fixed at creation). SQLite's default 4 KiB: a WAL
+        # frame costs two pwrite calls whatever its size, and a batch's small intent,
+        # execution and trade rows spread over smaller pages wrote several times the frames
+        # for hardly fewer bytes.
         self.db.execute(f"PRAGMA page_size={outbox.PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -147,7 +147,7 @@ class Ledger:
         self.db.executescript(outbox.SCHEMA)
         self._pruned = 0
         self._commits = 0
-        self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # an older ledger's may differ
+        self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # as the file was created
         self._keeper = wal_keeper or (WalKeeper(self.path) if keep_wal else None)
         if self._keeper is not None:  # a ledger dropped unclosed (a finished dataflow) stops its thread
             weakref.finalize(self, self._keeper._stop.set)
@@ -227,21 +227,20 @@ class Ledger:
                 self.restart_wal()
 
     def _wal_full(self) -> bool:
-        """Restarts counted in commits alone let the WAL reach 296 MB in a 30-minute soak at
-        200/s with 1 KiB pages, and a commit writes 2.6x the bytes with 4 KiB pages (a
-        2,000-signal run at 200/s left 4.5 MB and 11.9 MB): counted in bytes, the bound holds
-        whatever the page size, the rate or the batches."""
+        """Restarts counted in commits alone let the WAL grow to hundreds of MB in a long soak,
+        and how many bytes a commit writes depends on the page size: counted in bytes, the
+        bound holds whatever the page size, the rate or the batches."""
         return self._keeper is not None and self._keeper.frames * self._page >= WAL_LIMIT_BYTES
 
     def restart_wal(self) -> bool:
         """Start the WAL over, between batches. Without it the WAL only grows: a checkpoint
         copies it back without waiting for us and so never completes while we commit every
-        few ms (1.7 GB in two minutes at 200 fills/s, RSS growing with its index). Here, the
-        only writer, between transactions, a RESTART completes; what it copies is only what
-        arrived since the ``WalKeeper``'s last pass (copying 18 s of WAL here held a batch
-        for 10-30 ms, growing with the ledger). A reader in the way (the shipper) makes it
+        few ms (gigabytes within minutes at a steady rate, RSS growing with its index). Here,
+        the only writer, between transactions, a RESTART completes; what it copies is only what
+        arrived since the ``WalKeeper``'s last pass, since copying more here would hold a batch
+        up for longer the larger the ledger grows. A reader in the way (the shipper) makes it
         return at once rather than sleep in the busy handler: the next batch tries again.
-        Not TRUNCATE: shrinking the file cost ~100 ms more; it is overwritten from its start.
+        Not TRUNCATE: shrinking the file costs more than overwriting it from its start.
         Returns whether it started the WAL over."""
         self.db.execute("PRAGMA busy_timeout=0")
         try:
@@ -267,8 +266,8 @@ class Ledger:
     def prefetch(self, signal_ids: Iterable[str]) -> None:
         """Look up a batch's signal_ids, their decisions and opening orders, in one query
         each per ``PREFETCH`` ids, inside its transaction: ``decided`` and ``execution``
-        then answer for them from memory. A SELECT per signal was ~7% of a replay's worker
-        time and one per order ~4% of saturation's; almost every answer is "none yet"."""
+        then answer for them from memory: a SELECT per signal and per order was a visible
+        share of the worker's time, and almost every answer is "none yet"."""
         ids = list({sid: None for sid in signal_ids if sid not in self._decisions})
         known: dict[str, Decided | None] = dict.fromkeys(ids)
         opens: dict[str, tuple | None] = dict.fromkeys(ids)
@@ -323,9 +322,8 @@ class Ledger:
         """``price`` holds the intended price until the fill overwrites it, so a
         restart can still place an order the venue never received; ``trade`` (an
         open's expected terms and exits) lets a start book a fill it finds at the venue.
-        The trade is kept as a list of values (~300 bytes; an object with its keys was
-        ~510), so two intents share a 1 KiB page: each is written at the intent and again
-        at the fill, which clears it."""
+        The trade is kept as a list of values, without its keys, to keep the row small: each
+        is written at the intent and again at the fill, which clears it."""
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
