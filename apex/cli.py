@@ -12,29 +12,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
-from dataflows.config import ConfigError, Pipeline, load
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Apex: risk gate, Kelly sizing, idempotent execution and audit for trading signals.")
-out = Console()
-err = Console(stderr=True)
-
-
-def _load(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
-    try:
-        p = load(path)
-    except ConfigError as e:
-        for line in e.errors:
-            err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    if state_dir is not None:
-        p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
-    return p
 
 
 def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Optional[str]) -> str:
@@ -46,7 +27,7 @@ def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Opti
     from connectors.audit_query import absolute
 
     if pipeline is not None:
-        p = _load(pipeline, state_dir)
+        p = load_pipeline(pipeline, state_dir)
         root, dsn = p.state_dir, absolute(clickhouse or p.clickhouse_dsn)
     else:
         root = (state_dir or Path(".apex")).resolve()
@@ -69,7 +50,7 @@ def _env() -> str:
 @app.command()
 def validate(pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="the pipeline file")) -> None:
     """Check pipeline.yaml; print every error with its YAML path, exit 1 if any."""
-    p = _load(pipeline)
+    p = load_pipeline(pipeline)
     out.print(f"ok: {pipeline}: " + " → ".join(p.stages), highlight=False)
 
 
@@ -93,7 +74,7 @@ def run(
     from dataflows.apex import wire
 
     env = _env()
-    p = _load(pipeline, state_dir)
+    p = load_pipeline(pipeline, state_dir)
     stats = RunStats()
     overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
     try:
@@ -243,6 +224,17 @@ def report(
         command(store, dsn, html, initial_nav, out, err)
 
 
+def _checkout_on_path() -> None:
+    """The bench ships with the repository, not with the package: find the checkout
+    this apex was installed from (editable), or else the current folder."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "bench" / "command.py").is_file() and (root / "scripts" / "make_recording.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return
+    refuse(err, "apex bench runs from a checkout of the Apex repository (git clone, make install, then apex bench)")
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="every scenario at a small size (a smoke run, well under a minute)"),
@@ -253,7 +245,8 @@ def bench(
     keep: bool = typer.Option(False, help="keep the work dir (logs, ledgers, ack times) for a look"),
 ) -> None:
     """Measure Apex against the floor (a bare XREADGROUP → json.loads → XACK consumer) on a private redis-server."""
-    from apex.bench import command
+    _checkout_on_path()
+    from bench.command import command
 
     raise typer.Exit(command(quick=quick, soak_minutes=soak, json_out=json_out, only=only, keep=keep,
                              out=out, err=err))
@@ -268,7 +261,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # run as ``python -m apex.cli``: register on the imported module's app, the one main() knows
-    from apex.cli import main as _main
-
-    _main()
+    main()

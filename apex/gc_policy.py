@@ -1,20 +1,18 @@
 """Keep the cyclic garbage collector's pauses out of the decision path.
 
 A long-running worker accumulates long-lived objects (the book, open trades,
-caches). CPython's full collection walks all of them: 20 ms and growing in a
-worker a few thousand fills old, which is the whole latency budget many times
-over. Moving what has survived into the permanent generation every few seconds
+caches). CPython's full collection walks all of them, taking longer the older
+the worker, and soon longer than the whole latency budget. Moving what has survived into the permanent generation every few seconds
 (``gc.freeze``) leaves each collection only the objects made since. Reference
 counting still frees everything as usual; only cyclic garbage that is alive at
 a freeze is never reclaimed, and the pipeline's per-entry objects hold no cycles.
 
 The young generation is collected every ``YOUNG_THRESHOLD`` net allocations instead
 of CPython's 700. An entry's objects live until its batch is committed, so a collection
-inside a batch walks the whole batch so far, its growing lists of audit rows included:
-at 700, 4,578 collections took 0.6 s of a 6 s replay of 100,000 entries; at 20,000, a
-replay of 10,000 orders still saw 18 of them, 125 ms in all, 7 ms each at the median,
-11 ms at worst. At 100,000 a batch's objects are freed before a collection is due, and
-that replay saw none. The collection every ``interval_s`` still reclaims any cycle.
+inside a batch walks the whole batch so far, its growing lists of audit rows included,
+and at CPython's threshold that happens thousands of times in a long replay. The
+threshold is set above what a batch leaves alive, so a batch's objects are freed
+before a collection is due. The collection every ``interval_s`` still reclaims any cycle.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import gc
 import threading
 
 INTERVAL_S = 5.0
-YOUNG_THRESHOLD = 100_000  # above what a batch leaves alive until its commit (measured with 512 orders)
+YOUNG_THRESHOLD = 100_000  # above what a batch leaves alive until its commit
 
 
 def quiet_gc(interval_s: float = INTERVAL_S) -> threading.Event:

@@ -11,7 +11,7 @@ from html import escape
 
 from apex import charts as C
 from apex.display import printable
-from apex.report import headline, pct, ratio, usd, utc
+from apex.report_figures import headline, pct, ratio, usd, utc
 from connectors.report_queries import Group, Report
 
 CSS = """

@@ -19,12 +19,12 @@ import redis
 import typer
 from rich.table import Table
 
-from apex.cli import app, err, out
+from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
 from connectors.entry import id_ms
 from connectors.recording import NotARecording, check, read_lines
 from connectors.redis_streams import DOWN, Backoff, connect, counters_key, errors_key
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 from operators.signal import Invalid, parse_signal
 
 DEFAULTS = RedisConfig()
@@ -176,9 +176,7 @@ def status(
     """Stream length, group lag, pending entries per consumer with idle time, oldest pending age."""
     cfg = DEFAULTS
     if pipeline is not None:
-        from apex.cli import _load
-
-        cfg = _load(pipeline).redis
+        cfg = load_pipeline(pipeline).redis
     try:
         s = group_status(client(redis_url), cfg)
     except DOWN as e:

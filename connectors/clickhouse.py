@@ -86,13 +86,13 @@ class AuditStore:
 
     def write(self, rows: dict[str, list[list | dict[str, Any]]]) -> None:
         """Rows are lists of values in ``COLUMNS`` order (events and drops) or objects keyed by
-        column (executions, trades, and events queued by an older worker)."""
+        column (executions and trades)."""
         for table, items in rows.items():
             if not items:
                 continue
             cols = COLUMNS[table]
             # by column: clickhouse-connect builds Native columns, and rows would be transposed
-            # first (~25% of the insert's CPU); JSONEachRow parsed in ClickHouse cost twice as much
+            # first, a good share of the insert's CPU; JSONEachRow parsed in ClickHouse cost more still
             data = list(zip(*(r if isinstance(r, list) else [r.get(c) for c in cols] for r in items)))
             if table == "audit_events":
                 data[DETAILS] = [details_text(d) for d in data[DETAILS]]

@@ -14,7 +14,7 @@ from connectors.ledger import Ledger
 from connectors.venues import Rejected
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
-from operators.portfolio import Fill
+from operators.fill import Fill
 
 
 class Venue(Protocol):

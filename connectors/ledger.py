@@ -22,13 +22,14 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import lz4.frame
 import orjson
 
 from connectors import outbox
 from operators.audit import dumps
 from operators.exits import ClosedTrade, TradeTerms
+from operators.fill import Fill
 from operators.orders import Order
-from operators.portfolio import Fill
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS executions_signal ON executions(signal_id, kind);
 CREATE TABLE IF NOT EXISTS trades (
-    signal_id  TEXT PRIMARY KEY,  -- a rowid table: its ~400-byte rows overflowed 1 KiB index pages
+    signal_id  TEXT PRIMARY KEY,  -- a rowid table: its rows are too large for index pages to hold well
     terms      TEXT NOT NULL,
     status     TEXT NOT NULL,
     won        INTEGER,
@@ -74,8 +75,7 @@ CREATE TABLE IF NOT EXISTS book (
 # Every key here is random (signal ids, hashes), so each index an order touches is one more
 # random page written to the WAL at each commit: rowid tables keep rows in arrival order,
 # with one index a table; an order is found by (signal_id, kind), which determines its client
-# order id. Ledgers made before this (a WITHOUT ROWID decisions table, executions keyed on
-# the client order id plus an index on signal_id) are read and written by the same statements.
+# order id.
 
 
 log = logging.getLogger("apex.ledger")
@@ -132,10 +132,10 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # New ledgers only (a page size is fixed at creation; older ones keep theirs). SQLite's
-        # default 4 KiB: a WAL frame costs two pwrite calls whatever its size, and a batch's
-        # intent, execution and trade rows (100-400 bytes) spread over 1 KiB pages wrote
-        # 3.4x the frames for 0.86x the bytes; the saturation signals replayed 9-16% faster.
+        # New files only (a page size is fixed at creation). SQLite's default 4 KiB: a WAL
+        # frame costs two pwrite calls whatever its size, and a batch's small intent,
+        # execution and trade rows spread over smaller pages wrote several times the frames
+        # for hardly fewer bytes.
         self.db.execute(f"PRAGMA page_size={outbox.PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -145,11 +145,9 @@ class Ledger:
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
-        if "trade" not in {r[1] for r in self.db.execute("PRAGMA table_info(executions)")}:
-            self.db.execute("ALTER TABLE executions ADD COLUMN trade TEXT")  # ledgers made before it
         self._pruned = 0
         self._commits = 0
-        self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # an older ledger's may differ
+        self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # as the file was created
         self._keeper = wal_keeper or (WalKeeper(self.path) if keep_wal else None)
         if self._keeper is not None:  # a ledger dropped unclosed (a finished dataflow) stops its thread
             weakref.finalize(self, self._keeper._stop.set)
@@ -229,21 +227,20 @@ class Ledger:
                 self.restart_wal()
 
     def _wal_full(self) -> bool:
-        """Restarts counted in commits alone let the WAL reach 296 MB in a 30-minute soak at
-        200/s with 1 KiB pages, and a commit writes 2.6x the bytes with 4 KiB pages (a
-        2,000-signal run at 200/s left 4.5 MB and 11.9 MB): counted in bytes, the bound holds
-        whatever the page size, the rate or the batches."""
+        """Restarts counted in commits alone let the WAL grow to hundreds of MB in a long soak,
+        and how many bytes a commit writes depends on the page size: counted in bytes, the
+        bound holds whatever the page size, the rate or the batches."""
         return self._keeper is not None and self._keeper.frames * self._page >= WAL_LIMIT_BYTES
 
     def restart_wal(self) -> bool:
         """Start the WAL over, between batches. Without it the WAL only grows: a checkpoint
         copies it back without waiting for us and so never completes while we commit every
-        few ms (1.7 GB in two minutes at 200 fills/s, RSS growing with its index). Here, the
-        only writer, between transactions, a RESTART completes; what it copies is only what
-        arrived since the ``WalKeeper``'s last pass (copying 18 s of WAL here held a batch
-        for 10-30 ms, growing with the ledger). A reader in the way (the shipper) makes it
+        few ms (gigabytes within minutes at a steady rate, RSS growing with its index). Here,
+        the only writer, between transactions, a RESTART completes; what it copies is only what
+        arrived since the ``WalKeeper``'s last pass, since copying more here would hold a batch
+        up for longer the larger the ledger grows. A reader in the way (the shipper) makes it
         return at once rather than sleep in the busy handler: the next batch tries again.
-        Not TRUNCATE: shrinking the file cost ~100 ms more; it is overwritten from its start.
+        Not TRUNCATE: shrinking the file costs more than overwriting it from its start.
         Returns whether it started the WAL over."""
         self.db.execute("PRAGMA busy_timeout=0")
         try:
@@ -269,8 +266,8 @@ class Ledger:
     def prefetch(self, signal_ids: Iterable[str]) -> None:
         """Look up a batch's signal_ids, their decisions and opening orders, in one query
         each per ``PREFETCH`` ids, inside its transaction: ``decided`` and ``execution``
-        then answer for them from memory. A SELECT per signal was ~7% of a replay's worker
-        time and one per order ~4% of saturation's; almost every answer is "none yet"."""
+        then answer for them from memory: a SELECT per signal and per order was a visible
+        share of the worker's time, and almost every answer is "none yet"."""
         ids = list({sid: None for sid in signal_ids if sid not in self._decisions})
         known: dict[str, Decided | None] = dict.fromkeys(ids)
         opens: dict[str, tuple | None] = dict.fromkeys(ids)
@@ -325,9 +322,8 @@ class Ledger:
         """``price`` holds the intended price until the fill overwrites it, so a
         restart can still place an order the venue never received; ``trade`` (an
         open's expected terms and exits) lets a start book a fill it finds at the venue.
-        The trade is kept as a list of values (~300 bytes; an object with its keys was
-        ~510), so two intents share a 1 KiB page: each is written at the intent and again
-        at the fill, which clears it."""
+        The trade is kept as a list of values, without its keys, to keep the row small: each
+        is written at the intent and again at the fill, which clears it."""
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
@@ -416,17 +412,24 @@ def _no_rows() -> dict[str, list]:
 
 
 def _decided(row: tuple) -> Decided:
-    return Decided(row[0], row[1], row[2] or "", outbox.decode(row[3]))  # JSON text in older rows
+    return Decided(row[0], row[1], row[2] or "", _kept_chain(row[3]))
+
+
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def _kept_chain(value: str | bytes) -> list[dict[str, Any]]:
+    """The ``events`` column: '[]' as written now; a "sent" decision's chain as workers
+    before ``SENT_EVENTS`` kept it (JSON text, later an LZ4 frame). Goes with
+    ``Decided.events`` once the portfolio step no longer resumes from it."""
+    return orjson.loads(lz4.frame.decompress(value) if value[:4] == _LZ4_MAGIC else value)
 
 
 _TERMS = attrgetter(*(f.name for f in fields(TradeTerms)))  # an intent's trade terms as a tuple
 
 
-def _trade(kept: list | dict) -> tuple[TradeTerms, str]:
-    """An intent's kept trade: [terms values, exits], or {"terms": {...}, "exits": ...} as
-    intents written before the compact form hold it."""
-    if isinstance(kept, dict):
-        return _terms(kept["terms"]), kept["exits"]
+def _trade(kept: list) -> tuple[TradeTerms, str]:
+    """An intent's kept trade, [terms values, exits]: compact, since it is written with every open."""
     values, exits = kept
     terms = TradeTerms(*values)
     terms.exit_regimes = tuple(terms.exit_regimes)  # a JSON list

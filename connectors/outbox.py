@@ -2,9 +2,9 @@
 
 Each outcome's rows are written to the ``outbox`` table in the same SQLite
 transaction as the decision itself, so the audit record is durable exactly
-when the decision is, and an entry can be acknowledged at SQLite speed
-(~0.1 ms) instead of ClickHouse insert speed (~7 ms a part, per table, even
-embedded). The shipper moves the rows to ClickHouse in large inserts and
+when the decision is, and an entry can be acknowledged at the speed of a
+SQLite commit instead of waiting for ClickHouse inserts, which are far slower
+even embedded. The shipper moves the rows to ClickHouse in large inserts and
 records how far it got, in a small SQLite file of its own beside the ledger;
 a crash in between ships them again, and the ReplacingMergeTree keys fold the
 repeat away. The ledger's own writer deletes shipped rows (``Ledger.prune``):
@@ -47,8 +47,8 @@ STATE_SCHEMA = (
     "INSERT OR IGNORE INTO outbox_state VALUES (1, 0, 1, '');"
 )
 TABLES = ("audit_events", "filter_drops", "executions", "trades")
-# An embedded ClickHouse insert costs 15-25 ms of CPU whatever its size (one part, one
-# query): at 4 a second per table the shipper took a whole core at 200 signals/s.
+# An embedded ClickHouse insert has a large fixed CPU cost whatever its size (one part, one
+# query): inserting several times a second per table took the shipper a whole core.
 INTERVAL_S = 1.0
 # ...except while rows pour in (a replay, a saturated stream): a round this large pays its
 # inserts' fixed cost many times over, and a run's end waits for the last round's rows.
@@ -56,29 +56,27 @@ BUSY_ROWS = 10_000
 BUSY_INTERVAL_S = 0.25
 PAGE_SIZE = 4096  # the ledger's page size, set by whichever connection creates the file (see Ledger)
 CHUNK = 2_000  # outbox rows (one or two a batch) per ClickHouse insert
-LZ4_MAGIC = b"\x04\x22\x4d\x18"
 # How long the shipper may take to drain once told to stop (or orphaned): past it, the
 # rest stays in the outbox for the next start rather than holding the stop up forever.
 DRAIN_LIMIT_S = 120.0
 
 
 def enqueue(db: sqlite3.Connection, rows: dict[str, list]) -> None:
-    """Inside the caller's transaction: the rows become durable with it. LZ4 frames: the
-    JSON of an audit chain shrinks ~6x for ~2 µs an entry, and every byte of it was
-    otherwise written to the WAL, copied to the ledger, read back and freed."""
+    """Inside the caller's transaction: the rows become durable with it. LZ4 frames: an
+    audit chain's JSON shrinks several times over for little CPU, and every byte saved is
+    a byte not written to the WAL, copied to the ledger, read back and freed."""
     db.execute("INSERT INTO outbox (rows) VALUES (?)", (pack(rows),))
 
 
 def pack(value) -> bytes:
-    """An outbox row's audit rows as JSON in an LZ4 frame (older ledgers also hold a "sent"
-    decision's chain so). The options of the audit's ``dumps``: details may hold numpy
-    numbers or objects shown as text."""
+    """An outbox row's audit rows as JSON in an LZ4 frame. The options of the audit's
+    ``dumps``: details may hold numpy numbers or objects shown as text."""
     return lz4.frame.compress(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
 
 
-def decode(blob: bytes | str):
-    """What ``pack`` stored; plain JSON in rows written before compression."""
-    return orjson.loads(lz4.frame.decompress(blob) if blob[:4] == LZ4_MAGIC else blob)
+def decode(blob: bytes):
+    """What ``pack`` stored."""
+    return orjson.loads(lz4.frame.decompress(blob))
 
 
 def connect(ledger_path: Path) -> sqlite3.Connection:
@@ -120,9 +118,8 @@ def reconcile(db: sqlite3.Connection, state: sqlite3.Connection) -> int:
 
 class Shipper:
     """The dataflow's handle on shipping: a child process, so the worker never waits
-    for ClickHouse, live or replaying. A replay used to ship inline (chunks in the
-    worker's thread, "2 cores are better spent on one pipeline"); measured, the child
-    on the second core made a 100,000-entry replay ~20% faster, and it is one path.
+    for ClickHouse, live or replaying: on a second core the child makes a replay faster
+    than shipping inline in the worker's thread would, and live and replay share one path.
     """
 
     def __init__(self, ledger_path: Path, dsn: str, *, max_backlog: int = 5_000):
@@ -254,12 +251,12 @@ def _ship(store, batch: list[tuple[int, bytes]]) -> int:
 def no_collections():
     """No cyclic collection while a round is in hand. A round decodes tens of thousands of
     rows into millions of lists, dicts and strings, all alive until the insert, and a
-    collection every 700 allocations walked them again and again: decoding a 100,000-entry
-    replay's outbox took 2.0 s with collections and 0.22 s without, and the end of a replay
-    waits for the round in hand. The decoded rows hold no cycles; reference counting frees
-    them before the collector is back (else its first collection walks them all once more, 0.13 s).
-    clickhouse-connect leaves 33-71 objects in cycles a round: the collector, back on, takes them
-    every third round or so, and a 10-minute soak's shipper grew as much as before the change."""
+    collection every few hundred allocations walked them again and again, several times the
+    cost of the decoding itself, and the end of a replay waits for the round in hand. The
+    decoded rows hold no cycles; reference counting frees them before the collector is back
+    (else its first collection would walk them all once more). clickhouse-connect leaves a
+    few objects in cycles a round: the collector, back on, takes them a few rounds later,
+    so the shipper's memory does not grow for it."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -272,9 +269,8 @@ def no_collections():
 def spare_a_core() -> None:
     """Keep this process (and the threads it starts later, ClickHouse's among them) off the
     lowest core it may use, so the worker usually finds that core free and its caches warm.
-    Niced, the shipper still ran insert threads on both cores of a 2-core machine between
-    signals: in four alternating pairs at 200/s, emit → order p99 1.34-1.89 ms unpinned,
-    1.29-1.59 ms pinned, saturation the same (10,673-10,788 against 10,804-10,998/s)."""
+    Niced, the shipper still ran insert threads on every core between signals, delaying
+    the worker's orders; kept off one core it no longer does, and throughput is unchanged."""
     cores = os.sched_getaffinity(0)
     if len(cores) > 1:
         os.sched_setaffinity(0, cores - {min(cores)})
@@ -291,7 +287,7 @@ def main(ledger_path: str, dsn: str) -> None:
     from connectors.audit_server import SharedStore, serve
 
     # The shipper inserts lists. clickhouse-connect resolves pandas lazily to check for a
-    # DataFrame, which imported it (~0.3 s) at the first insert: the end of every short run.
+    # DataFrame, which imported it at the first insert: a delay at the end of every short run.
     options.pd = None
 
     # The audit trail may lag by a moment; a decision may not. Embedded ClickHouse
@@ -361,6 +357,6 @@ if __name__ == "__main__":
         print(f"apex shipper: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         os._exit(1)
     # Everything is written and closed: skip the interpreter's and embedded ClickHouse's
-    # teardown (~80 ms), which the end of every run waited for.
+    # teardown, which the end of every run would wait for.
     sys.stderr.flush()
     os._exit(0)

@@ -18,9 +18,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.entry import Entry, id_ms
 
 # Entries a batch. Bytewax hands a batch through each step whole before the next step, so a
-# batch's objects (~5 KB an entry: the pydantic models, the chain, the audit rows) are walked
-# once a step: 512 of them no longer fit the core's cache, and a 100,000-entry replay ran
-# 15-20% slower than with 128 (64 was no faster, 32 slower: each batch has its commit).
+# batch's objects (the pydantic models, the chain, the audit rows) are walked once a step:
+# much larger batches no longer fit the core's cache, and much smaller ones pay more
+# commits (each batch has its own). BENCHMARKS.md has the sizes tried.
 BATCH = 128
 _STREAM_ID = re.compile(r"\d+-\d+")
 

@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from connectors.entry import Entry
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 from operators.audit import INVALID_TICK, Outcome
 
 log = logging.getLogger("apex.redis")

@@ -22,7 +22,8 @@ from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
-from dataflows.steps import PortfolioLogic, stateless_filter, validator
+from dataflows.portfolio_logic import PortfolioLogic
+from dataflows.steps import stateless_filter, validator
 
 PORTFOLIO_KEY = "portfolio"
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors.redis_config import RedisConfig
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
@@ -30,21 +31,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]):
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-class RedisConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = "redis://127.0.0.1:6379/0"
-    stream: str = "argus:signals:stream"
-    group: str = "apex-consumer"
-    consumer: str = "apex-worker-1"
-    count: int = Field(10, ge=1, le=10_000, description="XREADGROUP COUNT")
-    block_ms: int = Field(2, ge=1, le=1000, description="XREADGROUP BLOCK; never 0")
-    claim_idle_ms: int = Field(5000, ge=1, description="claim a dead consumer's entries idle this long")
-    max_deliveries: int = Field(5, ge=1, description="past this, an entry goes to the dead-letter stream")
-    dead_letter_stream: str = "argus:signals:dead"
-    stop_when_idle_ms: int | None = Field(
-        None, ge=1, description="end the run after this long with nothing new and nothing of ours pending")
 
 
 class ExecuteConfig(BaseModel):

@@ -26,7 +26,8 @@ from operators.audit import INVALID_TICK, Chain, Event, Outcome
 from operators.decide import audit_verdict, drop_row, judge
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, booked, terms_for
 from operators.orders import Order, client_order_id, expected_fill
-from operators.portfolio import Fill, Portfolio
+from operators.fill import Fill
+from operators.portfolio import Portfolio
 from operators.signal import Signal
 
 

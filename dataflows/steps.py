@@ -1,23 +1,16 @@
-"""The functions of the stateless steps, and the batch logic around the portfolio step."""
+"""The functions of the stateless steps, and the item they pass along."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
-
-from bytewax.operators import StatefulBatchLogic
+from typing import Callable
 
 from connectors.entry import Entry
-from operators.audit import Outcome
 from operators.decide import EarlyDrop
 from operators.filters import Filter
 from operators.market import Tick, parse_tick
-from operators.portfolio import Portfolio
 from operators.limits import Limits
 from operators.signal import Invalid, Signal, check_clock, parse_signal
-
-if TYPE_CHECKING:
-    from dataflows.portfolio_step import PortfolioStep
 
 
 @dataclass(slots=True)
@@ -58,34 +51,3 @@ def stateless_filter(index: int, f: Filter) -> Callable[[Received], Received]:
         return item
 
     return step
-
-
-class PortfolioLogic(StatefulBatchLogic):
-    """The portfolio step per Bytewax batch: one ledger transaction a batch (and one
-    commit before its orders leave), so the sink that follows (and acks) only ever
-    sees decisions already durable."""
-
-    def __init__(self, step: PortfolioStep, book: Portfolio | None):
-        self.step = step
-        self.book = book
-
-    def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
-        ledger = self.step.ledger
-        shipper = self.step.shipper
-        ledger.begin()
-        ledger.prefetch(v.signal.signal_id for v in values if v.signal is not None)
-        out: list[Outcome] = []
-        try:
-            for item in values:
-                self.book = self.step(self.book, item, out)
-            if self.book is not None:
-                self.step.send_orders(self.book)
-                ledger.record_book(self.book.market_state())
-            # after the orders have left: the shipper's watermark (its own file) is not on their path
-            ledger.prune(shipper.shipped_seq if shipper is not None else 0)
-        finally:
-            ledger.commit()
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> Portfolio | None:
-        return self.book

@@ -14,14 +14,13 @@ import orjson
 
 def dumps(value: Any) -> str:
     """JSON text with sorted keys, for audit details and a trade's terms: orjson, because
-    the stdlib encoder was a tenth of a replay."""
+    the stdlib encoder was a large share of a replay."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
 
 
-def details_text(details: dict[str, Any] | str) -> str:
-    """An event's details as the audit store keeps them (written by the shipper); rows an
-    older worker queued hold the text already."""
-    return details if isinstance(details, str) else dumps(details)
+def details_text(details: dict[str, Any]) -> str:
+    """An event's details as the audit store keeps them: written by the shipper, off the worker's path."""
+    return dumps(details)
 
 
 SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
@@ -82,9 +81,8 @@ class Event:
     def as_row(self, recorded_ms: int) -> list[Any]:
         """The audit store's row (``EVENT_COLUMNS``). Details stay an object: the row is packed
         whole into the outbox anyway, and the shipper turns them into the column's JSON text
-        (``details_text``). Encoding them here was 3-4% of the worker's instructions, the
-        pipeline's bottleneck; the shipper, a niced child on the other core and busy about half
-        of a replay, spends ~1.5 µs an event more on it."""
+        (``details_text``): the worker is the pipeline's bottleneck, and the shipper, a niced
+        child on the other core, has time to spare."""
         return [self.signal_id, self.stream_id, self.seq, self.stage, self.outcome, self.reason, self.ts_ms,
                 self.source, self.venue, self.symbol, self.size_usd, self.details, self.latency_us,
                 recorded_ms]

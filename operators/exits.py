@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the book imports this module; only type names flow the other way
-    from operators.portfolio import Fill
+from operators.fill import Fill
+
+if TYPE_CHECKING:
     from operators.signal import Signal
 
 HARD_STOP = "hard_stop"
@@ -113,7 +114,7 @@ class ClosedTrade:
 
 def booked(expected: TradeTerms, fill: Fill) -> TradeTerms:
     """The trade an order was expected to open, as the venue actually filled it. Spelled out:
-    ``dataclasses.replace`` read every field through getattr, ~3 µs an order."""
+    ``dataclasses.replace`` reads every field through getattr, slow for something done every order."""
     e = expected
     return TradeTerms(
         signal_id=e.signal_id, source=e.source, venue=e.venue, symbol=e.symbol, side=e.side,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from operators.portfolio import Fill
+from operators.fill import Fill
 
 
 def client_order_id(signal_id: str, kind: str = "open") -> str:

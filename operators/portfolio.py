@@ -13,31 +13,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from operators.exits import ClosedTrade, TradeTerms, regime_exit, stop_hit
+from operators.fill import Fill
 from operators.filters import PortfolioView
 from operators.kelly import KellyParams, KellyTracker
 from operators.limits import Limits, PriceGuard
 
 MINUTES_PER_YEAR = 365 * 24 * 60
-
-
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """A venue's confirmation of one order: what the book must now reflect."""
-
-    signal_id: str
-    client_order_id: str
-    order_id: str
-    venue: str
-    symbol: str
-    side: str
-    quantity: float
-    price: float
-    fee_usd: float
-    ts_ms: int
-
-    @property
-    def signed_qty(self) -> float:
-        return self.quantity if self.side == "buy" else -self.quantity
 
 
 def _economics(fill: Fill) -> tuple:

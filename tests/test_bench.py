@@ -48,3 +48,15 @@ def test_quick_bench_runs_every_scenario_and_produces_numbers(tmp_path):
     live = {s["scenario"]: s for s in report["scenarios"]}
     assert live["latency"]["runs"][0]["latency_us"]["n"] > 0  # orders reached the venue
     assert "bench" in proc.stdout and "targets" in proc.stdout
+
+
+def test_bench_outside_a_checkout_says_so_in_one_line(tmp_path):
+    """The bench is not in the installed package: an installed apex without the
+    repository beside it refuses in one line, exit 2, instead of a traceback."""
+    for pkg in ("apex", "operators", "connectors", "dataflows"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "apex.cli", "bench", "--quick"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "apex bench runs from a checkout of the Apex repository (git clone, make install, then apex bench)"]

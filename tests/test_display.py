@@ -28,7 +28,7 @@ def test_printable_escapes_every_control_character_and_leaves_text_alone():
 def _event(seq: int, stage: str, outcome: str, reason: str = "", **details) -> dict:
     return {"signal_id": EVIL_ID, "stream_id": f"{T0}-0", "seq": seq, "stage": stage, "outcome": outcome,
             "reason": reason, "ts_ms": T0, "source": "macro", "venue": "okx", "symbol": EVIL_SYMBOL,
-            "size_usd": None, "details": json.dumps(details), "latency_us": 10, "recorded_ms": 1}
+            "size_usd": None, "details": details, "latency_us": 10, "recorded_ms": 1}
 
 
 @pytest.fixture(scope="module")

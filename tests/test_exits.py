@@ -20,7 +20,7 @@ from operators.exits import (
     HARD_STOP, MAX_HOLDING, REGIME_ALERT, REGIME_EXIT, ClosedTrade, TradeTerms,
     booked, holding_expired, regime_exit, stop_hit,
 )
-from operators.portfolio import Fill
+from operators.fill import Fill
 
 T0 = 1_767_312_000_000  # 2026-01-02T00:00:00Z
 MIN = 60_000

@@ -18,7 +18,8 @@ from helpers import entry, make_pipeline, model, paper_orders, run_entries, run_
 from operators.exits import terms_for
 from operators.kelly import KellyParams
 from operators.orders import Order, client_order_id, expected_fill
-from operators.portfolio import Fill, Portfolio
+from operators.fill import Fill
+from operators.portfolio import Portfolio
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"

@@ -11,7 +11,8 @@ from operators.audit import Chain
 from operators.decide import EarlyDrop, audit_verdict, drop_row, is_expired, judge
 from operators.filters import Filter, confidence
 from operators.kelly import KellyParams, KellyTracker, Sizing, TrackerParams, efficiency, round_quantity, size
-from operators.portfolio import Fill, Portfolio
+from operators.fill import Fill
+from operators.portfolio import Portfolio
 
 SEED = KellyParams()
 

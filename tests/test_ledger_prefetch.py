@@ -73,7 +73,8 @@ def test_more_ids_than_one_query_binds_are_all_looked_up(tmp_path):
 def test_an_opening_order_written_after_the_prefetch_is_what_the_next_check_reads(tmp_path):
     """The idempotency check reads the batch's prefetched orders: an intent, a fill and a
     refusal written since must each replace what the prefetch found."""
-    from operators.orders import Fill, Order, client_order_id
+    from operators.fill import Fill
+    from operators.orders import Order, client_order_id
 
     def order(sid: str) -> Order:
         return Order(client_order_id(sid), sid, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 1)

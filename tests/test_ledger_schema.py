@@ -1,56 +1,13 @@
-"""A ledger written by an older Apex keeps working: the tables changed shape for new files
-(rowid tables, executions found by signal_id and kind), the statements did not."""
+"""The ledger's shape: one order per signal and kind, small decision rows, compact kept trades."""
 
 from __future__ import annotations
 
-import sqlite3
-
-from connectors.execution import Executor
 from connectors.ledger import Ledger
-from connectors.venues.paper import PaperVenue
 from operators.orders import Order, client_order_id
-
-OLD_SCHEMA = """
-CREATE TABLE decisions (signal_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, outcome TEXT NOT NULL,
-    reason TEXT, ts_ms INTEGER NOT NULL, events TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE executions (client_order_id TEXT PRIMARY KEY, signal_id TEXT NOT NULL, kind TEXT NOT NULL,
-    venue TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL, quantity REAL NOT NULL,
-    status TEXT NOT NULL, intent_ms INTEGER NOT NULL, order_id TEXT, price REAL, fee_usd REAL,
-    filled_ms INTEGER, seq INTEGER, reason TEXT);
-CREATE INDEX executions_signal ON executions(signal_id);
-CREATE TABLE trades (signal_id TEXT PRIMARY KEY, terms TEXT NOT NULL, status TEXT NOT NULL, won INTEGER,
-    closed_seq INTEGER) WITHOUT ROWID;
-CREATE INDEX trades_status ON trades(status, closed_seq);
-"""
 
 
 def _order(signal_id: str) -> Order:
     return Order(client_order_id(signal_id), signal_id, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 1)
-
-
-def test_a_ledger_of_the_old_shape_records_resolves_and_refuses_as_a_new_one(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    with sqlite3.connect(path) as old:
-        old.executescript(OLD_SCHEMA)
-        old.execute("INSERT INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity,"
-                    " status, intent_ms, price) VALUES (?, 'sig-old', 'open', 'okx', 'BTC-USDT', 'buy', 1.0,"
-                    " 'intent', 1, 100.0)", (client_order_id("sig-old"),))  # a crash left this intent
-    ledger, venue = Ledger(path), PaperVenue(tmp_path / "venue.sqlite")
-    ex = Executor(ledger, venue)
-    ledger.begin()
-    fill, sent = ex.execute(_order("sig-new"))
-    again, sent_again = ex.execute(_order("sig-new"))
-    resumed, resumed_sent = ex.execute(_order("sig-old"))  # the venue never saw it: sent now, once
-    ledger.commit()
-    assert (sent, sent_again, resumed_sent) == (True, False, True)
-    assert again == fill
-    assert venue.orders_sent() == (2, 0)
-    assert [f.signal_id for f in ledger.fills()] == ["sig-new", "sig-old"]
-    ledger.record_intent(_order("sig-new"))  # a second intent under one id is ignored, not a second row
-    assert ledger.db.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 2
-    # the old file kept its own shape: nothing was rebuilt under the running worker
-    kinds = dict(ledger.db.execute("SELECT name, sql LIKE '%WITHOUT ROWID%' FROM sqlite_master WHERE type='table'"))
-    assert kinds["decisions"] == 1 and kinds["trades"] == 1
 
 
 def test_a_new_ledger_keeps_one_order_per_signal_and_kind(tmp_path):
@@ -90,11 +47,8 @@ def test_decisions_keep_no_chain_and_the_chains_older_workers_kept_still_read(tm
         assert ledger.decided(sid).events == events
 
 
-def test_an_intent_keeps_its_trade_in_a_compact_form_and_older_object_forms_still_read(tmp_path):
-    """Intents keep the trade a start books from the venue as [terms values, exits]; ones an
-    older Apex wrote hold {"terms": {...}, "exits": ...}. Both read back as the same trade."""
-    import orjson
-
+def test_an_intent_keeps_its_trade_in_a_compact_form(tmp_path):
+    """Intents keep the trade a start books from the venue as [terms values, exits]."""
     from operators.exits import TradeTerms
 
     terms = TradeTerms("sig-t", "macro", "okx", "BTC-USDT", "buy", 1.5, 100.25, 7, 0.15, "choppy", 0.03,
@@ -102,10 +56,7 @@ def test_an_intent_keeps_its_trade_in_a_compact_form_and_older_object_forms_stil
     exits = "Exit on a 3% adverse move, on a regime change to choppy or trending_down, or after 16 hours."
     ledger = Ledger(tmp_path / "ledger.sqlite")
     ledger.record_intent(_order("sig-t"), trade=(terms, exits))
-    older = {"terms": {k: getattr(terms, k) for k in TradeTerms.__dataclass_fields__}, "exits": exits}
-    ledger.record_intent(_order("sig-u"), trade=(terms, exits))
-    ledger.db.execute("UPDATE executions SET trade = ? WHERE signal_id = 'sig-u'", (orjson.dumps(older),))
     stored = ledger.db.execute("SELECT length(trade) FROM executions WHERE signal_id = 'sig-t'").fetchone()[0]
     assert stored < 320
     assert sorted((o.signal_id, trade) for o, _, trade in ledger.dangling("open")) == [
-        ("sig-t", (terms, exits)), ("sig-u", (terms, exits))]
+        ("sig-t", (terms, exits))]

@@ -199,29 +199,22 @@ def test_the_ledger_gets_its_page_size_whichever_connection_creates_it(tmp_path)
     assert Ledger(tmp_path / "ledger.sqlite").db.execute("PRAGMA page_size").fetchone()[0] == outbox.PAGE_SIZE
 
 
-def test_outbox_rows_are_stored_compressed_and_a_ledger_of_plain_json_still_ships(tmp_path):
-    """LZ4 frames since the outbox's bytes were a large share of every commit; a ledger
-    written before that holds plain JSON, which the shipper must still read. Rows are lists
-    of values now; an older worker's rows are objects keyed by column, in the same chunk."""
-    import orjson
+def test_outbox_rows_are_stored_compressed_and_ship(tmp_path):
+    """LZ4 frames, since the outbox's bytes were a large share of every commit."""
+    import lz4.frame
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    _queue(ledger, 1)
-    rows = {"filter_drops": [{"signal_id": "old", "stream_id": "9-0", "filter": "confidence", "ts_ms": 1,
-                              "source": "a", "venue": "okx", "symbol": "BTC-USDT", "confidence": 0.5,
-                              "regime": "choppy"}]}
-    ledger.db.execute("INSERT INTO outbox (rows) VALUES (?)", (orjson.dumps(rows),))  # an older worker's row
+    _queue(ledger, 2)
     stored = [blob for (blob,) in ledger.db.execute("SELECT rows FROM outbox ORDER BY seq")]
-    assert stored[0][:4] == outbox.LZ4_MAGIC and stored[1][:1] == b"{"
-    assert outbox.decode(stored[0])["filter_drops"][0][0] == "s0"
-    assert outbox.decode(stored[1])["filter_drops"][0]["signal_id"] == "old"
+    assert [outbox.decode(b)["filter_drops"][0][0] for b in stored] == ["s0", "s1"]
+    assert all(len(lz4.frame.decompress(b)) > 0 for b in stored)
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     try:
         seq, _, _ = outbox.ship_once(outbox.connect(path), store, 0)
         assert seq == 2
         assert store.query("SELECT signal_id, stream_id, confidence, regime FROM filter_drops FINAL"
-                           " ORDER BY signal_id") == [("old", "9-0", 0.5, "choppy"), ("s0", "0-0", 0.5, "choppy")]
+                           " ORDER BY signal_id") == [("s0", "0-0", 0.5, "choppy"), ("s1", "1-0", 0.5, "choppy")]
     finally:
         store.close()
 
@@ -298,18 +291,17 @@ def test_a_worker_ledger_dropped_without_close_stops_its_wal_thread(tmp_path):
 
 def test_event_details_travel_as_objects_and_land_as_the_same_sorted_json_text(tmp_path):
     """The worker queues an event's details as they are and the shipper writes them as
-    JSON text with sorted keys; rows an older worker queued hold that text already."""
-    from operators.audit import Chain, details_text
+    JSON text with sorted keys."""
+    from operators.audit import Chain
 
     chain = Chain("1-0", "sig-d", 1, "macro", "okx", "BTC-USDT")
     chain.add("FILTER_CHECK", "dropped", "confidence", checked=[("confidence", False)], age_ms=5)
     chain.add("POSITION_SIZING", "sized", size_usd=10.0, z=1.5, a={"y": 2, "b": None})
-    new, older = (ev.as_row(7) for ev in chain.events)
-    older[11] = details_text(older[11])  # an older worker's row: details already text
+    rows = [ev.as_row(7) for ev in chain.events]
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     ledger.begin()
-    ledger.rows["audit_events"] += [new, older]
+    ledger.rows["audit_events"] += rows
     ledger.commit()
     store = AuditStore(f"chdb://{tmp_path / 'ch'}")
     try:

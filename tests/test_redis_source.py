@@ -20,7 +20,7 @@ from apex.cli import app
 from apex.stream_cli import restamp
 from connectors.entry import id_ms
 from connectors.recording import read_lines
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 from helpers import record_until
 from operators.audit import Outcome
 from operators.signal import Invalid, parse_signal

@@ -21,7 +21,6 @@ on the sizings of k = 6..12 is 1, 1, 1.25, 1.25, 0.75, 0.75, 0.75.
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import zlib
@@ -62,7 +61,7 @@ def event(k: int, seq: int, stage: str, outcome: str, reason: str = "", *, ts_ms
     source, venue, symbol = WHO.get(k, ("", "", ""))
     return {"signal_id": sid(k), "stream_id": f"{T0 + k * 1000}-0", "seq": seq, "stage": stage,
             "outcome": outcome, "reason": reason, "ts_ms": ts_ms or T0 + k * 1000, "source": source,
-            "venue": venue, "symbol": symbol, "size_usd": None, "details": json.dumps(details),
+            "venue": venue, "symbol": symbol, "size_usd": None, "details": details,
             "latency_us": 100 * k if latency_us is None else latency_us, "recorded_ms": 1}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from connectors.venues import Rejected
 from operators.orders import Order, expected_fill
-from operators.portfolio import Fill
+from operators.fill import Fill
 
 
 class PaperVenue:

@@ -3,8 +3,8 @@
 Starts its own redis-server (free loopback port, temporary directory, no
 persistence), runs every scenario for Apex and for the floor, one after the
 other, prints the measurements and the targets with pass/miss, and writes
-the lot as JSON. Scenarios live in ``apex/bench_scenarios.py`` and ``apex/bench_soak.py``; the floor in
-``apex/bench_floor.py``; the measured children in ``apex/bench_proc.py``.
+the lot as JSON. Scenarios live in ``bench/scenarios.py`` and ``bench/soak.py``; the floor in
+``bench/floor.py``; the measured children in ``bench/proc.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from apex import bench_scenarios as S
-from apex.bench_proc import REDIS_SERVER, Child, RedisServer, machine
-from apex.bench_soak import soak
+from bench import scenarios as S
+from bench.proc import REDIS_SERVER, Child, RedisServer, machine
+from bench.soak import soak
 
 ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "soak")
 

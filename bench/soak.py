@@ -13,10 +13,10 @@ import itertools
 import math
 import time
 
-from apex.bench_proc import Usage, percentiles
-from apex.bench_scenarios import (CONSUMER, FLOOR_CONSUMER, FLOOR_GROUP, GROUP, RATE, STREAM, Ctx, _ack_stats,
+from bench.proc import Usage, percentiles
+from bench.scenarios import (CONSUMER, FLOOR_CONSUMER, FLOOR_GROUP, GROUP, RATE, STREAM, Ctx, _ack_stats,
                                   acks_of, apex, errors_of, floor, group_state, ready, run_row, target)
-from apex.bench_signals import publish, templates
+from bench.signals import publish, templates
 
 HOLDING_H = 0.01  # 36 s: well inside the warm-up (at least 60 s)
 
@@ -59,7 +59,7 @@ def soak(ctx: Ctx, minutes: float) -> dict:
     warm = min(max(60.0, 0.2 * secs), 0.5 * secs)
     windows = _windows(pub, acks_a, ua, offset_a, window, secs)
     growth = {"apex_total": _growth(ua, offset_a, warm, secs, None),
-              "apex_worker": _growth(ua, offset_a, warm, secs, "apex.bench_apex"),
+              "apex_worker": _growth(ua, offset_a, warm, secs, "bench.worker"),
               "apex_shipper": _growth(ua, offset_a, warm, secs, "connectors.outbox"),
               "floor": _growth(uf, offset_f, warm, secs, None)}
     runs = [run_row("apex", "emit → XACK", ua, per_s=tput_a, lat_us=lat_a),
@@ -100,5 +100,5 @@ def _windows(pub, acks: dict[str, int], u: Usage, offset: float, window: float, 
         end = min((i + 1) * window, secs)
         out.append({"t_s": round(end, 1), "p50_us": p["p50"], "p99_us": p["p99"], "n": p["n"],
                     "apex_rss_mb": _rss_at(u, end - offset, None),
-                    "worker_rss_mb": _rss_at(u, end - offset, "apex.bench_apex")})
+                    "worker_rss_mb": _rss_at(u, end - offset, "bench.worker")})
     return out

@@ -1,8 +1,8 @@
 """The floor: the least a consumer of the signal stream can do, to measure Apex against.
 
-    python -m apex.bench_floor consume URL STREAM GROUP CONSUMER --acks FILE [--count 10] [--block-ms 2]
+    python -m bench.floor consume URL STREAM GROUP CONSUMER --acks FILE [--count 10] [--block-ms 2]
                                        [--stop-when-idle MS] [--hold-file PATH]
-    python -m apex.bench_floor replay RECORDING
+    python -m bench.floor replay RECORDING
 
 ``consume``: XREADGROUP (its own pending entries first, then new ones) → json.loads of
 each payload → XACK of the batch, and nothing else; same redis-py client settings,
@@ -78,7 +78,7 @@ def replay(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="apex.bench_floor")
+    ap = argparse.ArgumentParser(prog="bench.floor")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("consume")
     for name in ("url", "stream", "group", "consumer"):

@@ -1,8 +1,8 @@
 """Apex as the bench runs it: the real dataflow in a child process, plus what it needs to measure.
 
-    python -m apex.bench_apex run PIPELINE --source URL --state-dir DIR --acks FILE --summary FILE
+    python -m bench.worker run PIPELINE --source URL --state-dir DIR --acks FILE --summary FILE
                                   [--consumer C] [--stop-when-idle MS] [--count N] [--hold-file PATH]
-    python -m apex.bench_apex audit STATE_DIR        # prints the audit store's counts as JSON
+    python -m bench.worker audit STATE_DIR        # prints the audit store's counts as JSON
 
 ``run`` is ``apex run`` with one observer added: after each batch's XACK the sink
 calls it, and it appends "stream_id ack_us outcome read_us step_us" lines to
@@ -98,7 +98,7 @@ def audit(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="apex.bench_apex")
+    ap = argparse.ArgumentParser(prog="bench.worker")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("pipeline")

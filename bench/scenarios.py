@@ -4,7 +4,7 @@ Each returns a dict: ``runs`` (one row each: what was measured, throughput,
 latency percentiles in µs, CPU seconds, peak RSS), ``ratio`` (which apex run
 is set against which floor run), ``checks`` and ``targets``. The systems run
 one after another on the same seeded signals, never side by side (2 cores:
-they would measure each other). The soak is in ``apex/bench_soak.py``.
+they would measure each other). The soak is in ``bench/soak.py``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Callable
 
 import redis
 
-from apex.bench_proc import ROOT, Child, RedisServer, Usage, percentiles, wait_gone, wait_until
-from apex.bench_signals import publish, recording, templates
+from bench.proc import ROOT, Child, RedisServer, Usage, percentiles, wait_gone, wait_until
+from bench.signals import publish, recording, templates
 from connectors import outbox
-from dataflows.config import RedisConfig
+from connectors.redis_config import RedisConfig
 
 CFG = RedisConfig()  # the shipped stream, group and consumer names (pipeline.yaml keeps them)
 STREAM, GROUP, CONSUMER = CFG.stream, CFG.group, CFG.consumer
@@ -69,7 +69,7 @@ class Ctx:
 def apex(ctx: Ctx, name: str, state: Path, *, idle_ms: int | None, count: int | None = None,
          hold: Path | None = None) -> Child:
     d = ctx.dir(name)
-    args = ["-m", "apex.bench_apex", "run", str(PIPELINE), "--source", ctx.server.url, "--state-dir", str(state),
+    args = ["-m", "bench.worker", "run", str(PIPELINE), "--source", ctx.server.url, "--state-dir", str(state),
             "--acks", str(d / "acks.txt"), "--summary", str(d / "summary.json")]
     args += ["--stop-when-idle", str(idle_ms)] if idle_ms else []
     args += ["--count", str(count)] if count else []
@@ -79,7 +79,7 @@ def apex(ctx: Ctx, name: str, state: Path, *, idle_ms: int | None, count: int | 
 
 def floor(ctx: Ctx, name: str, *, idle_ms: int | None, count: int = CFG.count, hold: Path | None = None) -> Child:
     d = ctx.dir(name)
-    args = ["-m", "apex.bench_floor", "consume", ctx.server.url, STREAM, FLOOR_GROUP, FLOOR_CONSUMER,
+    args = ["-m", "bench.floor", "consume", ctx.server.url, STREAM, FLOOR_GROUP, FLOOR_CONSUMER,
             "--acks", str(d / "acks.txt"), "--count", str(count), "--block-ms", str(CFG.block_ms)]
     args += ["--stop-when-idle", str(idle_ms)] if idle_ms else []
     args += ["--hold-file", str(hold)] if hold else []
@@ -180,7 +180,7 @@ def run_row(system: str, what: str, usage: Usage | None, *, per_s: float | None,
 @dataclass
 class Live:
     usage: Usage
-    pub: object  # bench_signals.Published
+    pub: object  # bench.signals.Published
     acks: dict[str, int]
     state: Path
     group: dict
@@ -310,7 +310,7 @@ def audit_counts(ctx: Ctx, state: Path) -> dict:
     vdb = sqlite3.connect(state / "paper-venue.sqlite")
     orders = vdb.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
     vdb.close()
-    child = Child(["-m", "apex.bench_apex", "audit", str(state)], state.parent / "audit.log")
+    child = Child(["-m", "bench.worker", "audit", str(state)], state.parent / "audit.log")
     child.wait(300)
     child.check("audit count")
     ch = json.loads(child.log.read_text().strip().splitlines()[-1])
@@ -383,7 +383,7 @@ def replay(ctx: Ctx) -> dict:
     a.check("replay apex")
     s = json.loads((d / "summary.json").read_text())
     ctx.say(f"replay: floor: {n:,} entries offline")
-    f = Child(["-m", "apex.bench_floor", "replay", str(path)], d / "floor.log")
+    f = Child(["-m", "bench.floor", "replay", str(path)], d / "floor.log")
     uf = f.wait(300)
     f.check("replay floor")
     fs = json.loads(f.log.read_text().strip().splitlines()[-1])
@@ -405,13 +405,13 @@ def lookup(ctx: Ctx) -> dict:
     d = ctx.dir("lookup")
     ledger = d / "ledger.sqlite"
     ctx.say(f"lookup: writing {rows:,} decisions and executions into a ledger")
-    p = Child(["-m", "apex.bench_lookup", "populate", str(ledger), "--rows", str(rows)], d / "populate.log")
+    p = Child(["-m", "bench.lookup", "populate", str(ledger), "--rows", str(rows)], d / "populate.log")
     p.wait(600)
     p.check("ledger populate")
     pop = json.loads(p.log.read_text().strip().splitlines()[-1])
     runs = []
     for impl in ("apex", "floor"):
-        c = Child(["-m", "apex.bench_lookup", "lookup", str(ledger), "--rows", str(rows), "--lookups", str(m),
+        c = Child(["-m", "bench.lookup", "lookup", str(ledger), "--rows", str(rows), "--lookups", str(m),
                    "--impl", impl], d / f"{impl}.log")
         u = c.wait(600)
         c.check(f"lookup {impl}")

@@ -12,19 +12,16 @@ instant is the emit time every latency is measured from.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cache
 from typing import Iterable, Iterator
 
 import redis
 
-from apex.bench_proc import ROOT
 from operators.signal import parse_signal
 
 TS = "__EMIT_TS__"
@@ -33,12 +30,10 @@ POOL = 10_000
 START_MS = 1767261600000  # the generator's timeline; timestamps are replaced at publish time anyway
 
 
-@cache
 def make_recording():
-    """scripts/make_recording.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_recording", ROOT / "scripts" / "make_recording.py")
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    """The seeded generator behind the bundled recordings, imported from the checkout."""
+    from scripts import make_recording as mod
+
     return mod
 
 

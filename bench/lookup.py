@@ -1,7 +1,7 @@
 """The idempotency guard under load: lookups in a ledger holding ROWS decisions and executions.
 
-    python -m apex.bench_lookup populate LEDGER --rows N
-    python -m apex.bench_lookup lookup LEDGER --rows N --lookups M --impl apex|floor
+    python -m bench.lookup populate LEDGER --rows N
+    python -m bench.lookup lookup LEDGER --rows N --lookups M --impl apex|floor
 
 ``populate`` fills a real ``Ledger`` (its schema and indexes) with N decided
 signals, each with its filled execution, in one transaction. ``lookup`` times
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from apex.bench_proc import percentiles
+from bench.proc import percentiles
 
 
 def signal_id(i: int) -> str:
@@ -98,7 +98,7 @@ def lookup(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="apex.bench_lookup")
+    ap = argparse.ArgumentParser(prog="bench.lookup")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("populate")
     p.add_argument("ledger")

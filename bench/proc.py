@@ -140,7 +140,7 @@ class Usage:
 
 
 class Child:
-    """A measured child process. ``args`` after the interpreter: ``Child(["-m", "apex.bench_floor", ...])``."""
+    """A measured child process. ``args`` after the interpreter: ``Child(["-m", "bench.floor", ...])``."""
 
     running: set["Child"] = set()  # for ``stop_all`` when a scenario fails half-way
 

@@ -1,0 +1,31 @@
+"""The Typer app every command module registers on, the two consoles they print
+to, and the pipeline loader they share: command modules import this module, never
+each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from dataflows.config import ConfigError, Pipeline, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Apex: risk gate, Kelly sizing, idempotent execution and audit for trading signals.")
+out = Console()
+err = Console(stderr=True)
+
+
+def load_pipeline(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
+    try:
+        p = load(path)
+    except ConfigError as e:
+        for line in e.errors:
+            err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if state_dir is not None:
+        p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
+    return p

@@ -1,0 +1,1 @@
+"""Generators of the bundled recordings: run as scripts, and imported by the bench from a checkout."""
