@@ -29,6 +29,7 @@ from operators.signal import Signal
 
 
 log = logging.getLogger("apex.portfolio")
+_NONE: dict[str, float] = {}  # a market not seen yet: read, never written
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class PortfolioStep:
         self._venues = venues
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
+        self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
         self.in_flight: list[InFlight] = []  # in decision order
 
@@ -189,8 +191,12 @@ class PortfolioStep:
             prior = self.ledger.decided(sig.signal_id)
         if prior is not None and prior.stream_id == e.stream_id:
             return self._resume(book, item, prior)
+        lot = self._lots.get(sig.venue, _NONE).get(sig.symbol)
+        if lot is None:
+            lot = self._lot_size(sig.venue, sig.symbol)
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
-                  filters=self.p.filters, early=item.early, kelly=self.p.kelly, emitted_ms=item.emitted_ms)
+                  filters=self.p.filters, early=item.early, kelly=self.p.kelly, lot_size=lot,
+                  emitted_ms=item.emitted_ms)
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
         audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
@@ -208,6 +214,17 @@ class PortfolioStep:
                   venue=self.executor.venue_for(order.venue).name, kind="open", quantity=order.quantity, price=order.price)
         out.outcome = "sent"
         return self._open(book, out, chain, order, sig, fresh=True)
+
+    def _lot_size(self, market: str, symbol: str) -> float:
+        """Asked of the venue once per instrument. 0 for one it does not trade (or a
+        market with no venue): nothing is sized for it."""
+        try:
+            instrument = self.executor.venue_for(market).instrument(market, symbol)
+        except Rejected:
+            instrument = None
+        lot = instrument.lot_size if instrument is not None else 0.0
+        self._lots.setdefault(market, {})[symbol] = lot
+        return lot
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal,
               fresh: bool = False) -> Outcome:

@@ -6,6 +6,7 @@ from connectors.venues import FILLED, REJECTED, Ack, Instrument, Venue
 from connectors.venues.paper import PaperVenue
 from operators.filters import DEFAULT_UNIVERSE
 from operators.orders import Order
+from helpers import FakeVenue, entry, make_pipeline, run_entries
 
 
 def _order(cid: str, side: str = "buy", qty: float = 2.0, price: float = 100.0, symbol: str = "BTC-USDT") -> Order:
@@ -49,3 +50,23 @@ def test_instruments_carry_the_lot_rules_as_data(tmp_path):
     # a symbol it does not list, on a market it simulates, trades on that market's rules
     assert venue.instrument("ibkr", "IBM") == Instrument("ibkr", "IBM", 1.0, 0.01, 1.0)
     assert venue.instrument("kraken", "BTC-USD") is None
+
+
+class ListsItsOwnLots(FakeVenue):
+    """A venue whose instruments trade in lots of 0.5 coin, and which does not trade SOL."""
+
+    def instrument(self, venue: str, symbol: str) -> Instrument | None:
+        if symbol == "SOL-USDT":
+            return None
+        return Instrument(venue, symbol, 0.5, 0.01, 0.5)
+
+
+def test_the_step_sizes_in_the_lots_the_venue_passed_in_lists(tmp_path):
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    col = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-1", reference_price=300.0),
+                                    entry("1767261601000-1", signal_id="sig-2", symbol="SOL-USDT")],
+                      venues=ListsItsOwnLots(p))
+    assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
+        ("sig-1", "filled", ""), ("sig-2", "dropped", "min_size")]
+    (fill,) = col.outcomes[0].executions
+    assert fill["quantity"] == 16.5  # 5,000 USD at 300: 16.67 coins, down to a whole number of half coins
