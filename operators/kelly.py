@@ -110,14 +110,15 @@ def round_quantity(lot_size: float, size_usd: float, price: float) -> float:
     """Down to a whole number of the instrument's lots (its venue lists the lot size: a
     coin's 1e-8, a share). No price, no quantity: the judge then drops the signal as
     ``no_price``; no lot (the venue does not trade the instrument), none either: dropped
-    as ``min_size``. A fractional lot is counted in lots per unit, so a lot of 1e-8 is
-    the exact division by 1e8 rather than a multiplication by the inexact 1e-8."""
+    as ``min_size``. A fractional lot is counted in lots per unit: for a decimal lot such
+    as 1e-8 that is exactly 1e8, and dividing by it is exact where multiplying by the
+    inexact 1e-8 is not."""
     if price <= 0 or lot_size <= 0:
         return 0.0
     raw = size_usd / price
     if lot_size >= 1:
         return math.floor(raw / lot_size + 1e-9) * lot_size
-    per_unit = round(1 / lot_size)
+    per_unit = 1 / lot_size
     return math.floor(raw * per_unit + 1e-6) / per_unit
 
 
