@@ -1,33 +1,52 @@
-"""The idempotent execution path: ledger first, venue second.
+"""The one egress for orders: ledger first, venue second.
 
-Looks the client order id up before anything is sent; writes the intent rows
-and commits them before the orders leave (one commit for a batch's orders); on finding an intent with no fill (the crash window
-between sending and recording) asks the venue what became of it, and sends
-only if the venue never saw it.
+Every order (an open, a close, the start-up recovery of one a crash left behind, and
+later the kill switch and reconciliation) goes through the ``Executor``: ``prepare``
+applies the idempotency rule of ``operators/orders.py`` (looks the client order id up,
+writes the intent row before anything is sent; on an intent with no fill, the crash
+window between sending and recording, asks the venue what became of it and sends only
+if the venue never saw it), and ``send`` is the only place an order reaches a venue,
+one commit for a batch's intents before they leave. ``resolve`` answers what became of
+an order without ever sending it. A trading-state gate belongs in ``send``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
 
 from connectors.ledger import Ledger
-from connectors.venues import Rejected
+from connectors.venues import Rejected, Venue
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
 from operators.fill import Fill
+from operators.signal import VENUES
 
 
-class Venue(Protocol):
-    name: str
-
-    def place_many(self, orders: list[Order]) -> list[Fill | Rejected]: ...
-    def lookup(self, client_order_id: str) -> Fill | None: ...
+class NotCleared(Exception):
+    """An order handed to ``send`` that ``prepare`` did not clear: it would bypass the rule."""
 
 
 class Executor:
-    def __init__(self, ledger: Ledger, venue: Venue):
+    def __init__(self, ledger: Ledger, venues: Venue | Mapping[str, Venue]):
+        """``venues``: one venue for every market, or one by the market an order names."""
         self.ledger = ledger
-        self.venue = venue
+        if isinstance(venues, Mapping):
+            self.venues = dict(venues)
+            distinct = {id(v): v for v in self.venues.values()}
+            # the usual case, one connection for every market: no grouping on the way out
+            whole = len(distinct) == 1 and set(VENUES) <= set(self.venues)
+            self._only: Venue | None = next(iter(distinct.values())) if whole else None
+        else:
+            self.venues, self._only = {}, venues
+        self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
+
+    def venue_for(self, market: str) -> Venue:
+        if self._only is not None:
+            return self._only
+        try:
+            return self.venues[market]
+        except KeyError:
+            raise Rejected(f"no venue for {market}") from None
 
     def prepare(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> Fill | None:
         """The fill if this order was already resolved (by the ledger, or by asking the
@@ -37,30 +56,69 @@ class Executor:
         step = next_step(row[0] if row is not None else None)
         if step == SEND:
             self.ledger.record_intent(order, reason, trade)
-            return None
-        _, order_id, price, fee, filled_ms = row  # type: ignore[misc]
+        elif step == REFUSED:
+            raise Rejected(row[1] or "rejected")  # type: ignore[index]
+        else:
+            known = self._resolved(order, step, row)
+            if known is not None:
+                return known
+        self._cleared.add(order.client_order_id)
+        return None
+
+    def resolve(self, order: Order) -> Fill | None:
+        """What became of an order, never sending it: its fill from the ledger, or for an
+        intent with no outcome, from the venue (recorded); None if it has none."""
+        row = self.ledger.execution(order)
+        step = next_step(row[0] if row is not None else None)
+        return self._resolved(order, step, row) if step in (DONE, ASK_VENUE) else None
+
+    def _resolved(self, order: Order, step: str, row: tuple | None) -> Fill | None:
         if step == DONE:
+            _, order_id, price, fee, filled_ms = row  # type: ignore[misc]
             return self._fill(order, order_id, price, fee, filled_ms)
-        if step == REFUSED:
-            raise Rejected(order_id or "rejected")
         assert step == ASK_VENUE
-        known = self.venue.lookup(order.client_order_id)
+        known = self.venue_for(order.venue).lookup(order.client_order_id)
         if known is not None:
             self.ledger.record_fill(known)
         return known
 
     def send(self, orders: list[Order]) -> list[Fill | Rejected]:
-        """Orders ``prepare`` left to send: one commit makes all their intents durable,
-        then they leave together. Anything but a per-order refusal propagates, and then
-        which of them the venue took is unknown until a retry asks it."""
+        """The egress. Orders ``prepare`` cleared: one commit makes all their intents
+        durable, then they leave together (a batch per venue). Anything but a per-order
+        refusal propagates, and then which of them the venue took is unknown until a
+        retry asks it (through ``prepare`` again)."""
+        cleared = self._cleared
+        for order in orders:
+            if order.client_order_id not in cleared:
+                raise NotCleared(order.client_order_id)
+        for order in orders:
+            cleared.discard(order.client_order_id)
         self.ledger.checkpoint()
-        results = self.venue.place_many(orders)
+        if self._only is not None:
+            results = self._only.place_many(orders)
+        else:
+            results = self._place_by_venue(orders)
         for order, r in zip(orders, results, strict=True):
             if isinstance(r, Rejected):
                 self.ledger.record_rejection(order, str(r))
             else:
                 self.ledger.record_fill(r)
         return results
+
+    def _place_by_venue(self, orders: list[Order]) -> list[Fill | Rejected]:
+        """Each venue's orders in one call, in the order decided; the answers in the order given."""
+        groups: dict[int, tuple[Venue, list[int]]] = {}
+        results: list[Fill | Rejected | None] = [None] * len(orders)
+        for i, order in enumerate(orders):
+            venue = self.venues.get(order.venue)
+            if venue is None:
+                results[i] = Rejected(f"no venue for {order.venue}")
+                continue
+            groups.setdefault(id(venue), (venue, []))[1].append(i)
+        for venue, idx in groups.values():
+            for i, r in zip(idx, venue.place_many([orders[i] for i in idx]), strict=True):
+                results[i] = r
+        return results  # type: ignore[return-value]
 
     def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
         """One order now. Returns the fill and whether this call sent the order (False:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import bytewax.operators as op
@@ -20,10 +21,13 @@ from bytewax.dataflow import Dataflow
 from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
+from connectors.venues import Venue, Venues, VenueFactory
+from connectors.venues.paper import PaperVenue
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
 from dataflows.steps import stateless_filter, validator
+from operators.signal import VENUES
 
 PORTFOLIO_KEY = "portfolio"
 
@@ -61,12 +65,34 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
     raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
 
 
+def make_venues(pipeline: Pipeline) -> Venues:
+    """The venues ``execute`` names, by the market each serves. Paper: one simulator for
+    every market a signal may name."""
+    paper = PaperVenue(Path(pipeline.state_dir) / "paper-venue.sqlite", slippage_bps=pipeline.execute.slippage_bps,
+                       fee_bps=pipeline.execute.fee_bps, cash_usd=pipeline.execute.initial_nav_usd)
+    return {market: paper for market in VENUES}
+
+
+def venue_factory(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> VenueFactory:
+    """A venue, venues by market, or a factory of them; None: the pipeline's, built in
+    the worker that sends (its SQLite handle opened there)."""
+    if venues is None:
+        return lambda: make_venues(pipeline)
+    if isinstance(venues, Mapping):
+        return lambda: venues
+    if callable(venues):
+        return venues
+    return lambda: {market: venues for market in VENUES}
+
+
 def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | None = None,
          redis_overrides: dict[str, Any] | None = None, acker: Acker | None = None,
-         shipper: Shipper | None = None) -> tuple[Dataflow, Wiring]:
+         shipper: Shipper | None = None,
+         venues: Venue | Venues | VenueFactory | None = None) -> tuple[Dataflow, Wiring]:
     """``acker``: settles what the sink hands it, instead of the source's own (a test's
     stand-in, to see what is durable at the moment an entry would be acknowledged).
-    ``shipper``: moves the outbox to the audit store, instead of one made from the pipeline."""
+    ``shipper``: moves the outbox to the audit store, instead of one made from the pipeline.
+    ``venues``: where orders go, instead of the pipeline's (``venue_factory``)."""
     if redis_overrides:
         pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
     if source is None:
@@ -90,7 +116,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
     keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    step = PortfolioStep(pipeline, shipper)
+    step = PortfolioStep(pipeline, venue_factory(pipeline, venues), shipper)
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))

@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from connectors.execution import Executor
 from connectors.outbox import Shipper
 from connectors.ledger import Decided, Ledger
-from connectors.venues import Rejected
-from connectors.venues.paper import PaperVenue
+from connectors.venues import Rejected, VenueFactory
 from dataflows.config import Pipeline
 from dataflows.steps import Received
 from operators import audit as A
@@ -32,6 +30,7 @@ from operators.signal import Signal
 
 
 log = logging.getLogger("apex.portfolio")
+_NONE: dict[str, float] = {}  # a market not seen yet: read, never written
 
 
 @dataclass(slots=True)
@@ -48,7 +47,8 @@ class InFlight:
 
 
 class PortfolioStep:
-    """Owns the ledger and venue handles, opened lazily in the worker that runs the step.
+    """Owns the ledger and venue handles, opened lazily in the worker that runs the step
+    (the venues from the factory it is given: the wiring's, or a test's).
 
     Opening orders leave in groups: each is decided with the fill it should get reserved
     in the book (so the next decision sees its exposure), and ``send_orders`` (at the end
@@ -57,20 +57,20 @@ class PortfolioStep:
     executor already resolves: a "sent" decision with an intent, redelivered and asked of
     the venue."""
 
-    def __init__(self, pipeline: Pipeline, shipper: Shipper | None = None):
+    def __init__(self, pipeline: Pipeline, venues: VenueFactory, shipper: Shipper | None = None):
         self.p = pipeline
         self.shipper = shipper
+        self._venues = venues
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
+        self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
         self.recovered: list[Outcome] = []  # closes finished at start, emitted with the first batch
         self.in_flight: list[InFlight] = []  # in decision order
 
     def _connect(self) -> None:
         """Ledger and venue together, in the worker that runs the step (not where the flow is built)."""
         self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
-        venue = PaperVenue(Path(self.p.state_dir) / "paper-venue.sqlite",
-                           slippage_bps=self.p.execute.slippage_bps, fee_bps=self.p.execute.fee_bps)
-        self._executor = Executor(self._ledger, venue)
+        self._executor = Executor(self._ledger, self._venues())
 
     @property
     def ledger(self) -> Ledger:
@@ -113,13 +113,12 @@ class PortfolioStep:
         a position the venue holds must be in the book: ask the venue now. If the venue
         never saw it there is no position, and a redelivery (if any) still sends it."""
         try:
-            fill = self.executor.venue.lookup(order.client_order_id)
+            fill = self.executor.resolve(order)
         except Exception as err:  # noqa: BLE001 - unreachable now: the next start or a redelivery asks again
             log.warning("open order %s left unresolved at start: %s", order.client_order_id, err)
             return
         if fill is None:
             return
-        self.ledger.record_fill(fill)
         self._book_open(book, fill, booked(expected, fill))
         prior = self.ledger.decided(order.signal_id)
         if prior is None or prior.outcome != "sent":
@@ -193,8 +192,12 @@ class PortfolioStep:
             prior = self.ledger.decided(sig.signal_id)
         if prior is not None and prior.stream_id == e.stream_id:
             return self._resume(book, item, prior)
+        lot = self._lots.get(sig.venue, _NONE).get(sig.symbol)
+        if lot is None:
+            lot = self._lot_size(sig.venue, sig.symbol)
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
-                  filters=self.p.filters, early=item.early, kelly=self.p.kelly, emitted_ms=item.emitted_ms)
+                  filters=self.p.filters, early=item.early, kelly=self.p.kelly, lot_size=lot,
+                  emitted_ms=item.emitted_ms)
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
         audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
@@ -209,9 +212,20 @@ class PortfolioStep:
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
                       sig.side, sz.quantity, sz.price, e.clock_ms)
         chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
-                  venue=self.executor.venue.name, kind="open", quantity=order.quantity, price=order.price)
+                  venue=self.executor.venue_for(order.venue).name, kind="open", quantity=order.quantity, price=order.price)
         out.outcome = "sent"
         return self._open(book, out, chain, order, sig, fresh=True)
+
+    def _lot_size(self, market: str, symbol: str) -> float:
+        """Asked of the venue once per instrument. 0 for one it does not trade (or a
+        market with no venue): nothing is sized for it."""
+        try:
+            instrument = self.executor.venue_for(market).instrument(market, symbol)
+        except Rejected:
+            instrument = None
+        lot = instrument.lot_size if instrument is not None else 0.0
+        self._lots.setdefault(market, {})[symbol] = lot
+        return lot
 
     def _open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal,
               fresh: bool = False) -> Outcome:
@@ -364,7 +378,7 @@ class PortfolioStep:
         self.send_orders(book)  # the venue sees orders in the order they were decided
         chain = Chain(trigger, terms.signal_id, order.ts_ms, terms.source, terms.venue, terms.symbol)
         chain.add(A.EXECUTION_ATTEMPT, "sent", reason, client_order_id=order.client_order_id,
-                  venue=self.executor.venue.name, kind="close", quantity=order.quantity, price=order.price)
+                  venue=self.executor.venue_for(order.venue).name, kind="close", quantity=order.quantity, price=order.price)
         out = Outcome("", "", terms.signal_id, "closed", reason, chain.events)  # no stream entry to ack
         try:
             fill, sent = self.executor.execute(order, reason)

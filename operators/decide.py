@@ -64,7 +64,7 @@ def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, bool]:
     return ref, False
 
 
-def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price: float) -> Sizing:
+def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price: float, lot_size: float) -> Sizing:
     return size(
         signal,
         nav=book.nav,
@@ -73,6 +73,7 @@ def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price:
         tracker_multiplier=book.tracker.multiplier(),
         price=price,
         params=params,
+        lot_size=lot_size,
     )
 
 
@@ -85,10 +86,12 @@ def judge(
     filters: list[Filter],
     early: EarlyDrop | None,
     kelly: KellyParams,
+    lot_size: float,
     emitted_ms: int | None = None,
 ) -> Verdict:
-    """``emitted_ms``: the signal's emit time if the caller has it already (validation
-    computes it to check the clock), else it is computed here."""
+    """``lot_size``: the instrument's, as its venue lists it (0: the venue does not
+    trade it). ``emitted_ms``: the signal's emit time if the caller has it already
+    (validation computes it to check the clock), else it is computed here."""
     age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
@@ -107,7 +110,7 @@ def judge(
             continue
         if view is None:
             price, refused = sizing_price(signal, book)
-            sizing = proposed_sizing(signal, book, kelly, price)
+            sizing = proposed_sizing(signal, book, kelly, price, lot_size)
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))
@@ -118,7 +121,7 @@ def judge(
         return Verdict("dropped", early.name, checked, sizing, age)
     if sizing is None:
         price, refused = sizing_price(signal, book)
-        sizing = proposed_sizing(signal, book, kelly, price)
+        sizing = proposed_sizing(signal, book, kelly, price, lot_size)
     if refused:
         return Verdict("dropped", PRICE_BAND, checked, sizing, age)
     if sizing.price <= 0:

@@ -106,15 +106,20 @@ class Sizing:
                 "cap_usd": self.cap_usd, "price": self.price, "quantity": self.quantity}
 
 
-def round_quantity(venue: str, size_usd: float, price: float) -> float:
-    """Venue lot rules: crypto to 1e-8 of a coin, equities in whole shares, always down.
-    No price, no quantity: the judge then drops the signal as ``no_price``."""
-    if price <= 0:
+def round_quantity(lot_size: float, size_usd: float, price: float) -> float:
+    """Down to a whole number of the instrument's lots (its venue lists the lot size: a
+    coin's 1e-8, a share). No price, no quantity: the judge then drops the signal as
+    ``no_price``; no lot (the venue does not trade the instrument), none either: dropped
+    as ``min_size``. A fractional lot is counted in lots per unit: for a decimal lot such
+    as 1e-8 that is exactly 1e8, and dividing by it is exact where multiplying by the
+    inexact 1e-8 is not."""
+    if price <= 0 or lot_size <= 0:
         return 0.0
     raw = size_usd / price
-    if venue == "ibkr":
-        return float(math.floor(raw + 1e-9))
-    return math.floor(raw * 1e8 + 1e-6) / 1e8
+    if lot_size >= 1:
+        return math.floor(raw / lot_size + 1e-9) * lot_size
+    per_unit = 1 / lot_size
+    return math.floor(raw * per_unit + 1e-6) / per_unit
 
 
 def size(
@@ -126,6 +131,7 @@ def size(
     tracker_multiplier: float,
     price: float,
     params: KellyParams,
+    lot_size: float,
 ) -> Sizing:
     vol_factor = 1 - params.vol_haircut if vol > params.vol_threshold else 1.0
     dd_factor = 1 - params.drawdown_haircut if drawdown > params.drawdown_threshold else 1.0
@@ -143,5 +149,5 @@ def size(
         cap_usd=signal.max_position_usd,
         size_usd=size_usd,
         price=price,
-        quantity=round_quantity(signal.venue, size_usd, price),
+        quantity=round_quantity(lot_size, size_usd, price),
     )

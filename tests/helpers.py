@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bytewax.testing import run_main
 
@@ -22,6 +22,7 @@ from connectors.venues.paper import PaperVenue
 from dataflows.apex import wire
 from dataflows.config import Pipeline, parse
 from operators.audit import Outcome
+from operators.orders import Order
 from operators.signal import Signal
 
 STREAM = "argus:signals:stream"
@@ -128,16 +129,59 @@ class Collector:
         return [o for o in self.outcomes if o.signal_id == signal_id]
 
 
-def run_flow(pipeline: Pipeline, recording: Path) -> Collector:
-    """Run the real dataflow in-process over a recording and collect its outcomes."""
+def run_flow(pipeline: Pipeline, recording: Path, venues: Any = None) -> Collector:
+    """Run the real dataflow in-process over a recording and collect its outcomes.
+    ``venues``: as ``wire`` takes them (a fake venue); None: the pipeline's."""
     obs = Collector()
-    flow, _ = wire(pipeline, source=f"recording:{recording.resolve()}", observer=obs)
+    flow, _ = wire(pipeline, source=f"recording:{recording.resolve()}", observer=obs, venues=venues)
     run_main(flow)
     return obs
 
 
-def run_entries(tmp_path: Path, pipeline: Pipeline, entries: list[dict], name: str = "rec.jsonl") -> Collector:
-    return run_flow(pipeline, write_recording(tmp_path / name, entries))
+def run_entries(tmp_path: Path, pipeline: Pipeline, entries: list[dict], name: str = "rec.jsonl",
+                venues: Any = None) -> Collector:
+    return run_flow(pipeline, write_recording(tmp_path / name, entries), venues)
+
+
+Place = Callable[[list[Order]], list]
+
+
+class FakeVenue:
+    """The pipeline's paper venue behind a hook, passed into the wiring: each batch sent
+    goes to ``on_send(orders, place)``, which may place it (``place``: the paper venue's
+    own), place part of it, refuse orders, or raise as a dying connection would.
+    ``calls``: the client order ids of every batch sent, in order."""
+
+    name = "paper"
+
+    def __init__(self, pipeline: Pipeline, on_send: Callable[[list[Order], Place], list] | None = None):
+        self.paper = PaperVenue(Path(pipeline.state_dir) / "paper-venue.sqlite",
+                                slippage_bps=pipeline.execute.slippage_bps, fee_bps=pipeline.execute.fee_bps)
+        self.on_send = on_send or (lambda orders, place: place(orders))
+        self.calls: list[list[str]] = []
+
+    def place_many(self, orders: list[Order]) -> list:
+        self.calls.append([o.client_order_id for o in orders])
+        return self.on_send(orders, self.paper.place_many)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the interface: the paper venue's
+        return getattr(self.paper, name)
+
+    def sent(self) -> list[str]:
+        return [cid for batch in self.calls for cid in batch]
+
+
+def dies_on_send(pipeline: Pipeline, first: int = 1, accept: bool = True) -> FakeVenue:
+    """A venue whose first ``first`` sends die, after taking the orders (``accept``) or before."""
+    def on_send(orders: list[Order], place: Place) -> list:
+        if len(venue.calls) <= first:
+            if accept:
+                place(orders)
+            raise RuntimeError("killed while sending")
+        return place(orders)
+
+    venue = FakeVenue(pipeline, on_send)
+    return venue
 
 
 def paper_orders(pipeline: Pipeline) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from connectors import outbox
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.venues.paper import PaperVenue
-from helpers import audit_query, entry, make_pipeline, paper_orders, run_entries
+from helpers import FakeVenue, audit_query, dies_on_send, entry, make_pipeline, paper_orders, run_entries
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, client_order_id, next_step
 
 CID = client_order_id("sig-crash")
@@ -121,23 +121,19 @@ def test_paper_venue_refuses_a_second_order_under_one_client_id(paths):
     assert venue.orders_sent() == (1, 1)
 
 
-def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(tmp_path, monkeypatch):
+def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(tmp_path):
     """The venue accepts the order and the step dies before recording the fill;
     the entry stays pending and is delivered again: the fill is taken from the venue."""
-    real_place = PaperVenue.place_many
-    calls = []
-
-    def place_then_die(self, orders):
-        calls.extend(o.client_order_id for o in orders)
-        fills = real_place(self, orders)
-        if len(calls) == 1:
+    def place_then_die(orders, place):
+        fills = place(orders)
+        if len(venue.calls) == 1:
             raise RuntimeError("killed after the venue accepted the order")
         return fills
 
-    monkeypatch.setattr(PaperVenue, "place_many", place_then_die)
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    venue = FakeVenue(p, place_then_die)
     e = entry("1767261601000-0", signal_id="sig-crash")
-    col = run_entries(tmp_path, p, [e, e])
+    col = run_entries(tmp_path, p, [e, e], venues=venue)
     first, again = col.outcomes
     assert (first.outcome, first.terminal) == ("error", False)
     assert first.reason == "RuntimeError: killed after the venue accepted the order"
@@ -146,7 +142,7 @@ def test_dataflow_crash_after_send_then_redelivery_is_resolved_without_sending(t
     assert [(ev.seq, ev.stage, ev.outcome) for ev in again.events] == [
         (4, "EXECUTION_CONFIRMED", "filled"), (5, "TRADE_OPEN", "opened")]
     assert again.events[0].details["resolved_without_send"] is True
-    assert calls == [client_order_id("sig-crash")]  # placed once, never again
+    assert venue.sent() == [client_order_id("sig-crash")]  # placed once, never again
     assert paper_orders(p) == (1, 0)
     # the audit trail holds the whole chain once, in order
     rows = audit_query(p, "SELECT seq, stage, outcome, count() FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
@@ -177,38 +173,22 @@ def test_a_checkpoint_makes_the_order_in_flight_durable_and_no_decision_without_
     assert again.intent("sig-crash") == ORDER
 
 
-def _die_on_first_send(monkeypatch, accept: bool) -> list[str]:
-    real_place = PaperVenue.place_many
-    calls: list[str] = []
-
-    def place(self, orders):
-        calls.extend(o.client_order_id for o in orders)
-        if len(calls) == 1:
-            if accept:
-                real_place(self, orders)
-            raise RuntimeError("killed while sending")
-        return real_place(self, orders)
-
-    monkeypatch.setattr(PaperVenue, "place_many", place)
-    return calls
-
-
-def test_an_open_whose_entry_never_comes_back_is_booked_from_the_venue_at_the_next_start(tmp_path, monkeypatch):
+def test_an_open_whose_entry_never_comes_back_is_booked_from_the_venue_at_the_next_start(tmp_path):
     """The venue took the order, the worker died before recording it, and the entry was
     dead-lettered (the venue stayed away through every redelivery). The next start asks
     the venue: the position is booked and the signal's chain completed, nothing sent."""
-    calls = _die_on_first_send(monkeypatch, accept=True)
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
-    first = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-crash")])
+    venue = dies_on_send(p, accept=True)
+    first = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-crash")], venues=venue)
     assert [(o.outcome, o.terminal) for o in first.outcomes] == [("error", False)]
     later = run_entries(tmp_path, p, [entry("1767261700000-0", signal_id="sig-other", symbol="ETH-USDT")],
-                        name="later.jsonl")
+                        name="later.jsonl", venues=venue)
     recovered = later.by_signal("sig-crash")
     assert [(o.stream_id, o.outcome) for o in recovered] == [("1767261601000-0", "filled")]
     assert [(ev.seq, ev.stage) for ev in recovered[0].events] == [(4, "EXECUTION_CONFIRMED"), (5, "TRADE_OPEN")]
     assert recovered[0].events[0].details["resolved_without_send"] is True
     assert [o.outcome for o in later.by_signal("sig-other")] == ["filled"]
-    assert calls == [client_order_id("sig-crash"), client_order_id("sig-other")]  # sig-crash placed once
+    assert venue.sent() == [client_order_id("sig-crash"), client_order_id("sig-other")]  # sig-crash placed once
     ledger = Ledger(p.ledger_path)
     assert ledger.decided("sig-crash").outcome == "filled"
     assert [t.signal_id for t in ledger.open_trades()] == ["sig-crash", "sig-other"]
@@ -217,22 +197,21 @@ def test_an_open_whose_entry_never_comes_back_is_booked_from_the_venue_at_the_ne
     assert rows == [(stage, outcome, 1) for stage, outcome in CHAIN]
 
 
-def test_an_open_the_venue_never_saw_stays_an_intent_at_start_and_its_redelivery_sends_it_once(
-        tmp_path, monkeypatch):
-    calls = _die_on_first_send(monkeypatch, accept=False)
+def test_an_open_the_venue_never_saw_stays_an_intent_at_start_and_its_redelivery_sends_it_once(tmp_path):
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    venue = dies_on_send(p, accept=False)
     e = entry("1767261601000-0", signal_id="sig-crash")
-    run_entries(tmp_path, p, [e])
+    run_entries(tmp_path, p, [e], venues=venue)
     later = run_entries(tmp_path, p, [entry("1767261700000-0", signal_id="sig-other", symbol="ETH-USDT")],
-                        name="later.jsonl")
+                        name="later.jsonl", venues=venue)
     assert later.by_signal("sig-crash") == []  # no position exists: nothing to book
     ledger = Ledger(p.ledger_path)
     assert ledger.execution(_order_of("sig-crash"))[0] == "intent"
     assert ledger.decided("sig-crash").outcome == "sent"
     ledger.close()
-    again = run_entries(tmp_path, p, [e], name="again.jsonl")  # its entry, delivered again
+    again = run_entries(tmp_path, p, [e], name="again.jsonl", venues=venue)  # its entry, delivered again
     assert [o.outcome for o in again.by_signal("sig-crash")] == ["filled"]
-    assert calls.count(client_order_id("sig-crash")) == 2 and paper_orders(p) == (2, 0)  # tried, then placed once
+    assert venue.sent().count(client_order_id("sig-crash")) == 2 and paper_orders(p) == (2, 0)  # tried, then placed once
 
 
 def _order_of(signal_id: str) -> Order:
@@ -240,29 +219,29 @@ def _order_of(signal_id: str) -> Order:
 
 
 @pytest.mark.parametrize("venue_took_it", [True, False])
-def test_a_sent_decision_an_older_worker_left_resumes_its_whole_chain(tmp_path, monkeypatch, venue_took_it):
+def test_a_sent_decision_an_older_worker_left_resumes_its_whole_chain(tmp_path, venue_took_it):
     """Before a sent decision's audit rows went out with its intent, the decision kept its
     chain and nothing of it was queued: after an upgrade, the start (finding the order at
     the venue) or the entry's redelivery (sending it) resumes that chain and queues all of it."""
     import orjson
 
-    calls = _die_on_first_send(monkeypatch, accept=venue_took_it)
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    venue = dies_on_send(p, accept=venue_took_it)
     e = entry("1767261601000-0", signal_id="sig-crash")
-    run_entries(tmp_path, p, [e])
+    run_entries(tmp_path, p, [e], venues=venue)
     older = [{"stream_id": "1767261601000-0", "signal_id": "sig-crash", "stage": stage, "outcome": outcome,
               "ts_ms": 1767261601000, "seq": i, "source": "older", "details": {"kept": "by an older worker"}}
              for i, (stage, outcome) in enumerate(CHAIN[:4])]
     ledger = Ledger(p.ledger_path)
     ledger.db.execute("UPDATE decisions SET events = ? WHERE signal_id = 'sig-crash'", (orjson.dumps(older),))
     ledger.close()
-    again = run_entries(tmp_path, p, [e], name="again.jsonl")
+    again = run_entries(tmp_path, p, [e], name="again.jsonl", venues=venue)
     outs = again.by_signal("sig-crash")
     if venue_took_it:  # booked from the venue at start; the redelivery is then only acknowledged
         assert [(o.stream_id, o.outcome, len(o.events)) for o in outs[1:]] == [("1767261601000-0", "filled", 0)]
     assert [(ev.seq, ev.stage, ev.outcome, ev.source) for ev in outs[0].events] == [
         (i, stage, outcome, "older") for i, (stage, outcome) in enumerate(CHAIN)]
-    assert calls == [client_order_id("sig-crash")] * (1 if venue_took_it else 2) and paper_orders(p) == (1, 0)
+    assert venue.sent() == [client_order_id("sig-crash")] * (1 if venue_took_it else 2) and paper_orders(p) == (1, 0)
     rows = audit_query(p, "SELECT seq, stage, details FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
                           " ORDER BY seq")
     assert [(seq, stage) for seq, stage, _ in rows] == [(i, stage) for i, (stage, _) in enumerate(CHAIN)]

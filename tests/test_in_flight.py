@@ -12,9 +12,8 @@ import pytest
 
 import connectors.recording
 from connectors.venues import Rejected
-from connectors.venues.paper import PaperVenue
 from dataflows.config import load
-from helpers import entry, make_pipeline, model, paper_orders, run_entries, run_flow
+from helpers import FakeVenue, entry, make_pipeline, model, paper_orders, run_entries, run_flow
 from operators.exits import terms_for
 from operators.kelly import KellyParams
 from operators.orders import Order, client_order_id, expected_fill
@@ -77,39 +76,36 @@ def test_a_later_signal_in_the_batch_sees_the_exposure_of_an_order_still_in_flig
     assert paper_orders(p) == (1, 0)
 
 
-def test_every_intent_of_a_batch_is_committed_before_its_orders_leave(tmp_path, monkeypatch):
+def test_every_intent_of_a_batch_is_committed_before_its_orders_leave(tmp_path):
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
-    real = PaperVenue.place_many
     seen: list[tuple[int, list[str]]] = []
 
-    def place_many(self, orders):
+    def place_many(orders, place):
         # what another process (a restart) would find right now
         with sqlite3.connect(p.ledger_path) as other:
             statuses = [other.execute("SELECT status FROM executions WHERE client_order_id = ?",
                                       (o.client_order_id,)).fetchone()[0] for o in orders]
         seen.append((len(orders), statuses))
-        return real(self, orders)
+        return place(orders)
 
-    monkeypatch.setattr(PaperVenue, "place_many", place_many)
     entries = [entry(f"1767261601000-{i}", signal_id=f"sig-{i}", symbol=sym)
                for i, sym in enumerate(["BTC-USDT", "ETH-USDT", "SOL-USDT"])]
-    col = run_entries(tmp_path, p, entries)
+    col = run_entries(tmp_path, p, entries, venues=FakeVenue(p, place_many))
     assert [o.outcome for o in col.outcomes] == ["filled"] * 3
     assert seen == [(3, ["intent"] * 3)]  # one send for the batch, every intent already durable
 
 
-def test_a_refused_order_releases_its_reservation_and_the_rest_of_the_batch_fills(tmp_path, monkeypatch):
+def test_a_refused_order_releases_its_reservation_and_the_rest_of_the_batch_fills(tmp_path):
     p = make_pipeline(tmp_path, CONCENTRATED)
-    real = PaperVenue.place_many
     refused = client_order_id("sig-1")
 
-    def place_many(self, orders):
-        out = real(self, [o for o in orders if o.client_order_id != refused])
+    def place_many(orders, place):
+        out = place([o for o in orders if o.client_order_id != refused])
         return [Rejected("insufficient margin") if o.client_order_id == refused else out.pop(0) for o in orders]
 
-    monkeypatch.setattr(PaperVenue, "place_many", place_many)
     col = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-1"),
-                                    entry("1767261601000-1", signal_id="sig-2", symbol="ETH-USDT")])
+                                    entry("1767261601000-1", signal_id="sig-2", symbol="ETH-USDT")],
+                      venues=FakeVenue(p, place_many))
     assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
         ("sig-1", "rejected", "insufficient margin"), ("sig-2", "filled", "")]
     ledger = sqlite3.connect(p.ledger_path)
@@ -121,30 +117,25 @@ def test_a_refused_order_releases_its_reservation_and_the_rest_of_the_batch_fill
     assert [(o.signal_id, o.outcome) for o in again.outcomes] == [("sig-3", "filled")]
 
 
-def test_a_crash_while_a_batch_is_sent_leaves_every_entry_pending_and_the_retry_sends_none_twice(
-        tmp_path, monkeypatch):
-    real = PaperVenue.place_many
-    calls: list[list[str]] = []
-
-    def accept_then_die(self, orders):
-        calls.append([o.signal_id for o in orders])
-        fills = real(self, orders[:2])  # the venue took two of the three, then the connection died
-        if len(calls) == 1:
+def test_a_crash_while_a_batch_is_sent_leaves_every_entry_pending_and_the_retry_sends_none_twice(tmp_path):
+    def accept_then_die(orders, place):
+        fills = place(orders[:2])  # the venue took two of the three, then the connection died
+        if len(venue.calls) == 1:
             raise ConnectionError("venue connection lost")
-        return fills + real(self, orders[2:])
+        return fills + place(orders[2:])
 
-    monkeypatch.setattr(PaperVenue, "place_many", accept_then_die)
     p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    venue = FakeVenue(p, accept_then_die)
     entries = [entry(f"1767261601000-{i}", signal_id=f"sig-{i}", symbol=sym)
                for i, sym in enumerate(["BTC-USDT", "ETH-USDT", "SOL-USDT"])]
-    col = run_entries(tmp_path, p, entries + entries)  # the same three delivered again
+    col = run_entries(tmp_path, p, entries + entries, venues=venue)  # the same three delivered again
     first, again = col.outcomes[:3], col.outcomes[3:]
     assert [(o.outcome, o.terminal, o.reason) for o in first] == [
         ("error", False, "ConnectionError: venue connection lost")] * 3
     assert [(o.outcome, o.terminal) for o in again] == [("filled", True)] * 3
     resolved = [o.events[0].details["resolved_without_send"] for o in again]  # resumed after the attempt
     assert resolved == [True, True, False]  # two asked of the venue, the third sent now
-    assert calls == [["sig-0", "sig-1", "sig-2"], ["sig-2"]]
+    assert venue.calls == [[client_order_id(f"sig-{i}") for i in range(3)], [client_order_id("sig-2")]]
     assert paper_orders(p) == (3, 0)
 
 

@@ -15,10 +15,12 @@ from operators.fill import Fill
 from operators.portfolio import Portfolio
 
 SEED = KellyParams()
+LOTS = {"okx": 1e-8, "ibkr": 1.0}  # as the paper venue lists its markets' instruments
 
 
 def _size(signal, *, nav=1_000_000.0, vol=0.0, drawdown=0.0, mult=1.0, price=100.0, params=SEED):
-    return size(signal, nav=nav, vol=vol, drawdown=drawdown, tracker_multiplier=mult, price=price, params=params)
+    return size(signal, nav=nav, vol=vol, drawdown=drawdown, tracker_multiplier=mult, price=price, params=params,
+                lot_size=LOTS[signal.venue])
 
 
 def test_seed_kelly_parameters():
@@ -88,7 +90,7 @@ def test_factors_exclude_size_usd_and_name_every_input():
     ],
 )
 def test_okx_quantity_floored_to_1e_8(size_usd, price, qty):
-    got = round_quantity("okx", size_usd, price)
+    got = round_quantity(1e-8, size_usd, price)
     assert got == pytest.approx(qty, abs=1e-12)
     assert got <= size_usd / price
 
@@ -98,7 +100,22 @@ def test_okx_quantity_floored_to_1e_8(size_usd, price, qty):
     [(1000.0, 300.0, 3.0), (999.99, 100.0, 9.0), (1000.0, 100.0, 10.0), (5000.0, 10000.0, 0.0)],
 )
 def test_ibkr_quantity_whole_shares_floored(size_usd, price, qty):
-    assert round_quantity("ibkr", size_usd, price) == qty
+    assert round_quantity(1.0, size_usd, price) == qty
+
+
+@pytest.mark.parametrize(
+    "lot, size_usd, price, qty",
+    [(100.0, 25_000.0, 10.0, 2_500.0), (100.0, 24_990.0, 10.0, 2_400.0), (0.001, 1000.0, 3.0, 333.333),
+     (0.0, 1000.0, 3.0, 0.0)],  # lot 0: the venue does not trade it
+)
+def test_quantity_is_a_whole_number_of_the_lots_the_venue_lists(lot, size_usd, price, qty):
+    assert round_quantity(lot, size_usd, price) == pytest.approx(qty, abs=1e-12)
+
+
+def test_an_instrument_its_venue_does_not_trade_is_dropped_with_min_size():
+    v = judge(model(), clock_ms=1767261600000, already_decided=False, book=_book(), filters=[], early=None,
+              kelly=SEED, lot_size=0.0)
+    assert (v.outcome, v.reason) == ("dropped", "min_size")
 
 
 def test_sizing_uses_venue_lot_rules():
@@ -114,7 +131,7 @@ def _book(nav: float = 1_000_000.0) -> Portfolio:
 
 def _judge(signal, *, clock_ms=1767261600000, decided=False, book=None, filters=(), early=None):
     return judge(signal, clock_ms=clock_ms, already_decided=decided, book=book or _book(),
-                 filters=list(filters), early=early, kelly=SEED)
+                 filters=list(filters), early=early, kelly=SEED, lot_size=LOTS[signal.venue])
 
 
 def test_zero_quantity_is_dropped_with_min_size():

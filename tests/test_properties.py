@@ -86,7 +86,8 @@ def test_whatever_the_numbers_an_order_is_finite_and_within_its_cap(doc, marks):
     except Invalid as err:
         assert err.reason
         return
-    v = judge(s, clock_ms=T0, already_decided=False, book=book, filters=[], early=None, kelly=KellyParams())
+    v = judge(s, clock_ms=T0, already_decided=False, book=book, filters=[], early=None, kelly=KellyParams(),
+              lot_size={"okx": 1e-8, "ibkr": 1.0}[s.venue])
     assert v.outcome in ("expired", "dropped", "order")
     if v.outcome != "order":
         return

@@ -1,6 +1,23 @@
-"""Venues take an Order and return a Fill. Two failures are kept apart:
-``VenueDown`` (retry later: the stream entry stays pending) and ``Rejected``
-(the venue said no: a terminal outcome)."""
+"""The venue interface every venue implements (the paper venue now; OKX and IBKR later)
+and the data it answers in.
+
+An order is submitted and its fate learnt later: accepted, partially filled, filled,
+rejected or cancelled. A venue that knows the fate at once (the paper venue) answers
+``place_many`` with it directly, which is what the engine uses; ``submit`` and
+``updates`` are the same conversation for venues that answer later. Instrument rules
+(lot size, tick size, minimum size) are data a venue lists, never a branch on its name.
+
+Two failures are kept apart: ``VenueDown`` (retry later: the stream entry stays
+pending) and ``Rejected`` (the venue said no: a terminal outcome)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from operators.orders import Order
+from operators.fill import Fill
 
 
 class VenueDown(Exception):
@@ -9,3 +26,80 @@ class VenueDown(Exception):
 
 class Rejected(Exception):
     pass
+
+
+# the fate of an order, as a venue reports it
+ACCEPTED = "accepted"
+PARTIALLY_FILLED = "partially_filled"
+FILLED = "filled"
+REJECTED = "rejected"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """What a venue trades and in what steps. ``venue`` is the market a signal names
+    (okx, ibkr): one connection may serve several, as the paper venue does."""
+
+    venue: str
+    symbol: str
+    lot_size: float  # quantities are whole multiples of it
+    tick_size: float  # prices are whole multiples of it
+    min_size: float  # the smallest quantity it takes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The venue's receipt of a submitted order: taken to work on, or refused outright."""
+
+    client_order_id: str
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """A change in an order's fate. ``fill``: what has filled so far (partial or whole)."""
+
+    client_order_id: str
+    status: str
+    fill: Fill | None = None
+    reason: str = ""
+
+
+class Venue(Protocol):
+    name: str
+
+    def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
+        """Submit and wait for each order's fate: its fill or its refusal, in order."""
+        ...
+
+    def submit(self, orders: list[Order]) -> list[Ack]: ...
+
+    def updates(self) -> list[OrderUpdate]:
+        """The fates learnt since the last call, oldest first."""
+        ...
+
+    def lookup(self, client_order_id: str) -> Fill | None:
+        """What the venue filled under this id; None if it never took it."""
+        ...
+
+    def open_orders(self) -> list[Order]: ...
+
+    def positions(self) -> dict[tuple[str, str], float]:
+        """Signed quantity by (venue, symbol)."""
+        ...
+
+    def balances(self) -> dict[str, float]:
+        """Amount by currency."""
+        ...
+
+    def instruments(self) -> list[Instrument]: ...
+
+    def instrument(self, venue: str, symbol: str) -> Instrument | None:
+        """The rules of one instrument; None if this venue does not trade it."""
+        ...
+
+
+Venues = Mapping[str, Venue]  # by the market a signal names: several may share one connection
+VenueFactory = Callable[[], Venues]  # opened in the worker that sends, not where the flow is built

@@ -2,6 +2,11 @@
 configurable slippage and fee, and remembers every client order id in its own
 SQLite file, as a real exchange does, so a crash between sending and
 recording can be resolved by asking it (``lookup``) rather than sending twice.
+
+It simulates every market a signal may name, each with its own lot rules (crypto
+to 1e-8 of a coin, equities in whole shares). It lists the bundled universe, and
+trades any other symbol of those markets on the same rules: a simulator has no
+reason to refuse a symbol the pipeline's universe allows.
 """
 
 from __future__ import annotations
@@ -10,16 +15,23 @@ import sqlite3
 import time
 from pathlib import Path
 
-from connectors.venues import Rejected
+from connectors.venues import FILLED, REJECTED, Ack, Instrument, OrderUpdate, Rejected
+from operators.filters import DEFAULT_UNIVERSE
 from operators.orders import Order, expected_fill
 from operators.fill import Fill
+
+# market -> (lot size, tick size); the minimum size is one lot
+RULES = {"okx": (1e-8, 1e-8), "ibkr": (1.0, 0.01)}
 
 
 class PaperVenue:
     name = "paper"
 
-    def __init__(self, path: str | Path, *, slippage_bps: float = 0.0, fee_bps: float = 0.0):
-        self.slippage_bps, self.fee_bps = slippage_bps, fee_bps
+    def __init__(self, path: str | Path, *, slippage_bps: float = 0.0, fee_bps: float = 0.0,
+                 cash_usd: float = 0.0):
+        """``cash_usd``: the balance before any order; fills move it."""
+        self.slippage_bps, self.fee_bps, self.cash_usd = slippage_bps, fee_bps, cash_usd
+        self._updates: list[OrderUpdate] = []
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -63,8 +75,49 @@ class PaperVenue:
             return Rejected(f"duplicate client order id {order.client_order_id}")
         return f
 
+    def submit(self, orders: list[Order]) -> list[Ack]:
+        """Every fate is known at once: each is queued for ``updates``."""
+        acks = []
+        for order, r in zip(orders, self.place_many(orders), strict=True):
+            if isinstance(r, Rejected):
+                acks.append(Ack(order.client_order_id, False, str(r)))
+                self._updates.append(OrderUpdate(order.client_order_id, REJECTED, None, str(r)))
+            else:
+                acks.append(Ack(order.client_order_id, True))
+                self._updates.append(OrderUpdate(order.client_order_id, FILLED, r))
+        return acks
+
+    def updates(self) -> list[OrderUpdate]:
+        out, self._updates = self._updates, []
+        return out
+
     def lookup(self, client_order_id: str) -> Fill | None:
         return self._fill(client_order_id)
+
+    def open_orders(self) -> list[Order]:
+        return []  # market orders fill or are refused at once
+
+    def positions(self) -> dict[tuple[str, str], float]:
+        rows = self.db.execute(
+            "SELECT venue, symbol, SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END) FROM orders"
+            " GROUP BY venue, symbol")
+        return {(venue, symbol): qty for venue, symbol, qty in rows if qty}
+
+    def balances(self) -> dict[str, float]:
+        (flow,) = self.db.execute(
+            "SELECT COALESCE(SUM(CASE side WHEN 'buy' THEN -quantity * price ELSE quantity * price END"
+            " - fee_usd), 0) FROM orders").fetchone()
+        return {"USD": self.cash_usd + flow}
+
+    def instruments(self) -> list[Instrument]:
+        return [self.instrument(venue, symbol) for venue, symbols in DEFAULT_UNIVERSE.items()  # type: ignore[misc]
+                for symbol in symbols]
+
+    def instrument(self, venue: str, symbol: str) -> Instrument | None:
+        if venue not in RULES:
+            return None
+        lot, tick = RULES[venue]
+        return Instrument(venue, symbol, lot, tick, lot)
 
     def _fill(self, client_order_id: str) -> Fill | None:
         row = self.db.execute(
