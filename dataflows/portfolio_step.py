@@ -20,6 +20,7 @@ from connectors.venues import Rejected, VenueFactory
 from dataflows.config import Pipeline
 from dataflows.steps import Received
 from operators import audit as A
+from operators import audit_rows as R
 from operators.audit import INVALID_TICK, Chain, Event, Outcome
 from operators.decide import audit_verdict, drop_row, judge
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, booked, terms_for
@@ -125,7 +126,7 @@ class PortfolioStep:
             return
         chain = Chain.after_send(prior.events, prior.stream_id, order.signal_id, order.ts_ms, expected.source,
                                  order.venue, order.symbol)
-        _confirmed(chain, fill, False)
+        R.confirmed(chain, fill, False)
         # the entry's own stream id: its decision is final now, and acknowledging it is safe
         out = Outcome("", prior.stream_id, order.signal_id, "sent", "", chain.events)
         self.recovered.append(self._opened(out, chain, fill, exits, book))
@@ -211,8 +212,7 @@ class PortfolioStep:
         assert sz is not None
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
                       sig.side, sz.quantity, sz.price, e.clock_ms)
-        chain.add(A.EXECUTION_ATTEMPT, "sent", size_usd=sz.size_usd, client_order_id=order.client_order_id,
-                  venue=self.executor.venue_for(order.venue).name, kind="open", quantity=order.quantity, price=order.price)
+        R.attempt(chain, order, self.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
         return self._open(book, out, chain, order, sig, fresh=True)
 
@@ -239,7 +239,7 @@ class PortfolioStep:
         except Rejected as err:
             return self._rejected(out, chain, err)
         if known is not None:  # resolved without sending: a redelivery after a crash
-            _confirmed(chain, known, False)
+            R.confirmed(chain, known, False)
             if known.signal_id not in book.open_trades:
                 self._book_open(book, known, booked(terms, known))
             return self._opened(out, chain, known, exits, book)
@@ -284,22 +284,21 @@ class PortfolioStep:
                 terms = booked(f.terms, result)
                 book.settle(f.expected, result, terms)
                 self.ledger.record_open(terms)
-                _confirmed(f.chain, result, True)
+                R.confirmed(f.chain, result, True)
                 self._opened(f.out, f.chain, result, f.exits, book, f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             f.out.stamp((now - f.out.received_ns) // 1000)
 
     def _opened(self, out: Outcome, chain: Chain, fill: Fill, exits: str, book: Portfolio,
                 nav_after: float | None = None) -> Outcome:
-        chain.add(A.TRADE_OPEN, "opened", ts_ms=fill.ts_ms, side=fill.side, entry_price=fill.price,
-                  quantity=fill.quantity, nav_after=book.nav if nav_after is None else nav_after,
-                  exits=exits, deadline_ms=book.open_trades[fill.signal_id].deadline_ms)
+        R.trade_open(chain, fill, book.nav if nav_after is None else nav_after, exits,
+                     book.open_trades[fill.signal_id].deadline_ms)
         out.outcome = "filled"
-        out.executions.append(_execution_row(fill, "open"))
+        out.executions.append(R.execution_row(fill, "open"))
         return self._record(out)
 
     def _rejected(self, out: Outcome, chain: Chain, err: Rejected) -> Outcome:
-        chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
+        R.rejected(chain, str(err))
         out.outcome, out.reason = "rejected", str(err)
         return self._record(out)
 
@@ -377,36 +376,21 @@ class PortfolioStep:
                       trigger: str, outs: list[Outcome]) -> None:
         self.send_orders(book)  # the venue sees orders in the order they were decided
         chain = Chain(trigger, terms.signal_id, order.ts_ms, terms.source, terms.venue, terms.symbol)
-        chain.add(A.EXECUTION_ATTEMPT, "sent", reason, client_order_id=order.client_order_id,
-                  venue=self.executor.venue_for(order.venue).name, kind="close", quantity=order.quantity, price=order.price)
+        R.attempt(chain, order, self.executor.venue_for(order.venue).name, reason)
         out = Outcome("", "", terms.signal_id, "closed", reason, chain.events)  # no stream entry to ack
         try:
             fill, sent = self.executor.execute(order, reason)
         except Rejected as err:
-            chain.add(A.EXECUTION_CONFIRMED, "rejected", str(err))
+            R.rejected(chain, str(err))
             out.outcome, out.reason = "rejected", str(err)
             outs.append(self._emit(out))
             return
-        _confirmed(chain, fill, sent)
+        R.confirmed(chain, fill, sent)
         book.apply_fill(fill)
         closed = book.close(terms.signal_id, fill, reason)
         self.ledger.record_close(closed)
-        chain.add(A.TRADE_CLOSED, "closed", reason, ts_ms=fill.ts_ms, exit_price=fill.price,
-                  pnl_usd=closed.pnl_usd, return_pct=closed.return_pct, fees_usd=closed.fees_usd,
-                  held_ms=fill.ts_ms - terms.entry_ms, won=closed.won,
-                  tracker_multiplier=book.tracker.multiplier(), nav_after=book.nav)
-        out.executions.append(_execution_row(fill, "close"))
+        R.trade_closed(chain, reason, fill, closed, terms, book.tracker.multiplier(), book.nav)
+        out.executions.append(R.execution_row(fill, "close"))
         out.trades.append(closed.row())
         outs.append(self._emit(out))
 
-
-def _confirmed(chain: Chain, fill: Fill, sent: bool) -> None:
-    chain.add(A.EXECUTION_CONFIRMED, "filled", ts_ms=fill.ts_ms, size_usd=fill.quantity * fill.price,
-              order_id=fill.order_id, price=fill.price, quantity=fill.quantity,
-              fee_usd=fill.fee_usd, resolved_without_send=not sent)
-
-
-def _execution_row(fill: Fill, kind: str) -> dict:
-    return {"signal_id": fill.signal_id, "client_order_id": fill.client_order_id, "kind": kind,
-            "venue": fill.venue, "symbol": fill.symbol, "side": fill.side, "quantity": fill.quantity,
-            "price": fill.price, "fee_usd": fill.fee_usd, "order_id": fill.order_id, "ts_ms": fill.ts_ms}
