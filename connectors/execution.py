@@ -84,7 +84,9 @@ class Executor:
 
     def send(self, orders: list[Order]) -> list[Fill | Rejected]:
         """The egress. Orders ``prepare`` cleared: one commit makes all their intents
-        durable, then they leave together (a batch per venue). Anything but a per-order
+        durable, then they leave together (a batch per venue). That checkpoint is the
+        batch's one mid-point (``PortfolioLogic.on_batch`` owns its begin and commit): it is
+        here so that no order can leave without its intent durable. Anything but a per-order
         refusal propagates, and then which of them the venue took is unknown until a
         retry asks it (through ``prepare`` again)."""
         cleared = self._cleared

@@ -255,9 +255,10 @@ class Ledger:
 
     def checkpoint(self) -> None:
         """Make the orders' intents durable now, with their "sent" decisions and the audit rows
-        of how they were decided, and go on in a new transaction. Called right before orders
-        leave (all of a batch's at once): an intent must outlive a crash, and a restart that
-        finds one adds only what happened after (``PortfolioStep._resume``). Every other
+        of how they were decided, and go on in a new transaction. Called by ``Executor.send``
+        alone, right before orders leave (all of a batch's at once): an intent must outlive a
+        crash, and a restart that finds one adds only what happened after
+        (``PortfolioStep._resume``, ``dataflows/recovery.py``). Every other
         audit row waits for the batch's last commit (one outbox row a batch, not one a fill):
         nothing is acknowledged before that commit, so a crash before it loses none."""
         self.commit(audit=False)

@@ -1,4 +1,13 @@
-"""The Bytewax side of the portfolio step: one ledger transaction per batch."""
+"""The Bytewax side of the portfolio step, and the one owner of a batch's ledger transaction.
+
+``on_batch`` begins it and commits it; nothing in the step begins or commits. Its one
+mid-point is the egress: ``Executor.send`` checkpoints (commits the intents, their "sent"
+decisions and how they were decided, and goes on in a new transaction) right before
+orders leave. The checkpoint stays in the executor rather than in the step's callers
+because it is part of the egress's rule, an intent durable before its order leaves, and
+every order (opens in a group, closes one at a time, later the kill switch) goes through
+that one ``send``: kept there, no caller can send without it.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +20,9 @@ from operators.portfolio import Portfolio
 
 
 class PortfolioLogic(StatefulBatchLogic):
-    """The portfolio step per Bytewax batch: one ledger transaction a batch (and one
-    commit before its orders leave), so the sink that follows (and acks) only ever
-    sees decisions already durable."""
+    """The portfolio step per Bytewax batch: one ledger transaction a batch (checkpointed
+    by the executor before its orders leave), so the sink that follows (and acks) only
+    ever sees decisions already durable. Start-up recovery runs inside the first batch's."""
 
     def __init__(self, step: PortfolioStep, book: Portfolio | None):
         self.step = step
