@@ -336,10 +336,19 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     return Pipeline(
         path=path, source=top.source,
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
-        clickhouse=top.clickhouse, redis=top.redis, filters=filters,
+        clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
         stages=names,
     )
+
+
+def _embedded_beside(dsn: str | None, base: Path) -> str | None:
+    """A relative embedded store (``chdb://rel``) lies beside the YAML file, as every other
+    relative path in it does, whichever folder a command is started from."""
+    if not dsn or not dsn.startswith("chdb://"):
+        return dsn
+    p = Path(dsn.removeprefix("chdb://"))
+    return dsn if p.is_absolute() else f"chdb://{base / p}"
 
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> Pipeline:

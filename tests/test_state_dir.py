@@ -80,12 +80,18 @@ def test_a_shipper_that_cannot_start_makes_the_run_say_so_and_fail(tmp_path):
 
 
 def test_a_relative_embedded_clickhouse_dsn_is_the_same_store_for_every_process(tmp_path):
+    """A relative `chdb://` in pipeline.yaml lies beside the YAML file, like every other relative
+    path in it: the worker, its shipper and `apex audit --pipeline` find the one store, whichever
+    folder each is started from; on the command line, `--clickhouse` is relative to where it is typed."""
     cfg, _, sid = setup(tmp_path)
     doc = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({**doc, "clickhouse": "chdb://rel-ch"}, sort_keys=False))
     run = apex("run", "../pipeline.yaml", "--no-progress", cwd=cfg)
     assert run.returncode == 0, run.stderr
-    assert (cfg / "rel-ch").is_dir()  # where the worker was started, not where the shipper runs
-    audit = apex("audit", "--clickhouse", "chdb://rel-ch", sid, cwd=cfg)
+    assert (tmp_path / "rel-ch").is_dir() and not (cfg / "rel-ch").exists()
+    audit = apex("audit", "--pipeline", "../pipeline.yaml", sid, cwd=cfg)
     assert audit.returncode == 0, audit.stderr
     assert sid in audit.stdout
+    typed = apex("audit", "--clickhouse", "chdb://rel-ch", sid, cwd=tmp_path)
+    assert typed.returncode == 0, typed.stderr
+    assert sid in typed.stdout
