@@ -44,8 +44,8 @@ REGIMES: tuple[str, ...] = Regime.__args__  # type: ignore[attr-defined]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 # Bounds on every duration and size a producer sends. Each is far beyond any real
-# signal and far inside what the arithmetic after it can hold: a holding period of
-# 1e308 hours used to overflow the deadline after the decision was recorded.
+# signal and far inside what the arithmetic after it can hold: a trade's deadline is
+# an integer of milliseconds, and an unbounded holding period would overflow it.
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_HOLDING_HOURS = 366 * 24
 MAX_POSITION_USD = 1e9

@@ -200,6 +200,17 @@ def audit_query(pipeline: Pipeline, sql: str, parameters: dict | None = None) ->
         store.close()
 
 
+def until(condition: Callable[[], Any], timeout: float = 60) -> bool:
+    """Poll ``condition`` until it holds; False if it never did. The deadline only bounds
+    a failure: a test waits on the condition, never on the time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def record_until(out: Path, lines: int, *args: str, timeout: float = 60) -> list[dict]:
     """`apex record` in a process of its own until ``out`` holds ``lines`` entries, then
     stopped (SIGINT): a capture window fixed in seconds starts before the recorder's first

@@ -20,7 +20,7 @@ from connectors.venues.paper import PaperVenue
 from dataflows.apex import wire
 from dataflows.config import parse
 from operators.orders import Order, client_order_id
-from tests.helpers import Collector, paper_orders, payload, sig
+from tests.helpers import Collector, paper_orders, payload, sig, until
 from tests.test_exits import MIN, PIPELINE, T0, replay, signal, tick
 
 
@@ -153,16 +153,6 @@ def test_a_market_entry_delivered_again_is_not_applied_twice(tmp_path):
     assert "t2" not in trades
 
 
-def _until(condition, seconds: float = 60) -> bool:
-    """Poll ``condition`` until it holds; the deadline only bounds a failure."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_while_the_audit_store_is_down_entries_stay_pending_and_nothing_new_is_read(tmp_path, redis_server):
     """Promise: once the audit store fails and the outbox backlog passes its bound, entries
     are left pending instead of acknowledged and the worker takes nothing new (so no entry
@@ -186,17 +176,17 @@ def test_while_the_audit_store_is_down_entries_stay_pending_and_nothing_new_is_r
     def outage_then_recovery() -> None:
         try:
             shipped = connect_state(p.ledger_path)
-            during["failing"] = _until(lambda: not shipped.execute("SELECT healthy FROM outbox_state").fetchone()[0])
+            during["failing"] = until(lambda: not shipped.execute("SELECT healthy FROM outbox_state").fetchone()[0])
             for i in range(40):
                 doc = sig(f"b{i}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), ttl_seconds=3600,
                           confidence=0.9 if i % 2 else 0.1)
                 r.xadd("argus:signals:stream", {"payload": payload(doc)})
-            during["paused"] = _until(lambda: wiring.source.stats["paused"] >= 10 and any(
+            during["paused"] = until(lambda: wiring.source.stats["paused"] >= 10 and any(
                 not o.terminal and "audit store unavailable" in o.reason for o in list(obs.outcomes)))
             g = group()
             during.update(pending=g["pending"], lag=g["lag"], dead=r.xlen("argus:signals:dead"))
             blocker.unlink()
-            during["drained"] = _until(lambda: group()["pending"] == 0 and group()["lag"] == 0)
+            during["drained"] = until(lambda: group()["pending"] == 0 and group()["lag"] == 0)
         finally:
             wiring.stop()
 

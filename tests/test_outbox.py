@@ -7,13 +7,13 @@ import gc
 import os
 import sqlite3
 import threading
-import time
 
 import pytest
 
 from connectors import outbox
 from connectors.clickhouse import AuditStore
 from connectors.ledger import Ledger, WalKeeper
+from helpers import until
 
 
 def wal_bytes(ledger_path) -> int:
@@ -231,18 +231,15 @@ def _wal_index(path) -> tuple[int, int]:
 def test_the_wal_keeper_copies_the_wal_back_while_the_worker_writes_on(tmp_path):
     """The worker's thread never copies the WAL itself but at a restart, and then finds
     nothing left to copy but what came since the keeper's last pass."""
-    import time
-
+    
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path, keep_wal=True)
     try:
         _queue(ledger, 20)
         frames, copied = _wal_index(path)
         assert frames > 0
-        deadline = time.monotonic() + 30
-        while _wal_index(path)[1] < frames:  # the keeper's thread, on its own schedule
-            assert time.monotonic() < deadline, "the WAL keeper never copied the WAL back"
-            time.sleep(0.01)
+        # the keeper's thread, on its own schedule
+        assert until(lambda: _wal_index(path)[1] >= frames), "the WAL keeper never copied the WAL back"
         ledger.begin()  # the worker goes on committing meanwhile
         ledger.commit()
         assert ledger.restart_wal()
@@ -324,19 +321,11 @@ def test_the_shipper_keeps_off_one_core_so_the_worker_finds_it_free(tmp_path):
     try:
         pid = shipper.pid
         expected = cores - {min(cores)} if len(cores) > 1 else cores
-        deadline = time.monotonic() + 30  # the child sets it once imported: poll for it, a bounded wait
-        while os.sched_getaffinity(pid) != expected and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert os.sched_getaffinity(pid) == expected
+        # the child sets it once imported: wait for it
+        assert until(lambda: os.sched_getaffinity(pid) == expected), os.sched_getaffinity(pid)
     finally:
         shipper.stop()
 
-
-def _until(cond, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout  # bounds a failure only
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_second_shipper_on_the_same_state_dir_waits_for_the_first_to_exit(tmp_path):
@@ -350,7 +339,7 @@ def test_a_second_shipper_on_the_same_state_dir_waits_for_the_first_to_exit(tmp_
     first, second = outbox.Shipper(path, dsn), outbox.Shipper(path, dsn)
     first.start()
     try:
-        _until(lambda: first.shipped_seq == 2, "the first shipper's round")
+        assert until(lambda: first.shipped_seq == 2), "the first shipper's round"
         with open(tmp_path / "shipper.lock", "w") as probe:  # what a second shipper would find
             with pytest.raises(BlockingIOError):
                 fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -358,7 +347,7 @@ def test_a_second_shipper_on_the_same_state_dir_waits_for_the_first_to_exit(tmp_
         _queue(ledger, 1, start=2)
         first.stop()  # drained and gone: the second takes over
         _queue(ledger, 1, start=3)
-        _until(lambda: second.shipped_seq == 4, "the second shipper's round")
+        assert until(lambda: second.shipped_seq == 4), "the second shipper's round"
     finally:
         first.stop()
         second.stop()
