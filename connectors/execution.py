@@ -77,7 +77,12 @@ class Executor:
             _, order_id, price, fee, filled_ms = row  # type: ignore[misc]
             return self._fill(order, order_id, price, fee, filled_ms)
         assert step == ASK_VENUE
-        known = self.venue_for(order.venue).lookup(order.client_order_id)
+        venue = self.venue_for(order.venue)
+        try:
+            known = venue.lookup(order.client_order_id)
+        except Rejected as refused:  # it reached the venue, which refused or cancelled it
+            self.ledger.record_rejection(order, str(refused))
+            raise
         if known is not None:
             self.ledger.record_fill(known)
         return known

@@ -81,7 +81,9 @@ class Venue(Protocol):
         ...
 
     def lookup(self, client_order_id: str) -> Fill | None:
-        """What the venue filled under this id; None if it never took it."""
+        """What the venue filled under this id; None only if it never took it. Raises
+        ``Rejected`` for an order it took and then refused or cancelled with nothing
+        filled, and ``VenueDown`` when it cannot be asked: "no answer" is never "not there"."""
         ...
 
     def open_orders(self) -> list[Order]: ...
