@@ -30,8 +30,9 @@ def print_jsonl(rows: list[dict]) -> None:
 
 def print_table(rows: list[dict], signal_id: str | None, out: Console) -> None:
     first = rows[0] if rows else {}
+    book = f" in book {first['book']}" if first.get("book") else ""
     title = Text(printable(f"decision chain of {signal_id}: {first['venue']} {first['symbol']} from "
-                           f"{first['source']}") if signal_id else f"{len(rows)} audit events")
+                           f"{first['source']}{book}") if signal_id else f"{len(rows)} audit events")
     wide = out.width >= WIDE
     t = Table(title=title)
     if wide:

@@ -51,7 +51,8 @@ def _env() -> str:
 def validate(pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="the pipeline file")) -> None:
     """Check pipeline.yaml; print every error with its YAML path, exit 1 if any."""
     p = load_pipeline(pipeline)
-    out.print(f"ok: {pipeline}: " + " → ".join(p.stages), highlight=False)
+    books = f" · books: {', '.join(b.book for b in p.books)}" if p.books else ""
+    out.print(f"ok: {pipeline}: " + " → ".join(p.stages) + books, highlight=False)
 
 
 @app.command()
@@ -196,7 +197,7 @@ def audit(
     with _reading(_trail(state_dir, pipeline, clickhouse)) as store:
         rows = list(store.query_dicts(
             "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts, source, venue, symbol, size_usd,"
-            f" details, latency_us FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
+            f" details, latency_us, book FROM audit_events FINAL {where} ORDER BY ts, stream_id, seq",
             {"sid": signal_id} if signal_id else None,
         ))
     if signal_id and not rows:

@@ -41,7 +41,7 @@ def populate(a: argparse.Namespace) -> None:
     db.execute("BEGIN")
     db.execute("DROP INDEX executions_signal")  # rebuilt below in one sorted pass: same index, built faster
     sids = [signal_id(i) for i in range(a.rows)]
-    db.executemany("INSERT INTO decisions VALUES (?, ?, 'filled', '', ?, '[]')",
+    db.executemany("INSERT INTO decisions VALUES (?, ?, 'filled', '', ?)",
                    ((sid, f"{base_ms + i}-0", base_ms + i) for i, sid in enumerate(sids)))
     rows = [(client_order_id(sid), i) for i, sid in enumerate(sids)]
     db.executemany(

@@ -70,7 +70,7 @@ def soak(ctx: Ctx, minutes: float) -> dict:
                        "published": pub.count},
             "runs": runs, "ratio": [0, 1], "checks": {"rss_growth_after_warm_up": growth, "windows": windows,
                                                      "apex_left_pending_for_retry": errors, "stopped_behind": behind},
-            # judged on the dataflow process: the shipper's embedded ClickHouse (~400 MB, with its
+            # judged on the dataflow process: the shipper's embedded ClickHouse (large, with its
             # own caches coming and going) would hide a leak in the worker
             "targets": [target("worker RSS growth after warm-up", growth["apex_worker"], "≤", 0.05, "×"),
                         target("apex tree RSS growth (info)", growth["apex_total"], "≤", 0.05, "×")]}

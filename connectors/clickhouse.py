@@ -23,7 +23,7 @@ DDL = {
             stage LowCardinality(String), outcome LowCardinality(String), reason String,
             ts_ms Int64, source LowCardinality(String), venue LowCardinality(String),
             symbol LowCardinality(String), size_usd Nullable(Float64), details String,
-            latency_us UInt64, recorded_ms Int64,
+            latency_us UInt64, recorded_ms Int64, book LowCardinality(String) DEFAULT '',
             ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
         ) ENGINE = ReplacingMergeTree(recorded_ms) ORDER BY (signal_id, stream_id, seq)""",
     "filter_drops": """
@@ -31,6 +31,7 @@ DDL = {
             signal_id String, stream_id String, filter LowCardinality(String),
             ts_ms Int64, source LowCardinality(String), venue LowCardinality(String),
             symbol LowCardinality(String), confidence Float64, regime LowCardinality(String),
+            book LowCardinality(String) DEFAULT '',
             ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY (signal_id, stream_id)""",
     "executions": """
@@ -38,6 +39,7 @@ DDL = {
             signal_id String, client_order_id String, kind LowCardinality(String),
             venue LowCardinality(String), symbol LowCardinality(String), side LowCardinality(String),
             quantity Float64, price Float64, fee_usd Float64, order_id String, ts_ms Int64,
+            book LowCardinality(String) DEFAULT '',
             ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(ts_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY (signal_id, client_order_id)""",
     "trades": """
@@ -48,6 +50,7 @@ DDL = {
             entry_price Float64, exit_price Float64, quantity Float64, fees_usd Float64,
             pnl_usd Float64, return_pct Float64, exit_reason LowCardinality(String),
             expected_win_rate Float64, avg_win Nullable(Float64), avg_loss Nullable(Float64),
+            book LowCardinality(String) DEFAULT '',
             entry_ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(entry_ms),
             exit_ts DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(exit_ms)
         ) ENGINE = ReplacingMergeTree ORDER BY signal_id""",
@@ -84,9 +87,10 @@ class AuditStore:
         known = {(t, n): ty for t, n, ty in rows}
         self.types = {t: [known[(t, c)] for c in cols] for t, cols in COLUMNS.items()}
 
-    def write(self, rows: dict[str, list[list | dict[str, Any]]]) -> None:
+    def write(self, rows: dict[str, list[list | dict[str, Any]]], book: str = "") -> None:
         """Rows are lists of values in ``COLUMNS`` order (events and drops) or objects keyed by
-        column (executions and trades)."""
+        column (executions and trades). ``book``: the book they are of, a column of its own
+        (left to its default, "", for the one book of a pipeline without books)."""
         for table, items in rows.items():
             if not items:
                 continue
@@ -96,8 +100,10 @@ class AuditStore:
             data = list(zip(*(r if isinstance(r, list) else [r.get(c) for c in cols] for r in items)))
             if table == "audit_events":
                 data[DETAILS] = [details_text(d) for d in data[DETAILS]]
-            self.client.insert(table, data, column_names=cols, column_type_names=self.types[table],
-                               column_oriented=True)
+            types = self.types[table]
+            if book:
+                data, cols, types = [*data, [book] * len(items)], [*cols, "book"], [*types, "LowCardinality(String)"]
+            self.client.insert(table, data, column_names=cols, column_type_names=types, column_oriented=True)
 
     def query(self, sql: str, parameters: dict | None = None) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows

@@ -20,9 +20,8 @@ import weakref
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import lz4.frame
 import orjson
 
 from connectors import outbox
@@ -37,8 +36,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     stream_id TEXT NOT NULL,
     outcome   TEXT NOT NULL,
     reason    TEXT,
-    ts_ms     INTEGER NOT NULL,
-    events    TEXT NOT NULL  -- '[]'; workers before SENT_EVENTS kept a "sent" decision's chain here
+    ts_ms     INTEGER NOT NULL  -- a decision's audit rows are in the outbox, written in the same commit
 );
 CREATE TABLE IF NOT EXISTS executions (
     client_order_id TEXT NOT NULL,
@@ -93,7 +91,6 @@ class Decided:
     stream_id: str
     outcome: str
     reason: str
-    events: list[dict[str, Any]]
 
 
 class WalKeeper:
@@ -197,8 +194,8 @@ class Ledger:
             for sid in todo:
                 self._known.pop(sid, None)
             self.db.executemany(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
-                " outcome=excluded.outcome, reason=excluded.reason, events=excluded.events"
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) ON CONFLICT(signal_id) DO UPDATE SET"
+                " outcome=excluded.outcome, reason=excluded.reason"
                 " WHERE decisions.stream_id = excluded.stream_id",
                 todo.values(),
             )
@@ -275,7 +272,7 @@ class Ledger:
         for i in range(0, len(ids), PREFETCH):
             part = ids[i:i + PREFETCH]
             marks = ",".join("?" * len(part))
-            for row in self.db.execute("SELECT signal_id, stream_id, outcome, reason, events FROM decisions"
+            for row in self.db.execute("SELECT signal_id, stream_id, outcome, reason FROM decisions"
                                        f" WHERE signal_id IN ({marks})", part):
                 known[row[0]] = _decided(row[1:])
             for row in self.db.execute(f"SELECT signal_id, {EXECUTION} FROM executions"
@@ -286,24 +283,23 @@ class Ledger:
     def decided(self, signal_id: str) -> Decided | None:
         pending = self._decisions.get(signal_id)
         if pending is not None:
-            return _decided(pending[1:4] + pending[5:])  # the row less its signal_id and ts_ms
+            return _decided(pending[1:4])  # the row less its signal_id and ts_ms
         if signal_id in self._known:
             return self._known[signal_id]
         row = self.db.execute(
-            "SELECT stream_id, outcome, reason, events FROM decisions WHERE signal_id = ?", (signal_id,)
+            "SELECT stream_id, outcome, reason FROM decisions WHERE signal_id = ?", (signal_id,)
         ).fetchone()
         return _decided(row) if row else None
 
     def record_decision(self, signal_id: str, stream_id: str, outcome: str, reason: str, ts_ms: int) -> None:
         """First decision wins; the same stream entry may move its own row on
-        (``sent`` to ``filled``), a different entry never overwrites it. The ``events``
-        column is empty: a decision's audit rows go to the outbox in the same commit
-        (a "sent" one's with its intent), and only rows of older workers hold a chain."""
+        (``sent`` to ``filled``), a different entry never overwrites it. Its audit rows go
+        to the outbox in the same commit (a "sent" one's with its intent)."""
         pending = self._decisions.get(signal_id)
         if pending is not None and pending[1] != stream_id:
             return
         # kept as the row it will be written as: a batch's rows go to executemany as they are
-        self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms, "[]")
+        self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms)
 
     def execution(self, order: Order) -> tuple | None:
         """(status, order_id, price, fee_usd, filled_ms) of the order for this signal and kind."""
@@ -413,17 +409,7 @@ def _no_rows() -> dict[str, list]:
 
 
 def _decided(row: tuple) -> Decided:
-    return Decided(row[0], row[1], row[2] or "", _kept_chain(row[3]))
-
-
-_LZ4_MAGIC = b"\x04\x22\x4d\x18"
-
-
-def _kept_chain(value: str | bytes) -> list[dict[str, Any]]:
-    """The ``events`` column: '[]' as written now; a "sent" decision's chain as workers
-    before ``SENT_EVENTS`` kept it (JSON text, later an LZ4 frame). Goes with
-    ``Decided.events`` once the portfolio step no longer resumes from it."""
-    return orjson.loads(lz4.frame.decompress(value) if value[:4] == _LZ4_MAGIC else value)
+    return Decided(row[0], row[1], row[2] or "")
 
 
 _TERMS = attrgetter(*(f.name for f in fields(TradeTerms)))  # an intent's trade terms as a tuple

@@ -16,7 +16,7 @@ the backlog passes ``max_backlog`` outbox rows (one a batch, two when it sent or
 the sink stops acknowledging, so stream entries stay pending instead of piling up
 behind a dead store.
 
-    python -m connectors.outbox LEDGER DSN    # runs until its stdin closes, then flushes
+    python -m connectors.outbox DSN BOOK:LEDGER...    # runs until its stdin closes, then flushes
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import lz4.frame
@@ -120,38 +121,48 @@ class Shipper:
     """The dataflow's handle on shipping: a child process, so the worker never waits
     for ClickHouse, live or replaying: on a second core the child makes a replay faster
     than shipping inline in the worker's thread would, and live and replay share one path.
-    """
 
-    def __init__(self, ledger_path: Path, dsn: str, *, max_backlog: int = 5_000):
+    One child ships every book's ledger (``ledgers``: a path, or paths by book): embedded
+    ClickHouse opens in one process only. Each ledger keeps its own watermark, and its
+    rows reach the store with its book's name."""
+
+    def __init__(self, ledgers: Path | Mapping[str, Path], dsn: str, *, max_backlog: int = 5_000):
         # absolute: the child runs in the repository's folder, not the worker's
-        self.ledger_path, self.dsn = Path(ledger_path).resolve(), absolute(dsn)
+        by_book = ledgers if isinstance(ledgers, Mapping) else {"": ledgers}
+        self.ledgers = {book: Path(p).resolve() for book, p in by_book.items()}
+        self.ledger_path = next(iter(self.ledgers.values()))
+        self.dsn = absolute(dsn)
         self.max_backlog = max_backlog
         self.problem: str | None = None  # why the audit trail may be incomplete, for the run's end
         self._proc: subprocess.Popen | None = None
-        self._db: sqlite3.Connection | None = None
-        self._state_db: sqlite3.Connection | None = None
+        self._dbs: dict[Path, tuple[sqlite3.Connection, sqlite3.Connection]] = {}
         self._lock = threading.Lock()
+
+    def _conns(self, path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The ledger's outbox and the shipper's watermark beside it, opened on first use."""
+        conns = self._dbs.get(path)
+        if conns is None:
+            conns = self._dbs[path] = (connect(path), connect_state(path))
+        return conns
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = connect(self.ledger_path)
-        return self._db
+        return self._conns(self.ledger_path)[0]
 
     @property
     def state_db(self) -> sqlite3.Connection:
-        if self._state_db is None:
-            self._state_db = connect_state(self.ledger_path)
-        return self._state_db
+        return self._conns(self.ledger_path)[1]
 
     def start(self) -> None:
         with self._lock:
-            reconcile(self.db, self.state_db)
+            for path in self.ledgers.values():
+                reconcile(*self._conns(path))
             if self._proc is None:
                 # its own session: a signal to the worker's process group (Ctrl-C, systemd's
                 # stop) must not end it before it has shipped what the worker acknowledged
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "connectors.outbox", str(self.ledger_path), self.dsn],
+                    [sys.executable, "-m", "connectors.outbox", self.dsn,
+                     *(f"{book}:{path}" for book, path in self.ledgers.items())],
                     stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                 )
 
@@ -161,22 +172,35 @@ class Shipper:
         proc = self._proc
         return None if proc is None else proc.pid
 
-    def state(self) -> tuple[int, bool, str]:
-        seq, healthy, err = self.state_db.execute("SELECT shipped_seq, healthy, last_error FROM outbox_state").fetchone()
+    def state(self, path: Path | None = None) -> tuple[int, bool, str]:
+        """(shipped watermark, healthy, last error) of one ledger (the first by default)."""
+        seq, healthy, err = self._conns(path or self.ledger_path)[1].execute(
+            "SELECT shipped_seq, healthy, last_error FROM outbox_state").fetchone()
         return seq, bool(healthy), err
 
     @property
     def shipped_seq(self) -> int:
         return self.state()[0]
 
+    def shipped(self, book: str = "") -> int:
+        """How far the child has shipped this book's outbox (its ledger's writer prunes up to it)."""
+        return self.state(self.ledgers[book])[0]
+
     def backlog(self) -> int:
-        top = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
-        return top - self.shipped_seq
+        left = 0
+        for path in self.ledgers.values():
+            top = self._conns(path)[0].execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+            left += top - self.state(path)[0]
+        return left
 
     def accepting(self) -> tuple[bool, str]:
         """(False, why) when entries should stay pending: the store fails (or nothing ships
         it any more) and the queue is long."""
-        _, healthy, err = self.state()
+        healthy, err = True, ""
+        for path in self.ledgers.values():
+            _, ok, why = self.state(path)
+            if not ok:
+                healthy, err = False, why
         proc = self._proc
         if proc is not None and proc.poll() is not None and self.problem is None:
             self.problem = f"the audit shipper exited with code {proc.returncode} while the run went on"
@@ -186,7 +210,7 @@ class Shipper:
         return healthy or self.backlog() < self.max_backlog, err
 
     def stop(self, timeout_s: float = DRAIN_LIMIT_S + 30) -> None:
-        """Let the child drain the outbox and exit; then drop what it shipped. What it could
+        """Let the child drain the outboxes and exit; then drop what it shipped. What it could
         not ship stays for the next start, and ``problem`` says so."""
         with self._lock:
             proc, self._proc = self._proc, None
@@ -197,18 +221,21 @@ class Shipper:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
-            self.db.execute("DELETE FROM outbox WHERE seq <= ?", (self.shipped_seq,))
-            left, (_, _, err) = self.backlog(), self.state()
+            err = ""
+            for path in self.ledgers.values():
+                self._conns(path)[0].execute("DELETE FROM outbox WHERE seq <= ?", (self.state(path)[0],))
+                err = err or self.state(path)[2]
+            left = self.backlog()
             if code != 0 and self.problem is None:
                 self.problem = f"the audit shipper exited with code {code}"
             if left > 0:
                 why = f" ({self.problem or err})" if self.problem or err else ""
                 self.problem = (f"{left} outbox rows were not shipped to ClickHouse{why}; "
                                 "they stay in the ledger and ship on the next start")
-        for conn in (self._db, self._state_db):
-            if conn is not None:
-                conn.close()
-        self._db = self._state_db = None
+        for db, state in self._dbs.values():
+            db.close()
+            state.close()
+        self._dbs = {}
 
 
 def mark(db: sqlite3.Connection, seq: int) -> None:
@@ -225,25 +252,25 @@ def next_wait(rows_shipped: int) -> float:
     return BUSY_INTERVAL_S if rows_shipped >= BUSY_ROWS else INTERVAL_S
 
 
-def ship_once(db: sqlite3.Connection, store, shipped_seq: int) -> tuple[int, bool, int]:
-    """Ship one chunk past ``shipped_seq``; returns the new watermark, whether the chunk
-    was full, and how many rows it held."""
+def ship_once(db: sqlite3.Connection, store, shipped_seq: int, book: str = "") -> tuple[int, bool, int]:
+    """Ship one chunk past ``shipped_seq``, its rows marked with ``book``; returns the new
+    watermark, whether the chunk was full, and how many rows it held."""
     batch = db.execute("SELECT seq, rows FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                        (shipped_seq, CHUNK)).fetchall()
     if not batch:
         return shipped_seq, False, 0
     with no_collections():
-        shipped = _ship(store, batch)
+        shipped = _ship(store, batch, book)
     return batch[-1][0], len(batch) == CHUNK, shipped
 
 
-def _ship(store, batch: list[tuple[int, bytes]]) -> int:
+def _ship(store, batch: list[tuple[int, bytes]], book: str) -> int:
     """Decode and insert a round; what it made is freed on return, still inside ``no_collections``."""
     merged: dict[str, list] = {t: [] for t in TABLES}
     for _, blob in batch:
         for table, rows in decode(blob).items():
             merged[table].extend(rows)
-    store.write(merged)
+    store.write(merged, book)
     return sum(map(len, merged.values()))
 
 
@@ -276,7 +303,8 @@ def spare_a_core() -> None:
         os.sched_setaffinity(0, cores - {min(cores)})
 
 
-def main(ledger_path: str, dsn: str) -> None:
+def main(dsn: str, ledgers: list[str]) -> None:
+    """``ledgers``: ``BOOK:PATH`` each ("" for the one book of a pipeline without books)."""
     # Only the worker stops the shipper, by closing its stdin (or by dying): a SIGINT or SIGTERM
     # meant for the whole service (systemd signals every process of the unit) is the worker's
     # to act on, and the shipper drains what the worker acknowledged before it.
@@ -297,12 +325,14 @@ def main(ledger_path: str, dsn: str) -> None:
     spare_a_core()
     # One shipper a state dir: a worker restarted after SIGKILL starts its own while the
     # killed one's is still draining, and embedded ClickHouse opens in one process only.
-    lock = open(Path(ledger_path).with_name("shipper.lock"), "w")  # noqa: SIM115 - held until exit
+    books = [(book, Path(path)) for book, _, path in (arg.partition(":") for arg in ledgers)]
+    lock = open(books[0][1].with_name("shipper.lock"), "w")  # noqa: SIM115 - held until exit
     fcntl.flock(lock, fcntl.LOCK_EX)
 
-    db = connect(Path(ledger_path))
-    state = connect_state(Path(ledger_path))
-    seq = reconcile(db, state)
+    outboxes = []  # [book, ledger, watermark db, shipped seq]
+    for book, path in books:
+        db, state = connect(path), connect_state(path)
+        outboxes.append([book, db, state, reconcile(db, state)])
     # while the worker runs, `apex audit` and `apex report` can read the store only through us
     store = SharedStore(dsn)
     server = serve(socket_path(dsn), store) if dsn.startswith("chdb://") else None
@@ -311,17 +341,21 @@ def main(ledger_path: str, dsn: str) -> None:
     backoff = INTERVAL_S
     while True:
         done = closing.is_set()
+        rows, state = 0, outboxes[0][2]
         try:
-            # One chunk a round unless a backlog fills chunks (or at the end): looping until
-            # caught up never slept once inserts ran slower than the worker produced rows.
-            more, rows = True, 0
-            while more:
-                with store.lock:  # a query waits for the chunk in hand, not for the whole round
-                    new, full, n = ship_once(db, store.get(), seq)
-                if new == seq:
-                    break
-                seq, more, rows = new, full or done, rows + n
-                mark(state, seq)
+            for ob in outboxes:
+                book, db, state, seq = ob
+                # One chunk a round unless a backlog fills chunks (or at the end): looping until
+                # caught up never slept once inserts ran slower than the worker produced rows.
+                more = True
+                while more:
+                    with store.lock:  # a query waits for the chunk in hand, not for the whole round
+                        new, full, n = ship_once(db, store.get(), seq, book)
+                    if new == seq:
+                        break
+                    seq, more, rows = new, full or done, rows + n
+                    ob[3] = seq
+                    mark(state, seq)
             backoff = next_wait(rows)
         except Exception as err:  # noqa: BLE001 - keep the rows, report, try again later
             failed(state, err)
@@ -335,8 +369,9 @@ def main(ledger_path: str, dsn: str) -> None:
     if server is not None:
         server.close()
     store.close()
-    db.close()
-    state.close()
+    for _, db, state, _ in outboxes:
+        db.close()
+        state.close()
     finished.set()
 
 
@@ -352,7 +387,7 @@ def watch_parent(closing: threading.Event, finished: threading.Event) -> None:
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1], sys.argv[2])
+        main(sys.argv[1], sys.argv[2:])
     except Exception as err:  # noqa: BLE001 - one line for the worker's log; the worker reports it
         print(f"apex shipper: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         os._exit(1)

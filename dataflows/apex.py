@@ -6,6 +6,12 @@ Topology: source → validate → one step per portfolio-free filter, in YAML
 order → the portfolio step (keyed on one portfolio key: portfolio filters,
 Kelly sizing, execution, the book) → the audit sink, which writes ClickHouse
 and only then acknowledges.
+
+With ``books:``, each book is its own key, so ``-w N`` spreads books over workers
+while each book decides strictly in sequence: source → validate → route (a signal
+to the one book that takes it, a market entry to every book) → each book's
+portfolio-free filters → the portfolio step, keyed by book → gather (a market
+entry's outcome waits for every book it reached) → the audit sink.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
+
+from operators.audit import Outcome
 
 from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.outbox import Shipper
@@ -26,7 +34,7 @@ from connectors.venues.paper import PaperVenue
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
-from dataflows.steps import stateless_filter, validator
+from dataflows.steps import book_filters, router, stateless_filter, validator
 from operators.signal import VENUES
 
 PORTFOLIO_KEY = "portfolio"
@@ -99,13 +107,31 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         spec, base = pipeline.source, pipeline.path.parent
     else:
         spec, base = source, Path.cwd()
-    shipper = shipper or Shipper(pipeline.ledger_path, pipeline.clickhouse_dsn)
+    books = pipeline.each_book()
+    shipper = shipper or Shipper({b.book: b.ledger_path for b in books}, pipeline.clickhouse_dsn)
     src, own_acker = make_source(spec, pipeline, base, lambda: shipper.accepting()[0])
     acker = acker or own_acker
 
     flow = Dataflow("apex")
     s = op.input("source", flow, src)
     s = op.map("validate", s, validator(frozenset({pipeline.prices.stream}), pipeline.limits))
+    if pipeline.books:
+        s = op.flat_map("route", s, router(books))
+        s = op.map("book_filters", s, book_filters(books))
+    else:
+        s = _filter_steps(pipeline, s)
+    keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
+    steps = {b.book: PortfolioStep(b, venue_factory(b, venues), shipper) for b in books}
+    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
+    outcomes = op.map("unkey", decided, lambda kv: kv[1])
+    if pipeline.books:
+        outcomes = _gather(outcomes)
+    op.output("audit", outcomes, AuditSink(shipper, acker, observer))
+    return flow, Wiring(pipeline, src, acker, shipper)
+
+
+def _filter_steps(pipeline: Pipeline, s: Stream) -> Stream:
+    """One step per portfolio-free filter, in YAML order, named after it."""
     used: set[str] = set()
     for i, f in enumerate(pipeline.filters):
         if f.needs_portfolio:
@@ -115,12 +141,27 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
             step_id = f"{step_id}_{i}"
         used.add(step_id)
         s = op.map(step_id, s, stateless_filter(i, f))
-    keyed = op.key_on("portfolio_key", s, lambda _item: PORTFOLIO_KEY)
-    step = PortfolioStep(pipeline, venue_factory(pipeline, venues), shipper)
-    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(step, book))
-    outcomes = op.map("unkey", decided, lambda kv: kv[1])
-    op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker, shipper)
+    return s
+
+
+def _gather(outcomes: Stream) -> Stream:
+    """A market entry reached every book: its outcome goes on to be acknowledged only
+    once every book's is in (each already durable in its own ledger), and as terminal only
+    if every book's was. Everything else passes straight through."""
+    split = op.branch("fanned_out", outcomes, lambda o: o.copies > 1)
+    keyed = op.key_on("entry_key", split.trues, lambda o: f"{o.stream}\x00{o.stream_id}")
+
+    def gather(seen: tuple[int, bool] | None, o: Outcome) -> tuple[tuple[int, bool] | None, Outcome | None]:
+        n, terminal = seen or (0, True)
+        n, terminal = n + 1, terminal and o.terminal
+        if n < o.copies:
+            return (n, terminal), None
+        o.terminal = terminal
+        return None, o
+
+    gathered = op.stateful_map("gather", keyed, gather)
+    done = op.filter_map("gathered", gathered, lambda kv: kv[1])
+    return op.merge("outcomes", split.falses, done)
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:

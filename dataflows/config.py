@@ -13,12 +13,12 @@ import os
 import re
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from connectors.redis_config import RedisConfig
 from operators.decide import SIZING_DROPS
@@ -52,6 +52,35 @@ class ExitsConfig(BaseModel):
         False, description="close a v1.1 signal's trade on any regime change when it set regime_change_alert")
 
 
+BOOK_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # it names the book's folder under state_dir/books
+
+
+class Takes(BaseModel):
+    """Which signals a book takes: every key given must match (a name or a list of names);
+    none given: every signal. A market entry reaches every book."""
+
+    model_config = ConfigDict(extra="forbid")
+    venue: list[str] | None = None
+    source: list[str] | None = None
+    symbol: list[str] | None = None
+
+    @field_validator("venue", "source", "symbol", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def admits(self, venue: str, source: str, symbol: str) -> bool:
+        return ((self.venue is None or venue in self.venue) and (self.source is None or source in self.source)
+                and (self.symbol is None or symbol in self.symbol))
+
+
+class BookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    takes: Takes = Field(default_factory=Takes)
+    initial_nav_usd: float | None = Field(None, gt=0, description="default: the execute stage's")
+    stages: list[Any] | None = Field(None, description="this book's own stages; default: the pipeline's")
+
+
 class Top(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = "recording:recordings/argus-sample.jsonl"
@@ -61,6 +90,7 @@ class Top(BaseModel):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     exits: ExitsConfig = Field(default_factory=ExitsConfig)
     limits: Limits = Field(default_factory=Limits)
+    books: dict[Annotated[str, StringConstraints(pattern=BOOK_NAME)], BookConfig] | None = None
     stages: list[Any]
 
 
@@ -78,6 +108,9 @@ class Pipeline:
     exits: ExitsConfig = field(default_factory=ExitsConfig)
     limits: Limits = field(default_factory=Limits)
     stages: list[str] = field(default_factory=list)  # stage names in YAML order, for display
+    book: str = ""  # this book's name; "" for the one book of a pipeline without ``books:``
+    takes: Takes = field(default_factory=Takes)
+    books: list["Pipeline"] = field(default_factory=list)  # one per book, in YAML order; [] for one book
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -85,7 +118,22 @@ class Pipeline:
 
     @property
     def ledger_path(self) -> Path:
+        """Each book's ledger is its own file: a book's decisions are strictly sequential
+        in one worker, and its ledger's writer is the only one (see connectors/ledger.py)."""
+        if self.book:
+            return Path(self.state_dir) / "books" / self.book / "ledger.sqlite"
         return Path(self.state_dir) / "ledger.sqlite"
+
+    def each_book(self) -> list["Pipeline"]:
+        """The books the flow keys on: the declared ones, or this pipeline as its one book."""
+        return self.books or [self]
+
+    def book_for(self, venue: str, source: str, symbol: str) -> "Pipeline | None":
+        """The first book, in YAML order, that takes this signal; None: no book does."""
+        for b in self.each_book():
+            if b.takes.admits(venue, source, symbol):
+                return b
+        return None
 
     @property
     def clickhouse_dsn(self) -> str:
@@ -170,8 +218,7 @@ def _import_site(err: BaseException) -> str:
     return site
 
 
-def _filter(i: int, stage: dict, base: Path, errors: list[str]) -> Filter | None:
-    where = f"stages[{i}]"
+def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str) -> Filter | None:
     name = stage.get("filter")
     params = {k: v for k, v in stage.items() if k not in ("filter", "name")}
     if not isinstance(name, str) or not name:
@@ -283,13 +330,49 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         _recording_exists(doc["source"], base, errors)
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
+    filters, kelly, execute, names = _stages(top.stages, "stages", stages_ok, base, errors)
+    books: list[tuple[str, BookConfig, tuple]] = []
+    catch_all = ""
+    for name, b in (top.books or {}).items():
+        where = f"books.{name}"
+        if catch_all:
+            errors.append(f"{where}: never reached: books.{catch_all} takes every signal before it "
+                          "(a book without `takes:` goes last)")
+        if b.takes == Takes():
+            catch_all = catch_all or name
+        own = _stages(b.stages, f"{where}.stages", True, base, errors) if b.stages is not None else None
+        books.append((name, b, own or (filters, kelly, execute, names)))
+    if top.books == {}:
+        errors.append("books: declare at least one book, or leave `books:` out for one book")
+    if errors:
+        raise ConfigError(errors)
+    state_dir = Path(top.state_dir)
+    pipeline = Pipeline(
+        path=path, source=top.source,
+        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
+        clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
+        kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
+        stages=names,
+    )
+    for name, b, (f, k, x, n) in books:
+        if b.initial_nav_usd is not None:
+            x = x.model_copy(update={"initial_nav_usd": b.initial_nav_usd})
+        pipeline.books.append(replace(pipeline, filters=f, kelly=k, execute=x, stages=n, book=name, takes=b.takes,
+                                      books=[]))
+    return pipeline
+
+
+def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: list[str]
+            ) -> tuple[list[Filter], KellyParams | None, ExecuteConfig | None, list[str]]:
+    """One list of stages (the pipeline's, or a book's own): its filters, sizing and execution.
+    ``usable``: whether the list itself parsed (else only what it holds is checked)."""
     filters: list[Filter] = []
     kelly: KellyParams | None = None
     execute: ExecuteConfig | None = None
     names: list[str] = []
     reasons: dict[str, int] = {}
-    for i, stage in enumerate(top.stages):
-        where = f"stages[{i}]"
+    for i, stage in enumerate(stages):
+        where = f"{prefix}[{i}]"
         kinds = [k for k in ("filter", "size", "execute") if isinstance(stage, dict) and k in stage]
         if len(kinds) != 1:
             errors.append(f"{where}: must be a mapping with exactly one of filter:, size: or execute:")
@@ -298,9 +381,9 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
             errors.append(f"{where}: nothing may follow the execute stage")
         kind = kinds[0]
         if kind == "filter":
-            f = _filter(i, stage, base, errors)
+            f = _filter(i, stage, base, errors, where)
             if f and f.name in reasons:
-                errors.append(f"{where}: drop reason {f.name!r} is also stages[{reasons[f.name]}]'s; "
+                errors.append(f"{where}: drop reason {f.name!r} is also {prefix}[{reasons[f.name]}]'s; "
                               "give one of them another `name:`")
             elif f and f.name in SIZING_DROPS:
                 errors.append(f"{where}: drop reason {f.name!r} is the sizing stage's; give the filter another `name:`")
@@ -326,20 +409,11 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
             except ValidationError as err:
                 errors.extend(_fmt(f"{where}.execute", err))
                 execute = ExecuteConfig()
-    if stages_ok and not any("size" in stage for stage in top.stages if isinstance(stage, dict)):
-        errors.append("stages: missing `- size: kelly`")
-    if stages_ok and execute is None:
-        errors.append("stages: missing `- execute:` (it must be the last stage)")
-    if errors:
-        raise ConfigError(errors)
-    state_dir = Path(top.state_dir)
-    return Pipeline(
-        path=path, source=top.source,
-        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
-        clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
-        kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names,
-    )
+    if usable and not any("size" in stage for stage in stages if isinstance(stage, dict)):
+        errors.append(f"{prefix}: missing `- size: kelly`")
+    if usable and execute is None:
+        errors.append(f"{prefix}: missing `- execute:` (it must be the last stage)")
+    return filters, kelly, execute, names
 
 
 def _embedded_beside(dsn: str | None, base: Path) -> str | None:

@@ -24,11 +24,16 @@ class PortfolioLogic(StatefulBatchLogic):
     by the executor before its orders leave), so the sink that follows (and acks) only
     ever sees decisions already durable. Start-up recovery runs inside the first batch's."""
 
-    def __init__(self, step: PortfolioStep, book: Portfolio | None):
-        self.step = step
+    def __init__(self, steps: dict[str, PortfolioStep], book: Portfolio | None):
+        """``steps``: by book name; Bytewax builds this logic for a key without naming it,
+        so the step is the one of the book its first entry is for."""
+        self.steps = steps
+        self.step: PortfolioStep | None = None
         self.book = book
 
     def on_batch(self, values: list[Received]) -> tuple[list[Outcome], bool]:
+        if self.step is None:
+            self.step = self.steps[values[0].book]
         ledger = self.step.ledger
         shipper = self.step.shipper
         ledger.begin()
@@ -41,7 +46,7 @@ class PortfolioLogic(StatefulBatchLogic):
                 self.step.send_orders(self.book)
                 ledger.record_book(self.book.market_state())
             # after the orders have left: the shipper's watermark (its own file) is not on their path
-            ledger.prune(shipper.shipped_seq if shipper is not None else 0)
+            ledger.prune(shipper.shipped(self.step.p.book) if shipper is not None else 0)
         finally:
             ledger.commit()
         return out, StatefulBatchLogic.RETAIN

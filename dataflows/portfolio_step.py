@@ -25,7 +25,7 @@ from dataflows.recovery import recover
 from dataflows.steps import Received
 from operators import audit as A
 from operators import audit_rows as R
-from operators.audit import Chain, Event, Outcome
+from operators.audit import Chain, Outcome
 from operators.decide import audit_verdict, drop_row, judge
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
@@ -85,6 +85,7 @@ class PortfolioStep:
         now = time.perf_counter_ns()
         own = outs[-1]
         own.received_ns, own.deliveries, own.step_us = e.received_ns, e.deliveries, (now - t0) / 1000
+        own.copies = item.copies
         latency = (now - e.received_ns) // 1000
         for o in outs[first:]:
             o.stamp(latency)
@@ -155,13 +156,11 @@ class PortfolioStep:
         e, sig = item.entry, item.signal
         assert sig is not None
         if prior.outcome != "sent":
-            events = [Event.from_dict(d) for d in prior.events]  # none but an older worker's
-            return Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, events,
-                           queued=len(events), resumed=True)
+            return Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, resumed=True)
         order = self.desk.ledger.intent(sig.signal_id)
         if order is None:  # written in the same commit as the decision: a damaged ledger
             raise LookupError(f"{sig.signal_id} was sent but the ledger holds no order for it")
-        chain = Chain.after_send(prior.events, e.stream_id, sig.signal_id, order.ts_ms, sig.source, order.venue,
+        chain = Chain.after_send(e.stream_id, sig.signal_id, order.ts_ms, sig.source, order.venue,
                                  order.symbol)
         out = Outcome(e.stream, e.stream_id, sig.signal_id, prior.outcome, prior.reason, chain.events)
         return self.opens.open(book, out, chain, order, sig)

@@ -64,7 +64,7 @@ def _recover_open(desk: Desk, opens: Opens, book: Portfolio, order: Order, expec
     prior = desk.ledger.decided(order.signal_id)
     if prior is None or prior.outcome != "sent":
         return
-    chain = Chain.after_send(prior.events, prior.stream_id, order.signal_id, order.ts_ms, expected.source,
+    chain = Chain.after_send(prior.stream_id, order.signal_id, order.ts_ms, expected.source,
                              order.venue, order.symbol)
     R.confirmed(chain, fill, False)
     # the entry's own stream id: its decision is final now, and acknowledging it is safe

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
 
 from connectors.entry import Entry
 from operators.decide import EarlyDrop
@@ -11,6 +11,8 @@ from operators.filters import Filter
 from operators.market import Tick, parse_tick
 from operators.limits import Limits
 from operators.signal import Invalid, Signal, check_clock, parse_signal
+
+NO_BOOK = "no_book"  # the drop reason of a signal no book takes
 
 
 @dataclass(slots=True)
@@ -22,6 +24,8 @@ class Received:
     tick: Tick | None = None
     market: bool = False  # an entry of a market stream (a tick), valid or not
     emitted_ms: int | None = None  # a signal's emit time, as validation read it
+    book: str = ""  # the book it is for ("": the one book of a pipeline without ``books:``)
+    copies: int = 1  # how many books this entry reached
 
 
 def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry], Received]:
@@ -48,6 +52,48 @@ def stateless_filter(index: int, f: Filter) -> Callable[[Received], Received]:
     def step(item: Received) -> Received:
         if item.signal is not None and item.early is None and not f(item.signal, None):  # type: ignore[arg-type]
             item.early = EarlyDrop(index, f.name)
+        return item
+
+    return step
+
+
+def router(books: list) -> Callable[[Received], Iterable[Received]]:
+    """Each signal to the first book (in YAML order) that takes it, or, dropped as
+    ``no_book``, to the first book, which records the drop; each market entry, valid or
+    not, to every book, marked with how many books it reached. ``books``: the pipeline's
+    per-book ``Pipeline`` objects (``name``/``takes`` read here)."""
+    names = [b.book for b in books]
+    first = names[0]
+
+    def route(item: Received) -> Iterable[Received]:
+        if item.market:
+            n = len(names)
+            return [replace(item, book=name, copies=n) for name in names]
+        sig = item.signal
+        if sig is None:
+            item.book = first
+            return (item,)
+        for b in books:
+            if b.takes.admits(sig.venue, sig.source, sig.symbol):
+                item.book = b.book
+                return (item,)
+        item.book, item.early = first, EarlyDrop(0, NO_BOOK)
+        return (item,)
+
+    return route
+
+
+def book_filters(books: list) -> Callable[[Received], Received]:
+    """Every book's portfolio-free filters in one step, each signal through its own book's."""
+    by_book = {b.book: [(i, f) for i, f in enumerate(b.filters) if not f.needs_portfolio] for b in books}
+
+    def step(item: Received) -> Received:
+        sig = item.signal
+        if sig is not None and item.early is None:
+            for i, f in by_book[item.book]:
+                if not f(sig, None):  # type: ignore[arg-type]
+                    item.early = EarlyDrop(i, f.name)
+                    break
         return item
 
     return step

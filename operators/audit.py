@@ -105,17 +105,10 @@ class Chain:
     first_seq: int = 0
 
     @classmethod
-    def after_send(cls, kept: list[dict[str, Any]], stream_id: str, signal_id: str, ts_ms: int, source: str,
-                   venue: str, symbol: str) -> Chain:
+    def after_send(cls, stream_id: str, signal_id: str, ts_ms: int, source: str, venue: str, symbol: str) -> Chain:
         """The chain of a "sent" decision found after a crash, to go on from its attempt: the
-        events before are in the audit store already (``SENT_EVENTS`` of them). Workers before
-        that kept them in the decision instead (``kept``): then the chain goes on from those,
-        and all of it is queued."""
-        if not kept:
-            return cls(stream_id, signal_id, ts_ms, source, venue, symbol, first_seq=SENT_EVENTS)
-        events = [Event.from_dict(d) for d in kept]
-        first = events[0]
-        return cls(first.stream_id, first.signal_id, first.ts_ms, first.source, first.venue, first.symbol, events)
+        events before are in the audit store already (``SENT_EVENTS`` of them)."""
+        return cls(stream_id, signal_id, ts_ms, source, venue, symbol, first_seq=SENT_EVENTS)
 
     def add(self, stage: str, outcome: str, reason: str = "", *, ts_ms: int | None = None,
             size_usd: float | None = None, **details: Any) -> Event:
@@ -154,6 +147,7 @@ class Outcome:
     step_us: float = 0.0  # time inside the portfolio step: decide, ledger, and its batch's send to the venue
     queued: int = 0  # events already written to the outbox
     resumed: bool = False  # its decision was found in the ledger, made by an earlier delivery or run
+    copies: int = 1  # books its entry reached (a market entry reaches every book): acked once all are in
 
     def queue(self, rows: dict[str, list], recorded_ms: int) -> None:
         """Append its audit store rows not yet queued to ``rows`` (lists by table): the events

@@ -115,7 +115,7 @@ class Signal(_Strict):
 
     @property
     def emitted_ms(self) -> int:
-        # not cached: a cached_property's first read cost 3x the computation (Python 3.11's lock)
+        # not cached: a cached_property's first read costs more than the computation (Python 3.11 takes a lock)
         return int(self.timestamp.timestamp() * 1000)
 
     @property

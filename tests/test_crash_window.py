@@ -218,50 +218,14 @@ def _order_of(signal_id: str) -> Order:
     return Order(client_order_id(signal_id), signal_id, "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, 0)
 
 
-@pytest.mark.parametrize("venue_took_it", [True, False])
-def test_a_sent_decision_an_older_worker_left_resumes_its_whole_chain(tmp_path, venue_took_it):
-    """Before a sent decision's audit rows went out with its intent, the decision kept its
-    chain and nothing of it was queued: after an upgrade, the start (finding the order at
-    the venue) or the entry's redelivery (sending it) resumes that chain and queues all of it."""
-    import orjson
-
-    p = make_pipeline(tmp_path, "  - filter: confidence\n")
-    venue = dies_on_send(p, accept=venue_took_it)
-    e = entry("1767261601000-0", signal_id="sig-crash")
-    run_entries(tmp_path, p, [e], venues=venue)
-    older = [{"stream_id": "1767261601000-0", "signal_id": "sig-crash", "stage": stage, "outcome": outcome,
-              "ts_ms": 1767261601000, "seq": i, "source": "older", "details": {"kept": "by an older worker"}}
-             for i, (stage, outcome) in enumerate(CHAIN[:4])]
-    ledger = Ledger(p.ledger_path)
-    ledger.db.execute("UPDATE decisions SET events = ? WHERE signal_id = 'sig-crash'", (orjson.dumps(older),))
-    ledger.close()
-    again = run_entries(tmp_path, p, [e], name="again.jsonl", venues=venue)
-    outs = again.by_signal("sig-crash")
-    if venue_took_it:  # booked from the venue at start; the redelivery is then only acknowledged
-        assert [(o.stream_id, o.outcome, len(o.events)) for o in outs[1:]] == [("1767261601000-0", "filled", 0)]
-    assert [(ev.seq, ev.stage, ev.outcome, ev.source) for ev in outs[0].events] == [
-        (i, stage, outcome, "older") for i, (stage, outcome) in enumerate(CHAIN)]
-    assert venue.sent() == [client_order_id("sig-crash")] * (1 if venue_took_it else 2) and paper_orders(p) == (1, 0)
-    rows = audit_query(p, "SELECT seq, stage, details FROM audit_events FINAL WHERE signal_id = 'sig-crash'"
-                          " ORDER BY seq")
-    assert [(seq, stage) for seq, stage, _ in rows] == [(i, stage) for i, (stage, _) in enumerate(CHAIN)]
-    assert rows[0][2] == '{"kept":"by an older worker"}'  # queued again from the kept chain
-
-
 def test_a_chain_found_after_the_attempt_goes_on_numbering_from_it():
     from operators.audit import SENT_EVENTS, Chain
 
-    chain = Chain.after_send([], "1-0", "sig-crash", 5, "macro", "okx", "BTC-USDT")
+    chain = Chain.after_send("1-0", "sig-crash", 5, "macro", "okx", "BTC-USDT")
     chain.add("EXECUTION_CONFIRMED", "filled", ts_ms=9)
     ev = chain.events[0]
     assert (ev.seq, ev.stream_id, ev.signal_id, ev.ts_ms, ev.source, ev.venue, ev.symbol) == (
         SENT_EVENTS, "1-0", "sig-crash", 9, "macro", "okx", "BTC-USDT")
-    kept = [{"stream_id": "1-0", "signal_id": "sig-crash", "stage": "SIGNAL_RECEIVED", "outcome": "received",
-             "ts_ms": 5, "source": "macro", "venue": "okx", "symbol": "BTC-USDT"}]
-    older = Chain.after_send(kept, "ignored", "ignored", 0, "", "", "")
-    older.add("EXECUTION_ATTEMPT", "sent")
-    assert [(e.seq, e.stage, e.stream_id, e.source) for e in older.events] == [
-        (0, "SIGNAL_RECEIVED", "1-0", "macro"), (1, "EXECUTION_ATTEMPT", "1-0", "macro")]
 
 
 def test_an_outcome_queues_each_event_once_its_chain_before_the_order_leaves_the_rest_after():

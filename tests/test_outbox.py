@@ -80,7 +80,7 @@ class _Store:
     def __init__(self, fail: bool = False):
         self.fail, self.rows = fail, 0
 
-    def write(self, rows: dict[str, list]) -> None:
+    def write(self, rows: dict[str, list], book: str = "") -> None:
         made = [[i, {"k": i}] for i in range(50_000)]  # ~140 collections at CPython's 700
         self.rows += sum(map(len, rows.values()))
         self.made = len(made)

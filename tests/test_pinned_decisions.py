@@ -42,7 +42,9 @@ def _rows(pipeline) -> dict[str, list]:
     out["audit_events"] = audit_query(
         pipeline, "SELECT signal_id, stream_id, seq, stage, outcome, reason, ts_ms, source, venue, symbol,"
         " size_usd, details FROM audit_events FINAL ORDER BY stream_id, signal_id, seq")
-    out["filter_drops"] = audit_query(pipeline, "SELECT * FROM filter_drops FINAL ORDER BY stream_id")
+    out["filter_drops"] = audit_query(
+        pipeline, "SELECT signal_id, stream_id, filter, ts_ms, source, venue, symbol, confidence, regime"
+        " FROM filter_drops FINAL ORDER BY stream_id")
     out["ch_trades"] = audit_query(
         pipeline, "SELECT signal_id, entry_ms, exit_ms, entry_price, exit_price, quantity, fees_usd, pnl_usd,"
         " exit_reason FROM trades FINAL ORDER BY signal_id")

@@ -41,10 +41,7 @@ class PaperVenue:
             " venue TEXT, symbol TEXT, side TEXT, quantity REAL, price REAL, fee_usd REAL, ts_ms INTEGER,"
             " received_us INTEGER)"
         )
-        # wall-clock time the order reached the venue (µs since the epoch), for emit → venue latency;
-        # added to books made before the column existed
-        if "received_us" not in {r[1] for r in self.db.execute("PRAGMA table_info(orders)")}:
-            self.db.execute("ALTER TABLE orders ADD COLUMN received_us INTEGER")
+        # received_us: wall-clock time the order reached the venue (µs since the epoch), for emit → venue latency
         # refused attempts (a client order id seen before), so tests can prove nothing was sent twice
         self.db.execute("CREATE TABLE IF NOT EXISTS attempts (client_order_id TEXT, accepted INTEGER)")
 
