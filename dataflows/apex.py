@@ -10,6 +10,7 @@ and only then acknowledges.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
-from connectors.venues.paper import PaperVenue
+from connectors.venues.factory import build_venues
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
@@ -65,12 +66,14 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
     raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
 
 
-def make_venues(pipeline: Pipeline) -> Venues:
-    """The venues ``execute`` names, by the market each serves. Paper: one simulator for
-    every market a signal may name."""
-    paper = PaperVenue(Path(pipeline.state_dir) / "paper-venue.sqlite", slippage_bps=pipeline.execute.slippage_bps,
-                       fee_bps=pipeline.execute.fee_bps, cash_usd=pipeline.execute.initial_nav_usd)
-    return {market: paper for market in VENUES}
+def make_venues(pipeline: Pipeline, env: Mapping[str, str] | None = None) -> Venues:
+    """The venues ``venues:`` names, by the market each serves; every other market on
+    ``execute``'s paper venue (one simulator for all of them). ``env``: where credentials
+    are read (default: this process's environment)."""
+    paper = {"slippage_bps": pipeline.execute.slippage_bps, "fee_bps": pipeline.execute.fee_bps,
+             "cash_usd": pipeline.execute.initial_nav_usd}
+    return build_venues(pipeline.venues, state_dir=pipeline.state_dir, paper_options=paper,
+                        env=os.environ if env is None else env)
 
 
 def venue_factory(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> VenueFactory:

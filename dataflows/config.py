@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.redis_config import RedisConfig
+from connectors.venues.settings import VenueSettings
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
@@ -61,6 +62,8 @@ class Top(BaseModel):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     exits: ExitsConfig = Field(default_factory=ExitsConfig)
     limits: Limits = Field(default_factory=Limits)
+    # where each market's orders go; a market it leaves out trades on execute's paper venue
+    venues: VenueSettings = Field(default_factory=VenueSettings)
     stages: list[Any]
 
 
@@ -78,6 +81,7 @@ class Pipeline:
     exits: ExitsConfig = field(default_factory=ExitsConfig)
     limits: Limits = field(default_factory=Limits)
     stages: list[str] = field(default_factory=list)  # stage names in YAML order, for display
+    venues: VenueSettings = field(default_factory=VenueSettings)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -338,7 +342,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names,
+        stages=names, venues=top.venues,
     )
 
 
