@@ -144,9 +144,9 @@ def apex(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProc
 
 def shipped_with(tmp_path: Path, venues_yaml: str, name: str = "pipeline.yaml") -> Path:
     """The shipped pipeline in ``tmp_path`` (its recordings and universe beside it) with a venues section."""
-    for name in ("recordings", "universe"):
-        if not (tmp_path / name).exists():
-            (tmp_path / name).symlink_to(REPO / name)
+    for folder in ("recordings", "universe"):
+        if not (tmp_path / folder).exists():
+            (tmp_path / folder).symlink_to(REPO / folder)
     path = tmp_path / name
     path.write_text((REPO / "pipeline.yaml").read_text() + venues_yaml)
     return path
