@@ -32,7 +32,7 @@ class VenueSetupError(ValueError):
 
 
 @dataclass(frozen=True)
-class OkxCredentials:
+class OkxSecrets:
     api_key: SecretStr
     secret: SecretStr
     passphrase: SecretStr
@@ -60,12 +60,12 @@ def build_venues(settings: VenueSettings, *, state_dir: str | Path, paper_option
     return out
 
 
-def okx_credentials(settings: OkxSettings, env: Mapping[str, str]) -> OkxCredentials:
+def okx_credentials(settings: OkxSettings, env: Mapping[str, str]) -> OkxSecrets:
     """From the variables the settings name; a simulator without them gets a stand-in."""
     fallback = SIMULATOR_CREDENTIAL if is_simulator(settings.url) else ""
     names = settings.credentials
-    return OkxCredentials(*(SecretStr(env.get(name) or fallback)
-                            for name in (names.api_key, names.secret, names.passphrase)))
+    return OkxSecrets(*(SecretStr(env.get(name) or fallback)
+                      for name in (names.api_key, names.secret, names.passphrase)))
 
 
 def _okx(settings: OkxSettings, env: Mapping[str, str], cls: Callable[..., Venue] | None) -> Venue:
