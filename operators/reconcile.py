@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from operators.orders import Order
 
@@ -49,7 +49,7 @@ class Difference:
 @dataclass(frozen=True)
 class Report:
     differences: tuple[Difference, ...] = ()
-    foreign_orders: tuple[str, ...] = field(default=())  # open orders not Apex's, ignored
+    foreign_orders: tuple[str, ...] = ()  # open orders not Apex's, ignored
 
     @property
     def ok(self) -> bool:
