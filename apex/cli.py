@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
+from operators.trading_mode import refusals
 
 
 def _trail(state_dir: Optional[Path], pipeline: Optional[Path], clickhouse: Optional[str]) -> str:
@@ -51,6 +53,12 @@ def _env() -> str:
 def validate(pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="the pipeline file")) -> None:
     """Check pipeline.yaml; print every error with its YAML path, exit 1 if any."""
     p = load_pipeline(pipeline)
+    # the same venue checks as `apex run`, in this APEX_ENV: a pipeline that validates starts
+    reasons = refusals(os.environ, p.venues)
+    for reason in reasons:
+        err.print(f"[red]error[/red] {pipeline}: {escape(reason)}", markup=True, highlight=False, soft_wrap=True)
+    if reasons:
+        raise typer.Exit(1)
     books = f" · books: {', '.join(b.book for b in p.books)}" if p.books else ""
     out.print(f"ok: {pipeline}: " + " → ".join(p.stages) + books, highlight=False)
 
@@ -76,6 +84,11 @@ def run(
 
     env = _env()
     p = load_pipeline(pipeline, state_dir)
+    reasons = refusals(os.environ, p.venues)  # before anything is built: live never starts by accident
+    for reason in reasons:
+        err.print(reason, soft_wrap=True, highlight=False, markup=False)
+    if reasons:
+        raise typer.Exit(1)
     stats = RunStats()
     overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
     try:

@@ -16,6 +16,8 @@ entry's outcome waits for every book it reached) → the audit sink.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
@@ -30,7 +32,7 @@ from connectors.audit_sink import Acker, AuditSink, Observer
 from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
-from connectors.venues.paper import PaperVenue
+from connectors.venues.factory import build_venues
 from dataflows.config import Pipeline, load
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
@@ -38,6 +40,7 @@ from dataflows.steps import book_filters, router, stateless_filter, validator
 from operators.signal import VENUES
 
 PORTFOLIO_KEY = "portfolio"
+_BUILDING = threading.Lock()  # books in worker threads open their venues at the same time
 
 
 @dataclass
@@ -73,19 +76,28 @@ def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
     raise ValueError(f"unknown source {spec!r}: use recording:PATH or redis://HOST:PORT/DB")
 
 
-def make_venues(pipeline: Pipeline) -> Venues:
-    """The venues ``execute`` names, by the market each serves. Paper: one simulator for
-    every market a signal may name."""
-    paper = PaperVenue(Path(pipeline.state_dir) / "paper-venue.sqlite", slippage_bps=pipeline.execute.slippage_bps,
-                       fee_bps=pipeline.execute.fee_bps, cash_usd=pipeline.execute.initial_nav_usd)
-    return {market: paper for market in VENUES}
+def make_venues(pipeline: Pipeline, env: Mapping[str, str] | None = None,
+                shared: dict[str, Venue] | None = None) -> Venues:
+    """The venues ``venues:`` names, by the market each serves; every other market on
+    ``execute``'s paper venue (one simulator for all of them). ``env``: where credentials
+    are read (default: this process's environment)."""
+    paper = {"slippage_bps": pipeline.execute.slippage_bps, "fee_bps": pipeline.execute.fee_bps,
+             "cash_usd": pipeline.execute.initial_nav_usd}
+    return build_venues(pipeline.venues, state_dir=pipeline.state_dir, paper_options=paper,
+                        env=os.environ if env is None else env, shared=shared)
 
 
-def venue_factory(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> VenueFactory:
+def venue_factory(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None,
+                  shared: dict[str, Venue] | None = None) -> VenueFactory:
     """A venue, venues by market, or a factory of them; None: the pipeline's, built in
-    the worker that sends (its SQLite handle opened there)."""
+    the worker that sends (its SQLite handle opened there), its real venues ``shared``
+    with the other books'."""
     if venues is None:
-        return lambda: make_venues(pipeline)
+        def build() -> Venues:
+            with _BUILDING:
+                return make_venues(pipeline, shared=shared)
+
+        return build
     if isinstance(venues, Mapping):
         return lambda: venues
     if callable(venues):
@@ -121,7 +133,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     else:
         s = _filter_steps(pipeline, s)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
-    steps = {b.book: PortfolioStep(b, venue_factory(b, venues), shipper) for b in books}
+    shared: dict[str, Venue] = {}
+    steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper) for b in books}
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     if pipeline.books:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from connectors.redis_config import RedisConfig
+from connectors.venues.settings import VenueSettings
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
@@ -91,6 +92,8 @@ class Top(BaseModel):
     exits: ExitsConfig = Field(default_factory=ExitsConfig)
     limits: Limits = Field(default_factory=Limits)
     books: dict[Annotated[str, StringConstraints(pattern=BOOK_NAME)], BookConfig] | None = None
+    # where each market's orders go; a market it leaves out trades on execute's paper venue
+    venues: VenueSettings = Field(default_factory=VenueSettings)
     stages: list[Any]
 
 
@@ -111,6 +114,7 @@ class Pipeline:
     book: str = ""  # this book's name; "" for the one book of a pipeline without ``books:``
     takes: Takes = field(default_factory=Takes)
     books: list["Pipeline"] = field(default_factory=list)  # one per book, in YAML order; [] for one book
+    venues: VenueSettings = field(default_factory=VenueSettings)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -352,7 +356,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names,
+        stages=names, venues=top.venues,
     )
     for name, b, (f, k, x, n) in books:
         if b.initial_nav_usd is not None:

@@ -1,0 +1,120 @@
+"""Where each signal market's orders go, as pipeline.yaml's ``venues:`` section says.
+
+Absent, or a market left out of it: that market trades on the built-in paper venue,
+whose fills, fee and slippage ``- execute:`` configures (``execute.venue: paper`` names
+that default venue; ``venues:`` only moves markets away from it). A market may go to
+its own venue instead: OKX through ccxt, IBKR through an IB Gateway.
+
+Credentials are never written here: the file names the environment variables that hold
+them, so a pipeline file can be shared, committed and printed without giving anything
+away. A value that does not look like such a name is refused, without repeating it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# capitals, digits and at least one underscore: OKX_API_KEY. An OKX key (lower case with
+# hyphens) and secret (hex) never look like this, so a pasted credential is caught here.
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value) or len(value) > 64:
+        raise PydanticCustomError(
+            "env_name", "must be the NAME of the environment variable that holds the credential "
+            "(capitals, digits and underscores, such as OKX_API_KEY), never the credential itself")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OkxCredentials(_Strict):
+    api_key: EnvName = "OKX_API_KEY"
+    secret: EnvName = "OKX_API_SECRET"
+    passphrase: EnvName = "OKX_API_PASSPHRASE"
+
+
+class OkxSettings(_Strict):
+    kind: Literal["paper", "okx"]
+    url: str = Field("", description="empty: OKX itself; http://127.0.0.1:PORT: `apex sim okx`")
+    demo: bool = Field(True, description="OKX demo trading; ignored by a simulator URL")
+    credentials: OkxCredentials = Field(default_factory=OkxCredentials)
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: object) -> object:
+        # an empty ${APEX_OKX_URL:-} reads as YAML null; the message never repeats the URL,
+        # which may carry a user and password
+        if value is None:
+            return ""
+        if isinstance(value, str) and value and not re.fullmatch(r"https?://[^\s/]+(?::\d+)?/?", value):
+            raise PydanticCustomError("url", "must be empty (OKX itself) or http(s)://HOST[:PORT] with no path")
+        return value
+
+    @model_validator(mode="after")
+    def _paper_takes_nothing_else(self) -> OkxSettings:
+        _only_kind(self)
+        return self
+
+
+class IbkrSettings(_Strict):
+    kind: Literal["paper", "ibkr"]
+    host: str = "127.0.0.1"
+    port: int = Field(4002, ge=1, le=65535, description="4002: IB Gateway paper by convention; 4001 live")
+    client_id: int = Field(7, ge=0)
+    account: str = Field("", description="empty: the gateway's only account")
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("account", "host", mode="before")
+    @classmethod
+    def _empty(cls, value: object) -> object:
+        return "" if value is None else value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:
+            raise PydanticCustomError("host", "must name the host IB Gateway or TWS listens on, such as 127.0.0.1")
+        return value
+
+    @model_validator(mode="after")
+    def _paper_takes_nothing_else(self) -> IbkrSettings:
+        _only_kind(self)
+        return self
+
+
+def _only_kind(settings: BaseModel) -> None:
+    """``kind: paper`` sends the market to the built-in paper venue: a connection setting
+    beside it would be silently ignored, which hides a mistake in which line was meant."""
+    extra = sorted(settings.model_fields_set - {"kind"})
+    if getattr(settings, "kind") == "paper" and extra:
+        raise PydanticCustomError("paper_only", "kind: paper takes no other settings (remove {extra}, "
+                                  "or choose the venue's own kind)", {"extra": ", ".join(extra)})
+
+
+class VenueSettings(_Strict):
+    """Per signal market; None: the built-in paper venue."""
+
+    okx: OkxSettings | None = None
+    ibkr: IbkrSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, value: object) -> object:
+        return {} if value is None else value
+
+    def kind(self, market: str) -> str:
+        """``paper`` or the name of the market's own venue."""
+        chosen = getattr(self, market, None)
+        return chosen.kind if chosen is not None else "paper"
