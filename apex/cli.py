@@ -81,6 +81,7 @@ def run(
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
     from dataflows.apex import wire
+    from dataflows.startup import reconcile_at_start
 
     env = _env()
     p = load_pipeline(pipeline, state_dir)
@@ -91,8 +92,15 @@ def run(
         raise typer.Exit(1)
     stats = RunStats()
     overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
+    shared: dict = {}
     try:
-        flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides)
+        # before the first decision: the venues agree with the books, or nothing trades
+        problems = reconcile_at_start(p, shared)
+        if problems:
+            for line in problems:
+                err.print(line, soft_wrap=True, highlight=False, markup=False)
+            raise typer.Exit(1)
+        flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides, shared_venues=shared)
     except ValueError as e:
         refuse(err, str(e))
     show = progress and sys.stderr.isatty()

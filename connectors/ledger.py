@@ -355,6 +355,10 @@ class Ledger:
         ):
             yield Fill(*row)
 
+    def client_order_ids(self) -> set[str]:
+        """Every order this ledger has a record of, whatever became of it."""
+        return {r[0] for r in self.db.execute("SELECT client_order_id FROM executions")}
+
     def record_open(self, terms: TradeTerms) -> None:
         self.db.execute("INSERT OR IGNORE INTO trades VALUES (?, ?, 'open', NULL, NULL)",
                         (terms.signal_id, dumps(terms)))

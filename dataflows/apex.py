@@ -108,11 +108,13 @@ def venue_factory(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | No
 def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | None = None,
          redis_overrides: dict[str, Any] | None = None, acker: Acker | None = None,
          shipper: Shipper | None = None,
-         venues: Venue | Venues | VenueFactory | None = None) -> tuple[Dataflow, Wiring]:
+         venues: Venue | Venues | VenueFactory | None = None,
+         shared_venues: dict[str, Venue] | None = None) -> tuple[Dataflow, Wiring]:
     """``acker``: settles what the sink hands it, instead of the source's own (a test's
     stand-in, to see what is durable at the moment an entry would be acknowledged).
     ``shipper``: moves the outbox to the audit store, instead of one made from the pipeline.
-    ``venues``: where orders go, instead of the pipeline's (``venue_factory``)."""
+    ``venues``: where orders go, instead of the pipeline's (``venue_factory``).
+    ``shared_venues``: the pipeline's real venues already open (start-up reconciliation's)."""
     if redis_overrides:
         pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
     if source is None:
@@ -133,7 +135,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     else:
         s = _filter_steps(pipeline, s)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
-    shared: dict[str, Venue] = {}
+    shared = {} if shared_venues is None else shared_venues
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper) for b in books}
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])

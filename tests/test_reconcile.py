@@ -186,3 +186,27 @@ def test_tolerance_is_half_a_lot_and_a_hair_without_one():
     assert tolerance(1.0) == 0.5
     assert 0 < tolerance(None, 3.0) < 1e-6
     assert explained(0.4, [], tolerance(1.0)) and not explained(0.6, [], tolerance(1.0))
+
+
+def test_apex_run_will_not_trade_on_a_book_the_venue_contradicts(tmp_path):
+    """Promise: reconciliation before the first decision. A run fills orders at the paper
+    venue; with its ledger gone, the venue's positions have nothing in the book to explain
+    them: the next `apex run` refuses to start, naming what differs, and decides nothing."""
+    import subprocess
+    from pathlib import Path
+
+    from helpers import APEX
+
+    repo = Path(__file__).resolve().parents[1]
+    state = tmp_path / "state"
+    run = [APEX, "run", str(repo / "pipeline.yaml"), "--state-dir", str(state), "--no-progress"]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    for f in state.glob("ledger.sqlite*"):
+        f.unlink()
+    again = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert lines[-1].startswith("trading did not start: ")
+    assert any(line.startswith(f"{POSITION_MISMATCH}: venue paper, okx BTC-USDT: the book holds 0") for line in lines)
+    assert "Traceback" not in again.stderr and not (state / "ledger.sqlite").exists()
