@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= .apex-demo
 
-.PHONY: run test install redis chromium clean
+.PHONY: run test install redis chromium clean demo-venues
 
 $(BIN)/apex: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: install
 	rm -rf $(DEMO)
 	APEX_ENV=paper $(BIN)/apex run pipeline.yaml --source recording:recordings/argus-sample.jsonl --state-dir $(DEMO)
 	@echo "audit trail: $(BIN)/apex audit --state-dir $(DEMO) SIGNAL_ID"
+
+# Apex against both venue simulators (OKX through ccxt, IBKR through ib_async) with a private
+# Redis: publishes the sample recording and checks each venue received one order per fill.
+demo-venues: install redis
+	$(BIN)/python scripts/venues_demo.py
 
 redis:
 	@bash scripts/ensure-redis.sh

@@ -1,0 +1,192 @@
+"""Apex against both venue simulators, end to end, on this machine alone (`make demo-venues`).
+
+Starts a private redis-server, `apex sim okx` and `apex sim ibkr` on free loopback ports,
+and `apex run docs/pipeline-venues.example.yaml` reading Redis; publishes the sample
+recording as Argus would; waits until every entry is acknowledged; stops Apex gracefully;
+then checks what really reached each venue against the ledger (each simulator's order log
+holds exactly one order per executed signal, none twice) and shows one audit trail per
+venue with that venue's order id. Exit 0 only if every check holds.
+
+    python scripts/venues_demo.py [--dir .apex-venues-demo] [--latency-ms 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+APEX = str(Path(sys.executable).with_name("apex"))
+SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
+PIPELINE = REPO / "docs" / "pipeline-venues.example.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with code {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} is not listening on {port} after {timeout:.0f} s")
+
+
+def reference_prices() -> dict[str, float]:
+    """The simulators' fill prices: each symbol's first reference price in the recording."""
+    prices: dict[str, float] = {}
+    for line in SAMPLE.read_text().splitlines():
+        try:
+            doc = json.loads(json.loads(line)["fields"]["payload"])
+            price = float(doc["reference_price"])
+        except (KeyError, TypeError, ValueError):
+            continue  # the recording's invalid entries
+        if isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
+            prices.setdefault(doc["symbol"], price)
+    return prices
+
+
+def status(redis_url: str) -> dict:
+    out = subprocess.run([APEX, "status", "--redis", redis_url, "--pipeline", str(PIPELINE), "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def executed(ledger: Path) -> dict[str, list[tuple[str, str]]]:
+    """(client order id, venue order id) of every order the ledger has filled, by market."""
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT venue, client_order_id, order_id FROM executions WHERE status = 'filled'")
+        out: dict[str, list[tuple[str, str]]] = {}
+        for venue, cid, oid in rows:
+            out.setdefault(venue, []).append((cid, oid))
+        return out
+    finally:
+        db.close()
+
+
+def logged(path: Path, key: str) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)[key] for line in path.read_text().splitlines() if line.strip()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=REPO / ".apex-venues-demo")
+    ap.add_argument("--latency-ms", default="0", help="each simulator's added latency per request")
+    a = ap.parse_args()
+    work = a.dir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    prices = work / "prices.json"
+    prices.write_text(json.dumps(reference_prices()))
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: str, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(args, stdout=open(work / log, "w"), stderr=subprocess.STDOUT, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        rport, oport, iport = free_port(), free_port(), free_port()
+        redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                       "--dir", str(work)], "redis.log")
+        okx = start([APEX, "sim", "okx", "--port", str(oport), "--latency-ms", a.latency_ms, "--prices", str(prices),
+                     "--orders-log", str(work / "okx-orders.jsonl")], "okx-sim.log")
+        ibkr = start([APEX, "sim", "ibkr", "--port", str(iport), "--latency-ms", a.latency_ms, "--prices",
+                      str(prices), "--orders-log", str(work / "ibkr-orders.jsonl")], "ibkr-sim.log")
+        for port, proc, what in ((rport, redis, "redis-server"), (oport, okx, "apex sim okx"),
+                                 (iport, ibkr, "apex sim ibkr")):
+            wait_for_port(port, proc, what)
+        redis_url = f"redis://127.0.0.1:{rport}/0"
+        # a simulator checks no signature: throwaway credentials, made up for this run only
+        env = os.environ | {"APEX_ENV": "paper", "APEX_OKX_URL": f"http://127.0.0.1:{oport}",
+                            "APEX_IBKR_PORT": str(iport), "APEX_STATE_DIR": str(work / "state"),
+                            **{k: secrets.token_hex(8) for k in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_API_PASSPHRASE")}}
+        print(f"simulators: okx http://127.0.0.1:{oport}, ibkr 127.0.0.1:{iport}; redis {redis_url}", flush=True)
+        apex = start([APEX, "run", str(PIPELINE), "--source", redis_url, "--no-progress"], "apex-run.log", env=env)
+        deadline = time.monotonic() + 60
+        while not status(redis_url)["group_exists"]:  # the consumer group is made at start
+            if apex.poll() is not None or time.monotonic() > deadline:
+                print((work / "apex-run.log").read_text()[-3000:])
+                sys.exit("apex run did not start")
+            time.sleep(0.1)
+        subprocess.run([APEX, "publish", str(SAMPLE), "--rate", "0", "--redis", redis_url], check=True)
+        deadline = time.monotonic() + 600
+        while True:
+            s = status(redis_url)
+            if s["lag"] == 0 and s["pending"] == 0:
+                break
+            if apex.poll() is not None or time.monotonic() > deadline:
+                print((work / "apex-run.log").read_text()[-3000:])
+                sys.exit(f"apex run stopped before every entry was acknowledged: {s}")
+            time.sleep(0.2)
+        apex.send_signal(signal.SIGTERM)
+        apex.wait(120)
+        print((work / "apex-run.log").read_text())
+        return check(work, env)
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def check(work: Path, env: dict) -> int:
+    ledger = executed(work / "state" / "ledger.sqlite")
+    failures = []
+    for market, log, key in (("okx", "okx-orders.jsonl", "clOrdId"), ("ibkr", "ibkr-orders.jsonl", "orderRef")):
+        sent = logged(work / log, key)
+        twice = [cid for cid, n in Counter(sent).items() if n > 1]
+        ours = {cid for cid, _ in ledger.get(market, [])}
+        print(f"{market}: {len(ours)} orders filled in the ledger, {len(sent)} orders in the simulator's log, "
+              f"{len(twice)} sent twice", flush=True)
+        if not ours:
+            failures.append(f"{market}: no fills")
+        if twice:
+            failures.append(f"{market}: {len(twice)} client order ids reached the venue twice")
+        if set(sent) != ours:
+            failures.append(f"{market}: the simulator's orders and the ledger's fills differ "
+                            f"({len(set(sent) - ours)} only at the venue, {len(ours - set(sent))} only in the ledger)")
+    for market in ("okx", "ibkr"):
+        if ledger.get(market):
+            cid, order_id = ledger[market][0]
+            db = sqlite3.connect(f"file:{work / 'state' / 'ledger.sqlite'}?mode=ro", uri=True)
+            sid = db.execute("SELECT signal_id FROM executions WHERE client_order_id = ?", (cid,)).fetchone()[0]
+            db.close()
+            show = [APEX, "audit", "--pipeline", str(PIPELINE), sid]
+            print(subprocess.run(show, capture_output=True, text=True, env=env).stdout, flush=True)
+            trail = subprocess.run(show + ["--format", "jsonl"], capture_output=True, text=True, env=env).stdout
+            if f'"order_id": "{order_id}"' not in trail:
+                failures.append(f"{market}: the audit trail of {sid} does not name the venue's order id {order_id}")
+    for f in failures:
+        print("FAILED:", f, file=sys.stderr)
+    print("demo: " + ("every check held" if not failures else f"{len(failures)} check(s) failed"), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
