@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,11 +81,11 @@ class Gateway:
             s.drop()
 
 
-async def _serve(gw: Gateway, host: str, port: int, ready: threading.Event | None, stop: asyncio.Event,
-                 bound: list[int]) -> None:
-    bound.append(await gw.listen(host, port))
+async def _serve(gw: Gateway, host: str, port: int, ready: Callable[[int], None] | None, stop: asyncio.Event
+                 ) -> None:
+    bound = await gw.listen(host, port)
     if ready is not None:
-        ready.set()
+        ready(bound)
     try:
         await stop.wait()
     finally:
@@ -105,13 +105,15 @@ def _gateway(*, account: str, cash: float, orders_log: str | Path | None, state_
 def serve(host: str = "127.0.0.1", port: int = 4002, *, latency_ms: float = 0.0,
           orders_log: str | Path | None = None, state_file: str | Path | None = None,
           prices: dict[str, float] | str | Path | None = None, account: str = DEFAULT_ACCOUNT,
-          cash: float = DEFAULT_CASH, faults: Faults | None = None) -> None:
-    """Serve until interrupted (KeyboardInterrupt propagates for the caller to end quietly)."""
+          cash: float = DEFAULT_CASH, faults: Faults | None = None,
+          on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until interrupted (KeyboardInterrupt propagates for the caller to end quietly).
+    ``on_ready`` is told the port once it listens."""
     faults = faults or Faults()
     faults.latency_ms = latency_ms
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
                   faults=faults)
-    asyncio.run(_serve(gw, host, port, None, asyncio.Event(), []))
+    asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event()))
 
 
 class Control:
@@ -168,7 +170,7 @@ def running(host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
                   faults=faults)
     loop = asyncio.new_event_loop()
-    ready, bound = threading.Event(), []
+    ready, bound = threading.Event(), []  # type: ignore[var-annotated]
     stop_holder: list[asyncio.Event] = []
 
     def main() -> None:
@@ -177,7 +179,7 @@ def running(host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
         async def go() -> None:
             stop = asyncio.Event()
             stop_holder.append(stop)
-            await _serve(gw, host, port, ready, stop, bound)
+            await _serve(gw, host, port, lambda p: (bound.append(p), ready.set()), stop)
         loop.run_until_complete(go())
         loop.close()
 
