@@ -57,6 +57,9 @@ class IbkrVenue:
         self._updates: list[OrderUpdate] = []
         self._closing = False
         self._lock: asyncio.Lock | None = None
+        self._reconnecting: asyncio.Task | None = None  # held: the loop keeps only a weak reference
+        self._synced = False  # asked IB for everything since the last connect
+        self._throttled = False  # ib_async is holding requests back (its 45 a second)
         self._loop = LoopThread(f"ibkr-venue-{client_id}")
         self._ib = self._call(self._create(), connect_timeout)
         try:  # the gateway may come up later: the first call that needs it connects
@@ -80,6 +83,8 @@ class IbkrVenue:
         ib.commissionReportEvent += self._on_commission
         ib.orderStatusEvent += self._on_status
         ib.disconnectedEvent += self._on_disconnect
+        ib.client.throttleStart += lambda: setattr(self, "_throttled", True)
+        ib.client.throttleEnd += lambda: setattr(self, "_throttled", False)
         self._lock = asyncio.Lock()
         return ib
 
@@ -97,13 +102,14 @@ class IbkrVenue:
         self._note_updates()
 
     def _on_disconnect(self) -> None:
-        if not self._closing:
-            asyncio.get_running_loop().create_task(self._reconnect())
+        self._synced = self._throttled = False  # the client dropped what it held back
+        if not self._closing and (self._reconnecting is None or self._reconnecting.done()):
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
         """After a drop, with growing pauses, until connected (and resynced) or closed."""
         delay = self.backoff[0]
-        while not self._closing and not self._ib.isConnected():
+        while not self._closing and not (self._ib.isConnected() and self._synced):
             try:
                 await self._ensure()
                 return
@@ -113,18 +119,21 @@ class IbkrVenue:
 
     async def _ensure(self) -> None:
         """Connected and caught up with IB, or ``VenueDown``."""
-        if self._ib.isConnected():
+        if self._ib.isConnected() and self._synced:
             return
         assert self._lock is not None
         async with self._lock:
-            if self._ib.isConnected():
+            if self._ib.isConnected() and self._synced:
                 return
-            try:
-                await self._ib.connectAsync(self.host, self.port, self.client_id, timeout=self.connect_timeout,
-                                            account=self.account)
-            except Exception as e:  # refused, no answer, or dropped during the start-up sync
-                raise VenueDown(f"IB gateway at {self.host}:{self.port} unreachable: {type(e).__name__}") from None
+            if not self._ib.isConnected():
+                try:
+                    await self._ib.connectAsync(self.host, self.port, self.client_id, timeout=self.connect_timeout,
+                                                account=self.account)
+                except Exception as e:  # refused, no answer, or dropped during the start-up sync
+                    raise VenueDown(f"IB gateway at {self.host}:{self.port} unreachable: {type(e).__name__}"
+                                    ) from None
             await self._resync()
+            self._synced = True
 
     async def _resync(self) -> None:
         """Ask IB what it holds (every client's orders and executions), so that fills made
@@ -145,11 +154,14 @@ class IbkrVenue:
     # placing
 
     def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
-        return self._call(self._place_many(orders))
+        # a large batch leaves at ib_async's pace (45 requests a second), and is waited for
+        return self._call(self._place_many(orders), self._bound + len(orders) / 40)
 
     async def _place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
         results: list[Fill | Rejected | None] = [None] * len(orders)
         trades = await self._send(orders, results)
+        while self._throttled and self._ib.isConnected():  # the bound runs from when the last order left
+            await asyncio.sleep(POLL)
         await self._settle(trades, self.fill_timeout)
         await self._cancel_working(trades)
         unresolved = [ref for ref in trades if not self._final(ref)]
@@ -364,4 +376,6 @@ class IbkrVenue:
         self._loop.close()
 
     async def _disconnect(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         self._ib.disconnect()
