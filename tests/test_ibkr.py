@@ -193,3 +193,11 @@ def test_the_command_has_help_and_a_bad_port_is_one_line_and_exit_2():
     bad = subprocess.run([APEX, "sim", "ibkr", "--port", "99999"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--port" in bad.stderr
+
+
+def test_a_batch_larger_than_ib_async_sends_in_a_second_is_waited_for_not_sent_twice(gateway, connect, tmp_path):
+    venue = connect(fill_timeout=0.3)  # shorter than the batch takes to leave at 45 requests a second
+    orders = [order(f"b{i}", "AAPL", 1) for i in range(60)]
+    fills = venue.place_many(orders)
+    assert all(isinstance(f, Fill) for f in fills)
+    assert sorted(line["orderRef"] for line in accepted(tmp_path)) == sorted(o.client_order_id for o in orders)
