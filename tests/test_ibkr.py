@@ -201,3 +201,11 @@ def test_a_batch_larger_than_ib_async_sends_in_a_second_is_waited_for_not_sent_t
     fills = venue.place_many(orders)
     assert all(isinstance(f, Fill) for f in fills)
     assert sorted(line["orderRef"] for line in accepted(tmp_path)) == sorted(o.client_order_id for o in orders)
+
+
+def test_an_order_ib_already_holds_is_answered_from_ib_not_placed_again(gateway, connect, tmp_path):
+    o = order("h1")
+    (first,) = connect(client_id=7).place_many([o])
+    (again,) = connect(client_id=8).place_many([o])  # another process, which never asked
+    assert isinstance(again, Fill) and again.order_id == first.order_id and again.quantity == 10
+    assert len(accepted(tmp_path)) == 1

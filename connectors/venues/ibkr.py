@@ -187,7 +187,9 @@ class IbkrVenue:
             if refusal or contract is None:
                 results[i] = Rejected(refusal or f"IB has no stock {order.symbol}")
                 continue
-            self._book.sent[order.client_order_id] = order
+            self._book.sent.setdefault(order.client_order_id, order)
+            if self._book.fate(order.client_order_id) is not None:
+                continue  # IB already holds an order under this id: its fate is the answer, not a second one
             trades[order.client_order_id] = self._ib.placeOrder(contract, ib_api.MarketOrder(
                 "BUY" if order.side == "buy" else "SELL", float(order.quantity), orderRef=order.client_order_id,
                 account=self.account, tif="DAY"))
@@ -278,7 +280,7 @@ class IbkrVenue:
     def _note_updates(self) -> None:
         """Queue each submitted order's fate when it changed (a filled one once its
         commissions are in, so the fill reported is whole)."""
-        for ref, last in self._watched.items():
+        for ref, last in list(self._watched.items()):
             fate = self._book.fate(ref)
             if fate is None or (fate.status in FINAL and not fate.settled):
                 continue
@@ -286,6 +288,8 @@ class IbkrVenue:
             if key != last:
                 self._watched[ref] = key
                 self._updates.append(OrderUpdate(ref, fate.status, fate.fill, fate.reason))
+            if fate.status in FINAL:
+                del self._watched[ref]  # nothing more will happen to it
 
     # asking
 
@@ -302,7 +306,7 @@ class IbkrVenue:
             await self._cancel_working({ref: None})
             fate = self._book.fate(ref)
             if fate is None or fate.status not in FINAL:
-                raise VenueDown(f"{ref} is still working at IB")
+                raise VenueDown(f"{ref} has no final outcome at IB yet")
         if fate.fill is not None:
             return fate.fill
         raise Rejected(fate.reason)
