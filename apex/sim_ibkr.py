@@ -55,6 +55,10 @@ def ibkr(
     orders_log: Optional[Path] = typer.Option(None, "--orders-log", metavar="FILE", help="one JSON line per order accepted"),
     state_file: Optional[Path] = typer.Option(None, "--state-file", metavar="FILE", help="orders and fills kept across restarts"),
     prices: Optional[Path] = typer.Option(None, "--prices", metavar="FILE", help='JSON {"AAPL": 100.0, …}: fill prices'),
+    redis_url: Optional[str] = typer.Option(None, "--redis", metavar="URL",
+                                            help="follow last prices on the Redis price stream (redis://HOST:PORT/DB)"),
+    prices_stream: str = typer.Option("argus:prices:stream", "--prices-stream", metavar="STREAM",
+                                      help="the price stream's key"),
     account: str = typer.Option("DU1234567", metavar="ACCOUNT", help="the account the gateway manages"),
     cash: str = typer.Option("1000000", metavar="USD", help="USD cash before any order"),
     partial: str = typer.Option("1", metavar="FRACTION", help="fraction of each order filled at once; the rest works until cancelled"),
@@ -76,10 +80,13 @@ def ibkr(
     _writable("--orders-log", orders_log)
     _writable("--state-file", state_file)
     price_map = _prices(prices)
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        refuse(err, f"--redis must be a redis:// URL, not {redis_url!r}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(host, port_n, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=price_map,
-              account=account, cash=_number("--cash", cash, 0, 1e15), faults=faults,
+              account=account, cash=_number("--cash", cash, 0, 1e15), faults=faults, redis_url=redis_url,
+              prices_stream=prices_stream,
               on_ready=lambda p: out.print(f"IBKR simulator listening on {host}:{p} (server version 178, "
                                            f"account {account})", highlight=False, soft_wrap=True))
     except KeyboardInterrupt:

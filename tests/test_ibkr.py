@@ -209,3 +209,20 @@ def test_an_order_ib_already_holds_is_answered_from_ib_not_placed_again(gateway,
     (again,) = connect(client_id=8).place_many([o])  # another process, which never asked
     assert isinstance(again, Fill) and again.order_id == first.order_id and again.quantity == 10
     assert len(accepted(tmp_path)) == 1
+
+
+def test_fill_prices_follow_the_redis_price_stream(redis_server, tmp_path):
+    r = redis_server.client()
+    r.xadd("argus:prices:stream", {"symbol": "AAPL", "price": "101.5"})
+    r.xadd("argus:prices:stream", {"symbol": "BTC-USDT", "price": "90000"})  # not a stock: not defined
+    with running(redis_url=redis_server.url) as gw:
+        assert until(lambda: gw.price("AAPL") == 101.5, 10)
+        r.xadd("argus:prices:stream", {"symbol": "NVDA", "price": "130.25"})
+        assert until(lambda: gw.price("NVDA") == 130.25, 10)
+        venue = IbkrVenue("127.0.0.1", gw.port, 5, connect_timeout=2.0, request_timeout=2.0)
+        try:
+            fill, unknown = venue.place_many([order("f1", "NVDA", 2), order("f2", "BTC-USDT", 1)])
+        finally:
+            venue.close()
+    assert isinstance(fill, Fill) and fill.price == 130.25
+    assert isinstance(unknown, Rejected)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from connectors.sims.ibkr import messages as m
 from connectors.sims.ibkr.faults import Faults
+from connectors.sims.ibkr.price_feed import PriceFeed
 from connectors.sims.ibkr.session import Session
 from connectors.sims.ibkr.state import SimOrder, SimState
 
 DEFAULT_ACCOUNT = "DU1234567"
 DEFAULT_CASH = 1_000_000.0
+PRICES_STREAM = "argus:prices:stream"  # the pipeline's default price stream
 
 
 class Gateway:
@@ -105,15 +107,20 @@ def _gateway(*, account: str, cash: float, orders_log: str | Path | None, state_
 def serve(host: str = "127.0.0.1", port: int = 4002, *, latency_ms: float = 0.0,
           orders_log: str | Path | None = None, state_file: str | Path | None = None,
           prices: dict[str, float] | str | Path | None = None, account: str = DEFAULT_ACCOUNT,
-          cash: float = DEFAULT_CASH, faults: Faults | None = None,
-          on_ready: Callable[[int], None] | None = None) -> None:
+          cash: float = DEFAULT_CASH, faults: Faults | None = None, redis_url: str | None = None,
+          prices_stream: str = PRICES_STREAM, on_ready: Callable[[int], None] | None = None) -> None:
     """Serve until interrupted (KeyboardInterrupt propagates for the caller to end quietly).
     ``on_ready`` is told the port once it listens."""
     faults = faults or Faults()
     faults.latency_ms = latency_ms
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
                   faults=faults)
-    asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event()))
+    feed = PriceFeed(gw.state, redis_url, prices_stream).start() if redis_url else None
+    try:
+        asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event()))
+    finally:
+        if feed is not None:
+            feed.stop()
 
 
 class Control:
@@ -130,6 +137,9 @@ class Control:
 
     def set_price(self, symbol: str, price: float) -> None:
         self._gw.state.set_price(symbol, price)
+
+    def price(self, symbol: str) -> float | None:
+        return self._gw.state.price(symbol)
 
     def refuse_connections(self, refusing: bool = True) -> None:
         """Stop listening (a client's connect is refused at once) and drop who is connected;
@@ -164,7 +174,8 @@ class Control:
 def running(host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
             orders_log: str | Path | None = None, state_file: str | Path | None = None,
             prices: dict[str, float] | str | Path | None = None, account: str = DEFAULT_ACCOUNT,
-            cash: float = DEFAULT_CASH) -> Iterator[Control]:
+            cash: float = DEFAULT_CASH, redis_url: str | None = None,
+            prices_stream: str = PRICES_STREAM) -> Iterator[Control]:
     """The simulator on a thread of its own; port 0 picks a free one (``control.port``)."""
     faults = Faults(latency_ms=latency_ms)
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
@@ -185,10 +196,13 @@ def running(host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
 
     thread = threading.Thread(target=main, name="ibkr-sim", daemon=True)
     thread.start()
+    feed = PriceFeed(gw.state, redis_url, prices_stream).start() if redis_url else None
     if not ready.wait(10):
         raise RuntimeError("the IBKR simulator did not start")
     try:
         yield Control(gw, loop, host, bound[0])
     finally:
+        if feed is not None:
+            feed.stop()
         loop.call_soon_threadsafe(stop_holder[0].set)
         thread.join(10)
