@@ -145,9 +145,9 @@ class Control:
         """Stop listening (a client's connect is refused at once) and drop who is connected;
         ``False`` listens again on the same port."""
         self._gw.refusing = refusing
-        self._call(self._gw.drop_all) if refusing else None
-        fut = asyncio.run_coroutine_threadsafe(self._relisten(refusing), self._loop)
-        fut.result(10)
+        if refusing:
+            self._call(self._gw.drop_all)
+        asyncio.run_coroutine_threadsafe(self._relisten(refusing), self._loop).result(10)
 
     async def _relisten(self, refusing: bool) -> None:
         gw = self._gw

@@ -33,7 +33,9 @@ class Session:
             self.writer.write(b"".join(frames))
 
     def drop(self) -> None:
-        """The socket closes as a crashed or unplugged gateway's would: no goodbye."""
+        """The socket closes as a crashed or unplugged gateway's would: no goodbye. The
+        session is gone at once, so its client id is free for the client's reconnect."""
+        self.gw.sessions.discard(self)
         self.writer.transport.abort()
 
     async def run(self) -> None:
