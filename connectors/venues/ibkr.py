@@ -104,6 +104,7 @@ class IbkrVenue:
     def _on_disconnect(self) -> None:
         self._synced = self._throttled = False  # the client dropped what it held back
         if not self._closing and (self._reconnecting is None or self._reconnecting.done()):
+            log.warning("IB gateway at %s:%s: connection lost, reconnecting", self.host, self.port)
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -134,6 +135,8 @@ class IbkrVenue:
                                     ) from None
             await self._resync()
             self._synced = True
+            log.info("IB gateway at %s:%s: connected as client %s, orders and executions asked again",
+                     self.host, self.port, self.client_id)
 
     async def _resync(self) -> None:
         """Ask IB what it holds (every client's orders and executions), so that fills made
