@@ -49,27 +49,33 @@ def _writable(option: str, path: Optional[Path]) -> None:
 
 @sim.command("ibkr")
 def ibkr(
-    port: str = typer.Option("4002", metavar="PORT", help="TCP port (4002: IB Gateway's paper port)"),
+    port: str = typer.Option("4002", metavar="PORT",
+                             help="TCP port (4002: IB Gateway's paper port; 0: any free one, printed)"),
     host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="address to listen on"),
     latency_ms: str = typer.Option("0", "--latency-ms", metavar="MS", help="delay before answering each request"),
-    orders_log: Optional[Path] = typer.Option(None, "--orders-log", metavar="FILE", help="one JSON line per order accepted"),
-    state_file: Optional[Path] = typer.Option(None, "--state-file", metavar="FILE", help="orders and fills kept across restarts"),
-    prices: Optional[Path] = typer.Option(None, "--prices", metavar="FILE", help='JSON {"AAPL": 100.0, …}: fill prices'),
+    orders_log: Optional[Path] = typer.Option(None, "--orders-log", metavar="FILE",
+                                              help="one JSON line per order accepted"),
+    state_file: Optional[Path] = typer.Option(None, "--state-file", metavar="FILE",
+                                              help="orders and fills kept across restarts"),
+    prices: Optional[Path] = typer.Option(None, "--prices", metavar="FILE",
+                                          help='JSON {"AAPL": 100.0, …}: fill prices'),
     redis_url: Optional[str] = typer.Option(None, "--redis", metavar="URL",
                                             help="follow last prices on the Redis price stream (redis://HOST:PORT/DB)"),
     prices_stream: str = typer.Option("argus:prices:stream", "--prices-stream", metavar="STREAM",
                                       help="the price stream's key"),
     account: str = typer.Option("DU1234567", metavar="ACCOUNT", help="the account the gateway manages"),
     cash: str = typer.Option("1000000", metavar="USD", help="USD cash before any order"),
-    partial: str = typer.Option("1", metavar="FRACTION", help="fraction of each order filled at once; the rest works until cancelled"),
-    drop_orders: str = typer.Option("0", "--drop-orders", metavar="N", help="drop the socket after filling the next N orders"),
+    partial: str = typer.Option("1", metavar="FRACTION",
+                                help="fraction of each order filled at once; the rest works until cancelled"),
+    drop_orders: str = typer.Option("0", "--drop-orders", metavar="N",
+                                    help="drop the socket after filling the next N orders"),
     refuse_first: str = typer.Option("0", "--refuse-first", metavar="N", help="close the first N connections at once"),
 ) -> None:
     """Serve a simulated IB Gateway until Ctrl-C or SIGTERM."""
     from connectors.sims.ibkr.faults import Faults
     from connectors.sims.ibkr.server import serve
 
-    port_n = int(_number("--port", port, 1, 65535, whole=True))
+    port_n = int(_number("--port", port, 0, 65535, whole=True))
     latency = _number("--latency-ms", latency_ms, 0, 600_000)
     fraction = _number("--partial", partial, 0, 1)
     faults = Faults(partial=None if fraction == 1 else fraction,

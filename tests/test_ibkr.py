@@ -5,6 +5,7 @@ is unknown is asked about, never sent again."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -226,3 +227,21 @@ def test_fill_prices_follow_the_redis_price_stream(redis_server, tmp_path):
             venue.close()
     assert isinstance(fill, Fill) and fill.price == 130.25
     assert isinstance(unknown, Rejected)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_the_command_serves_until_stopped_and_stops_without_a_traceback(stop, tmp_path):
+    proc = subprocess.Popen([APEX, "sim", "ibkr", "--port", "0", "--orders-log", str(tmp_path / "o.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once it listens
+        port = int(line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        ib = IB()
+        ib.connect("127.0.0.1", port, clientId=1, timeout=4)
+        assert ib.managedAccounts() == ["DU1234567"]
+        ib.disconnect()
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err and "stopped" in out
