@@ -23,7 +23,7 @@ def _number(option: str, text: str, low: float, high: float, whole: bool = False
         value = float("nan")
     if not (low <= value <= high) or (whole and not value.is_integer()):
         kind = "a whole number" if whole else "a number"
-        refuse(err, f"{option} must be {kind} from {low:g} to {high:g}, not {text!r}")
+        refuse(err, f"{option} must be {kind} from {low:g} to {high:.15g}, not {text!r}")
     return value
 
 
@@ -70,6 +70,9 @@ def ibkr(
     drop_orders: str = typer.Option("0", "--drop-orders", metavar="N",
                                     help="drop the socket after filling the next N orders"),
     refuse_first: str = typer.Option("0", "--refuse-first", metavar="N", help="close the first N connections at once"),
+    error_103: str = typer.Option("0", "--error-103", metavar="N",
+                                  help="fill the next N orders but answer each with error 103 (duplicate order id)"),
+    reject: list[str] = typer.Option([], "--reject", metavar="SYMBOL", help="refuse orders for SYMBOL (error 201)"),
 ) -> None:
     """Serve a simulated IB Gateway until Ctrl-C or SIGTERM."""
     from connectors.sims.ibkr.faults import Faults
@@ -80,7 +83,8 @@ def ibkr(
     fraction = _number("--partial", partial, 0, 1)
     faults = Faults(partial=None if fraction == 1 else fraction,
                     drop_orders=int(_number("--drop-orders", drop_orders, 0, 1e9, whole=True)),
-                    refuse_first=int(_number("--refuse-first", refuse_first, 0, 1e9, whole=True)))
+                    refuse_first=int(_number("--refuse-first", refuse_first, 0, 1e9, whole=True)),
+                    error_103=int(_number("--error-103", error_103, 0, 1e9, whole=True)), reject=set(reject))
     if not account.isalnum():
         refuse(err, f"--account must be letters and digits (like DU1234567), not {account!r}")
     _writable("--orders-log", orders_log)
