@@ -92,20 +92,17 @@ def ibkr(
     price_map = _prices(prices)
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         refuse(err, f"--redis must be a redis:// URL, not {redis_url!r}")
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(host, port_n, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=price_map,
               account=account, cash=_number("--cash", cash, 0, 1e15), faults=faults, redis_url=redis_url,
-              prices_stream=prices_stream,
+              prices_stream=prices_stream, stop_signals=(signal.SIGINT, signal.SIGTERM),
               on_ready=lambda p: out.print(f"IBKR simulator listening on {host}:{p} (server version 178, "
                                            f"account {account})", highlight=False, soft_wrap=True))
-    except KeyboardInterrupt:
-        out.print("IBKR simulator stopped", highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:  # before the loop's own handlers were in place
+        pass
     except OSError as e:
         refuse(err, f"cannot listen on {host}:{port_n}: {e.strerror or e}")
     except json.JSONDecodeError:
         refuse(err, f"--state-file {state_file}: not a state file this simulator wrote")
+    out.print("IBKR simulator stopped", highlight=False, soft_wrap=True)
 
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt

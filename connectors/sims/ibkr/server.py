@@ -83,8 +83,10 @@ class Gateway:
             s.drop()
 
 
-async def _serve(gw: Gateway, host: str, port: int, ready: Callable[[int], None] | None, stop: asyncio.Event
-                 ) -> None:
+async def _serve(gw: Gateway, host: str, port: int, ready: Callable[[int], None] | None, stop: asyncio.Event,
+                 stop_signals: tuple[int, ...] = ()) -> None:
+    for sig in stop_signals:  # a stop between two requests, never an exception inside one
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     bound = await gw.listen(host, port)
     if ready is not None:
         ready(bound)
@@ -108,16 +110,17 @@ def serve(host: str = "127.0.0.1", port: int = 4002, *, latency_ms: float = 0.0,
           orders_log: str | Path | None = None, state_file: str | Path | None = None,
           prices: dict[str, float] | str | Path | None = None, account: str = DEFAULT_ACCOUNT,
           cash: float = DEFAULT_CASH, faults: Faults | None = None, redis_url: str | None = None,
-          prices_stream: str = PRICES_STREAM, on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve until interrupted (KeyboardInterrupt propagates for the caller to end quietly).
-    ``on_ready`` is told the port once it listens."""
+          prices_stream: str = PRICES_STREAM, on_ready: Callable[[int], None] | None = None,
+          stop_signals: tuple[int, ...] = ()) -> None:
+    """Serve until one of ``stop_signals`` arrives (then return) or until interrupted
+    (KeyboardInterrupt propagates). ``on_ready`` is told the port once it listens."""
     faults = faults or Faults()
     faults.latency_ms = latency_ms
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
                   faults=faults)
     feed = PriceFeed(gw.state, redis_url, prices_stream).start() if redis_url else None
     try:
-        asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event()))
+        asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event(), stop_signals))
     finally:
         if feed is not None:
             feed.stop()
