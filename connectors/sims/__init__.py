@@ -1,0 +1,1 @@
+"""Loopback simulators of the venues' protocols."""
