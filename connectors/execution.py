@@ -13,6 +13,7 @@ an order without ever sending it. A trading-state gate belongs in ``send``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from connectors.ledger import Ledger
 from connectors.venues import Rejected, Venue
@@ -84,6 +85,7 @@ class Executor:
             self.ledger.record_rejection(order, str(refused))
             raise
         if known is not None:
+            known = _ours(order, known)
             self.ledger.record_fill(known)
         return known
 
@@ -105,10 +107,11 @@ class Executor:
             results = self._only.place_many(orders)
         else:
             results = self._place_by_venue(orders)
-        for order, r in zip(orders, results, strict=True):
+        for i, (order, r) in enumerate(zip(orders, results, strict=True)):
             if isinstance(r, Rejected):
                 self.ledger.record_rejection(order, str(r))
             else:
+                results[i] = r = _ours(order, r)
                 self.ledger.record_fill(r)
         return results
 
@@ -142,3 +145,12 @@ class Executor:
     def _fill(order: Order, order_id: str, price: float, fee: float, ts: int) -> Fill:
         return Fill(order.signal_id, order.client_order_id, order_id, order.venue, order.symbol,
                     order.side, order.quantity, price, fee, ts)
+
+
+def _ours(order: Order, fill: Fill) -> Fill:
+    """The venue's fill under the order's own identity: a venue knows the client order id
+    but not always the signal it was for (IB keeps no such field across sessions)."""
+    if fill.signal_id == order.signal_id and fill.client_order_id == order.client_order_id:
+        return fill
+    return replace(fill, signal_id=order.signal_id, client_order_id=order.client_order_id, venue=order.venue,
+                   symbol=order.symbol, side=order.side)

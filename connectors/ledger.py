@@ -334,9 +334,9 @@ class Ledger:
     def record_fill(self, fill: Fill) -> None:
         self._known_opens.pop(fill.signal_id, None)
         self.db.execute(
-            "UPDATE executions SET status='filled', order_id=?, price=?, fee_usd=?, filled_ms=?,"
+            "UPDATE executions SET status='filled', order_id=?, quantity=?, price=?, fee_usd=?, filled_ms=?,"
             " seq=?, trade=NULL WHERE signal_id=? AND client_order_id=?",  # the trades row holds it now
-            (fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.signal_id,
+            (fill.order_id, fill.quantity, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.signal_id,
              fill.client_order_id),
         )
 
