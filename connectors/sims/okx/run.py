@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +48,9 @@ def load_prices(prices: Prices) -> dict[str, float] | None:
 
 
 def _sim(latency_ms: float, orders_log: str | Path | None, state_file: str | Path | None, prices: Prices,
-         balances: dict[str, float] | None, hang_s: float) -> Sim:
+         balances: dict[str, float] | None, hang_s: float, clock: Callable[[], float] = time.monotonic) -> Sim:
     book = Book(load_prices(prices), balances, orders_log=orders_log, state_file=state_file)
-    return Sim(book, latency_ms=latency_ms, hang_s=hang_s)
+    return Sim(book, latency_ms=latency_ms, hang_s=hang_s, clock=clock)
 
 
 async def _start(sim: Sim, host: str, port: int) -> tuple[web.AppRunner, str]:
@@ -100,8 +101,11 @@ class SimServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
                  orders_log: str | Path | None = None, state_file: str | Path | None = None, prices: Prices = None,
-                 balances: dict[str, float] | None = None, hang_s: float = 30.0):
-        self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s)
+                 balances: dict[str, float] | None = None, hang_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        """``clock``: what the rate limits count time by (a test may stop it, to send more than
+        a limit allows in one window however slowly its requests go)."""
+        self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, clock)
         self.host, self.port = host, port
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None

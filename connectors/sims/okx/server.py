@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -23,8 +24,9 @@ TIMED_OUT = "Endpoint request timeout. Does not indicate success or failure of o
 class Sim:
     """Everything one running simulator holds: its book, its limits, its armed faults."""
 
-    def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0):
-        self.book, self.windows, self.faults = book, Windows(), Faults()
+    def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.book, self.windows, self.faults = book, Windows(clock), Faults()
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
 
