@@ -33,6 +33,9 @@ def okx(
     state_file: Optional[Path] = typer.Option(None, help="keep orders and balances here across restarts"),
     prices: Optional[Path] = typer.Option(None, metavar="FILE",
                                           help='JSON object of instId to last price, like {"BTC-USDT": 100.0}'),
+    redis_url: Optional[str] = typer.Option(None, "--redis", metavar="URL",
+                                            help="follow last prices on this Redis's price stream"),
+    price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
 ) -> None:
     """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT'."""
     from connectors.sims.okx.run import load_prices, serve
@@ -46,9 +49,19 @@ def okx(
         table = load_prices(prices)
     except ValueError as e:
         refuse(err, f"--prices {e}")
+    import redis
+
+    if redis_url is not None:
+        try:
+            redis.Redis.from_url(redis_url)
+        except ValueError as e:
+            refuse(err, f"--redis {redis_url!r}: {e}")
     try:
         serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
+              redis_url=redis_url, price_stream=price_stream,
               ready=lambda url: out.print(f"okx simulator listening on {url}", highlight=False))
+    except redis.RedisError as e:
+        refuse(err, f"--redis {redis_url}: {e}", 1)
     except OSError as e:
         refuse(err, f"cannot listen on {host}:{number}: {e.strerror or e}", 1)
     except ValueError as e:  # a state file that is not the simulator's

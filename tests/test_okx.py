@@ -218,3 +218,14 @@ def test_apex_sim_okx_on_the_command_line(tmp_path):
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in stderr
     assert [line["ordId"] for line in logged(log)] == [fill.order_id]
+
+
+def test_market_orders_fill_at_the_last_price_on_the_redis_price_stream(redis_server):
+    r = redis_server.client()
+    r.xadd("argus:prices:stream", {"symbol": "ETH-USDT", "price": "61.5", "ts": "2026-01-01T10:00:00Z"})
+    with running(prices=PRICES, redis_url=redis_server.url) as sim:
+        venue = okx_venue(sim.url)
+        assert until(lambda: raw(sim.url, "GET", "/api/v5/market/ticker?instId=ETH-USDT")[1]["data"][0]["last"]
+                     == "61.5", 10)
+        (fill,) = venue.place_many([order("px", symbol="ETH-USDT", quantity=1.0)])
+        assert fill.price == 61.5

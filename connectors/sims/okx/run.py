@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from connectors.sims.okx.control import add_routes, stats
+from connectors.sims.okx.prices import DEFAULT_STREAM, PriceFollower
 from connectors.sims.okx.server import Sim, make_app
 from connectors.sims.okx.state import Book
 
@@ -47,6 +48,10 @@ def load_prices(prices: Prices) -> dict[str, float] | None:
     return out
 
 
+def _follower(sim: Sim, redis_url: str | None, price_stream: str) -> PriceFollower | None:
+    return PriceFollower(sim.book, redis_url, price_stream).start() if redis_url else None
+
+
 def _sim(latency_ms: float, orders_log: str | Path | None, state_file: str | Path | None, prices: Prices,
          balances: dict[str, float] | None, hang_s: float, clock: Callable[[], float] = time.monotonic) -> Sim:
     book = Book(load_prices(prices), balances, orders_log=orders_log, state_file=state_file)
@@ -75,10 +80,14 @@ async def _stop(sim: Sim, runner: web.AppRunner) -> None:
 
 def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Path | None = None,
           state_file: str | Path | None = None, prices: Prices = None, balances: dict[str, float] | None = None,
-          hang_s: float = 30.0, ready: Callable[[str], None] | None = None) -> None:
+          hang_s: float = 30.0, redis_url: str | None = None, price_stream: str = DEFAULT_STREAM,
+          ready: Callable[[str], None] | None = None) -> None:
     """Runs until SIGINT or SIGTERM, then stops cleanly (state saved). ``ready`` is told the
-    base URL once it listens. Raises OSError if it cannot listen, ValueError for bad prices."""
+    base URL once it listens. ``redis_url``: follow last prices on that Redis's
+    ``price_stream``. Raises OSError if it cannot listen, ValueError for bad prices, and
+    redis's errors if Redis does not answer."""
     sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s)
+    follower = _follower(sim, redis_url, price_stream)
 
     async def main() -> None:
         runner, url = await _start(sim, host, port)
@@ -93,7 +102,11 @@ def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Pa
         finally:
             await _stop(sim, runner)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if follower is not None:
+            follower.stop()
 
 
 class SimServer:
@@ -102,10 +115,14 @@ class SimServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0,
                  orders_log: str | Path | None = None, state_file: str | Path | None = None, prices: Prices = None,
                  balances: dict[str, float] | None = None, hang_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, redis_url: str | None = None,
+                 price_stream: str = DEFAULT_STREAM):
         """``clock``: what the rate limits count time by (a test may stop it, to send more than
-        a limit allows in one window however slowly its requests go)."""
+        a limit allows in one window however slowly its requests go). ``redis_url``: follow
+        last prices on that Redis's ``price_stream``."""
         self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, clock)
+        self.redis_url, self.price_stream = redis_url, price_stream
+        self._follower: PriceFollower | None = None
         self.host, self.port = host, port
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,9 +153,16 @@ class SimServer:
         started.wait()
         if failed:
             raise failed[0]
+        try:
+            self._follower = _follower(self.sim, self.redis_url, self.price_stream)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
