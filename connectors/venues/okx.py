@@ -14,23 +14,20 @@ errors carry the credentials."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import ccxt
 
-from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, Ack, Instrument,
-                               OrderUpdate, Rejected, VenueDown)
+from connectors.venues import CANCELLED, FILLED, REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
 from connectors.venues import okx_limits as limits
+from connectors.venues import okx_records as records
+from connectors.venues.okx_records import MAYBE_PLACED, TERMINAL
 from operators.fill import Fill
 from operators.orders import Order
 
 T = TypeVar("T")
-MAYBE_PLACED = "51016"  # duplicated clOrdId: an order under this id may be there already
-USD_LIKE = ("USD", "USDT", "USDC")
-TERMINAL = ("closed", "canceled", "rejected", "expired")
 
 
 class OkxVenue:
@@ -95,10 +92,10 @@ class OkxVenue:
             o = self._fetch(order)
             if o is None:
                 continue  # not visible yet; asked again on the next call
-            status, filled = self._status(o), float(o.get("filled") or 0)
+            status, filled = records.status(o), records.filled(o)
             if (status, filled) == self._tracked[cid]:
                 continue
-            fill = self._fill(order, o) if filled > 0 else None
+            fill = records.fill(order, o, self._usd) if filled > 0 else None
             reason = "cancelled with nothing filled" if status == CANCELLED and fill is None else ""
             self._updates.append(OrderUpdate(cid, status, fill, reason))
             if status in (FILLED, CANCELLED, REJECTED):
@@ -166,7 +163,7 @@ class OkxVenue:
         except VenueDown:
             return {i: None for i in range(len(chunk))}  # no answer: any of them may be there
         except ccxt.ExchangeError as e:  # every order refused: the body says why, each
-            per = _codes(e)
+            per = records.refusals_in(e)
             if not per:
                 return {i: None for i in range(len(chunk))}
             out: dict[int, str | None] = {}
@@ -174,15 +171,7 @@ class OkxVenue:
                 i = pos.get(cid, n)
                 out[i] = None if code == MAYBE_PLACED else f"okx {code}: {msg}"
             return {i: out.get(i) for i in range(len(chunk))}
-        out = {}
-        for n, a in enumerate(answers):
-            i = pos.get(a.get("clientOrderId") or "", n)
-            info = a.get("info") or {}
-            if a.get("status") == "rejected":
-                code = str(info.get("sCode", ""))
-                out[i] = None if code == MAYBE_PLACED else f"okx {code}: {info.get('sMsg', '')}"
-            else:
-                out[i] = ""
+        out = {pos.get(a.get("clientOrderId") or "", n): records.refusal(a) for n, a in enumerate(answers)}
         return {i: out.get(i) for i in range(len(chunk))}
 
     # ----- learning fates -----
@@ -197,7 +186,7 @@ class OkxVenue:
             for cid in left:
                 o = self._fetch(pending[cid])
                 if o is not None and o.get("status") in TERMINAL:
-                    out[cid] = self._fate(pending[cid], o)
+                    out[cid] = records.fate(pending[cid], o, self._usd)
                 else:
                     still.append(cid)
             left = still
@@ -214,12 +203,7 @@ class OkxVenue:
         o = self._fetch(order)
         if o is None or o.get("status") not in TERMINAL:
             raise VenueDown(f"order {order.client_order_id} is still open at {self._where}")
-        return self._fate(order, o)
-
-    def _fate(self, order: Order, o: dict) -> Fill | Rejected:
-        if float(o.get("filled") or 0) > 0:
-            return self._fill(order, o)
-        return Rejected(f"okx cancelled order {o.get('id')} with nothing filled")
+        return records.fate(order, o, self._usd)
 
     def lookup(self, client_order_id: str) -> Fill | None:
         """Asked by client order id, under the instrument it was sent for (or, for one this
@@ -236,7 +220,7 @@ class OkxVenue:
             if order is None:
                 order = Order(client_order_id, "", "open", self.market, self._symbol(inst), o.get("side") or "buy",
                               float(o.get("amount") or 0), 0.0, int(o.get("timestamp") or 0))
-            fate = self._fate(order, o) if o.get("status") in TERMINAL else self._finish(order)
+            fate = records.fate(order, o, self._usd) if o.get("status") in TERMINAL else self._finish(order)
             if isinstance(fate, Rejected):
                 raise fate
             return fate
@@ -265,36 +249,13 @@ class OkxVenue:
         except ccxt.ExchangeError as e:
             raise VenueDown(f"{self._where} could not cancel {order.client_order_id}: {e}") from None
 
-    def _fill(self, order: Order, o: dict) -> Fill:
-        info = o.get("info") or {}
-        filled = float(o.get("filled") or 0)
-        price = float(o.get("average") or info.get("avgPx") or 0)
-        return Fill(order.signal_id, order.client_order_id, str(o.get("id") or info.get("ordId")), order.venue,
-                    order.symbol, order.side, filled, price, self._fee_usd(info, price), order.ts_ms)
-
-    def _fee_usd(self, info: dict, price: float) -> float:
-        """OKX's fee is negative when paid, in ``feeCcy``: the base currency of a buy (worth
-        the fill price each), the quote currency of a sell."""
-        paid = -float(info.get("fee") or 0)
-        ccy = str(info.get("feeCcy") or "")
-        if not paid or ccy in USD_LIKE:
-            return paid
-        base = str(info.get("instId", "")).split("-")[0]
-        if ccy == base:
-            return paid * price
+    def _usd(self, ccy: str) -> float:
+        """The last price of a coin in the quote currency, taken as USD (a fee paid in OKB)."""
         inst = f"{ccy}-{self.quote}"
-        if inst in self._load():  # a fee paid in another coin (OKB): at its last price
-            ticker = self._paced({}, lambda: self._ex.fetch_ticker(self._markets[inst]["symbol"]))  # type: ignore[index]
-            return paid * float(ticker.get("last") or 0)
-        return 0.0
-
-    def _status(self, o: dict) -> str:
-        status, filled = o.get("status"), float(o.get("filled") or 0)
-        if status == "closed":
-            return FILLED
-        if status in TERMINAL:
-            return CANCELLED
-        return PARTIALLY_FILLED if filled > 0 else ACCEPTED
+        if inst not in self._load():
+            return 0.0
+        ticker = self._paced({}, lambda: self._ex.fetch_ticker(self._markets[inst]["symbol"]))  # type: ignore[index]
+        return float(ticker.get("last") or 0)
 
     # ----- what the account holds -----
 
@@ -367,14 +328,3 @@ class OkxVenue:
                 raise VenueDown(f"{self._where} did not answer: {type(e).__name__}") from None
         raise AssertionError("unreachable")
 
-
-def _codes(e: Exception) -> list[tuple[str, str, str]]:
-    """(clOrdId, sCode, sMsg) of each order in the body ccxt quotes in its error."""
-    text = str(e)
-    try:
-        body: Any = json.loads(text[text.index("{"):])
-    except ValueError:
-        return []
-    data = body.get("data") if isinstance(body, dict) else None
-    return [(str(d.get("clOrdId", "")), str(d.get("sCode", "")), str(d.get("sMsg", "")))
-            for d in data or [] if isinstance(d, dict) and d.get("sCode") not in (None, "", "0")]
