@@ -46,9 +46,16 @@ def raw(url: str, method: str, path: str, body: object = None) -> tuple[int, dic
     req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
-            return res.status, json.loads(res.read())
+            return res.status, _json(res.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        return e.code, _json(e.read())
+
+
+def _json(body: bytes) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"text": body.decode()}  # an HTTP error page, not OKX's envelope
 
 
 class Sim:

@@ -47,6 +47,9 @@ def test_refusals_come_back_as_rejected_and_the_rest_fill(okx_sim):
     assert isinstance(results[2], Rejected) and "FOO-USDT" in str(results[2])
     assert isinstance(results[3], Rejected) and "51000" in str(results[3])
     assert [line["clOrdId"] for line in okx_sim.logged()] == [order("r1").client_order_id]
+    (alone,) = okx_sim.venue.place_many([order("r5", quantity=1e9)])  # a batch refused whole: ccxt raises
+    assert isinstance(alone, Rejected) and "51008" in str(alone)
+    assert len(okx_sim.logged()) == 1
 
 
 def test_venue_down_then_up_the_order_is_sent_once(tmp_path):
@@ -155,6 +158,12 @@ def test_the_simulator_refuses_requests_beyond_okx_limits():
         assert [a[1]["code"] for a in answers] == ["0"] * 15 + ["50011"]
         assert answers[-1][0] == 429
         assert sim.stats() == {"accepted": 300, "rate_limited": 2}
+    with running(prices=PRICES, clock=lambda: 0.0) as sim:  # account-wide: 1,000 orders, each counted
+        symbols = sorted(PRICES)
+        batches = [[{"instId": symbols[n % 10], "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
+                     "tgtCcy": "base_ccy", "clOrdId": f"a{n}x{i}"} for i in range(20)] for n in range(51)]
+        codes = [raw(sim.url, "POST", "/api/v5/trade/batch-orders", b)[1]["code"] for b in batches]
+        assert codes == ["0"] * 50 + ["50011"]
 
 
 def test_the_simulator_honours_tgtccy_and_answers_okx_codes():
@@ -169,6 +178,20 @@ def test_the_simulator_honours_tgtccy_and_answers_okx_codes():
         refused = {**spend, "instId": "NOPE-USDT", "clOrdId": "q2"}
         assert raw(url, "POST", "/api/v5/trade/order", refused)[1]["data"][0]["sCode"] == "51001"
         assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["data"][0]["sCode"] == "51016"
+
+
+def test_the_simulator_is_steered_through_its_control_routes():
+    with running(prices=PRICES) as sim:
+        url = sim.url
+        assert raw(url, "POST", "/sim/price", {"instId": "BTC-USDT", "px": 250})[0] == 200
+        assert raw(url, "GET", "/api/v5/market/ticker?instId=BTC-USDT")[1]["data"][0]["last"] == "250"
+        assert raw(url, "POST", "/sim/fault", {"kind": "http_5xx", "status": 502})[0] == 200
+        spend = {"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "1",
+                 "tgtCcy": "base_ccy", "clOrdId": "c1"}
+        assert raw(url, "POST", "/api/v5/trade/order", spend)[0] == 502
+        assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["code"] == "0"
+        assert raw(url, "POST", "/sim/fault", {"kind": "melt"})[0] == 400
+        assert raw(url, "GET", "/sim/stats")[1] == {"accepted": 1, "rate_limited": 0}
 
 
 def test_submitted_orders_report_their_fates_as_updates(okx_sim):
