@@ -69,7 +69,10 @@ class Book:
         self.orders_log = Path(orders_log) if orders_log else None
         self.state_file = Path(state_file) if state_file else None
         if self.state_file and self.state_file.exists():
-            self._load(json.loads(self.state_file.read_text()))
+            try:
+                self._load(json.loads(self.state_file.read_text()))
+            except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
+                raise ValueError("not a state file of the OKX simulator") from None
 
     # ----- what a request may ask -----
 
