@@ -254,14 +254,14 @@ class OkxVenue:
         inst = f"{ccy}-{self.quote}"
         if inst not in self._load():
             return 0.0
-        ticker = self._paced({}, lambda: self._ex.fetch_ticker(self._markets[inst]["symbol"]))  # type: ignore[index]
+        ticker = self._read({}, lambda: self._ex.fetch_ticker(self._markets[inst]["symbol"]))  # type: ignore[index]
         return float(ticker.get("last") or 0)
 
     # ----- what the account holds -----
 
     def open_orders(self) -> list[Order]:
         self._load()
-        got = self._paced(limits.PENDING_ORDERS, lambda: self._ex.fetch_open_orders())
+        got = self._read(limits.PENDING_ORDERS, lambda: self._ex.fetch_open_orders())
         out = []
         for o in got:
             info = o.get("info") or {}
@@ -275,7 +275,7 @@ class OkxVenue:
 
     def balances(self) -> dict[str, float]:
         self._load()
-        got = self._paced(limits.BALANCES, lambda: self._ex.fetch_balance())
+        got = self._read(limits.BALANCES, lambda: self._ex.fetch_balance())
         return {ccy: float(v) for ccy, v in (got.get("total") or {}).items() if v is not None}
 
     def positions(self) -> dict[tuple[str, str], float]:
@@ -302,7 +302,7 @@ class OkxVenue:
 
     def _load(self) -> dict[str, dict]:
         if self._markets is None:
-            got = self._paced(limits.MARKETS, lambda: self._ex.load_markets())
+            got = self._read(limits.MARKETS, lambda: self._ex.load_markets())
             self._markets = {m["id"]: m for m in got.values() if m.get("spot") and m.get("active") is not False}
         return self._markets
 
@@ -327,4 +327,11 @@ class OkxVenue:
             except ccxt.NetworkError as e:  # a timeout, a dropped connection, 5xx, 50004
                 raise VenueDown(f"{self._where} did not answer: {type(e).__name__}") from None
         raise AssertionError("unreachable")
+
+    def _read(self, costs: limits.Costs, call: Callable[[], T]) -> T:
+        """A request that only asks: any error in the answer means it could not be asked."""
+        try:
+            return self._paced(costs, call)
+        except ccxt.BaseError as e:
+            raise VenueDown(f"{self._where} could not be asked: {type(e).__name__}: {e}") from None
 
