@@ -16,6 +16,7 @@ from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.sims.okx import running
 from connectors.venues import ACCEPTED, FILLED, REJECTED, Instrument, Rejected, Venue, VenueDown
+from connectors.venues import okx_limits as limits
 from helpers import until
 from okx_fixtures import PRICES, SECRET, free_port, logged, okx_sim, okx_venue, order, raw  # noqa: F401
 from operators.fill import Fill
@@ -252,3 +253,24 @@ def test_market_orders_fill_at_the_last_price_on_the_redis_price_stream(redis_se
                      == "61.5", 10)
         (fill,) = venue.place_many([order("px", symbol="ETH-USDT", quantity=1.0)])
         assert fill.price == 61.5
+
+
+def test_the_pacer_waits_exactly_until_a_limit_has_room():
+    """On a clock of its own: the 61st order query on one instrument waits until two seconds
+    after the first was answered, no longer; another instrument's queries do not wait."""
+    now, waits = [0.0], []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    pacer = limits.Pacer(clock=lambda: now[0], sleep=sleep)
+    for i in range(60):
+        with pacer.slot(limits.get_order("BTC-USDT")):
+            now[0] += 0.01  # each answered 10 ms after it left
+    with pacer.slot(limits.get_order("ETH-USDT")):
+        pass
+    assert waits == []
+    with pacer.slot(limits.get_order("BTC-USDT")):
+        pass
+    assert now[0] == pytest.approx(0.01 + limits.WINDOW_S)
