@@ -50,6 +50,9 @@ def test_refusals_come_back_as_rejected_and_the_rest_fill(okx_sim):
     assert [line["clOrdId"] for line in okx_sim.logged()] == [order("r1").client_order_id]
     (alone,) = okx_sim.venue.place_many([order("r5", quantity=1e9)])  # a batch refused whole: ccxt raises
     assert isinstance(alone, Rejected) and "51008" in str(alone)
+    okx_sim.server.arm("reject", code="51001", msg="Instrument ID does not exist")  # a refusal on demand
+    assert [str(r) for r in okx_sim.venue.place_many([order("r6"), order("r7")])] == [
+        "okx 51001: Instrument ID does not exist"] * 2
     assert len(okx_sim.logged()) == 1
 
 

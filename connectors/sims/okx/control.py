@@ -34,7 +34,8 @@ async def control(request: web.Request) -> web.Response:
         if what == "fault":
             sim.faults.arm(str(doc["kind"]), times=int(doc.get("times", 1)),
                            paths=doc.get("paths", ("trade/order", "trade/batch-orders")),
-                           accept=bool(doc.get("accept", True)), status=int(doc.get("status", 503)))
+                           accept=bool(doc.get("accept", True)), status=int(doc.get("status", 503)),
+                           code=str(doc.get("code", "51008")), msg=str(doc.get("msg", "Order failed")))
         elif what == "clear-faults":
             sim.faults.clear()
         elif what == "price":

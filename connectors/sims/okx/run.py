@@ -170,8 +170,10 @@ class SimServer:
     # ----- controls -----
 
     def arm(self, kind: str, *, times: int = 1, paths: tuple[str, ...] | str = ("trade/order", "trade/batch-orders"),
-            accept: bool = True, status: int = 503) -> None:
-        self.sim.faults.arm(kind, times=times, paths=paths, accept=accept, status=status)
+            accept: bool = True, status: int = 503, code: str = "51008",
+            msg: str = "Order failed. Insufficient balance") -> None:
+        """The next ``times`` requests to ``paths`` meet this fault (see ``faults``)."""
+        self.sim.faults.arm(kind, times=times, paths=paths, accept=accept, status=status, code=code, msg=msg)
 
     def clear_faults(self) -> None:
         self.sim.faults.clear()

@@ -136,6 +136,10 @@ async def api(request: web.Request) -> web.StreamResponse:
             return reply([], "50002", "Invalid JSON")
     query = dict(request.query)
     fault = sim.faults.take(path)
+    if fault is not None and fault.kind == "reject":
+        orders = body if isinstance(body, list) else [body]
+        refused = [_refused(o, Refusal(fault.code, fault.msg)) for o in orders]
+        return reply(refused, "1", "All operations failed")
     if fault is not None and (fault.kind == "http_5xx" or not fault.accept):
         return await _fail(sim, request, fault, None)
     if not sim.windows.admit(costs(method, path, query, body)):
