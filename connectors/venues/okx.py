@@ -206,12 +206,12 @@ class OkxVenue:
         return records.fate(order, o, self._usd)
 
     def lookup(self, client_order_id: str) -> Fill | None:
-        """Asked by client order id, under the instrument it was sent for (or, for one this
-        process did not send, under each instrument listed, as OKX asks for one). An order
-        still open is finished first, as ``place_many`` would have after its bound."""
+        """Asked by client order id, under the instrument it was sent for (OKX asks for one).
+        For one this process did not send: under the instrument its open order or a recent
+        fill shows, else under each instrument listed. An order still open is finished
+        first, as ``place_many`` would have after its bound."""
         order = self._sent.get(client_order_id)
-        markets = self._load()
-        insts = [self._inst(order.symbol)] if order is not None else sorted(markets)
+        insts = [self._inst(order.symbol)] if order is not None else self._whereabouts(client_order_id)
         for inst in insts:
             probe = order or Order(client_order_id, "", "open", self.market, self._symbol(inst), "buy", 0.0, 0.0, 0)
             o = self._fetch(probe)
@@ -225,6 +225,16 @@ class OkxVenue:
                 raise fate
             return fate
         return None
+
+    def _whereabouts(self, client_order_id: str) -> list[str]:
+        """Instruments to ask under, likeliest first: two requests that usually find it,
+        where asking under each of OKX's instruments would take hundreds."""
+        markets = self._load()
+        pending = self._read(limits.PENDING_ORDERS, lambda: self._ex.fetch_open_orders())
+        recent = self._read(limits.RECENT_FILLS, lambda: self._ex.fetch_my_trades(None, None, 100))
+        seen = [(r.get("info") or {}) for r in [*pending, *recent]]
+        found = [i.get("instId", "") for i in seen if i.get("clOrdId") == client_order_id]
+        return list(dict.fromkeys(i for i in found if i in markets)) or sorted(markets)
 
     def _fetch(self, order: Order) -> dict | None:
         """OKX's record of the order, None if it has none."""

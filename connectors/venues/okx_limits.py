@@ -28,6 +28,7 @@ CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
 INSTRUMENTS = 20
+FILLS_HISTORY = 10
 
 Key = tuple[str, ...]
 Costs = dict[Key, tuple[int, int]]  # limit -> (units this request takes, the limit)
@@ -51,6 +52,7 @@ def cancel(inst: str) -> Costs:
 PENDING_ORDERS: Costs = {("pending",): (1, PENDING)}
 BALANCES: Costs = {("balance",): (1, BALANCE)}
 MARKETS: Costs = {("instruments",): (1, INSTRUMENTS)}
+RECENT_FILLS: Costs = {("fills-history",): (1, FILLS_HISTORY)}
 
 
 class Pacer:

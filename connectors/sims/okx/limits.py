@@ -21,6 +21,7 @@ PENDING = 60
 CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
+FILLS_HISTORY = 10
 
 Costs = dict[tuple[str, ...], tuple[int, int]]  # limit -> (what this request counts, the limit)
 
@@ -45,6 +46,8 @@ def costs(method: str, path: str, query: dict, body: object) -> Costs:
         return {("pending",): (1, PENDING)}
     if method == "GET" and path == "account/balance":
         return {("balance",): (1, BALANCE)}
+    if method == "GET" and path == "trade/fills-history":
+        return {("fills-history",): (1, FILLS_HISTORY)}
     if method == "GET" and path == "account/positions":
         return {("positions",): (1, POSITIONS)}
     return {}

@@ -104,6 +104,15 @@ def ticker(sim: Sim, q: dict, body: object) -> web.Response:
         return reply([], r.code, r.msg)
 
 
+def _page(q: dict, records: list[dict]) -> list[dict]:
+    """The newest ``limit`` records (OKX's pages hold 100 at most)."""
+    try:
+        limit = min(100, max(1, int(q.get("limit", 100))))
+    except ValueError:
+        limit = 100
+    return records[:limit]
+
+
 ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "public/instruments"): instruments,
     ("GET", "market/ticker"): ticker,
@@ -112,11 +121,12 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("POST", "trade/order"): place,
     ("POST", "trade/batch-orders"): batch,
     ("GET", "trade/order"): get_order,
-    ("GET", "trade/orders-pending"): lambda sim, q, b: reply(sim.book.pending(q.get("instId", ""))),
+    ("GET", "trade/orders-pending"): lambda sim, q, b: reply(_page(q, sim.book.pending(q.get("instId", "")))),
     ("POST", "trade/cancel-order"): cancel,
-    ("GET", "trade/fills"): lambda sim, q, b: reply(sim.book.fills_of(q.get("instId", ""), q.get("ordId", ""))),
+    ("GET", "trade/fills"): lambda sim, q, b: reply(
+        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
     ("GET", "trade/fills-history"): lambda sim, q, b: reply(
-        sim.book.fills_of(q.get("instId", ""), q.get("ordId", ""))),
+        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
 }
 
 
