@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import ccxt
 import pytest
 
 from connectors.execution import Executor
@@ -182,6 +183,17 @@ def test_the_simulator_honours_tgtccy_and_answers_okx_codes():
         refused = {**spend, "instId": "NOPE-USDT", "clOrdId": "q2"}
         assert raw(url, "POST", "/api/v5/trade/order", refused)[1]["data"][0]["sCode"] == "51001"
         assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["data"][0]["sCode"] == "51016"
+
+
+def test_an_unmodified_ccxt_client_trades_with_the_simulator(okx_sim):
+    """Default options but the URL: every market type and the currency table are asked for."""
+    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex.urls["api"]["rest"] = okx_sim.url
+    assert "BTC/USDT" in ex.load_markets() and "USDT" in ex.currencies
+    placed = ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "plain1"})
+    got = ex.fetch_order(None, "ETH/USDT", {"clientOrderId": "plain1"})
+    assert (got["id"], got["status"], got["filled"], got["average"]) == (placed["id"], "closed", 2.0, 50.0)
+    assert okx_sim.logged()[0]["tgtCcy"] == "base_ccy"  # ccxt's own default for spot orders
 
 
 def test_the_simulator_is_steered_through_its_control_routes():

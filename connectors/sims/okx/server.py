@@ -116,6 +116,7 @@ def _page(q: dict, records: list[dict]) -> list[dict]:
 ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "public/instruments"): instruments,
     ("GET", "market/ticker"): ticker,
+    ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),
     ("GET", "account/balance"): lambda sim, q, b: reply(sim.book.balance()),
     ("GET", "account/positions"): lambda sim, q, b: reply([]),  # a cash account holds balances, not positions
     ("POST", "trade/order"): place,

@@ -85,6 +85,14 @@ class Book:
                      "ctMult": "", "ctValCcy": "", "uly": "", "lever": "", "alias": "", "expTime": ""}
                     for inst in sorted(self.prices)]
 
+    def currencies(self) -> list[dict]:
+        """One chain per currency traded, enough for ccxt's currency table."""
+        with self.lock:
+            ccys = sorted({c for inst in self.prices for c in inst.split("-")} | set(self.balances))
+        return [{"ccy": c, "name": c, "chain": f"{c}-{c}", "canDep": True, "canWd": True, "canInternal": True,
+                 "minWd": "0.0001", "maxWd": "1000000", "fee": "0", "minFee": "0", "maxFee": "0",
+                 "wdTickSz": "8", "mainNet": True} for c in ccys]
+
     def ticker(self, inst: str) -> dict:
         with self.lock:
             if inst not in self.prices:
