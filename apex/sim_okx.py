@@ -60,6 +60,8 @@ def okx(
         serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
               redis_url=redis_url, price_stream=price_stream,
               ready=lambda url: out.print(f"okx simulator listening on {url}", highlight=False))
+    except KeyboardInterrupt:  # before the simulator's own handler is in place: the same clean stop
+        raise typer.Exit(0) from None
     except redis.RedisError as e:
         refuse(err, f"--redis {redis_url}: {e}", 1)
     except OSError as e:

@@ -68,7 +68,8 @@ async def _start(sim: Sim, host: str, port: int) -> tuple[web.AppRunner, str]:
         await runner.cleanup()
         raise
     bound_host, bound_port = runner.addresses[0][:2]
-    return runner, f"http://{bound_host}:{bound_port}"
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address, bracketed in a URL
+    return runner, f"http://{shown}:{bound_port}"
 
 
 async def _stop(sim: Sim, runner: web.AppRunner) -> None:
