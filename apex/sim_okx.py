@@ -1,13 +1,70 @@
-"""``apex sim okx``."""
+"""``apex sim okx``: a loopback OKX for the unmodified ccxt client, until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from apex.app import err, out
 from apex.refuse import refuse
-from apex.app import err
 from apex.sim_cli import sim
 
 
+def _number(option: str, text: str, *, whole: bool, low: float, high: float | None = None) -> float:
+    """Numbers are read here rather than by Typer so that a mistake is one line, not a usage box."""
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low or (high is not None and value > high):
+        span = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+        refuse(err, f"{option} must be a {'whole ' if whole else ''}number {span}, not {text!r}")
+    return value
+
+
 @sim.command("okx")
-def okx() -> None:
-    """Not built yet."""
-    refuse(err, "apex sim okx is not built yet")
+def okx(
+    port: str = typer.Option(..., metavar="PORT", help="port to listen on (0: any free one)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    latency_ms: str = typer.Option("0", "--latency-ms", metavar="MS", help="added to every /api/v5 answer"),
+    orders_log: Optional[Path] = typer.Option(None, help="append one JSON line per order the venue accepts"),
+    state_file: Optional[Path] = typer.Option(None, help="keep orders and balances here across restarts"),
+    prices: Optional[Path] = typer.Option(None, metavar="FILE",
+                                          help='JSON object of instId to last price, like {"BTC-USDT": 100.0}'),
+    redis_url: Optional[str] = typer.Option(None, "--redis", metavar="URL",
+                                            help="follow last prices on this Redis's price stream"),
+    price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
+) -> None:
+    """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT'."""
+    from connectors.sims.okx.run import load_prices, serve
+
+    number = int(_number("--port", port, whole=True, low=0, high=65535))
+    latency = _number("--latency-ms", latency_ms, whole=False, low=0)
+    for option, path in (("--orders-log", orders_log), ("--state-file", state_file)):
+        if path is not None and not path.parent.is_dir():
+            refuse(err, f"{option} {path}: No such file or directory")
+    try:
+        table = load_prices(prices)
+    except ValueError as e:
+        refuse(err, f"--prices {e}")
+    import redis
+
+    if redis_url is not None:
+        try:
+            redis.Redis.from_url(redis_url)
+        except ValueError as e:
+            refuse(err, f"--redis {redis_url!r}: {e}")
+    try:
+        serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
+              redis_url=redis_url, price_stream=price_stream,
+              ready=lambda url: out.print(f"okx simulator listening on {url}", highlight=False))
+    except KeyboardInterrupt:  # before the simulator's own handler is in place: the same clean stop
+        raise typer.Exit(0) from None
+    except redis.RedisError as e:
+        refuse(err, f"--redis {redis_url}: {e}", 1)
+    except OSError as e:
+        refuse(err, f"cannot listen on {host}:{number}: {e.strerror or e}", 1)
+    except ValueError as e:  # a state file that is not the simulator's
+        refuse(err, f"--state-file {state_file}: {e}", 1)

@@ -1,0 +1,60 @@
+"""The ``/sim`` routes, apart from OKX's own: what a test or a demo sets while the simulator
+runs (prices, balances, the share that fills, latency, faults) and what it counts."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from connectors.sims.okx.server import SIM, Sim
+
+
+def stats(sim: Sim) -> dict:
+    return {"accepted": sim.book.accepted(), "rate_limited": sim.windows.refused}
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        doc = json.loads(await request.text() or "{}")
+    except ValueError:
+        raise web.HTTPBadRequest(text="a JSON object, please") from None
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(text="a JSON object, please")
+    return doc
+
+
+async def control(request: web.Request) -> web.Response:
+    sim: Sim = request.app[SIM]
+    what = request.match_info["what"]
+    if request.method == "GET" and what == "stats":
+        return web.json_response(stats(sim))
+    doc = await _body(request)
+    try:
+        if what == "fault":
+            sim.faults.arm(str(doc["kind"]), times=int(doc.get("times", 1)),
+                           paths=doc.get("paths", ("trade/order", "trade/batch-orders")),
+                           accept=bool(doc.get("accept", True)), status=int(doc.get("status", 503)),
+                           code=str(doc.get("code", "51008")), msg=str(doc.get("msg", "Order failed")))
+        elif what == "clear-faults":
+            sim.faults.clear()
+        elif what == "price":
+            sim.book.set_price(str(doc["instId"]), float(doc["px"]))
+        elif what == "balance":
+            sim.book.set_balance(str(doc["ccy"]), float(doc["amount"]))
+        elif what == "fill-ratio":
+            ratio = float(doc["ratio"])
+            if not 0 <= ratio <= 1:
+                raise ValueError("ratio must be from 0 to 1")
+            sim.book.set_fill_ratio(ratio)
+        elif what == "latency":
+            sim.latency_ms = max(0.0, float(doc["latency_ms"]))
+        else:
+            raise web.HTTPNotFound(text=f"no control {what!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise web.HTTPBadRequest(text=f"{what}: {e}") from None
+    return web.json_response({"ok": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/sim/{what}", control)

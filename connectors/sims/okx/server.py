@@ -1,0 +1,188 @@
+"""The ``/api/v5`` routes the ccxt okx client calls, answered in OKX's envelope
+(``{"code": "0", "msg": "", "data": [...]}``, per-order ``sCode``/``sMsg``), behind the
+simulated latency, the armed faults and OKX's rate limits, in that order.
+
+Request signatures are not checked: the simulator stands in for the venue's matching and
+bookkeeping, not for its authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from connectors.sims.okx.faults import Fault, Faults
+from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
+from connectors.sims.okx.state import Book, Refusal, now_ms
+
+TIMED_OUT = "Endpoint request timeout. Does not indicate success or failure of order, please check order status."
+
+
+class Sim:
+    """Everything one running simulator holds: its book, its limits, its armed faults."""
+
+    def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.book, self.windows, self.faults = book, Windows(clock), Faults()
+        self.latency_ms, self.hang_s = latency_ms, hang_s
+        self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
+
+
+SIM = web.AppKey("sim", Sim)
+
+
+def reply(data: list, code: str = "0", msg: str = "", status: int = 200) -> web.Response:
+    return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+
+
+def _ack(o: dict) -> dict:
+    return {"clOrdId": o["clOrdId"], "ordId": o["ordId"], "tag": "", "ts": now_ms(), "sCode": "0",
+            "sMsg": "Order placed"}
+
+
+def _refused(req: object, r: Refusal) -> dict:
+    cl = req.get("clOrdId", "") if isinstance(req, dict) else ""
+    return {"clOrdId": cl, "ordId": "", "tag": "", "ts": now_ms(), "sCode": r.code, "sMsg": r.msg}
+
+
+def _orders(book: Book, reqs: list) -> web.Response:
+    """Each order taken or refused on its own: code 0 all taken, 1 none, 2 some."""
+    out = []
+    for req in reqs:
+        try:
+            if not isinstance(req, dict):
+                raise Refusal("51000", "Parameter error")
+            out.append(_ack(book.place(req)))
+        except Refusal as r:
+            out.append(_refused(req, r))
+    failed = sum(1 for o in out if o["sCode"] != "0")
+    if failed == 0:
+        return reply(out)
+    if failed == len(out):
+        return reply(out, "1", "All operations failed")
+    return reply(out, "2", "Bulk operation partially succeeded")
+
+
+def place(sim: Sim, q: dict, body: object) -> web.Response:
+    return _orders(sim.book, [body])
+
+
+def batch(sim: Sim, q: dict, body: object) -> web.Response:
+    if not isinstance(body, list) or not 1 <= len(body) <= BATCH_MAX:
+        return reply([], "51000", f"Parameter error: 1 to {BATCH_MAX} orders a request")
+    return _orders(sim.book, body)
+
+
+def get_order(sim: Sim, q: dict, body: object) -> web.Response:
+    if not q.get("instId") or not (q.get("ordId") or q.get("clOrdId")):
+        return reply([], "51000", "Parameter instId and ordId or clOrdId required")
+    o = sim.book.order(q["instId"], q.get("ordId", ""), q.get("clOrdId", ""))
+    return reply([o]) if o is not None else reply([], "51603", "Order does not exist")
+
+
+def cancel(sim: Sim, q: dict, body: object) -> web.Response:
+    req = body if isinstance(body, dict) else {}
+    try:
+        o = sim.book.cancel(str(req.get("instId", "")), str(req.get("ordId", "")), str(req.get("clOrdId", "")))
+    except Refusal as r:
+        return reply([{"clOrdId": req.get("clOrdId", ""), "ordId": req.get("ordId", ""), "sCode": r.code,
+                       "sMsg": r.msg}], "1", "")
+    return reply([{"clOrdId": o["clOrdId"], "ordId": o["ordId"], "sCode": "0", "sMsg": ""}])
+
+
+def instruments(sim: Sim, q: dict, body: object) -> web.Response:
+    return reply(sim.book.instruments() if q.get("instType", "SPOT") == "SPOT" else [])
+
+
+def ticker(sim: Sim, q: dict, body: object) -> web.Response:
+    try:
+        return reply([sim.book.ticker(q.get("instId", ""))])
+    except Refusal as r:
+        return reply([], r.code, r.msg)
+
+
+def _page(q: dict, records: list[dict]) -> list[dict]:
+    """The newest ``limit`` records (OKX's pages hold 100 at most)."""
+    try:
+        limit = min(100, max(1, int(q.get("limit", 100))))
+    except ValueError:
+        limit = 100
+    return records[:limit]
+
+
+ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
+    ("GET", "public/instruments"): instruments,
+    ("GET", "market/ticker"): ticker,
+    ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),
+    ("GET", "account/balance"): lambda sim, q, b: reply(sim.book.balance()),
+    ("GET", "account/positions"): lambda sim, q, b: reply([]),  # a cash account holds balances, not positions
+    ("POST", "trade/order"): place,
+    ("POST", "trade/batch-orders"): batch,
+    ("GET", "trade/order"): get_order,
+    ("GET", "trade/orders-pending"): lambda sim, q, b: reply(_page(q, sim.book.pending(q.get("instId", "")))),
+    ("POST", "trade/cancel-order"): cancel,
+    ("GET", "trade/fills"): lambda sim, q, b: reply(
+        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
+    ("GET", "trade/fills-history"): lambda sim, q, b: reply(
+        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
+}
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    sim: Sim = request.app[SIM]
+    path, method = request.match_info["path"], request.method
+    if sim.latency_ms > 0:
+        await asyncio.sleep(sim.latency_ms / 1000)
+    handler = ROUTES.get((method, path))
+    if handler is None:
+        return web.json_response({"code": "50030", "msg": "Not found", "data": []}, status=404)
+    body: object = None
+    if method == "POST":
+        try:
+            body = json.loads(await request.text() or "null")
+        except ValueError:
+            return reply([], "50002", "Invalid JSON")
+    query = dict(request.query)
+    fault = sim.faults.take(path)
+    if fault is not None and fault.kind == "reject":
+        orders = body if isinstance(body, list) else [body]
+        refused = [_refused(o, Refusal(fault.code, fault.msg)) for o in orders]
+        return reply(refused, "1", "All operations failed")
+    if fault is not None and (fault.kind == "http_5xx" or not fault.accept):
+        return await _fail(sim, request, fault, None)
+    if not sim.windows.admit(costs(method, path, query, body)):
+        return reply([], "50011", "Too Many Requests", status=429)
+    answer = handler(sim, query, body)
+    if method == "POST":
+        sim.book.save()
+    return answer if fault is None else await _fail(sim, request, fault, answer)
+
+
+async def _fail(sim: Sim, request: web.Request, fault: Fault, answer: web.Response | None) -> web.StreamResponse:
+    """Answers as the armed fault says; ``answer``: what the venue did, if it took the request."""
+    if fault.kind == "http_5xx":
+        return web.Response(status=fault.status, text="Service Unavailable")
+    if fault.kind == "code_50004":
+        return reply([], "50004", TIMED_OUT)
+    if fault.kind == "hang":
+        assert sim.stopping is not None
+        try:
+            await asyncio.wait_for(sim.stopping.wait(), sim.hang_s)
+        except asyncio.TimeoutError:
+            pass
+        return answer if answer is not None else reply([], "50004", TIMED_OUT)
+    # drop: the connection closes with no answer, as when a link fails after the venue took the order
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response()  # written to a closed connection: nobody reads it
+
+
+def make_app(sim: Sim, control: Callable[[web.Application], None]) -> web.Application:
+    app = web.Application()
+    app[SIM] = sim
+    app.router.add_route("*", "/api/v5/{path:.*}", api)
+    control(app)
+    return app

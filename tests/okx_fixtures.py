@@ -1,0 +1,76 @@
+"""The OKX simulator in a thread on a free loopback port, an ``OkxVenue`` pointed at it,
+and the small helpers the OKX tests share (raw requests, the simulator's order log)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from connectors.sims.okx import SimServer, running
+from connectors.venues.okx import OkxVenue
+from operators.orders import Order, client_order_id
+
+# ten instruments, so that a burst spreads over several per-instrument limits
+PRICES = {f"{c}-USDT": p for c, p in [("BTC", 100.0), ("ETH", 50.0), ("SOL", 20.0), ("XRP", 2.0), ("ADA", 1.0),
+                                      ("DOT", 5.0), ("LTC", 80.0), ("LINK", 10.0), ("AVAX", 30.0), ("TRX", 0.5)]}
+SECRET = "sim-secret-never-shown"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def okx_venue(url: str, **options) -> OkxVenue:
+    opts = {"timeout_ms": 1000, "fill_wait_s": 0.5, **options}
+    return OkxVenue(url=url, api_key="sim-key", secret=SECRET, passphrase="sim-pass", **opts)
+
+
+def order(signal_id: str, symbol: str = "BTC-USDT", side: str = "buy", quantity: float = 0.5) -> Order:
+    return Order(client_order_id(signal_id), signal_id, "open", "okx", symbol, side, quantity, 100.0, 1)
+
+
+def logged(path: Path) -> list[dict]:
+    """The orders the simulator accepted, from its order log."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def raw(url: str, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    """One request as any HTTP client would send it: (HTTP status, the JSON answer)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, _json(res.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json(e.read())
+
+
+def _json(body: bytes) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"text": body.decode()}  # an HTTP error page, not OKX's envelope
+
+
+class Sim:
+    """A running simulator, its order log and a venue pointed at it."""
+
+    def __init__(self, server: SimServer, orders_log: Path):
+        self.server, self.orders_log, self.url = server, orders_log, server.url
+        self.venue = okx_venue(server.url)
+
+    def logged(self) -> list[dict]:
+        return logged(self.orders_log)
+
+
+@pytest.fixture
+def okx_sim(tmp_path):
+    log = tmp_path / "okx-orders.jsonl"
+    with running(orders_log=log, prices=PRICES) as server:
+        yield Sim(server, log)

@@ -1,0 +1,291 @@
+"""OKX through the real ccxt client (``OkxVenue``) against the loopback simulator: fills,
+refusals, unknown outcomes asked and never sent twice, partial fills, OKX's rate limits
+kept by the client and enforced by the simulator, and ``apex sim okx`` on the command line."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import ccxt
+import pytest
+
+from connectors.execution import Executor
+from connectors.ledger import Ledger
+from connectors.sims.okx import running
+from connectors.venues import ACCEPTED, FILLED, REJECTED, Instrument, Rejected, Venue, VenueDown
+from connectors.venues import okx_limits as limits
+from helpers import until
+from okx_fixtures import PRICES, SECRET, free_port, logged, okx_sim, okx_venue, order, raw  # noqa: F401
+from operators.fill import Fill
+
+APEX = str(Path(sys.executable).with_name("apex"))
+
+
+def test_fills_carry_okx_order_ids_and_fees_in_usd(okx_sim):
+    buy, sell = order("f1", quantity=0.5), order("f2", side="sell", quantity=0.2)
+    fills = okx_sim.venue.place_many([buy, sell])
+    log = okx_sim.logged()
+    assert [f.order_id for f in fills] == [line["ordId"] for line in log]
+    assert all(isinstance(f, Fill) and f.price == 100.0 for f in fills)
+    assert [(f.client_order_id, f.side, f.quantity) for f in fills] == [
+        (buy.client_order_id, "buy", 0.5), (sell.client_order_id, "sell", 0.2)]
+    # OKX takes a buy's fee in the coin bought (0.1% of 0.5 BTC at 100) and a sell's in USDT
+    assert fills[0].fee_usd == pytest.approx(0.05) and fills[1].fee_usd == pytest.approx(0.02)
+    # a market buy is sized in the base currency, and the venue read it so
+    assert [(line["tgtCcy"], line["sz"], line["accFillSz"]) for line in log] == [
+        ("base_ccy", "0.5", "0.5"), ("base_ccy", "0.2", "0.2")]
+
+
+def test_refusals_come_back_as_rejected_and_the_rest_fill(okx_sim):
+    bad_id = replace(order("r4"), client_order_id="ax-not-alphanumeric")  # OKX takes letters and digits only
+    results = okx_sim.venue.place_many([order("r1"), order("r2", quantity=1e9), order("r3", symbol="FOO-USDT"),
+                                        bad_id])
+    assert isinstance(results[0], Fill)
+    assert isinstance(results[1], Rejected) and "51008" in str(results[1])  # insufficient balance
+    assert isinstance(results[2], Rejected) and "FOO-USDT" in str(results[2])
+    assert isinstance(results[3], Rejected) and "51000" in str(results[3])
+    assert [line["clOrdId"] for line in okx_sim.logged()] == [order("r1").client_order_id]
+    (alone,) = okx_sim.venue.place_many([order("r5", quantity=1e9)])  # a batch refused whole: ccxt raises
+    assert isinstance(alone, Rejected) and "51008" in str(alone)
+    okx_sim.server.arm("reject", code="51001", msg="Instrument ID does not exist")  # a refusal on demand
+    assert [str(r) for r in okx_sim.venue.place_many([order("r6"), order("r7")])] == [
+        "okx 51001: Instrument ID does not exist"] * 2
+    assert len(okx_sim.logged()) == 1
+
+
+def test_venue_down_then_up_the_order_is_sent_once(tmp_path):
+    port, log = free_port(), tmp_path / "orders.jsonl"
+    venue = okx_venue(f"http://127.0.0.1:{port}")
+    ex = Executor(Ledger(tmp_path / "ledger.sqlite"), venue)
+    o = order("d1")
+    assert ex.prepare(o) is None
+    with pytest.raises(VenueDown):
+        ex.send([o])
+    with running(port=port, orders_log=log, prices=PRICES):
+        assert ex.prepare(o) is None  # asked first: the venue never saw it, so it may go
+        (fill,) = ex.send([o])
+        assert isinstance(fill, Fill)
+        assert ex.prepare(o) == fill  # filled: answered from the ledger, never sent again
+    assert [line["clOrdId"] for line in logged(log)] == [o.client_order_id]
+
+
+@pytest.mark.parametrize("fault", ["drop", "code_50004", "hang"])
+def test_an_order_taken_without_an_answer_is_looked_up_not_sent_again(okx_sim, fault):
+    """The venue takes the order, then the connection drops, or it answers 50004, or it
+    answers after the client gave up: the fill is found by client order id."""
+    venue = okx_venue(okx_sim.url, timeout_ms=300)
+    okx_sim.server.arm(fault)
+    o = order("u-" + fault)
+    (fill,) = venue.place_many([o])
+    assert isinstance(fill, Fill) and fill.quantity == 0.5
+    assert [line["ordId"] for line in okx_sim.logged()] == [fill.order_id]
+
+
+def test_duplicated_client_order_id_is_looked_up_not_sent_again(okx_sim):
+    """51016: another process (or a lost answer) placed it already; OKX's record is the answer."""
+    o = order("dup")
+    (first,) = okx_venue(okx_sim.url).place_many([o])
+    (again,) = okx_sim.venue.place_many([o])
+    assert again == first
+    assert len(okx_sim.logged()) == 1
+
+
+def test_a_5xx_takes_nothing_and_the_retry_asks_before_sending(okx_sim, tmp_path):
+    ex = Executor(Ledger(tmp_path / "ledger.sqlite"), okx_sim.venue)
+    okx_sim.server.arm("http_5xx")
+    o = order("5xx")
+    assert ex.prepare(o) is None
+    with pytest.raises(VenueDown):
+        ex.send([o])
+    assert okx_sim.logged() == []
+    assert ex.prepare(o) is None
+    (fill,) = ex.send([o])
+    assert isinstance(fill, Fill) and len(okx_sim.logged()) == 1
+
+
+def test_a_partial_fill_has_its_remainder_cancelled(okx_sim):
+    okx_sim.server.set_fill_ratio(0.5)
+    o = order("p1", quantity=0.5)
+    (fill,) = okx_sim.venue.place_many([o])
+    assert isinstance(fill, Fill) and fill.quantity == 0.25
+    assert okx_sim.venue.open_orders() == []
+    assert okx_sim.venue.lookup(o.client_order_id) == fill
+
+
+def test_lookup_unknown_is_none_and_cancelled_unfilled_is_rejected(okx_sim):
+    assert okx_sim.venue.lookup(order("never").client_order_id) is None
+    okx_sim.server.set_fill_ratio(0.0)
+    o = order("c1")
+    (result,) = okx_sim.venue.place_many([o])
+    assert isinstance(result, Rejected)
+    with pytest.raises(Rejected):
+        okx_sim.venue.lookup(o.client_order_id)
+    # another process, knowing nothing of the order, finds it too (under each instrument)
+    with pytest.raises(Rejected):
+        okx_venue(okx_sim.url).lookup(o.client_order_id)
+
+
+def test_lookup_finds_what_a_restarted_simulator_kept(tmp_path):
+    state, o = tmp_path / "okx-state.json", order("kept")
+    with running(state_file=state, prices=PRICES) as sim:
+        (fill,) = okx_venue(sim.url).place_many([o])
+    with running(state_file=state, prices=PRICES) as sim:
+        venue = okx_venue(sim.url)
+        assert venue.lookup(o.client_order_id).order_id == fill.order_id
+        assert venue.balances()["BTC"] == pytest.approx(0.4995)
+
+
+def test_a_burst_across_instruments_draws_no_rate_limit_refusal(okx_sim):
+    """1,200 orders over ten instruments pass the account-wide limit (1,000 orders in two
+    seconds) and the per-instrument limit on order queries: the client paces itself."""
+    symbols = sorted(PRICES)
+    burst = [order(f"b{i}", symbol=symbols[i % len(symbols)], quantity=0.01) for i in range(1200)]
+    results = okx_sim.venue.place_many(burst)
+    assert all(isinstance(r, Fill) for r in results)
+    assert okx_sim.server.stats() == {"accepted": 1200, "rate_limited": 0}
+    assert len({r.order_id for r in results}) == 1200
+
+
+def test_the_simulator_refuses_requests_beyond_okx_limits():
+    """Sent raw, with the simulator's clock stopped so that every request falls in one window."""
+    with running(prices=PRICES, clock=lambda: 0.0) as sim:
+        url = sim.url
+        codes = [raw(url, "GET", "/api/v5/trade/order?instId=BTC-USDT&clOrdId=x")[1]["code"] for _ in range(61)]
+        assert codes == ["51603"] * 60 + ["50011"]
+        batch = [{"instId": "ETH-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
+                  "tgtCcy": "base_ccy", "clOrdId": f"e{i}"} for i in range(20)]
+        answers = [raw(url, "POST", "/api/v5/trade/batch-orders", [dict(b, clOrdId=f"{b['clOrdId']}n{n}")
+                                                                   for b in batch]) for n in range(16)]
+        assert [a[1]["code"] for a in answers] == ["0"] * 15 + ["50011"]
+        assert answers[-1][0] == 429
+        assert sim.stats() == {"accepted": 300, "rate_limited": 2}
+    with running(prices=PRICES, clock=lambda: 0.0) as sim:  # account-wide: 1,000 orders, each counted
+        symbols = sorted(PRICES)
+        batches = [[{"instId": symbols[n % 10], "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
+                     "tgtCcy": "base_ccy", "clOrdId": f"a{n}x{i}"} for i in range(20)] for n in range(51)]
+        codes = [raw(sim.url, "POST", "/api/v5/trade/batch-orders", b)[1]["code"] for b in batches]
+        assert codes == ["0"] * 50 + ["50011"]
+
+
+def test_the_simulator_honours_tgtccy_and_answers_okx_codes():
+    with running(prices=PRICES) as sim:
+        url = sim.url
+        spend = {"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "100",
+                 "clOrdId": "q1"}
+        status, body = raw(url, "POST", "/api/v5/trade/order", spend)
+        assert (status, body["code"], body["data"][0]["sCode"]) == (200, "0", "0")
+        _, got = raw(url, "GET", "/api/v5/trade/order?instId=BTC-USDT&clOrdId=q1")
+        assert (got["data"][0]["accFillSz"], got["data"][0]["tgtCcy"]) == ("1", "quote_ccy")  # 100 USDT at 100
+        refused = {**spend, "instId": "NOPE-USDT", "clOrdId": "q2"}
+        assert raw(url, "POST", "/api/v5/trade/order", refused)[1]["data"][0]["sCode"] == "51001"
+        assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["data"][0]["sCode"] == "51016"
+
+
+def test_an_unmodified_ccxt_client_trades_with_the_simulator(okx_sim):
+    """Default options but the URL: every market type and the currency table are asked for."""
+    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex.urls["api"]["rest"] = okx_sim.url
+    assert "BTC/USDT" in ex.load_markets() and "USDT" in ex.currencies
+    placed = ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "plain1"})
+    got = ex.fetch_order(None, "ETH/USDT", {"clientOrderId": "plain1"})
+    assert (got["id"], got["status"], got["filled"], got["average"]) == (placed["id"], "closed", 2.0, 50.0)
+    assert okx_sim.logged()[0]["tgtCcy"] == "base_ccy"  # ccxt's own default for spot orders
+
+
+def test_the_simulator_is_steered_through_its_control_routes():
+    with running(prices=PRICES) as sim:
+        url = sim.url
+        assert raw(url, "POST", "/sim/price", {"instId": "BTC-USDT", "px": 250})[0] == 200
+        assert raw(url, "GET", "/api/v5/market/ticker?instId=BTC-USDT")[1]["data"][0]["last"] == "250"
+        assert raw(url, "POST", "/sim/fault", {"kind": "http_5xx", "status": 502})[0] == 200
+        spend = {"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "1",
+                 "tgtCcy": "base_ccy", "clOrdId": "c1"}
+        assert raw(url, "POST", "/api/v5/trade/order", spend)[0] == 502
+        assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["code"] == "0"
+        assert raw(url, "POST", "/sim/fault", {"kind": "melt"})[0] == 400
+        assert raw(url, "GET", "/sim/stats")[1] == {"accepted": 1, "rate_limited": 0}
+
+
+def test_submitted_orders_report_their_fates_as_updates(okx_sim):
+    venue = okx_sim.venue
+    acks = venue.submit([order("s1"), order("s2", quantity=1e9)])
+    assert [a.accepted for a in acks] == [True, False]
+    seen = []
+    assert until(lambda: seen.extend(venue.updates()) or any(u.status == FILLED for u in seen), 10)
+    assert [u.status for u in seen] == [REJECTED, FILLED]
+    assert seen[1].fill is not None and seen[1].fill.quantity == 0.5
+    assert ACCEPTED not in [u.status for u in venue.updates()]
+
+
+def test_holdings_balances_and_instruments(okx_sim):
+    venue: Venue = okx_sim.venue
+    venue.place_many([order("h1", quantity=0.5)])
+    assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(0.4995)}
+    assert venue.balances()["USDT"] == pytest.approx(1_000_000 - 50)
+    assert venue.instrument("okx", "BTC-USDT") == Instrument("okx", "BTC-USDT", 1e-8, 0.01, 1e-5)
+    assert venue.instrument("ibkr", "BTC-USDT") is None and venue.instrument("okx", "FOO-USDT") is None
+    assert {i.symbol for i in venue.instruments()} == set(PRICES)
+
+
+def test_credentials_stay_out_of_reprs_and_errors():
+    venue = okx_venue(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(VenueDown) as down:
+        venue.place_many([order("x")])
+    assert SECRET not in repr(venue) and SECRET not in str(down.value) and "sim-pass" not in str(down.value)
+
+
+def test_apex_sim_okx_on_the_command_line(tmp_path):
+    res = subprocess.run([APEX, "sim", "okx", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--port" in res.stdout
+    bad = subprocess.run([APEX, "sim", "okx", "--port", "70000"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == ["--port must be a whole number from 0 to 65535, not '70000'"]
+
+    log = tmp_path / "orders.jsonl"
+    proc = subprocess.Popen([APEX, "sim", "okx", "--port", "0", "--orders-log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[-1]  # "okx simulator listening on URL"
+        (fill,) = okx_venue(url).place_many([order("cli")])
+        assert isinstance(fill, Fill)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in stderr
+    assert [line["ordId"] for line in logged(log)] == [fill.order_id]
+
+
+def test_market_orders_fill_at_the_last_price_on_the_redis_price_stream(redis_server):
+    r = redis_server.client()
+    r.xadd("argus:prices:stream", {"symbol": "ETH-USDT", "price": "61.5", "ts": "2026-01-01T10:00:00Z"})
+    with running(prices=PRICES, redis_url=redis_server.url) as sim:
+        venue = okx_venue(sim.url)
+        assert until(lambda: raw(sim.url, "GET", "/api/v5/market/ticker?instId=ETH-USDT")[1]["data"][0]["last"]
+                     == "61.5", 10)
+        (fill,) = venue.place_many([order("px", symbol="ETH-USDT", quantity=1.0)])
+        assert fill.price == 61.5
+
+
+def test_the_pacer_waits_exactly_until_a_limit_has_room():
+    """On a clock of its own: the 61st order query on one instrument waits until two seconds
+    after the first was answered, no longer; another instrument's queries do not wait."""
+    now, waits = [0.0], []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    pacer = limits.Pacer(clock=lambda: now[0], sleep=sleep)
+    for i in range(60):
+        with pacer.slot(limits.get_order("BTC-USDT")):
+            now[0] += 0.01  # each answered 10 ms after it left
+    with pacer.slot(limits.get_order("ETH-USDT")):
+        pass
+    assert waits == []
+    with pacer.slot(limits.get_order("BTC-USDT")):
+        pass
+    assert now[0] == pytest.approx(0.01 + limits.WINDOW_S)
