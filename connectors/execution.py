@@ -80,7 +80,7 @@ class Executor:
         assert step == ASK_VENUE
         venue = self.venue_for(order.venue)
         try:
-            known = venue.lookup(order.client_order_id)
+            known = venue.lookup(order)
         except Rejected as refused:  # it reached the venue, which refused or cancelled it
             self.ledger.record_rejection(order, str(refused))
             raise

@@ -34,8 +34,8 @@ class DiesAfterSending:
         self.venue.place_many(orders)
         raise Crash
 
-    def lookup(self, client_order_id: str):
-        return self.venue.lookup(client_order_id)
+    def lookup(self, order: Order):
+        return self.venue.lookup(order)
 
 
 class DiesBeforeSending(DiesAfterSending):

@@ -27,8 +27,8 @@ class Recording:
         self.batches.append([o.client_order_id for o in orders])
         return self.paper.place_many(orders)
 
-    def lookup(self, client_order_id):
-        return self.paper.lookup(client_order_id)
+    def lookup(self, order):
+        return self.paper.lookup(order)
 
 
 def test_an_order_prepare_did_not_clear_never_leaves(tmp_path):
@@ -53,7 +53,7 @@ def test_resolve_asks_the_venue_about_an_intent_and_never_sends(tmp_path):
     assert ex.resolve(order) is None  # the venue never saw it
     venue.paper.place_many([order])  # taken by the venue; the process died before recording it
     fill = ex.resolve(order)
-    assert fill == venue.paper.lookup(order.client_order_id)
+    assert fill == venue.paper.lookup(order)
     assert ledger.execution(order)[0] == "filled"
     assert venue.batches == []
 

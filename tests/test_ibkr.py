@@ -40,7 +40,7 @@ def test_a_market_order_fills_under_ibs_perm_id_with_ibs_commission(gateway, con
     assert venue.instrument("ibkr", "AAPL") == Instrument("ibkr", "AAPL", 1.0, 0.01, 1.0)
     assert venue.instrument("okx", "BTC-USDT") is None
     assert {i.symbol for i in venue.instruments()} == {"AAPL", "MSFT"}
-    assert venue.lookup(buy.client_order_id) == aapl
+    assert venue.lookup(buy) == aapl
 
 
 def test_orders_ib_refuses_are_rejected_and_never_reach_its_book(gateway, connect, tmp_path):
@@ -55,7 +55,7 @@ def test_orders_ib_refuses_are_rejected_and_never_reach_its_book(gateway, connec
     assert accepted(tmp_path) == []
     assert venue.instrument("ibkr", "NOPE") is None
     with pytest.raises(Rejected):  # IB saw it and refused it: a terminal answer, not "never taken"
-        venue.lookup(order("r1", "TSLA").client_order_id)
+        venue.lookup(order("r1", "TSLA"))
 
 
 def test_a_gateway_that_is_down_is_venue_down_and_the_order_is_sent_once_it_is_up(gateway, connect, tmp_path):
@@ -66,7 +66,7 @@ def test_a_gateway_that_is_down_is_venue_down_and_the_order_is_sent_once_it_is_u
     with pytest.raises(VenueDown):
         executor.execute(o)
     with pytest.raises(VenueDown):
-        venue.lookup(o.client_order_id)
+        venue.lookup(o)
     gateway.refuse_connections(False)
     fill, sent = executor.execute(o)  # the intent is there: the venue is asked first, then it is sent
     assert sent and fill.quantity == 10
@@ -112,7 +112,7 @@ def test_a_fill_made_while_disconnected_is_found_after_reconnecting(gateway, con
     (filled,) = [u for u in seen if u.status == FILLED]
     assert filled.client_order_id == o.client_order_id
     assert (filled.fill.quantity, filled.fill.fee_usd) == (10, 2.0)  # two executions, a dollar each
-    assert venue.lookup(o.client_order_id) == filled.fill
+    assert venue.lookup(o) == filled.fill
     assert len(accepted(tmp_path)) == 1
 
 
@@ -124,11 +124,12 @@ def _more(seen: list, venue) -> list:
 def test_a_partial_fill_has_its_remainder_cancelled_and_the_part_returned(gateway, connect, tmp_path):
     gateway.faults.partial = 0.3
     venue = connect(fill_timeout=0.3)
-    (fill,) = venue.place_many([order("p1", "AAPL", 10)])
+    sent = order("p1", "AAPL", 10)
+    (fill,) = venue.place_many([sent])
     assert isinstance(fill, Fill) and fill.quantity == 3
     assert [o.status for o in gateway.orders()] == ["Cancelled"]
     assert venue.open_orders() == []
-    assert venue.lookup(fill.client_order_id) == fill
+    assert venue.lookup(sent) == fill
 
 
 def test_an_order_left_working_is_listed_and_its_updates_say_cancelled_once_it_is(gateway, connect):
@@ -138,13 +139,13 @@ def test_an_order_left_working_is_listed_and_its_updates_say_cancelled_once_it_i
     venue.submit([o])
     assert until(lambda: [x.client_order_id for x in venue.open_orders()] == [o.client_order_id], 10)
     with pytest.raises(Rejected):  # asked, it is cancelled: it never filled
-        venue.lookup(o.client_order_id)
+        venue.lookup(o)
     seen: list = []
     assert until(lambda: any(u.status == CANCELLED for u in _more(seen, venue)), 10)
 
 
 def test_lookup_of_an_order_ib_never_saw_is_none(connect):
-    assert connect().lookup(order("never").client_order_id) is None
+    assert connect().lookup(order("never")) is None
 
 
 def test_a_restarted_client_and_gateway_find_the_earlier_order(tmp_path):
@@ -159,7 +160,7 @@ def test_a_restarted_client_and_gateway_find_the_earlier_order(tmp_path):
     with running(state_file=state) as gw:
         second = IbkrVenue("127.0.0.1", gw.port, 3, connect_timeout=2.0, request_timeout=2.0)
         try:
-            found = second.lookup(o.client_order_id)
+            found = second.lookup(o)
             assert second.positions() == {("ibkr", "AAPL"): 10}
         finally:
             second.close()

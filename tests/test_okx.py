@@ -113,20 +113,20 @@ def test_a_partial_fill_has_its_remainder_cancelled(okx_sim):
     (fill,) = okx_sim.venue.place_many([o])
     assert isinstance(fill, Fill) and fill.quantity == 0.25
     assert okx_sim.venue.open_orders() == []
-    assert okx_sim.venue.lookup(o.client_order_id) == fill
+    assert okx_sim.venue.lookup(o) == fill
 
 
 def test_lookup_unknown_is_none_and_cancelled_unfilled_is_rejected(okx_sim):
-    assert okx_sim.venue.lookup(order("never").client_order_id) is None
+    assert okx_sim.venue.lookup(order("never")) is None
     okx_sim.server.set_fill_ratio(0.0)
     o = order("c1")
     (result,) = okx_sim.venue.place_many([o])
     assert isinstance(result, Rejected)
     with pytest.raises(Rejected):
-        okx_sim.venue.lookup(o.client_order_id)
+        okx_sim.venue.lookup(o)
     # another process, knowing nothing of the order, finds it too (under each instrument)
     with pytest.raises(Rejected):
-        okx_venue(okx_sim.url).lookup(o.client_order_id)
+        okx_venue(okx_sim.url).lookup(o)
 
 
 def test_lookup_finds_what_a_restarted_simulator_kept(tmp_path):
@@ -135,7 +135,7 @@ def test_lookup_finds_what_a_restarted_simulator_kept(tmp_path):
         (fill,) = okx_venue(sim.url).place_many([o])
     with running(state_file=state, prices=PRICES) as sim:
         venue = okx_venue(sim.url)
-        assert venue.lookup(o.client_order_id).order_id == fill.order_id
+        assert venue.lookup(o).order_id == fill.order_id
         assert venue.balances()["BTC"] == pytest.approx(0.4995)
 
 

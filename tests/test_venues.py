@@ -25,9 +25,9 @@ def test_submitted_orders_are_acknowledged_and_their_fates_come_as_updates(tmp_p
                     Ack("ax1", False, "duplicate client order id ax1")]
     updates = venue.updates()
     assert [(u.client_order_id, u.status) for u in updates] == [("ax1", FILLED), ("ax2", REJECTED), ("ax1", REJECTED)]
-    assert updates[0].fill == venue.lookup("ax1")
+    assert updates[0].fill == venue.lookup(_order("ax1"))
     assert venue.updates() == []  # each fate is told once
-    assert venue.lookup("ax2") is None
+    assert venue.lookup(_order("ax2", price=0.0)) is None
 
 
 def test_positions_and_balances_follow_the_fills(tmp_path):

@@ -80,8 +80,9 @@ class Venue(Protocol):
         """The fates learnt since the last call, oldest first."""
         ...
 
-    def lookup(self, client_order_id: str) -> Fill | None:
-        """What the venue filled under this id; None only if it never took it. Raises
+    def lookup(self, order: Order) -> Fill | None:
+        """What the venue filled under this order's client order id (asked under its
+        instrument, which some venues need); None only if it never took it. Raises
         ``Rejected`` for an order it took and then refused or cancelled with nothing
         filled, and ``VenueDown`` when it cannot be asked: "no answer" is never "not there"."""
         ...

@@ -296,8 +296,8 @@ class IbkrVenue:
 
     # asking
 
-    def lookup(self, client_order_id: str) -> Fill | None:
-        return self._call(self._lookup(client_order_id))
+    def lookup(self, order: Order) -> Fill | None:
+        return self._call(self._lookup(order.client_order_id))
 
     async def _lookup(self, ref: str) -> Fill | None:
         await self._ensure()

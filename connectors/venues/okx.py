@@ -205,36 +205,16 @@ class OkxVenue:
             raise VenueDown(f"order {order.client_order_id} is still open at {self._where}")
         return records.fate(order, o, self._usd)
 
-    def lookup(self, client_order_id: str) -> Fill | None:
-        """Asked by client order id, under the instrument it was sent for (OKX asks for one).
-        For one this process did not send: under the instrument its open order or a recent
-        fill shows, else under each instrument listed. An order still open is finished
-        first, as ``place_many`` would have after its bound."""
-        order = self._sent.get(client_order_id)
-        insts = [self._inst(order.symbol)] if order is not None else self._whereabouts(client_order_id)
-        for inst in insts:
-            probe = order or Order(client_order_id, "", "open", self.market, self._symbol(inst), "buy", 0.0, 0.0, 0)
-            o = self._fetch(probe)
-            if o is None:
-                continue
-            if order is None:
-                order = Order(client_order_id, "", "open", self.market, self._symbol(inst), o.get("side") or "buy",
-                              float(o.get("amount") or 0), 0.0, int(o.get("timestamp") or 0))
-            fate = records.fate(order, o, self._usd) if o.get("status") in TERMINAL else self._finish(order)
-            if isinstance(fate, Rejected):
-                raise fate
-            return fate
-        return None
-
-    def _whereabouts(self, client_order_id: str) -> list[str]:
-        """Instruments to ask under, likeliest first: two requests that usually find it,
-        where asking under each of OKX's instruments would take hundreds."""
-        markets = self._load()
-        pending = self._read(limits.PENDING_ORDERS, lambda: self._ex.fetch_open_orders())
-        recent = self._read(limits.RECENT_FILLS, lambda: self._ex.fetch_my_trades(None, None, 100))
-        seen = [(r.get("info") or {}) for r in [*pending, *recent]]
-        found = [i.get("instId", "") for i in seen if i.get("clOrdId") == client_order_id]
-        return list(dict.fromkeys(i for i in found if i in markets)) or sorted(markets)
+    def lookup(self, order: Order) -> Fill | None:
+        """Asked by client order id under the order's instrument (OKX asks for one). An
+        order still open is finished first, as ``place_many`` would have after its bound."""
+        o = self._fetch(order)
+        if o is None:
+            return None
+        fate = records.fate(order, o, self._usd) if o.get("status") in TERMINAL else self._finish(order)
+        if isinstance(fate, Rejected):
+            raise fate
+        return fate
 
     def _fetch(self, order: Order) -> dict | None:
         """OKX's record of the order, None if it has none."""

@@ -28,7 +28,6 @@ CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
 INSTRUMENTS = 20
-FILLS_HISTORY = 10
 
 Key = tuple[str, ...]
 Costs = dict[Key, tuple[int, int]]  # limit -> (units this request takes, the limit)
@@ -52,7 +51,6 @@ def cancel(inst: str) -> Costs:
 PENDING_ORDERS: Costs = {("pending",): (1, PENDING)}
 BALANCES: Costs = {("balance",): (1, BALANCE)}
 MARKETS: Costs = {("instruments",): (1, INSTRUMENTS)}
-RECENT_FILLS: Costs = {("fills-history",): (1, FILLS_HISTORY)}
 
 
 class Pacer:

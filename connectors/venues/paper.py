@@ -88,8 +88,8 @@ class PaperVenue:
         out, self._updates = self._updates, []
         return out
 
-    def lookup(self, client_order_id: str) -> Fill | None:
-        return self._fill(client_order_id)
+    def lookup(self, order: Order) -> Fill | None:
+        return self._fill(order.client_order_id)
 
     def open_orders(self) -> list[Order]:
         return []  # market orders fill or are refused at once
