@@ -149,8 +149,11 @@ class Executor:
 
 def _ours(order: Order, fill: Fill) -> Fill:
     """The venue's fill under the order's own identity: a venue knows the client order id
-    but not always the signal it was for (IB keeps no such field across sessions)."""
-    if fill.signal_id == order.signal_id and fill.client_order_id == order.client_order_id:
+    but not always the signal it was for (IB keeps no such field across sessions). Its time
+    is never before the order's own: a venue's clock in whole seconds (IB's) would put the
+    fill before the decision in the audit trail."""
+    if (fill.signal_id == order.signal_id and fill.client_order_id == order.client_order_id
+            and fill.ts_ms >= order.ts_ms):
         return fill
     return replace(fill, signal_id=order.signal_id, client_order_id=order.client_order_id, venue=order.venue,
-                   symbol=order.symbol, side=order.side)
+                   symbol=order.symbol, side=order.side, ts_ms=max(fill.ts_ms, order.ts_ms))

@@ -51,17 +51,17 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
     sys.exit(f"{what} is not listening on {port} after {timeout:.0f} s")
 
 
-def reference_prices() -> dict[str, float]:
-    """The simulators' fill prices: each symbol's first reference price in the recording."""
-    prices: dict[str, float] = {}
+def reference_prices() -> dict[str, dict[str, float]]:
+    """The simulators' fill prices, by venue: each symbol's first reference price in the recording."""
+    prices: dict[str, dict[str, float]] = {"okx": {}, "ibkr": {}}
     for line in SAMPLE.read_text().splitlines():
         try:
             doc = json.loads(json.loads(line)["fields"]["payload"])
             price = float(doc["reference_price"])
         except (KeyError, TypeError, ValueError):
             continue  # the recording's invalid entries
-        if isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
-            prices.setdefault(doc["symbol"], price)
+        if doc.get("venue") in prices and isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
+            prices[doc["venue"]].setdefault(doc["symbol"], price)
     return prices
 
 
@@ -98,8 +98,8 @@ def main() -> int:
     work = a.dir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    prices = work / "prices.json"
-    prices.write_text(json.dumps(reference_prices()))
+    for venue, table in reference_prices().items():
+        (work / f"{venue}-prices.json").write_text(json.dumps(table))
     procs: list[subprocess.Popen] = []
 
     def start(args: list[str], log: str, **kw) -> subprocess.Popen:
@@ -111,10 +111,10 @@ def main() -> int:
         rport, oport, iport = free_port(), free_port(), free_port()
         redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                        "--dir", str(work)], "redis.log")
-        okx = start([APEX, "sim", "okx", "--port", str(oport), "--latency-ms", a.latency_ms, "--prices", str(prices),
-                     "--orders-log", str(work / "okx-orders.jsonl")], "okx-sim.log")
+        okx = start([APEX, "sim", "okx", "--port", str(oport), "--latency-ms", a.latency_ms, "--prices",
+                     str(work / "okx-prices.json"), "--orders-log", str(work / "okx-orders.jsonl")], "okx-sim.log")
         ibkr = start([APEX, "sim", "ibkr", "--port", str(iport), "--latency-ms", a.latency_ms, "--prices",
-                      str(prices), "--orders-log", str(work / "ibkr-orders.jsonl")], "ibkr-sim.log")
+                      str(work / "ibkr-prices.json"), "--orders-log", str(work / "ibkr-orders.jsonl")], "ibkr-sim.log")
         for port, proc, what in ((rport, redis, "redis-server"), (oport, okx, "apex sim okx"),
                                  (iport, ibkr, "apex sim ibkr")):
             wait_for_port(port, proc, what)

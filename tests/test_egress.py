@@ -83,3 +83,49 @@ def test_the_wiring_sends_through_the_venues_passed_in_by_market(tmp_path):
     assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
         ("sig-1", "filled", ""), ("sig-2", "dropped", "min_size")]  # no venue trades it: nothing is sized
     assert okx.sent() == [client_order_id("sig-1")]
+
+
+class Forgetful:
+    """A venue that knows its orders by client order id alone, as IB does across sessions:
+    its fills carry no signal id, a clock in whole seconds, and what it really filled."""
+
+    name = "forgetful"
+
+    def __init__(self, filled: float):
+        self.filled = filled
+        self.taken: dict[str, Order] = {}
+
+    def _fill(self, order: Order):
+        from operators.fill import Fill
+
+        return Fill("", order.client_order_id, "ib-7", order.venue, order.symbol, order.side, self.filled, 101.0,
+                    1.0, order.ts_ms // 1000 * 1000)
+
+    def place_many(self, orders):
+        self.taken.update({o.client_order_id: o for o in orders})
+        return [self._fill(o) for o in orders]
+
+    def lookup(self, order):
+        return self._fill(order) if order.client_order_id in self.taken else None
+
+
+@pytest.mark.parametrize("found_at_restart", [False, True])
+def test_a_venue_fill_is_booked_under_the_order_with_what_really_filled(tmp_path, found_at_restart):
+    """Bugs this catches: a fill the venue answers without the signal id recorded nothing;
+    a partial fill was recorded at the intent's size; a venue clock in whole seconds put
+    the fill before the order in the audit trail."""
+    venue = Forgetful(filled=0.4)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ex = Executor(ledger, venue)
+    order = Order(client_order_id("sig-1"), "sig-1", "open", "ibkr", "AAPL", "buy", 1.0, 100.0, 1_767_261_600_456)
+    if found_at_restart:
+        assert ex.prepare(order) is None
+        venue.place_many([order])  # taken; the process died before recording it
+        fill = ex.resolve(order)
+    else:
+        fill, sent = ex.execute(order)
+        assert sent
+    assert (fill.signal_id, fill.quantity, fill.order_id) == ("sig-1", 0.4, "ib-7")
+    assert fill.ts_ms == order.ts_ms
+    assert ledger.execution(order)[0] == "filled"
+    assert [(f.signal_id, f.quantity) for f in ledger.fills()] == [("sig-1", 0.4)]

@@ -170,10 +170,10 @@ venues:
 """)
     venues = build_venues(p.venues, state_dir=tmp_path, paper_options=PAPER_OPTIONS, env=OKX_ENV,
                           okx_class=Recorded, ibkr_class=Recorded)
-    assert venues["okx"].kwargs == {"url": None, "demo": True, "api_key": "k-value", "secret": "s-value",
-                                    "passphrase": "p-value", "timeout": 5.0}
+    assert venues["okx"].kwargs == {"url": None, "sandbox": True, "api_key": "k-value", "secret": "s-value",
+                                    "passphrase": "p-value", "timeout_ms": 5000}
     assert venues["ibkr"].kwargs == {"host": "10.0.0.2", "port": 4002, "client_id": 11, "account": "DU42",
-                                     "timeout": 10.0}
+                                     "connect_timeout": 10.0, "request_timeout": 10.0}
     assert not (tmp_path / "paper-venue.sqlite").exists()  # no market left on paper
 
 
@@ -182,7 +182,7 @@ def test_a_market_left_out_stays_on_paper_beside_a_real_one(tmp_path):
     venues = build_venues(p.venues, state_dir=tmp_path, paper_options=PAPER_OPTIONS, env={},
                           ibkr_class=Recorded)
     assert isinstance(venues["okx"], PaperVenue)
-    assert venues["ibkr"].kwargs["account"] is None
+    assert venues["ibkr"].kwargs["account"] == ""
 
 
 def test_credentials_come_from_the_variables_the_file_names(tmp_path):

@@ -81,16 +81,17 @@ def _okx(settings: OkxSettings, env: Mapping[str, str], cls: Callable[..., Venue
     if cls is None:
         cls = _client("connectors.venues.okx", "OkxVenue", "OKX")
     creds = okx_credentials(settings, env)
-    return cls(url=settings.url or None, demo=settings.demo, api_key=creds.api_key.get_secret_value(),
+    return cls(url=settings.url or None, sandbox=settings.demo, api_key=creds.api_key.get_secret_value(),
                secret=creds.secret.get_secret_value(), passphrase=creds.passphrase.get_secret_value(),
-               timeout=settings.timeout_s)
+               timeout_ms=round(settings.timeout_s * 1000))
 
 
 def _ibkr(settings: IbkrSettings, cls: Callable[..., Venue] | None) -> Venue:
     if cls is None:
         cls = _client("connectors.venues.ibkr", "IbkrVenue", "IBKR")
     return cls(host=settings.host, port=settings.port, client_id=settings.client_id,
-               account=settings.account or None, timeout=settings.timeout_s)
+               account=settings.account or "", connect_timeout=settings.timeout_s,
+               request_timeout=settings.timeout_s)
 
 
 def _client(module: str, name: str, label: str) -> Any:

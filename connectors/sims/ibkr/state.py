@@ -137,7 +137,8 @@ class SimState:
         if self.orders_log is None:
             return
         line = {"orderRef": o.order_ref, "orderId": o.order_id, "permId": o.perm_id, "clientId": o.client_id,
-                "symbol": o.symbol, "action": o.action, "totalQuantity": o.quantity, "price": price}
+                "symbol": o.symbol, "action": o.action, "totalQuantity": o.quantity, "price": price,
+                "received_us": time.time_ns() // 1000}  # wall clock, for emit → accepted at the venue
         with self.lock, self.orders_log.open("a") as f:
             f.write(json.dumps(line) + "\n")
 

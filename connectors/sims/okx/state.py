@@ -227,7 +227,8 @@ class Book:
         if self.orders_log is None:
             return
         line = {"clOrdId": o["clOrdId"], "ordId": o["ordId"], "instId": o["instId"], "side": o["side"],
-                "sz": o["sz"], "tgtCcy": o["tgtCcy"], "accFillSz": o["accFillSz"], "fillPx": o["avgPx"]}
+                "sz": o["sz"], "tgtCcy": o["tgtCcy"], "accFillSz": o["accFillSz"], "fillPx": o["avgPx"],
+                "received_us": time.time_ns() // 1000}  # wall clock, for emit → accepted at the venue
         with self.orders_log.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
