@@ -94,6 +94,8 @@ class RunStats:
                 self.pnl_usd += sum(t["pnl_usd"] for t in o.trades)
                 continue
             self._count(o)
+            if o.late:  # the entry was durable and acknowledged at its order's acceptance
+                continue
             durable.append((done_ns - o.received_ns) / 1000)
             if o.outcome == "tick" or o.outcome == INVALID_TICK:
                 continue

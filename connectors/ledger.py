@@ -340,6 +340,12 @@ class Ledger:
              fill.client_order_id),
         )
 
+    def record_accepted(self, order: Order) -> None:
+        """The venue took the order and is working it: still only the venue knows its fate,
+        so a restart asks it (``next_step``), but the entry no longer has to wait for it."""
+        self.db.execute("UPDATE executions SET status='accepted' WHERE signal_id=? AND client_order_id=?",
+                        (order.signal_id, order.client_order_id))
+
     def record_rejection(self, order: Order, reason: str) -> None:
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
@@ -389,11 +395,13 @@ class Ledger:
         return [(bool(w), orjson.loads(t)["expected_win_rate"]) for w, t in reversed(rows)]
 
     def dangling(self, kind: str) -> list[tuple[Order, str, tuple[TradeTerms, str] | None]]:
-        """Orders whose intent was written but whose outcome never was: the crash window.
+        """Orders whose intent was written but whose outcome never was: the crash window, and
+        orders a venue accepted whose fate had not come when the process stopped.
         Each with its reason (a close's exit) and, for an open, the trade it was to open
         with its exits description (None in intents written before it was kept)."""
         rows = self.db.execute(
-            f"SELECT {ORDER}, reason, trade FROM executions WHERE status='intent' AND kind=? ORDER BY intent_ms",
+            f"SELECT {ORDER}, reason, trade FROM executions WHERE status IN ('intent', 'accepted') AND kind=?"
+            " ORDER BY intent_ms",
             (kind,),
         ).fetchall()
         return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None) for r in rows]

@@ -273,7 +273,7 @@ class RedisAcker:
             try:
                 self._pipeline(outcomes).execute()
                 self.backoff.recovered()
-                self.stats["acked"] += sum(bool(o.terminal and o.stream_id) for o in outcomes)
+                self.stats["acked"] += sum(bool(o.terminal and o.stream_id and not o.late) for o in outcomes)
                 self._report([o for o in outcomes if o.stream_id and not o.terminal])
                 return
             except DOWN as err:
@@ -308,7 +308,7 @@ class RedisAcker:
         failed: dict[str, dict[str, str]] = {}
         refused_ticks = 0
         for o in outcomes:
-            if not o.stream_id:
+            if not o.stream_id or o.late:
                 continue
             stream = o.stream or cfg.stream
             if not o.terminal:

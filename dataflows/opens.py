@@ -41,6 +41,8 @@ class Opens:
     def __init__(self, desk: Desk):
         self.desk = desk
         self.in_flight: list[InFlight] = []  # in decision order
+        # accepted by a venue that answers later: reserved in the book until their fates come
+        self.working: dict[str, InFlight] = {}
 
     def open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal,
              fresh: bool = False) -> Outcome:
@@ -48,6 +50,9 @@ class Opens:
         intent in the same transaction and only once everything that could fail has been
         computed: a decision saying "sent" with no order behind it can never be resumed."""
         desk = self.desk
+        if order.client_order_id in self.working:  # its entry again: the venue is working it, never ask twice
+            out.reason = "working at the venue"
+            return desk.emit(out)
         execute = desk.p.execute
         expected = expected_fill(order, execute.slippage_bps, execute.fee_bps)
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
@@ -84,8 +89,9 @@ class Opens:
         recorded_ms = time.time_ns() // 1_000_000
         for f in batch:  # how each was decided: durable with its intent, before it leaves
             f.out.queue(ledger.sent_rows, recorded_ms)
+        executor = self.desk.executor
         try:
-            results = self.desk.executor.send([f.order for f in batch])
+            results = executor.send([f.order for f in batch], wait=False)
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
             for f in batch:
                 book.release(f.expected)
@@ -94,7 +100,13 @@ class Opens:
             return
         now = time.perf_counter_ns()
         for f, result in zip(batch, results, strict=True):
-            if isinstance(result, Rejected):
+            if result is None:  # taken, still working: the entry's part is done, the fill comes later
+                venue = executor.venue_for(f.order.venue).name
+                R.accepted(f.chain, venue)
+                f.out.reason = f"working at {venue}"
+                self.desk.emit(f.out)
+                self.working[f.order.client_order_id] = f
+            elif isinstance(result, Rejected):
                 book.release(f.expected)
                 self.rejected(f.out, f.chain, result)
             else:
@@ -106,6 +118,25 @@ class Opens:
                 self.opened(f.out, f.chain, result, f.exits, book, f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             f.out.stamp((now - f.out.received_ns) // 1000)
+
+    def settle(self, book: Portfolio, outs: list[Outcome]) -> None:
+        """The fates that came for orders the venues were working: each settled in the book,
+        the ledger and its chain, as a late outcome of its entry (acknowledged already)."""
+        for order, fate in self.desk.executor.poll():
+            f = self.working.pop(order.client_order_id, None)
+            if f is None:
+                continue
+            out = Outcome(f.out.stream, f.out.stream_id, f.out.signal_id, "sent", events=f.chain.events,
+                          queued=f.out.queued, late=True, received_ns=f.out.received_ns)
+            if isinstance(fate, Rejected):
+                book.release(f.expected)
+                outs.append(self.rejected(out, f.chain, fate))
+                continue
+            terms = booked(f.terms, fate)
+            book.settle(f.expected, fate, terms)
+            self.desk.ledger.record_open(terms)
+            R.confirmed(f.chain, fate, True)
+            outs.append(self.opened(out, f.chain, fate, f.exits, book))
 
     def opened(self, out: Outcome, chain: Chain, fill: Fill, exits: str, book: Portfolio,
                nav_after: float | None = None) -> Outcome:

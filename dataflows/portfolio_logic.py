@@ -11,12 +11,19 @@ that one ``send``: kept there, no caller can send without it.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta, timezone
+
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
 from operators.audit import Outcome
 from operators.portfolio import Portfolio
+
+
+POLL = timedelta(milliseconds=20)  # how soon to look again for the fates of orders a venue works
+EOF_WAIT_S = 30.0  # how long a run's end waits for them
 
 
 class PortfolioLogic(StatefulBatchLogic):
@@ -40,6 +47,8 @@ class PortfolioLogic(StatefulBatchLogic):
         ledger.prefetch(v.signal.signal_id for v in values if v.signal is not None)
         out: list[Outcome] = []
         try:
+            if self.book is not None:  # fates that came meanwhile, before anything decides on the book
+                self.step.opens.settle(self.book, out)
             for item in values:
                 self.book = self.step(self.book, item, out)
             if self.book is not None:
@@ -50,6 +59,39 @@ class PortfolioLogic(StatefulBatchLogic):
         finally:
             ledger.commit()
         return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """While a venue works orders, look for their fates again soon, entries or not."""
+        if self.step is not None and self.step.opens.working:
+            return datetime.now(timezone.utc) + POLL
+        return None
+
+    def on_notify(self) -> tuple[list[Outcome], bool]:
+        return self._settle(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Outcome], bool]:
+        """The source ended (a recording, or a graceful stop): wait, within a bound, for the
+        fates of orders still working, so the run's summary and trail have them. What has not
+        come by then stays accepted in the ledger, and the next start asks the venue."""
+        out: list[Outcome] = []
+        deadline = time.monotonic() + EOF_WAIT_S
+        while self.step is not None and self.step.opens.working and time.monotonic() < deadline:
+            out += self._settle()
+            if self.step.opens.working:
+                time.sleep(POLL.total_seconds())
+        return out, StatefulBatchLogic.RETAIN
+
+    def _settle(self) -> list[Outcome]:
+        out: list[Outcome] = []
+        if self.step is None or self.book is None:
+            return out
+        ledger = self.step.ledger
+        ledger.begin()
+        try:
+            self.step.opens.settle(self.book, out)
+        finally:
+            ledger.commit()
+        return out
 
     def snapshot(self) -> Portfolio | None:
         return self.book

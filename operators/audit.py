@@ -148,6 +148,7 @@ class Outcome:
     queued: int = 0  # events already written to the outbox
     resumed: bool = False  # its decision was found in the ledger, made by an earlier delivery or run
     copies: int = 1  # books its entry reached (a market entry reaches every book): acked once all are in
+    late: bool = False  # the fate of an order whose entry was acknowledged at its acceptance: not acked again
 
     def queue(self, rows: dict[str, list], recorded_ms: int) -> None:
         """Append its audit store rows not yet queued to ``rows`` (lists by table): the events

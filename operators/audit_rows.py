@@ -29,6 +29,11 @@ def confirmed(chain: Chain, fill: Fill, sent: bool) -> None:
               fee_usd=fill.fee_usd, resolved_without_send=not sent)
 
 
+def accepted(chain: Chain, venue: str) -> None:
+    """EXECUTION_CONFIRMED for an order the venue took and is still working: its fill comes later."""
+    chain.add(A.EXECUTION_CONFIRMED, "accepted", f"working at {venue}")
+
+
 def rejected(chain: Chain, reason: str) -> None:
     """EXECUTION_CONFIRMED for an order the venue refused."""
     chain.add(A.EXECUTION_CONFIRMED, "rejected", reason)

@@ -69,6 +69,9 @@ class OrderUpdate:
 
 class Venue(Protocol):
     name: str
+    # True: the engine submits and keeps deciding, learning fates from ``updates`` (which must
+    # never wait on the network); False: it waits in ``place_many`` (the paper venue)
+    asynchronous: bool
 
     def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
         """Submit and wait for each order's fate: its fill or its refusal, in order."""

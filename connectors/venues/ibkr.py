@@ -39,6 +39,7 @@ POLL = 0.005  # how often a wait on the loop looks at the book again
 
 class IbkrVenue:
     name = "ibkr"
+    asynchronous = True  # submit returns once IB has the orders; their fates come through updates
 
     def __init__(self, host: str = "127.0.0.1", port: int = 4002, client_id: int = 1, account: str = "", *,
                  connect_timeout: float = 4.0, request_timeout: float = 4.0, fill_timeout: float = 2.0,

@@ -26,6 +26,7 @@ RULES = {"okx": (1e-8, 1e-8), "ibkr": (1.0, 0.01)}
 
 class PaperVenue:
     name = "paper"
+    asynchronous = False  # every fate is known at once
 
     def __init__(self, path: str | Path, *, slippage_bps: float = 0.0, fee_bps: float = 0.0,
                  cash_usd: float = 0.0):
