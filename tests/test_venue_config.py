@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -208,11 +207,3 @@ def test_a_simulator_on_this_machine_needs_no_credentials(tmp_path):
     made = build_venues(p.venues, state_dir=tmp_path, paper_options=PAPER_OPTIONS, env={}, okx_class=Recorded)
     assert made["okx"].kwargs["url"] == "http://127.0.0.1:18080"
     assert made["okx"].kwargs["api_key"]  # a stand-in: the client refuses to sign without one
-
-
-@pytest.mark.skipif(importlib.util.find_spec("connectors.venues.ibkr") is not None,
-                    reason="the IBKR venue is installed here")
-def test_a_venue_missing_from_this_installation_is_one_clear_line(tmp_path):
-    p = pipeline(tmp_path, "venues:\n  ibkr: {kind: ibkr}\n")
-    with pytest.raises(VenueSetupError, match=r"^the IBKR venue cannot be loaded: "):
-        build_venues(p.venues, state_dir=tmp_path, paper_options=PAPER_OPTIONS, env={})
