@@ -12,7 +12,6 @@ from connectors.venues import Rejected
 from dataflows.desk import Desk
 from dataflows.opens import Opens
 from dataflows.steps import Received
-from operators import audit as A
 from operators import audit_rows as R
 from operators.audit import INVALID_TICK, Chain, Outcome
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms
@@ -61,7 +60,7 @@ class Exits:
         e = item.entry
         shown = symbol if isinstance(symbol, str) and item.invalid is None else ""  # a refused symbol stays out
         chain = Chain(e.stream_id, "", e.clock_ms, symbol=shown)
-        chain.add(A.SIGNAL_RECEIVED, INVALID_TICK, reason, **details)
+        R.refused(chain, INVALID_TICK, reason, **details)
         return self.desk.emit(Outcome(e.stream, e.stream_id, "", INVALID_TICK, reason, chain.events,
                                       fields=e.fields))
 

@@ -23,7 +23,6 @@ from dataflows.exits_step import Exits
 from dataflows.opens import Opens
 from dataflows.recovery import recover
 from dataflows.steps import Received
-from operators import audit as A
 from operators import audit_rows as R
 from operators.audit import Chain, Outcome
 from operators.decide import audit_verdict, drop_row, judge
@@ -97,7 +96,7 @@ class PortfolioStep:
             return self.exits.invalid_tick(item, err.reason if err else "invalid", e.fields.get("symbol"))
         sid = (err.signal_id if err else None) or ""
         chain = Chain(e.stream_id, sid, e.clock_ms)
-        chain.add(A.SIGNAL_RECEIVED, "invalid", err.reason if err else "invalid")
+        R.refused(chain, "invalid", err.reason if err else "invalid")
         return self.desk.emit(Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
                                       chain.events, fields=e.fields))
 

@@ -16,6 +16,12 @@ from operators.fill import Fill
 from operators.orders import Order
 
 
+def refused(chain: Chain, outcome: str, reason: str, **details: Any) -> None:
+    """SIGNAL_RECEIVED for an entry refused at receipt: an invalid signal, or a market entry
+    the book must not believe (``invalid_tick``, with what it said)."""
+    chain.add(A.SIGNAL_RECEIVED, outcome, reason, **details)
+
+
 def attempt(chain: Chain, order: Order, venue: str, reason: str = "", size_usd: float | None = None) -> None:
     """EXECUTION_ATTEMPT: the order about to leave, and the venue it leaves for."""
     chain.add(A.EXECUTION_ATTEMPT, "sent", reason, size_usd=size_usd, client_order_id=order.client_order_id,
