@@ -33,7 +33,7 @@ from operators.fill import Fill
 from operators.orders import Order
 
 T = TypeVar("T")
-HISTORY_PAGES = 40  # how far back one round reads the completed orders before asking order by order
+HISTORY_PAGES = 40  # how far back one round reads completed orders; older ones are asked one by one
 
 
 class _Link:
@@ -68,7 +68,7 @@ class _Link:
                            HISTORY_PAGES)
 
     def _pages(self, costs: limits.Costs, call: Callable[[dict], dict], floor: int, wanted: set[str] | None,
-               most: int = limits.PENDING // 2) -> list[dict]:
+               most: int = limits.PENDING_PAGES) -> list[dict]:
         self.markets()
         out: list[dict] = []
         missing = set(wanted) if wanted is not None else None
@@ -195,6 +195,10 @@ class OkxVenue:
     def updates(self) -> list[OrderUpdate]:
         """The changes of fate the poller learnt since the last call: no request to OKX."""
         return self._poller.drain()
+
+    def in_flight(self) -> int:
+        """How many submitted orders' fates are not final yet."""
+        return self._poller.in_flight()
 
     def _place(self, orders: list[Order]) -> tuple[dict[int, Rejected], list[tuple[int, str, float]]]:
         """Sends what can be sent. Returns the refusals by position and the (position, OKX's

@@ -26,6 +26,7 @@ GET_ORDER_PER_INSTRUMENT = 60
 PENDING = 60  # GET trade/orders-pending, per user
 HISTORY = 40  # GET trade/orders-history (the last seven days), per user
 PAGE = 100  # records in one page of either list
+PENDING_PAGES = 40  # pages enough for every working order OKX lets an account hold
 CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10

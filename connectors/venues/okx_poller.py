@@ -100,6 +100,10 @@ class Poller:
         with self.cond:
             self.queue.append(update)
 
+    def in_flight(self) -> int:
+        with self.cond:
+            return len(self.tracked)
+
     def drain(self) -> list[OrderUpdate]:
         with self.cond:
             out, self.queue = self.queue, []
@@ -121,12 +125,16 @@ class Poller:
                 self.cond.wait(left)
 
     def close(self) -> None:
+        """Stops the thread; orders tracked later start it again."""
         with self.cond:
             self._stopping = True
             thread = self._thread
             self.cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
+        with self.cond:
+            if thread is None or not thread.is_alive():  # one still inside a request keeps the stop
+                self._thread, self._stopping = None, False
 
     def _release(self, box: Mailbox) -> None:
         """Hands a mailbox's orders to ``updates()``: what it holds, and what comes later."""
