@@ -318,6 +318,22 @@ def test_place_many_and_updates_each_hear_their_own_orders(okx_sim):
     assert len(okx_sim.logged()) == 3
 
 
+def test_an_unanswered_batch_stops_the_rest_and_what_was_taken_is_still_told(okx_sim):
+    """The first batch is taken without an answer (found by asking), the second is lost on the
+    way (not found): nothing more is sent, and the first batch's fates still come through."""
+    okx_sim.server.arm("drop", paths="trade/batch-orders")
+    okx_sim.server.arm("drop", paths="trade/batch-orders", accept=False)
+    burst = [order(f"stop{i}", quantity=0.01) for i in range(60)]
+    with pytest.raises(VenueDown):
+        okx_sim.venue.submit(burst)
+    first = {o.client_order_id for o in burst[:20]}
+    assert {line["clOrdId"] for line in okx_sim.logged()} == first
+    seen: list[OrderUpdate] = []
+    assert until(lambda: _collect(okx_sim.venue, seen, lambda s: len(s) == 20), 10)
+    assert {u.client_order_id for u in seen} == first and {u.status for u in seen} == {FILLED}
+    assert okx_sim.server.stats()["requests"]["POST trade/batch-orders"] == 2
+
+
 def test_the_simulator_pages_completed_orders_newest_first():
     with running(prices=PRICES, clock=lambda: 0.0) as sim:
         url = sim.url

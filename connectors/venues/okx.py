@@ -202,8 +202,9 @@ class OkxVenue:
 
     def _place(self, orders: list[Order]) -> tuple[dict[int, Rejected], list[tuple[int, str, float]]]:
         """Sends what can be sent. Returns the refusals by position and the (position, OKX's
-        order id, when it answered) of every order the venue holds; raises VenueDown if one
-        may or may not be there."""
+        order id, when it answered) of every order the venue holds. Raises VenueDown once an
+        order may or may not be there, sending nothing after it; what OKX took before that
+        is watched all the same, its fate told through ``updates()``."""
         markets = self._load()
         fates: dict[int, Rejected] = {}
         sendable: list[int] = []
@@ -214,27 +215,30 @@ class OkxVenue:
             else:
                 sendable.append(i)
                 self._sent[order.client_order_id] = order
-        maybe: list[int] = []
         placed: list[tuple[int, str, float]] = []
-        for start in range(0, len(sendable), limits.BATCH_MAX):
-            chunk = sendable[start:start + limits.BATCH_MAX]
-            answers = self._send([orders[i] for i in chunk])
-            acked = time.monotonic()
-            for i, answer in answers.items():
-                idx = chunk[i]
-                if answer is None:
-                    maybe.append(idx)
-                elif answer[0]:
-                    fates[idx] = Rejected(answer[0])
-                else:
-                    placed.append((idx, answer[1], acked))
-        for i in maybe:  # an unknown outcome is asked, never sent again
-            o = self._link.one(orders[i])
-            if o is None:
-                raise VenueDown(f"order {orders[i].client_order_id} may not have reached {self._where}:"
-                                " ask again later")
-            placed.append((i, str(o.get("id") or ""), time.monotonic()))
+        try:
+            for start in range(0, len(sendable), limits.BATCH_MAX):
+                chunk = sendable[start:start + limits.BATCH_MAX]
+                answers = self._send([orders[i] for i in chunk])
+                acked = time.monotonic()
+                for i, answer in answers.items():
+                    if answer is not None and answer[0]:
+                        fates[chunk[i]] = Rejected(answer[0])
+                    elif answer is not None:
+                        placed.append((chunk[i], answer[1], acked))
+                for i in [chunk[i] for i, answer in answers.items() if answer is None]:
+                    placed.append((i, self._asked(orders[i]), time.monotonic()))  # asked, never sent again
+        except VenueDown:
+            self._poller.track((orders[i], ord_id, acked) for i, ord_id, acked in placed)
+            raise
         return fates, placed
+
+    def _asked(self, order: Order) -> str:
+        """OKX's id of an order that may have been placed; VenueDown if it cannot say it was."""
+        o = self._link.one(order)
+        if o is None:
+            raise VenueDown(f"order {order.client_order_id} may not have reached {self._where}: ask again later")
+        return str(o.get("id") or "")
 
     def _unsendable(self, order: Order, markets: dict[str, dict]) -> str:
         if order.venue != self.market:

@@ -91,7 +91,7 @@ class Poller:
         with self.cond:
             for order, ord_id, acked in placed:
                 self.tracked[order.client_order_id] = Tracked(order, ord_id, acked + self.fill_wait_s, box)
-            if self._thread is None and not self._stopping:
+            if self.tracked and self._thread is None and not self._stopping:
                 self._thread = threading.Thread(target=self._run, name="okx-poller", daemon=True)
                 self._thread.start()
             self.cond.notify_all()
