@@ -33,7 +33,6 @@ from operators.fill import Fill
 from operators.orders import Order
 
 T = TypeVar("T")
-HISTORY_PAGES = 40  # how far back one round reads completed orders; older ones are asked one by one
 
 
 class _Link:
@@ -58,14 +57,14 @@ class _Link:
     # ----- what the poller asks -----
 
     def working(self) -> list[dict]:
-        """Every working spot order of the account, a page of a hundred a request."""
+        """Every working spot order of the account, a full page a request."""
         return self._pages(limits.PENDING_ORDERS, self.ex.privateGetTradeOrdersPending, 0, None)
 
     def completed(self, floor: int, wanted: set[str]) -> list[dict]:
         """Completed spot orders, newest first, back to ordId ``floor`` or until every client
         order id in ``wanted`` has been seen."""
         return self._pages(limits.ORDERS_HISTORY, self.ex.privateGetTradeOrdersHistory, floor, wanted,
-                           HISTORY_PAGES)
+                           limits.HISTORY_PAGES)
 
     def _pages(self, costs: limits.Costs, call: Callable[[dict], dict], floor: int, wanted: set[str] | None,
                most: int = limits.PENDING_PAGES) -> list[dict]:

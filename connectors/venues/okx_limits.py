@@ -27,6 +27,7 @@ PENDING = 60  # GET trade/orders-pending, per user
 HISTORY = 40  # GET trade/orders-history (the last seven days), per user
 PAGE = 100  # records in one page of either list
 PENDING_PAGES = 40  # pages enough for every working order OKX lets an account hold
+HISTORY_PAGES = 40  # how far back one look reads completed orders; older ones are asked one by one
 CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10

@@ -1,7 +1,7 @@
 """Learning the fates of submitted OKX orders in a background thread, with as few requests
 as the lists allow: one look at the working orders (``trade/orders-pending``) and, for
 the orders not among them, the recent completed ones (``trade/orders-history``), each
-a page of a hundred per request, instead of one request per order. Only an order that
+read a full page a request, instead of one request per order. Only an order that
 neither list shows is asked about on its own.
 
 What a market order leaves unfilled once its bound has passed is cancelled; its record
@@ -10,7 +10,8 @@ then moves to the history, and its final fate (the part filled, or nothing) is t
 Who hears a change of fate: an order placed by ``place_many`` is that call's alone (its
 final fate goes into the call's mailbox, the steps before it are not told to anyone);
 every other order's changes, and those of any order whose ``place_many`` call gave up
-waiting, are queued for ``updates()``. Each update is told once, to one of them.
+waiting (raising VenueDown), are queued for ``updates()``, from the fates the call had
+already received on. Each update is told once, to one of them.
 
 The thread starts with the first order tracked and talks to OKX through a client of its
 own (the caller's thread keeps the other). ``updates()`` and the mailboxes are read
@@ -157,7 +158,8 @@ class Poller:
             pause = self.interval_s
             try:
                 self._round(watched)
-                self.failures, self.error = 0, ""
+                with self.cond:
+                    self.failures, self.error = 0, ""
             except VenueDown as e:
                 pause = self._failed(str(e))
             except Exception as e:  # noqa: BLE001 - the thread must outlive any one round
@@ -172,7 +174,7 @@ class Poller:
             self.failures += 1
             self.error = why
             self.cond.notify_all()  # a waiting place_many decides whether to give up
-            return min(MAX_PAUSE_S, self.interval_s * 2 ** self.failures)
+            return min(MAX_PAUSE_S, self.interval_s * 2 ** min(self.failures, 16))
 
     def _round(self, watched: list[Tracked]) -> None:
         """One look at every watched order: the working list, the completed list for those not
@@ -206,8 +208,10 @@ class Poller:
         final = update.status in records.FINAL
         with self.cond:
             cid = t.order.client_order_id
+            if self.tracked.get(cid) is not t:
+                return  # placed again meanwhile (a retry answered 51016): the newer watch tells it
             if final:
-                self.tracked.pop(cid, None)
+                del self.tracked[cid]
             if t.box is None:
                 self.queue.append(update)
             elif final:
