@@ -73,4 +73,6 @@ class Sim:
 def okx_sim(tmp_path):
     log = tmp_path / "okx-orders.jsonl"
     with running(orders_log=log, prices=PRICES) as server:
-        yield Sim(server, log)
+        sim = Sim(server, log)
+        yield sim
+        sim.venue.close()

@@ -16,13 +16,19 @@ import pytest
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.sims.okx import running
-from connectors.venues import ACCEPTED, FILLED, REJECTED, Instrument, Rejected, Venue, VenueDown
+from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, Instrument, OrderUpdate, Rejected,
+                               Venue, VenueDown)
 from connectors.venues import okx_limits as limits
 from helpers import until
 from okx_fixtures import PRICES, SECRET, free_port, logged, okx_sim, okx_venue, order, raw  # noqa: F401
 from operators.fill import Fill
 
 APEX = str(Path(sys.executable).with_name("apex"))
+
+
+def _counts(stats: dict) -> dict:
+    """The simulator's stats without its request counts."""
+    return {k: v for k, v in stats.items() if k != "requests"}
 
 
 def test_fills_carry_okx_order_ids_and_fees_in_usd(okx_sim):
@@ -141,12 +147,13 @@ def test_lookup_finds_what_a_restarted_simulator_kept(tmp_path):
 
 def test_a_burst_across_instruments_draws_no_rate_limit_refusal(okx_sim):
     """1,200 orders over ten instruments pass the account-wide limit (1,000 orders in two
-    seconds) and the per-instrument limit on order queries: the client paces itself."""
+    seconds): the client paces itself, and learns their fates from the order lists."""
     symbols = sorted(PRICES)
     burst = [order(f"b{i}", symbol=symbols[i % len(symbols)], quantity=0.01) for i in range(1200)]
     results = okx_sim.venue.place_many(burst)
     assert all(isinstance(r, Fill) for r in results)
-    assert okx_sim.server.stats() == {"accepted": 1200, "rate_limited": 0}
+    assert _counts(okx_sim.server.stats()) == {"accepted": 1200, "rate_limited": 0}
+    assert _gets(okx_sim.server) < len(burst) / 20 + 5
     assert len({r.order_id for r in results}) == 1200
 
 
@@ -162,7 +169,7 @@ def test_the_simulator_refuses_requests_beyond_okx_limits():
                                                                    for b in batch]) for n in range(16)]
         assert [a[1]["code"] for a in answers] == ["0"] * 15 + ["50011"]
         assert answers[-1][0] == 429
-        assert sim.stats() == {"accepted": 300, "rate_limited": 2}
+        assert _counts(sim.stats()) == {"accepted": 300, "rate_limited": 2}
     with running(prices=PRICES, clock=lambda: 0.0) as sim:  # account-wide: 1,000 orders, each counted
         symbols = sorted(PRICES)
         batches = [[{"instId": symbols[n % 10], "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
@@ -207,7 +214,9 @@ def test_the_simulator_is_steered_through_its_control_routes():
         assert raw(url, "POST", "/api/v5/trade/order", spend)[0] == 502
         assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["code"] == "0"
         assert raw(url, "POST", "/sim/fault", {"kind": "melt"})[0] == 400
-        assert raw(url, "GET", "/sim/stats")[1] == {"accepted": 1, "rate_limited": 0}
+        stats = raw(url, "GET", "/sim/stats")[1]
+        assert _counts(stats) == {"accepted": 1, "rate_limited": 0}
+        assert stats["requests"] == {"POST trade/order": 2, "GET market/ticker": 1}
 
 
 def test_submitted_orders_report_their_fates_as_updates(okx_sim):
@@ -219,6 +228,153 @@ def test_submitted_orders_report_their_fates_as_updates(okx_sim):
     assert [u.status for u in seen] == [REJECTED, FILLED]
     assert seen[1].fill is not None and seen[1].fill.quantity == 0.5
     assert ACCEPTED not in [u.status for u in venue.updates()]
+
+
+def _collect(venue, seen: list[OrderUpdate], done) -> bool:
+    """Drains the venue's updates into ``seen``; whether ``done(seen)`` holds yet."""
+    seen.extend(venue.updates())
+    return done(seen)
+
+
+def _gets(server) -> int:
+    return sum(n for what, n in server.stats()["requests"].items() if what.startswith("GET "))
+
+
+def test_submit_answers_before_the_fates_are_known_and_updates_asks_nothing(okx_sim):
+    """The poller's first look at the working orders hangs until the client gives up, so the
+    fates cannot be known when ``submit`` returns; the next look learns them. Once they are
+    in, ``updates()`` hands them over with the simulator stopped: it never asks OKX."""
+    venue = okx_sim.venue
+    okx_sim.server.arm("hang", paths="trade/orders-pending")
+    taken, refused = order("a1"), order("a2", quantity=1e9)
+    acks = venue.submit([taken, refused])
+    assert [(a.client_order_id, a.accepted) for a in acks] == [(taken.client_order_id, True),
+                                                              (refused.client_order_id, False)]
+    assert "51008" in acks[1].reason
+    assert [u.status for u in venue.updates()] == [REJECTED]  # the refusal is known; the fill is not yet
+    assert until(lambda: venue.in_flight() == 0, 10)
+    asked = okx_sim.server.stats()["requests"]
+    okx_sim.server.stop()
+    (filled,) = venue.updates()
+    assert (filled.client_order_id, filled.status, filled.fill.quantity) == (taken.client_order_id, FILLED, 0.5)
+    assert filled.fill.order_id == okx_sim.logged()[0]["ordId"]
+    assert venue.updates() == []
+    assert okx_sim.server.stats()["requests"] == asked
+
+
+def test_a_burst_on_one_instrument_is_resolved_by_its_order_lists(okx_sim):
+    """Three hundred orders on one instrument (all OKX takes in two seconds): their fates come
+    from a look at the working orders and a few pages of the history, not a query each."""
+    burst = [order(f"one{i}", quantity=0.01) for i in range(300)]
+    venue = okx_sim.venue
+    assert all(a.accepted for a in venue.submit(burst))
+    seen: list[OrderUpdate] = []
+    assert until(lambda: _collect(venue, seen, lambda s: len(s) == 300), 30)
+    assert {u.status for u in seen} == {FILLED}
+    assert sorted(u.client_order_id for u in seen) == sorted(o.client_order_id for o in burst)
+    stats = okx_sim.server.stats()
+    assert stats["rate_limited"] == 0 and stats["requests"]["POST trade/batch-orders"] == 15
+    assert _gets(okx_sim.server) < len(burst) / 20 + 5
+    assert "GET trade/order" not in stats["requests"]
+    (fill,) = okx_sim.venue.place_many([order("one-more", quantity=0.01)])
+    assert isinstance(fill, Fill)
+    assert _gets(okx_sim.server) < len(burst) / 20 + 10
+
+
+@pytest.mark.parametrize("ratio, filled", [(0.5, 0.25), (0.0, 0.0)])
+def test_what_is_left_after_the_bound_is_cancelled_and_told(okx_sim, ratio, filled):
+    okx_sim.server.set_fill_ratio(ratio)
+    venue, o = okx_sim.venue, order(f"left{int(ratio * 10)}", quantity=0.5)
+    (ack,) = venue.submit([o])
+    assert ack.accepted
+    seen: list[OrderUpdate] = []
+    assert until(lambda: _collect(venue, seen, lambda s: s and s[-1].status == CANCELLED), 10)
+    assert [u.status for u in seen] == [PARTIALLY_FILLED if filled else ACCEPTED, CANCELLED]
+    if filled:
+        assert [u.fill.quantity for u in seen] == [filled, filled]
+    else:
+        assert seen[-1].fill is None and "nothing filled" in seen[-1].reason
+    assert venue.open_orders() == []
+
+
+def test_place_many_and_updates_each_hear_their_own_orders(okx_sim):
+    """``updates()`` tells the fates of submitted orders; ``place_many`` keeps those of the
+    orders it placed, unless it gave up on them: then ``updates()`` tells them."""
+    venue = okx_sim.venue
+    mine, its = order("mine"), order("its")
+    venue.submit([mine])
+    (fill,) = venue.place_many([its])
+    assert isinstance(fill, Fill) and fill.client_order_id == its.client_order_id
+    seen: list[OrderUpdate] = []
+    assert until(lambda: _collect(venue, seen, lambda s: venue.in_flight() == 0 and s), 10)
+    assert [(u.client_order_id, u.status) for u in seen + venue.updates()] == [(mine.client_order_id, FILLED)]
+
+    okx_sim.server.arm("http_5xx", times=3, paths="trade/orders-pending")  # the poller cannot see
+    given_up = order("given-up")
+    with pytest.raises(VenueDown):
+        venue.place_many([given_up])
+    seen.clear()
+    assert until(lambda: _collect(venue, seen, lambda s: any(u.status == FILLED for u in s)), 10)
+    assert [(u.client_order_id, u.status) for u in seen] == [(given_up.client_order_id, FILLED)]
+    assert len(okx_sim.logged()) == 3
+
+
+def test_an_unanswered_batch_stops_the_rest_and_what_was_taken_is_still_told(okx_sim):
+    """The first batch is taken without an answer (found by asking), the second is lost on the
+    way (not found): nothing more is sent, and the first batch's fates still come through."""
+    okx_sim.server.arm("drop", paths="trade/batch-orders")
+    okx_sim.server.arm("drop", paths="trade/batch-orders", accept=False)
+    burst = [order(f"stop{i}", quantity=0.01) for i in range(60)]
+    with pytest.raises(VenueDown):
+        okx_sim.venue.submit(burst)
+    first = {o.client_order_id for o in burst[:20]}
+    assert {line["clOrdId"] for line in okx_sim.logged()} == first
+    seen: list[OrderUpdate] = []
+    assert until(lambda: _collect(okx_sim.venue, seen, lambda s: len(s) == 20), 10)
+    assert {u.client_order_id for u in seen} == first and {u.status for u in seen} == {FILLED}
+    assert okx_sim.server.stats()["requests"]["POST trade/batch-orders"] == 2
+
+
+def test_the_simulator_pages_completed_orders_newest_first():
+    with running(prices=PRICES, clock=lambda: 0.0) as sim:
+        url = sim.url
+        for n in range(8):
+            batch = [{"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
+                      "tgtCcy": "base_ccy", "clOrdId": f"h{n}x{i}"} for i in range(20)]
+            assert raw(url, "POST", "/api/v5/trade/batch-orders", batch)[1]["code"] == "0"
+        sim.set_fill_ratio(0)
+        assert raw(url, "POST", "/api/v5/trade/order", dict(batch[0], clOrdId="open1"))[1]["code"] == "0"
+        history = "/api/v5/trade/orders-history?instType=SPOT"
+        first = raw(url, "GET", history)[1]["data"]
+        ids = [int(o["ordId"]) for o in first]
+        assert len(ids) == 100 and ids == sorted(ids, reverse=True)
+        assert {o["state"] for o in first} == {"filled"} and first[0]["clOrdId"] == "h7x19"
+        rest = raw(url, "GET", f"{history}&after={ids[-1]}")[1]["data"]
+        assert len(rest) == 60 and int(rest[0]["ordId"]) < ids[-1] and rest[-1]["clOrdId"] == "h0x0"
+        newer = raw(url, "GET", f"{history}&before={ids[-1]}&limit=2")[1]["data"]
+        assert [int(o["ordId"]) for o in newer] == ids[-3:-1]
+        assert raw(url, "GET", "/api/v5/trade/orders-history")[1]["code"] == "51000"  # instType is required
+        pending = raw(url, "GET", "/api/v5/trade/orders-pending?instType=SPOT")[1]["data"]
+        assert [o["clOrdId"] for o in pending] == ["open1"]
+        for _ in range(36):
+            raw(url, "GET", history)
+        status, body = raw(url, "GET", history)  # the 41st in two seconds
+        assert (status, body["code"]) == (429, "50011")
+        assert sim.stats()["requests"]["GET trade/orders-history"] == 41
+
+
+def test_ccxt_reads_the_simulators_order_history(okx_sim):
+    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex.urls["api"]["rest"] = okx_sim.url
+    ex.options["fetchMarkets"] = {"types": ["spot"]}
+    ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "hist1"})
+    okx_sim.server.set_fill_ratio(0)
+    ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "hist2"})
+    ex.cancel_order(None, "ETH/USDT", {"clientOrderId": "hist2"})
+    assert [(o["clientOrderId"], o["status"], o["filled"]) for o in ex.fetch_closed_orders("ETH/USDT")] == [
+        ("hist1", "closed", 2.0)]
+    assert [(o["clientOrderId"], o["status"]) for o in ex.fetch_canceled_orders("ETH/USDT")] == [
+        ("hist2", "canceled")]
 
 
 def test_holdings_balances_and_instruments(okx_sim):

@@ -23,7 +23,11 @@ BATCH_PER_INSTRUMENT = 300  # orders in POST trade/batch-orders
 ORDERS_PER_ACCOUNT = 1000  # orders placed, account-wide, each batch element counted
 BATCH_MAX = 20  # orders in one batch request
 GET_ORDER_PER_INSTRUMENT = 60
-PENDING = 60
+PENDING = 60  # GET trade/orders-pending, per user
+HISTORY = 40  # GET trade/orders-history (the last seven days), per user
+PAGE = 100  # records in one page of either list
+PENDING_PAGES = 40  # pages enough for every working order OKX lets an account hold
+HISTORY_PAGES = 40  # how far back one look reads completed orders; older ones are asked one by one
 CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
@@ -49,6 +53,7 @@ def cancel(inst: str) -> Costs:
 
 
 PENDING_ORDERS: Costs = {("pending",): (1, PENDING)}
+ORDERS_HISTORY: Costs = {("history",): (1, HISTORY)}
 BALANCES: Costs = {("balance",): (1, BALANCE)}
 MARKETS: Costs = {("instruments",): (1, INSTRUMENTS)}
 

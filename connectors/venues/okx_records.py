@@ -8,12 +8,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from connectors.venues import ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, Rejected
+from connectors.venues import ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, OrderUpdate, Rejected
 from operators.fill import Fill
 from operators.orders import Order
 
 MAYBE_PLACED = "51016"  # duplicated clOrdId: an order under this id may be there already
 TERMINAL = ("closed", "canceled", "rejected", "expired")  # ccxt's statuses of an order that is done
+FINAL = (FILLED, CANCELLED, REJECTED)  # the venue interface's fates that do not change again
 USD_LIKE = ("USD", "USDT", "USDC")
 
 
@@ -46,7 +47,24 @@ def fate(order: Order, o: dict, price_of: Callable[[str], float]) -> Fill | Reje
     """A finished order: what filled of it, or a refusal if nothing did."""
     if filled(o) > 0:
         return fill(order, o, price_of)
-    return Rejected(f"okx cancelled order {o.get('id')} with nothing filled")
+    return Rejected(_nothing_filled(o))
+
+
+def update(order: Order, o: dict, price_of: Callable[[str], float]) -> OrderUpdate:
+    """OKX's record of an order as a change of its fate, with what has filled so far."""
+    st = status(o)
+    got = fill(order, o, price_of) if filled(o) > 0 else None
+    reason = _nothing_filled(o) if st == CANCELLED and got is None else ""
+    return OrderUpdate(order.client_order_id, st, got, reason)
+
+
+def outcome(u: OrderUpdate) -> Fill | Rejected:
+    """A final update as ``place_many`` answers it: the fill, else the refusal."""
+    return u.fill if u.fill is not None else Rejected(u.reason)
+
+
+def _nothing_filled(o: dict) -> str:
+    return f"okx cancelled order {o.get('id')} with nothing filled"
 
 
 def status(o: dict) -> str:

@@ -11,7 +11,8 @@ from connectors.sims.okx.server import SIM, Sim
 
 
 def stats(sim: Sim) -> dict:
-    return {"accepted": sim.book.accepted(), "rate_limited": sim.windows.refused}
+    return {"accepted": sim.book.accepted(), "rate_limited": sim.windows.refused,
+            "requests": sim.requests()}
 
 
 async def _body(request: web.Request) -> dict:

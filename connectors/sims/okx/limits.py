@@ -18,6 +18,7 @@ ORDERS_PER_ACCOUNT = 1000  # orders placed by either, account-wide
 BATCH_MAX = 20  # orders in one batch request
 GET_ORDER_PER_INSTRUMENT = 60
 PENDING = 60
+HISTORY = 40  # GET trade/orders-history (the last seven days), per user
 CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
@@ -44,6 +45,8 @@ def costs(method: str, path: str, query: dict, body: object) -> Costs:
         return {("get", query.get("instId", "")): (1, GET_ORDER_PER_INSTRUMENT)}
     if method == "GET" and path == "trade/orders-pending":
         return {("pending",): (1, PENDING)}
+    if method == "GET" and path == "trade/orders-history":
+        return {("history",): (1, HISTORY)}
     if method == "GET" and path == "account/balance":
         return {("balance",): (1, BALANCE)}
     if method == "GET" and path == "trade/fills-history":

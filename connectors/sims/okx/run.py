@@ -192,7 +192,8 @@ class SimServer:
         self.sim.latency_ms = latency_ms
 
     def stats(self) -> dict:
-        """``accepted``: orders taken; ``rate_limited``: requests refused with 50011."""
+        """``accepted``: orders taken; ``rate_limited``: requests refused with 50011;
+        ``requests``: how many of each ("GET trade/order") arrived, refused or not."""
         return stats(self.sim)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
@@ -29,6 +31,16 @@ class Sim:
         self.book, self.windows, self.faults = book, Windows(clock), Faults()
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
+        self._requests: Counter[str] = Counter()  # "GET trade/order" -> how many arrived, refused or not
+        self._counting = threading.Lock()  # a test's thread reads the counts while the server writes them
+
+    def count(self, method: str, path: str) -> None:
+        with self._counting:
+            self._requests[f"{method} {path}"] += 1
+
+    def requests(self) -> dict[str, int]:
+        with self._counting:
+            return dict(self._requests)
 
 
 SIM = web.AppKey("sim", Sim)
@@ -104,13 +116,51 @@ def ticker(sim: Sim, q: dict, body: object) -> web.Response:
         return reply([], r.code, r.msg)
 
 
-def _page(q: dict, records: list[dict]) -> list[dict]:
-    """The newest ``limit`` records (OKX's pages hold 100 at most)."""
+def _page(q: dict, records: list[dict], key: str) -> list[dict]:
+    """One page of ``records`` (newest first), as OKX pages them by the id in ``key``:
+    ``after`` older than that id, ``before`` newer (the ones next to it), at most
+    ``limit`` (100 at most, the default). Raises ValueError for a cursor that is no id."""
     try:
         limit = min(100, max(1, int(q.get("limit", 100))))
     except ValueError:
         limit = 100
+    after, before = q.get("after", ""), q.get("before", "")
+    if after:
+        records = [r for r in records if int(r[key]) < int(after)]
+    if before:
+        records = [r for r in records if int(r[key]) > int(before)]
+        return records[-limit:]  # the newer records next to the cursor, still newest first
     return records[:limit]
+
+
+Records = Callable[[Sim, dict], list[dict]]
+
+
+def paged(records: Records, key: str) -> Callable[[Sim, dict, object], web.Response]:
+    """A route answering one page of what ``records`` lists for the query."""
+    def answer(sim: Sim, q: dict, body: object) -> web.Response:
+        try:
+            return reply(_page(q, records(sim, q), key))
+        except ValueError:
+            return reply([], "51000", "Parameter after or before error")
+    return answer
+
+
+def _history(sim: Sim, q: dict) -> list[dict]:
+    return sim.book.history(q["instType"], q.get("instId", ""), q.get("state", ""))
+
+
+def history(sim: Sim, q: dict, body: object) -> web.Response:
+    """Completed orders of one instrument type (OKX requires it), newest first."""
+    if not q.get("instType"):
+        return reply([], "51000", "Parameter instType error")
+    if q.get("state", "") not in ("", "filled", "canceled"):
+        return reply([], "51000", "Parameter state error")
+    return paged(_history, "ordId")(sim, q, body)
+
+
+def _fills(sim: Sim, q: dict) -> list[dict]:
+    return sim.book.fills_of(q.get("instId", ""), q.get("ordId", ""))
 
 
 ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
@@ -122,21 +172,22 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("POST", "trade/order"): place,
     ("POST", "trade/batch-orders"): batch,
     ("GET", "trade/order"): get_order,
-    ("GET", "trade/orders-pending"): lambda sim, q, b: reply(_page(q, sim.book.pending(q.get("instId", "")))),
+    ("GET", "trade/orders-pending"): paged(lambda sim, q: sim.book.pending(q.get("instId", ""),
+                                                                           q.get("instType", "")), "ordId"),
+    ("GET", "trade/orders-history"): history,
     ("POST", "trade/cancel-order"): cancel,
-    ("GET", "trade/fills"): lambda sim, q, b: reply(
-        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
-    ("GET", "trade/fills-history"): lambda sim, q, b: reply(
-        _page(q, sim.book.fills_of(q.get("instId", ""), q.get("ordId", "")))),
+    ("GET", "trade/fills"): paged(_fills, "billId"),
+    ("GET", "trade/fills-history"): paged(_fills, "billId"),
 }
 
 
 async def api(request: web.Request) -> web.StreamResponse:
     sim: Sim = request.app[SIM]
     path, method = request.match_info["path"], request.method
+    handler = ROUTES.get((method, path))
+    sim.count(method, path if handler is not None else "(unknown)")  # on arrival, before the latency
     if sim.latency_ms > 0:
         await asyncio.sleep(sim.latency_ms / 1000)
-    handler = ROUTES.get((method, path))
     if handler is None:
         return web.json_response({"code": "50030", "msg": "Not found", "data": []}, status=404)
     body: object = None

@@ -21,6 +21,8 @@ LOT, TICK, MIN_SIZE = Decimal("0.00000001"), Decimal("0.01"), Decimal("0.00001")
 TAKER_FEE = Decimal("0.001")
 CLORD = re.compile(r"[A-Za-z0-9]{1,32}")
 OPEN_STATES = ("live", "partially_filled")
+DONE_STATES = ("filled", "canceled", "mmp_canceled")
+UNFILLED_KEPT_MS = 2 * 3600 * 1000  # OKX keeps a cancelled order that never filled in its history this long
 
 OK = ("0", "Order placed")
 
@@ -114,10 +116,22 @@ class Book:
             o = self.orders.get(oid)
             return _public(o) if o is not None and o["instId"] == inst else None
 
-    def pending(self, inst: str = "") -> list[dict]:
+    def pending(self, inst: str = "", inst_type: str = "") -> list[dict]:
+        """Working orders, newest first."""
         with self.lock:
-            return [_public(o) for o in reversed(self.orders.values())
-                    if o["state"] in OPEN_STATES and (not inst or o["instId"] == inst)]
+            return [_public(o) for o in sorted(self.orders.values(), key=lambda o: int(o["ordId"]), reverse=True)
+                    if o["state"] in OPEN_STATES and (not inst or o["instId"] == inst)
+                    and (not inst_type or o["instType"] == inst_type)]
+
+    def history(self, inst_type: str, inst: str = "", state: str = "", now: int | None = None) -> list[dict]:
+        """Completed orders, newest first (by ordId, as OKX pages them). A cancelled order
+        that never filled drops out after a while, as on OKX."""
+        cutoff = (now if now is not None else int(now_ms())) - UNFILLED_KEPT_MS
+        with self.lock:
+            done = [o for o in self.orders.values() if o["state"] in DONE_STATES and o["instType"] == inst_type
+                    and (not inst or o["instId"] == inst) and (not state or o["state"] == state)
+                    and not (o["state"] != "filled" and o["accFillSz"] == "0" and int(o["uTime"]) < cutoff)]
+            return [_public(o) for o in sorted(done, key=lambda o: int(o["ordId"]), reverse=True)]
 
     def fills_of(self, inst: str = "", ord_id: str = "") -> list[dict]:
         with self.lock:
