@@ -122,6 +122,7 @@ class _Link:
 
 class OkxVenue:
     name = "okx"
+    asynchronous = True  # submit returns once OKX answered the placement; the poller learns fates
 
     def __init__(self, *, url: str | None = None, sandbox: bool = False, api_key: str = "", secret: str = "",
                  passphrase: str = "", timeout_ms: int = 5000, fill_wait_s: float = 2.0,
