@@ -98,6 +98,7 @@ class Portfolio:
         self._by_symbol: dict[str, set[str]] = {}
         self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
         self._marks_before: dict[str, float | None] = {}  # signal_id -> mark, while its order is in flight
+        self._venue_funds: dict[str, float] = {}  # market -> available funds its venue reported
 
     @property
     def nav(self) -> float:
@@ -150,7 +151,15 @@ class Portfolio:
         self._market_ids = {stream: tuple(i) for stream, i in state["taken"].items()}
 
     def view(self, proposed_usd: float) -> PortfolioView:
-        return PortfolioView(self.nav, self.position_values(), proposed_usd)
+        return PortfolioView(self.nav, self.position_values(), proposed_usd, self._venue_funds)
+
+    def set_available_funds(self, market: str, usd: float | None) -> None:
+        """The available funds the market's venue reports, read by the margin filter in
+        place of the book's own estimate; None: the venue has said nothing, estimate again."""
+        if usd is None:
+            self._venue_funds.pop(market, None)
+        else:
+            self._venue_funds[market] = usd
 
     def price_of(self, venue: str, symbol: str) -> float | None:
         return self.marks.get(symbol)
