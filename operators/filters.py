@@ -92,6 +92,7 @@ class PortfolioView:
     # by market: the available funds its venue reports (IBKR's AvailableFunds); a market
     # left out is estimated from the book, as on the paper venue
     venue_funds: Mapping[str, float] = field(default_factory=dict)
+    in_flight_usd: Mapping[str, float] = field(default_factory=dict)  # by market: orders not yet filled
 
     def position_value(self, venue: str, symbol: str) -> float:
         return self.position_values.get((venue, symbol), 0.0)
@@ -100,7 +101,7 @@ class PortfolioView:
         """What the venue says it would lend against, if it said; else the book's estimate:
         NAV less the margin held by the venue's open positions."""
         if venue in self.venue_funds:
-            return self.venue_funds[venue]
+            return self.venue_funds[venue] - margin_rate * self.in_flight_usd.get(venue, 0.0)
         held = sum(abs(v) for (ven, _), v in self.position_values.items() if ven == venue)
         return self.nav - margin_rate * held
 

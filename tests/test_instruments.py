@@ -19,6 +19,8 @@ from connectors.venues.paper import PaperVenue
 from dataflows.config import ConfigError, parse, read_venue_lists
 from dataflows.startup import refresh_instruments
 from dataflows.venue_funds import VenueFunds
+from operators.exits import TradeTerms
+from operators.fill import Fill
 from operators.kelly import KellyParams
 from operators.portfolio import Portfolio
 from tests.helpers import APEX, KELLY_AND_EXECUTE, entry, run_entries, write_recording
@@ -208,3 +210,15 @@ def test_the_book_takes_the_venues_figure_at_most_every_few_seconds(tmp_path):
     venue.usd = None  # nothing pushed (yet): the book estimates again
     funds.update(book)
     assert venue.reads == 2 and book.view(0.0).available_funds("ibkr", 0.5) == 1_000_000.0
+
+
+def test_orders_in_flight_are_taken_off_the_venues_figure_until_they_are_settled():
+    book = Portfolio(1_000_000.0, KellyParams())
+    book.set_available_funds("ibkr", 10_000.0)
+    expected = Fill("s1", "ax1", "", "ibkr", "AAPL", "buy", 20, 100.0, 0.0, 1)
+    terms = TradeTerms("s1", "macro", "ibkr", "AAPL", "buy", 20, 100.0, 1, 0.0, "trending_up", 0.05, (), 10**9,
+                       False, 0.6)
+    book.reserve(expected, terms)  # IB has not filled it yet: its figure does not know of it
+    assert book.view(0.0).available_funds("ibkr", 0.5) == 10_000.0 - 0.5 * 2_000.0
+    book.settle(expected, expected, terms)  # filled: the next figure IB pushes counts it
+    assert book.view(0.0).available_funds("ibkr", 0.5) == 10_000.0
