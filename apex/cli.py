@@ -81,7 +81,8 @@ def run(
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
     from dataflows.apex import wire
-    from dataflows.startup import reconcile_at_start
+    from dataflows.config import read_venue_lists
+    from dataflows.startup import reconcile_at_start, refresh_instruments
 
     env = _env()
     p = load_pipeline(pipeline, state_dir)
@@ -99,6 +100,14 @@ def run(
         if problems:
             for line in problems:
                 err.print(line, soft_wrap=True, highlight=False, markup=False)
+            raise typer.Exit(1)
+        # the real venues' instrument lists, a day old at most, before a `venue` universe reads them
+        refresh_instruments(p, shared, time.time(), lambda line: err.print(
+            f"apex run: {line}", soft_wrap=True, highlight=False, markup=False))
+        unread = read_venue_lists(p)
+        if unread:
+            for line in unread:
+                err.print(f"error {pipeline}: {line}", soft_wrap=True, highlight=False, markup=False)
             raise typer.Exit(1)
         flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides, shared_venues=shared)
     except ValueError as e:

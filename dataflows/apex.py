@@ -33,7 +33,7 @@ from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
-from dataflows.config import Pipeline, load
+from dataflows.config import Pipeline, load, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
 from dataflows.steps import book_filters, router, stateless_filter, validator
@@ -117,6 +117,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     ``shared_venues``: the pipeline's real venues already open (start-up reconciliation's)."""
     if redis_overrides:
         pipeline.redis = pipeline.redis.model_copy(update=redis_overrides)
+    unread = read_venue_lists(pipeline)  # `venue` universes: the cached lists, as start-up left them
+    if unread:
+        raise ValueError("; ".join(unread))
     if source is None:
         spec, base = pipeline.source, pipeline.path.parent
     else:

@@ -115,6 +115,7 @@ class Pipeline:
     takes: Takes = field(default_factory=Takes)
     books: list["Pipeline"] = field(default_factory=list)  # one per book, in YAML order; [] for one book
     venues: VenueSettings = field(default_factory=VenueSettings)
+    venue_lists: list[VenueList] = field(default_factory=list)  # every book's ``venue`` universes
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -175,21 +176,74 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(choices)}"
 
 
-def _universe(raw: dict, base: Path, where: str, errors: list[str]) -> dict:
-    """A venue's universe may be an inline list or a file path (one symbol a line, # comments)."""
+VENUE_LIST = "venue"  # a universe that is the market's venue's own list, as cached by `apex run`
+
+
+@dataclass
+class VenueList:
+    """A ``symbol_universe`` market whose symbols are its venue's cached instrument list,
+    read once ``apex run`` has refreshed the cache (``read_venue_lists``), so the filter
+    never trades on a list older than the run needs."""
+
+    where: str  # the YAML path, for the messages
+    market: str
+    universe: dict  # the filter's bound universe: the market's symbols are put in it
+
+
+def venue_list_path(state_dir: Path, market: str) -> Path:
+    return Path(state_dir) / "instruments" / f"{market}.txt"
+
+
+def _symbols(lines: list[str]) -> list[str]:
+    return [s.split("#", 1)[0].strip() for s in lines if s.split("#", 1)[0].strip()]
+
+
+def _universe(raw: dict, base: Path, where: str, errors: list[str], ctx: "_Context") -> dict:
+    """A venue's universe may be an inline list, a file path (one symbol a line, # comments),
+    or ``venue``: the instruments the market's own venue lists (the paper venue has none)."""
     out = {}
     for venue, value in (raw or {}).items():
-        if isinstance(value, str):
+        if value == VENUE_LIST:
+            if ctx.venues.kind(venue) == "paper":
+                errors.append(f"{where}.universe.{venue}: {VENUE_LIST!r} is the list {venue}'s own venue gives, "
+                              f"but {venue} trades on the paper venue (give it one under venues.{venue})")
+                continue
+            ctx.wanted.append(venue)
+            out[venue] = []  # filled by read_venue_lists
+        elif isinstance(value, str):
             p = Path(value) if Path(value).is_absolute() else base / value
             try:
                 lines = p.read_text().splitlines()
             except OSError as err:
                 errors.append(f"{where}.universe.{venue}: cannot read {p}: {err.strerror}")
                 continue
-            out[venue] = [s.split("#", 1)[0].strip() for s in lines if s.split("#", 1)[0].strip()]
+            out[venue] = _symbols(lines)
         else:
             out[venue] = value
     return out
+
+
+def read_venue_lists(pipeline: "Pipeline") -> list[str]:
+    """Each ``venue`` universe filled from its market's cached list; what could not be
+    read, one line each (empty: every list was read)."""
+    errors = []
+    for v in pipeline.venue_lists:
+        path = venue_list_path(pipeline.state_dir, v.market)
+        try:
+            v.universe[v.market] = frozenset(_symbols(path.read_text().splitlines()))
+        except OSError as err:
+            errors.append(f"{v.where}.universe.{v.market}: no instrument list of {v.market} at {path} "
+                          f"({err.strerror}); `apex run` fetches it from the venue")
+    return errors
+
+
+@dataclass
+class _Context:
+    """What a filter's loading needs of the rest of the file."""
+
+    venues: VenueSettings
+    lists: list[VenueList] = field(default_factory=list)
+    wanted: list[str] = field(default_factory=list)  # markets of the filter being loaded
 
 
 def _custom(ref: str, where: str, errors: list[str]) -> Any:
@@ -222,7 +276,7 @@ def _import_site(err: BaseException) -> str:
     return site
 
 
-def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str) -> Filter | None:
+def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str, ctx: _Context) -> Filter | None:
     name = stage.get("filter")
     params = {k: v for k, v in stage.items() if k not in ("filter", "name")}
     if not isinstance(name, str) or not name:
@@ -239,14 +293,17 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str) -> F
         errors.append(f"{where}.filter: unknown filter {name!r}{_suggest(name, list(BUILTINS))}")
         return None
     builtin = BUILTINS[name]
-    if builtin.params is UniverseParams and "universe" in params:
-        params["universe"] = _universe(params["universe"], base, where, errors)
+    ctx.wanted = []
+    if builtin.params is UniverseParams and isinstance(params.get("universe"), dict):
+        params["universe"] = _universe(params["universe"], base, where, errors, ctx)
     try:
         bound = builtin.params.model_validate(params)
     except ValidationError as err:
         errors.extend(_fmt(where, err))
         return None
-    return Filter(label or name, builtin.fn, bound.model_dump(), builtin.needs_portfolio)
+    f = Filter(label or name, builtin.fn, bound.model_dump(), builtin.needs_portfolio)
+    ctx.lists += [VenueList(where, market, f.params["universe"]) for market in ctx.wanted]
+    return f
 
 
 class _Loader(yaml.SafeLoader):
@@ -334,7 +391,8 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         _recording_exists(doc["source"], base, errors)
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
-    filters, kelly, execute, names = _stages(top.stages, "stages", stages_ok, base, errors)
+    ctx = _Context(top.venues)
+    filters, kelly, execute, names = _stages(top.stages, "stages", stages_ok, base, errors, ctx)
     books: list[tuple[str, BookConfig, tuple]] = []
     catch_all = ""
     for name, b in (top.books or {}).items():
@@ -344,7 +402,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
                           "(a book without `takes:` goes last)")
         if b.takes == Takes():
             catch_all = catch_all or name
-        own = _stages(b.stages, f"{where}.stages", True, base, errors) if b.stages is not None else None
+        own = _stages(b.stages, f"{where}.stages", True, base, errors, ctx) if b.stages is not None else None
         books.append((name, b, own or (filters, kelly, execute, names)))
     if top.books == {}:
         errors.append("books: declare at least one book, or leave `books:` out for one book")
@@ -356,7 +414,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names, venues=top.venues,
+        stages=names, venues=top.venues, venue_lists=ctx.lists,
     )
     for name, b, (f, k, x, n) in books:
         if b.initial_nav_usd is not None:
@@ -366,7 +424,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     return pipeline
 
 
-def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: list[str]
+def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: list[str], ctx: _Context
             ) -> tuple[list[Filter], KellyParams | None, ExecuteConfig | None, list[str]]:
     """One list of stages (the pipeline's, or a book's own): its filters, sizing and execution.
     ``usable``: whether the list itself parsed (else only what it holds is checked)."""
@@ -385,7 +443,7 @@ def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: li
             errors.append(f"{where}: nothing may follow the execute stage")
         kind = kinds[0]
         if kind == "filter":
-            f = _filter(i, stage, base, errors, where)
+            f = _filter(i, stage, base, errors, where, ctx)
             if f and f.name in reasons:
                 errors.append(f"{where}: drop reason {f.name!r} is also {prefix}[{reasons[f.name]}]'s; "
                               "give one of them another `name:`")

@@ -23,6 +23,7 @@ from dataflows.exits_step import Exits
 from dataflows.opens import Opens
 from dataflows.recovery import recover
 from dataflows.steps import Received
+from dataflows.venue_funds import VenueFunds
 from operators import audit_rows as R
 from operators.audit import Chain, Outcome
 from operators.decide import audit_verdict, drop_row, judge
@@ -45,6 +46,7 @@ class PortfolioStep:
         self.opens = Opens(self.desk)
         self.exits = Exits(self.desk, self.opens)
         self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
+        self._funds: VenueFunds | None = None  # made once the desk has its venues (in the worker)
         self.recovered: list[Outcome] = []  # orders finished at start, emitted with the first batch
 
     @property
@@ -115,6 +117,9 @@ class PortfolioStep:
         lot = self._lots.get(sig.venue, _NONE).get(sig.symbol)
         if lot is None:
             lot = self._lot_size(sig.venue, sig.symbol)
+        if self._funds is None:
+            self._funds = VenueFunds(desk.executor.venue_for)
+        self._funds.update(book)  # the margin filter reads a venue's own figure where it has one
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
                   filters=self.p.filters, early=item.early, kelly=self.p.kelly, lot_size=lot,
                   emitted_ms=item.emitted_ms)

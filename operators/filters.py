@@ -10,7 +10,8 @@ margin answer the same wherever sizing sits in ``pipeline.yaml``.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -88,12 +89,19 @@ class PortfolioView:
     nav: float
     position_values: dict[tuple[str, str], float]
     proposed_usd: float
+    # by market: the available funds its venue reports (IBKR's AvailableFunds); a market
+    # left out is estimated from the book, as on the paper venue
+    venue_funds: Mapping[str, float] = field(default_factory=dict)
+    in_flight_usd: Mapping[str, float] = field(default_factory=dict)  # by market: orders not yet filled
 
     def position_value(self, venue: str, symbol: str) -> float:
         return self.position_values.get((venue, symbol), 0.0)
 
     def available_funds(self, venue: str, margin_rate: float) -> float:
-        """Paper-mode available funds: NAV less the margin held by the venue's open positions."""
+        """What the venue says it would lend against, if it said; else the book's estimate:
+        NAV less the margin held by the venue's open positions."""
+        if venue in self.venue_funds:
+            return self.venue_funds[venue] - margin_rate * self.in_flight_usd.get(venue, 0.0)
         held = sum(abs(v) for (ven, _), v in self.position_values.items() if ven == venue)
         return self.nav - margin_rate * held
 

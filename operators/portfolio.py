@@ -98,6 +98,8 @@ class Portfolio:
         self._by_symbol: dict[str, set[str]] = {}
         self._deadlines: list[tuple[int, str]] = []  # heap: max-holding exits in clock order
         self._marks_before: dict[str, float | None] = {}  # signal_id -> mark, while its order is in flight
+        self._venue_funds: dict[str, float] = {}  # market -> available funds its venue reported
+        self._in_flight: dict[str, tuple[str, float]] = {}  # signal_id -> (market, notional) reserved
 
     @property
     def nav(self) -> float:
@@ -150,7 +152,21 @@ class Portfolio:
         self._market_ids = {stream: tuple(i) for stream, i in state["taken"].items()}
 
     def view(self, proposed_usd: float) -> PortfolioView:
-        return PortfolioView(self.nav, self.position_values(), proposed_usd)
+        if not self._venue_funds:
+            return PortfolioView(self.nav, self.position_values(), proposed_usd)
+        # the venue's figure knows nothing yet of the orders still in flight: they are taken off it
+        reserved: dict[str, float] = {}
+        for market, usd in self._in_flight.values():
+            reserved[market] = reserved.get(market, 0.0) + usd
+        return PortfolioView(self.nav, self.position_values(), proposed_usd, self._venue_funds, reserved)
+
+    def set_available_funds(self, market: str, usd: float | None) -> None:
+        """The available funds the market's venue reports, read by the margin filter in
+        place of the book's own estimate; None: the venue has said nothing, estimate again."""
+        if usd is None:
+            self._venue_funds.pop(market, None)
+        else:
+            self._venue_funds[market] = usd
 
     def price_of(self, venue: str, symbol: str) -> float | None:
         return self.marks.get(symbol)
@@ -191,11 +207,14 @@ class Portfolio:
         """An order in flight counts as filled as expected until the venue answers
         (``settle`` or ``release``): a risk check later in the batch sees its exposure."""
         self._marks_before[expected.signal_id] = self.marks.get(expected.symbol)
+        self._in_flight[expected.signal_id] = (expected.venue, abs(expected.quantity * expected.price))
         self.apply_fill(expected)
         self.open(terms)
 
     def _mark_before(self, expected: Fill) -> float | None:
-        """The symbol's mark as the reservation found it, unless a price has come since."""
+        """The symbol's mark as the reservation found it, unless a price has come since
+        (and the reservation no longer in flight: it is settled or released)."""
+        self._in_flight.pop(expected.signal_id, None)
         before = self._marks_before.pop(expected.signal_id, None)
         now = self.marks[expected.symbol]
         return before if now == expected.price else now

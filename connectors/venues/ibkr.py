@@ -40,6 +40,7 @@ POLL = 0.005  # how often a wait on the loop looks at the book again
 class IbkrVenue:
     name = "ibkr"
     asynchronous = True  # submit returns once IB has the orders; their fates come through updates
+    lists_instruments = False  # IB lists no universe: it answers per symbol (``instrument``)
 
     def __init__(self, host: str = "127.0.0.1", port: int = 4002, client_id: int = 1, account: str = "", *,
                  connect_timeout: float = 4.0, request_timeout: float = 4.0, fill_timeout: float = 2.0,
@@ -61,12 +62,16 @@ class IbkrVenue:
         self._reconnecting: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._synced = False  # asked IB for everything since the last connect
         self._throttled = False  # ib_async is holding requests back (its 45 a second)
+        self._funds: float | None = None  # AvailableFunds as IB last pushed it (account updates)
         self._loop = LoopThread(f"ibkr-venue-{client_id}")
         self._ib = self._call(self._create(), connect_timeout)
         try:  # the gateway may come up later: the first call that needs it connects
             self._call(self._ensure(), self._bound)
         except VenueDown:
             pass
+
+    def __repr__(self) -> str:
+        return f"IbkrVenue({self.host}:{self.port})"
 
     # the loop
 
@@ -84,6 +89,7 @@ class IbkrVenue:
         ib.commissionReportEvent += self._on_commission
         ib.orderStatusEvent += self._on_status
         ib.disconnectedEvent += self._on_disconnect
+        ib.accountValueEvent += self._on_account_value
         ib.client.throttleStart += lambda: setattr(self, "_throttled", True)
         ib.client.throttleEnd += lambda: setattr(self, "_throttled", False)
         self._lock = asyncio.Lock()
@@ -101,6 +107,16 @@ class IbkrVenue:
     def _on_status(self, trade: Any) -> None:
         self._book.add_trade(trade)
         self._note_updates()
+
+    def _on_account_value(self, value: Any) -> None:
+        """ib_async subscribes to the account's updates on connect, and IB pushes them as they
+        change: kept here, one float, so a margin check reads it without asking the network."""
+        if value.tag == "AvailableFunds" and value.currency == "USD" and (
+                not self.account or value.account == self.account):
+            try:
+                self._funds = float(value.value)
+            except ValueError:
+                pass  # IB sends an empty value while it has none; the last one stands
 
     def _on_disconnect(self) -> None:
         self._synced = self._throttled = False  # the client dropped what it held back
@@ -347,6 +363,11 @@ class IbkrVenue:
     def available_funds(self) -> float:
         """What IB would let a new order use (AvailableFunds), for a margin check."""
         return self._call(self._summary()).get(("AvailableFunds", "USD"), 0.0)
+
+    def available_funds_now(self) -> float | None:
+        """AvailableFunds as IB last pushed it, never waiting on the network; None before
+        the first push."""
+        return self._funds
 
     async def _summary(self) -> dict[tuple[str, str], float]:
         """One account summary asked and its subscription cancelled at once: IB allows
