@@ -3,7 +3,7 @@
 Starts its own redis-server (free loopback port, temporary directory, no
 persistence), runs every scenario for Apex and for the floor, one after the
 other, prints the measurements and the targets with pass/miss, and writes
-the lot as JSON. Scenarios live in ``bench/scenarios.py`` and ``bench/soak.py``; the floor in
+the lot as JSON. Scenarios live in ``bench/scenarios.py``, ``bench/soak.py`` and ``bench/venues.py``; the floor in
 ``bench/floor.py``; the measured children in ``bench/proc.py``.
 """
 
@@ -25,8 +25,9 @@ from rich.table import Table
 from bench import scenarios as S
 from bench.proc import REDIS_SERVER, Child, RedisServer, machine
 from bench.soak import soak
+from bench.venues import venues
 
-ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "soak")
+ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "venues", "soak")
 
 
 def command(*, quick: bool, soak_minutes: float | None, json_out: Path | None, only: list[str] | None,
@@ -50,7 +51,8 @@ def command(*, quick: bool, soak_minutes: float | None, json_out: Path | None, o
             say(f"[b]{name}[/b]")
             t0 = time.monotonic()
             try:
-                res = soak(ctx, soak_minutes) if name == "soak" else getattr(S, name)(ctx)  # type: ignore[arg-type]
+                res = (soak(ctx, soak_minutes) if name == "soak" else venues(ctx) if name == "venues"
+                       else getattr(S, name)(ctx))  # type: ignore[arg-type]
                 res["seconds"] = round(time.monotonic() - t0, 1)
                 report["scenarios"].append(res)
             except Exception as e:  # noqa: BLE001 - report it, go on with the next scenario
