@@ -119,7 +119,11 @@ class Run:
         return out
 
     def accepted_per_s(self) -> float | None:
-        return len(self.orders) / self.pub.seconds if self.pub.seconds else None
+        """Orders accepted per second from the first emit to the last acceptance."""
+        if not self.orders:
+            return None
+        span_s = (max(o["received_us"] for o in self.orders.values()) - self.pub.first_us) / 1e6
+        return len(self.orders) / span_s if span_s > 0 else None
 
     def steady_per_s(self) -> float | None:
         """Orders accepted per second between the first and last tenth of them by arrival."""
@@ -135,7 +139,7 @@ class Run:
     def summary(self) -> dict:
         return {"published": self.pub.count, "publish_s": round(self.pub.seconds, 2), "accepted": len(self.orders),
                 "instruments": dict(self.instruments()), "stopped_at_cap": self.stopped_at_cap,
-                "sim_stats": self.stats}
+                "sim_stats": self.stats, "ledger_outcomes": outcomes(self.state)}
 
 
 def _run(ctx: Ctx, label: str, venue: str, items: list, rate: float) -> Run:
@@ -242,6 +246,14 @@ def concentration(state: Path) -> dict:
             worst, where = value, symbol
     return {"fills": len(rows), "limit_usd": limit, "max_position_usd": round(worst, 2), "symbol": where,
             "max_ratio": round(worst / limit, 4) if rows else None}
+
+
+def outcomes(state: Path) -> dict[str, int]:
+    db = sqlite3.connect(f"file:{state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome"))
+    finally:
+        db.close()
 
 
 def _pct(values: list[float], q: float) -> float:
