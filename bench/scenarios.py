@@ -48,7 +48,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(latency=300, saturation=300, replay=2_000, ledger_rows=20_000, lookups=20_000, idle_ms=500,
-                   saturation_cap_s=60.0, venue_latency_s=3.0, venue_burst_okx=300, venue_burst_ibkr=100,
+                   saturation_cap_s=60.0, venue_latency_s=2.0, venue_burst_okx=200, venue_burst_ibkr=100,
                    venue_cap_s=60.0)
 
 
