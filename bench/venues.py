@@ -48,7 +48,7 @@ LOGS = {"okx": "clOrdId", "ibkr": "orderRef"}
 def venues(ctx: Ctx) -> dict:
     s = ctx.sizes
     okx_lat = _run(ctx, "okx-latency", "okx", _signals("okx", int(OKX_RATE * s.venue_latency_s)), OKX_RATE)
-    ibkr_rate = IBKR_ORDERS / _order_share(ctx)
+    ibkr_rate = IBKR_ORDERS / _order_share()
     ibkr_lat = _run(ctx, "ibkr-latency", "ibkr", _signals("ibkr", int(ibkr_rate * s.venue_latency_s), seed=11),
                     ibkr_rate)
     okx_burst = _run(ctx, "okx-burst", "okx", _signals("okx", s.venue_burst_okx, seed=13), 0)
@@ -56,8 +56,7 @@ def venues(ctx: Ctx) -> dict:
     rtt = {"okx": _p50(okx_lat.rtt_us), "ibkr": _p50(ibkr_lat.rtt_us)}
     bound = {v: V.LATENCY_MS * 1000 + rtt[v] + MARGIN_US for v in rtt}
     lat = {"okx": okx_lat.latency_us(), "ibkr": ibkr_lat.latency_us()}
-    ceiling = {"okx": okx_ceiling(okx_burst.instruments()), "ibkr": {"orders_per_s": IBKR_PACING,
-               "why": "ib_async sends at most 45 messages a second and an order is one placeOrder message"}}
+    ceiling = {"okx": okx_ceiling(okx_burst.instruments()), "ibkr": ibkr_ceiling()}
     steady = {"okx": okx_burst.steady_per_s(), "ibkr": ibkr_burst.steady_per_s()}
     conc = {"okx": concentration(okx_burst.state), "ibkr": concentration(ibkr_burst.state)}
     refused = okx_burst.stats.get("rate_limited") if okx_burst.stats else None
@@ -197,7 +196,7 @@ def _prices(venue: str, items: list) -> dict[str, dict[str, float]]:
     return prices
 
 
-def _order_share(ctx: Ctx) -> float:
+def _order_share() -> float:
     """The share of the bench's signals that become orders (the rest the confidence filter drops)."""
     items = _signals("ibkr", 1000, seed=11)
     return sum(json.loads(t)["confidence"] >= 0.65 for _, t in items) / len(items)
@@ -221,6 +220,15 @@ def okx_ceiling(mix: Counter) -> dict:
             "get_order_bound_per_s": round(OKX_GET_PER_INST / OKX_WINDOW_S / top, 1),
             "why": f"min(account {account:.0f}/s, batch {OKX_BATCH_PER_INST}/{OKX_WINDOW_S:.0f} s per instrument "
                    f"÷ largest share {top:.1%})"}
+
+
+def ibkr_ceiling() -> dict:
+    """ib_async's own pacing binds: the simulator, answering one connection's requests in turn
+    after its latency each, would take more."""
+    sim = 1000 / V.LATENCY_MS
+    return {"orders_per_s": min(IBKR_PACING, sim), "sim_serial_per_s": sim,
+            "why": f"ib_async sends at most {IBKR_PACING:.0f} messages a second and an order is one placeOrder "
+                   f"message (the simulator answers one connection's requests in turn: {sim:.0f}/s)"}
 
 
 def concentration(state: Path) -> dict:
