@@ -272,7 +272,7 @@ def bench(
     soak: Optional[float] = typer.Option(None, metavar="MINUTES", help="also run the soak for MINUTES at 200/s"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every measurement as JSON"),
     only: Optional[list[str]] = typer.Option(
-        None, help="run only this scenario (repeatable): latency saturation recovery replay lookup soak"),
+        None, help="run only this scenario (repeatable): latency saturation recovery replay lookup venues soak"),
     keep: bool = typer.Option(False, help="keep the work dir (logs, ledgers, ack times) for a look"),
 ) -> None:
     """Measure Apex against the floor (a bare XREADGROUP → json.loads → XACK consumer) on a private redis-server."""

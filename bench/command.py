@@ -3,7 +3,7 @@
 Starts its own redis-server (free loopback port, temporary directory, no
 persistence), runs every scenario for Apex and for the floor, one after the
 other, prints the measurements and the targets with pass/miss, and writes
-the lot as JSON. Scenarios live in ``bench/scenarios.py`` and ``bench/soak.py``; the floor in
+the lot as JSON. Scenarios live in ``bench/scenarios.py``, ``bench/soak.py`` and ``bench/venues.py``; the floor in
 ``bench/floor.py``; the measured children in ``bench/proc.py``.
 """
 
@@ -25,8 +25,9 @@ from rich.table import Table
 from bench import scenarios as S
 from bench.proc import REDIS_SERVER, Child, RedisServer, machine
 from bench.soak import soak
+from bench.venues import venues
 
-ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "soak")
+ORDER = ("latency", "saturation", "recovery", "replay", "lookup", "venues", "soak")
 
 
 def command(*, quick: bool, soak_minutes: float | None, json_out: Path | None, only: list[str] | None,
@@ -50,7 +51,8 @@ def command(*, quick: bool, soak_minutes: float | None, json_out: Path | None, o
             say(f"[b]{name}[/b]")
             t0 = time.monotonic()
             try:
-                res = soak(ctx, soak_minutes) if name == "soak" else getattr(S, name)(ctx)  # type: ignore[arg-type]
+                res = (soak(ctx, soak_minutes) if name == "soak" else venues(ctx) if name == "venues"
+                       else getattr(S, name)(ctx))  # type: ignore[arg-type]
                 res["seconds"] = round(time.monotonic() - t0, 1)
                 report["scenarios"].append(res)
             except Exception as e:  # noqa: BLE001 - report it, go on with the next scenario
@@ -174,7 +176,32 @@ def print_report(report: dict, out: Console) -> None:
             out.print(w)
             out.print(f"soak RSS growth after {s['params']['warm_up_s']:.0f} s warm-up: "
                       f"{s['checks']['rss_growth_after_warm_up']}", highlight=False)
+        if s["scenario"] == "venues":
+            print_venues(s["checks"], out)
     for e in report["errors"]:
         out.print(f"[red]{e['scenario']} did not complete[/red]: {e['error']}", highlight=False)
     out.print(f"{len(report['scenarios'])} scenarios in {report['seconds']:.0f} s; load average "
               f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end", highlight=False)
+
+
+def print_venues(c: dict, out: Console) -> None:
+    rtt, bound, ceil = c["bare_rtt_p50_us"], c["latency_bound_us"], c["ceiling"]
+    out.print(f"venues: each simulator adds {c['injected_latency_ms']} ms a request; bare loopback round trip p50 "
+              f"OKX {fmt_us(rtt['okx'])} (HTTP), IBKR {fmt_us(rtt['ibkr'])} (TCP connect); latency bound "
+              f"OKX {fmt_us(bound['okx'])}, IBKR {fmt_us(bound['ibkr'])}", highlight=False)
+    o = ceil["okx"]
+    out.print(f"venues: OKX ceiling {o['orders_per_s']}/s = {o['why']}; asking each order's fate once "
+              f"(GET trade/order, 60 / 2 s per instrument) would allow {o.get('get_order_bound_per_s')}/s; "
+              f"IBKR ceiling {ceil['ibkr']['orders_per_s']:.0f}/s: {ceil['ibkr']['why']}", highlight=False)
+    st, seed = c["steady_orders_per_s"], c["times_seed"]
+    out.print("venues: sustained orders/s vs the seed's sequential cycle: "
+              + ", ".join(f"{v.upper()} {st[v]:,.1f}/s = {seed[v]:,.1f}× the seed" if st[v] else f"{v.upper()} —"
+                          for v in ("okx", "ibkr")), highlight=False)
+    for label, r in c["runs"].items():
+        out.print(f"venues: {label}: published {r['published']:,} in {r['publish_s']:.2f} s, accepted "
+                  f"{r['accepted']:,} on {len(r['instruments'])} instruments, ledger {r['ledger_outcomes']}"
+                  + (f", simulator {r['sim_stats']}" if r["sim_stats"] else "")
+                  + ("; stopped at the cap" if r["stopped_at_cap"] else ""), highlight=False)
+    for v, k in c["concentration"].items():
+        out.print(f"venues: {v} largest position {k['max_position_usd']:,.0f} USD ({k['symbol']}) of a "
+                  f"{k['limit_usd']:,.0f} USD limit over {k['fills']:,} fills", highlight=False)

@@ -144,8 +144,9 @@ class Child:
 
     running: set["Child"] = set()  # for ``stop_all`` when a scenario fails half-way
 
-    def __init__(self, args: list[str], log: Path, *, sample_every_s: float = 1.0):
-        env = {k: v for k, v in os.environ.items() if k not in SCRUB} | {"APEX_ENV": "paper"}
+    def __init__(self, args: list[str], log: Path, *, sample_every_s: float = 1.0, env: dict[str, str] | None = None):
+        """``env``: settings added to the child's environment (a venue's address)."""
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB} | {"APEX_ENV": "paper"} | (env or {})
         self.log = log
         self._fh = log.open("w")
         self.started = time.monotonic()

@@ -27,7 +27,8 @@ def test_quick_bench_runs_every_scenario_and_produces_numbers(tmp_path):
     if not Path("/usr/bin/redis-server").exists() and not shutil.which("redis-server"):
         pytest.fail("redis-server not found: install Debian's redis-server (make redis)")
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "apex.cli", "bench", "--quick", "--json", str(out)],
+    only = [a for s in sorted(SCENARIOS) for a in ("--only", s)]  # the venues have a test of their own
+    proc = subprocess.run([sys.executable, "-m", "apex.cli", "bench", "--quick", "--json", str(out), *only],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -48,6 +49,31 @@ def test_quick_bench_runs_every_scenario_and_produces_numbers(tmp_path):
     live = {s["scenario"]: s for s in report["scenarios"]}
     assert live["latency"]["runs"][0]["latency_us"]["n"] > 0  # orders reached the venue
     assert "bench" in proc.stdout and "targets" in proc.stdout
+
+
+def test_quick_venues_bench_measures_both_simulators(tmp_path):
+    """`apex bench --quick --only venues`: orders reach both simulators and every row and
+    target has a number (whether a target passes depends on the engine and the machine)."""
+    if not Path("/usr/bin/redis-server").exists() and not shutil.which("redis-server"):
+        pytest.fail("redis-server not found: install Debian's redis-server (make redis)")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "apex.cli", "bench", "--quick", "--only", "venues", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["all_completed"] and [s["scenario"] for s in report["scenarios"]] == ["venues"]
+    s = report["scenarios"][0]
+    for r in s["runs"]:
+        if r["system"] == "apex":
+            assert is_number(r["throughput_per_s"]) and r["throughput_per_s"] > 0, r["what"]
+            assert r["latency_us"]["n"] > 0 and is_number(r["latency_us"]["p99"]), r["what"]
+        if r["system"] == "loopback":
+            assert is_number(r["latency_us"]["p50"]), r["what"]
+    for t in s["targets"]:
+        assert is_number(t["measured"]) and isinstance(t["pass"], bool), t["name"]
+    runs = s["checks"]["runs"]
+    assert all(r["accepted"] > 0 and len(r["instruments"]) >= 10 for r in runs.values()), runs
+    assert "venues" in proc.stdout and "ceiling" in proc.stdout
 
 
 def test_bench_outside_a_checkout_says_so_in_one_line(tmp_path):
