@@ -53,8 +53,10 @@ def start(d: Path, prices: dict[str, dict[str, float]]) -> Sims:
     common = ["--latency-ms", str(LATENCY_MS)]
     okx = Child(["-m", "apex.cli", "sim", "okx", "--port", str(oport), *common, "--prices", str(files["okx"]),
                  "--orders-log", str(d / "okx-orders.jsonl")], d / "okx-sim.log")
+    # cash enough that IB's AvailableFunds (which the margin filter reads) never binds: the bench
+    # measures the path to the venue, not the account
     ibkr = Child(["-m", "apex.cli", "sim", "ibkr", "--port", str(iport), *common, "--prices", str(files["ibkr"]),
-                  "--orders-log", str(d / "ibkr-orders.jsonl")], d / "ibkr-sim.log")
+                  "--cash", str(BALANCE_USD), "--orders-log", str(d / "ibkr-orders.jsonl")], d / "ibkr-sim.log")
     sims = Sims(okx, ibkr, oport, iport, d / "okx-orders.jsonl", d / "ibkr-orders.jsonl")
     for port, child in ((oport, okx), (iport, ibkr)):
         wait_until(lambda p=port: _listening(p), f"{child.log.name} to listen", 60, child, every_s=0.05)

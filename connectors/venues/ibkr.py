@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FINAL = (FILLED, CANCELLED, REJECTED)
 POLL = 0.005  # how often a wait on the loop looks at the book again
+UNANSWERED = ("PendingSubmit", "ApiPending")  # a Trade's status until IB's first word on it
 
 
 class IbkrVenue:
@@ -223,6 +224,17 @@ class IbkrVenue:
             return f"IB takes whole shares, not {order.quantity}"
         return ""
 
+    async def _answered(self, trades: dict[str, Any], timeout: float) -> None:
+        """Until IB has answered every order placed (a status past PendingSubmit, or an error):
+        "accepted" must mean IB has the order, not that the client queued it behind its pacing.
+        The socket dropping, or ``timeout``, ends the wait: their fates are asked later."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and self._ib.isConnected():
+            if all(t is None or t.isDone() or t.orderStatus.status not in UNANSWERED for t in trades.values()):
+                return
+            await asyncio.sleep(POLL)
+
     def _final(self, ref: str) -> bool:
         fate = self._book.fate(ref)
         return fate is not None and fate.status in FINAL and fate.settled
@@ -273,11 +285,13 @@ class IbkrVenue:
     # the asynchronous form
 
     def submit(self, orders: list[Order]) -> list[Ack]:
-        return self._call(self._submit(orders))
+        # the orders leave at ib_async's pace, and are waited for until IB has answered each
+        return self._call(self._submit(orders), self._bound + len(orders) / 40)
 
     async def _submit(self, orders: list[Order]) -> list[Ack]:
         results: list = [None] * len(orders)
-        await self._send(orders, results)
+        trades = await self._send(orders, results)
+        await self._answered(trades, self._bound + len(orders) / 40)
         acks = []
         for order, r in zip(orders, results, strict=True):
             if isinstance(r, Rejected):
