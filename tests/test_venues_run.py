@@ -80,7 +80,11 @@ def test_apex_run_on_both_simulators_sends_each_order_once_and_shows_no_secret(t
     db = sqlite3.connect(state / "ledger.sqlite")
     filled = db.execute("SELECT venue, client_order_id, order_id, signal_id FROM executions WHERE status = 'filled'"
                         ).fetchall()
+    # spot sells of coins the account does not hold: OKX refuses them (51008), and they are rejected, not retried
+    refused = db.execute("SELECT client_order_id, order_id FROM executions WHERE status = 'rejected'"
+                         " AND venue = 'okx'").fetchall()
     db.close()
+    assert refused and all("Insufficient" in why for _, why in refused), refused[:3]
     for venue, key in (("okx", "clOrdId"), ("ibkr", "orderRef")):
         log = tmp_path / f"{venue}-orders.jsonl"
         sent = [json.loads(line)[key] for line in log.read_text().splitlines()]
@@ -88,6 +92,8 @@ def test_apex_run_on_both_simulators_sends_each_order_once_and_shows_no_secret(t
         assert ours, f"no fills at {venue}"
         assert max(Counter(sent).values()) == 1, f"an order reached {venue} twice"
         assert set(sent) == ours, f"{venue}'s orders and the ledger's fills differ"
+    assert not {cid for cid, _ in refused} & {json.loads(line)["clOrdId"] for line in
+                                              (tmp_path / "okx-orders.jsonl").read_text().splitlines()}
 
     trail = subprocess.run([APEX, "audit", "--state-dir", str(state), "--format", "jsonl"], capture_output=True,
                            text=True, env=env, timeout=120)
