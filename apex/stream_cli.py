@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -118,8 +119,13 @@ def record(
         refuse(err, f"--out {out_path}: {e.strerror}")
     last, n, reached, down = {name: since for name in stream}, 0, False, ""
     deadline = time.monotonic() + duration
+    stopped: list[int] = []
+    # Ctrl-C or SIGTERM ends the capture at the next read (within a second), the file whole:
+    # an interrupt raised wherever the loop happened to be could land mid-write
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stopped.append(signum))
     with fh:
-        while (left := deadline - time.monotonic()) > 0:
+        while not stopped and (left := deadline - time.monotonic()) > 0:
             try:
                 for name, pos in last.items():  # pin '$' to an id, or entries between two reads would be missed
                     if pos == "$":

@@ -225,5 +225,7 @@ def record_until(out: Path, lines: int, *args: str, timeout: float = 60) -> list
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        code = proc.wait(30)
+    # Ctrl-C ends a capture cleanly, the file whole, with what it recorded said
+    assert code == 0 and "recorded " in proc.stderr.read(), f"apex record stopped with {code}"
     return [json.loads(line) for line in out.read_text().splitlines()]
