@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.proc import Child, free_port, wait_until
+from connectors.sims import listening
 
 LATENCY_MS = 20  # what each simulator adds to every request, as a distant venue would
 PROBES = 50  # bare round trips sampled per simulator
@@ -59,7 +60,7 @@ def start(d: Path, prices: dict[str, dict[str, float]]) -> Sims:
                   "--cash", str(BALANCE_USD), "--orders-log", str(d / "ibkr-orders.jsonl")], d / "ibkr-sim.log")
     sims = Sims(okx, ibkr, oport, iport, d / "okx-orders.jsonl", d / "ibkr-orders.jsonl")
     for port, child in ((oport, okx), (iport, ibkr)):
-        wait_until(lambda p=port: _listening(p), f"{child.log.name} to listen", 60, child, every_s=0.05)
+        wait_until(lambda p=port: listening(p), f"{child.log.name} to listen", 60, child, every_s=0.05)
     return sims
 
 
@@ -69,14 +70,6 @@ def fund(sims: Sims, prices: dict[str, float]) -> None:
     for inst, px in prices.items():
         control(sims.okx_port, "POST", "balance", {"ccy": inst.split("-")[0], "amount": BALANCE_USD / px})
     control(sims.okx_port, "POST", "balance", {"ccy": "USDT", "amount": BALANCE_USD})
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def control(port: int, method: str, what: str, doc: dict | None = None) -> dict:

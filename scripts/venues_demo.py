@@ -26,6 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from connectors.sims import listening, prices_from_recording
+
 REPO = Path(__file__).resolve().parents[1]
 APEX = str(Path(sys.executable).with_name("apex"))
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
@@ -43,26 +45,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"{what} exited with code {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if listening(port):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     sys.exit(f"{what} is not listening on {port} after {timeout:.0f} s")
-
-
-def reference_prices() -> dict[str, dict[str, float]]:
-    """The simulators' fill prices, by venue: each symbol's first reference price in the recording."""
-    prices: dict[str, dict[str, float]] = {"okx": {}, "ibkr": {}}
-    for line in SAMPLE.read_text().splitlines():
-        try:
-            doc = json.loads(json.loads(line)["fields"]["payload"])
-            price = float(doc["reference_price"])
-        except (KeyError, TypeError, ValueError):
-            continue  # the recording's invalid entries
-        if doc.get("venue") in prices and isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
-            prices[doc["venue"]].setdefault(doc["symbol"], price)
-    return prices
 
 
 def status(redis_url: str) -> dict:
@@ -98,7 +84,7 @@ def main() -> int:
     work = a.dir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for venue, table in reference_prices().items():
+    for venue, table in prices_from_recording(SAMPLE).items():
         (work / f"{venue}-prices.json").write_text(json.dumps(table))
     procs: list[subprocess.Popen] = []
 

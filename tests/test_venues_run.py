@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.sims import listening, prices_from_recording
 from helpers import APEX, until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,40 +29,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-def _prices(venue: str) -> dict[str, float]:
-    """Each symbol's first reference price in the sample: what the simulator fills at."""
-    out: dict[str, float] = {}
-    for line in SAMPLE.read_text().splitlines():
-        try:
-            doc = json.loads(json.loads(line)["fields"]["payload"])
-            price = float(doc["reference_price"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if doc.get("venue") == venue and isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
-            out.setdefault(doc["symbol"], price)
-    return out
-
-
 @pytest.fixture
 def simulators(tmp_path):
     procs, ports = [], {}
     for venue in ("okx", "ibkr"):
         prices = tmp_path / f"{venue}-prices.json"
-        prices.write_text(json.dumps(_prices(venue)))
+        prices.write_text(json.dumps(prices_from_recording(SAMPLE)[venue]))
         ports[venue] = port = _free_port()
         procs.append(subprocess.Popen(
             [APEX, "sim", venue, "--port", str(port), "--prices", str(prices),
              "--orders-log", str(tmp_path / f"{venue}-orders.jsonl")],
             stdout=open(tmp_path / f"{venue}-sim.log", "w"), stderr=subprocess.STDOUT))
-        assert until(lambda: _listening(port), 30), f"apex sim {venue} did not listen"
+        assert until(lambda: listening(port), 30), f"apex sim {venue} did not listen"
     yield ports
     for p in procs:
         p.send_signal(signal.SIGTERM)
