@@ -85,8 +85,8 @@ class Executor:
 
     def _resolved(self, order: Order, step: str, row: tuple | None) -> Fill | None:
         if step == DONE:
-            _, order_id, price, fee, filled_ms = row  # type: ignore[misc]
-            return self._fill(order, order_id, price, fee, filled_ms)
+            _, order_id, price, fee, filled_ms, quantity = row  # type: ignore[misc]
+            return self._fill(order, order_id, price, fee, filled_ms, quantity)
         assert step == ASK_VENUE
         venue = self.venue_for(order.venue)
         try:
@@ -237,9 +237,9 @@ class Executor:
         return result, True
 
     @staticmethod
-    def _fill(order: Order, order_id: str, price: float, fee: float, ts: int) -> Fill:
+    def _fill(order: Order, order_id: str, price: float, fee: float, ts: int, quantity: float) -> Fill:
         return Fill(order.signal_id, order.client_order_id, order_id, order.venue, order.symbol,
-                    order.side, order.quantity, price, fee, ts)
+                    order.side, quantity, price, fee, ts)
 
 
 def _ours(order: Order, fill: Fill) -> Fill:

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS book (
 log = logging.getLogger("apex.ledger")
 
 BUSY_TIMEOUT_MS = 5000
-EXECUTION = "status, order_id, price, fee_usd, filled_ms"  # what an idempotency check reads of an order
+EXECUTION = "status, order_id, price, fee_usd, filled_ms, quantity"  # what an idempotency check reads of an order
 ORDER = "client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms"  # an ``Order``'s fields
 PREFETCH = 500  # ids a lookup query: under SQLite's smallest default limit of bound variables (999)
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``) at the latest
@@ -302,7 +302,8 @@ class Ledger:
         self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms)
 
     def execution(self, order: Order) -> tuple | None:
-        """(status, order_id, price, fee_usd, filled_ms) of the order for this signal and kind."""
+        """(status, order_id, price, fee_usd, filled_ms, quantity) of the order for this signal and
+        kind; the quantity is what filled once it has (a partial fill, or less the venue's fee)."""
         if order.kind == "open" and order.signal_id in self._known_opens:
             return self._known_opens[order.signal_id]
         return self.db.execute(f"SELECT {EXECUTION} FROM executions WHERE signal_id = ? AND kind = ?",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.sims.okx import SimServer, running
+from connectors.sims.okx.state import TAKER_FEE
 from connectors.venues.okx import OkxVenue
 from operators.orders import Order, client_order_id
 
@@ -18,6 +19,11 @@ from operators.orders import Order, client_order_id
 PRICES = {f"{c}-USDT": p for c, p in [("BTC", 100.0), ("ETH", 50.0), ("SOL", 20.0), ("XRP", 2.0), ("ADA", 1.0),
                                       ("DOT", 5.0), ("LTC", 80.0), ("LINK", 10.0), ("AVAX", 30.0), ("TRX", 0.5)]}
 SECRET = "sim-secret-never-shown"
+
+
+def held(bought: float) -> float:
+    """What the account holds of a buy: OKX keeps its taker fee in the coin bought."""
+    return bought * (1 - float(TAKER_FEE))
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, RE
                                Venue, VenueDown)
 from connectors.venues import okx_limits as limits
 from helpers import until
-from okx_fixtures import PRICES, SECRET, free_port, logged, okx_sim, okx_venue, order, raw  # noqa: F401
+from okx_fixtures import PRICES, SECRET, free_port, held, logged, okx_sim, okx_venue, order, raw  # noqa: F401
 from operators.fill import Fill
 
 APEX = str(Path(sys.executable).with_name("apex"))
@@ -37,9 +37,11 @@ def test_fills_carry_okx_order_ids_and_fees_in_usd(okx_sim):
     log = okx_sim.logged()
     assert [f.order_id for f in fills] == [line["ordId"] for line in log]
     assert all(isinstance(f, Fill) and f.price == 100.0 for f in fills)
-    assert [(f.client_order_id, f.side, f.quantity) for f in fills] == [
-        (buy.client_order_id, "buy", 0.5), (sell.client_order_id, "sell", 0.2)]
-    # OKX takes a buy's fee in the coin bought (0.1% of 0.5 BTC at 100) and a sell's in USDT
+    # OKX takes a buy's fee in the coin bought (0.1% of 0.5 BTC at 100) and a sell's in USDT:
+    # the buy's position is what the account holds, the fill less the fee's coins
+    assert [(f.client_order_id, f.side) for f in fills] == [(buy.client_order_id, "buy"),
+                                                          (sell.client_order_id, "sell")]
+    assert [f.quantity for f in fills] == pytest.approx([held(0.5), 0.2])
     assert fills[0].fee_usd == pytest.approx(0.05) and fills[1].fee_usd == pytest.approx(0.02)
     # a market buy is sized in the base currency, and the venue read it so
     assert [(line["tgtCcy"], line["sz"], line["accFillSz"]) for line in log] == [
@@ -87,7 +89,7 @@ def test_an_order_taken_without_an_answer_is_looked_up_not_sent_again(okx_sim, f
     okx_sim.server.arm(fault)
     o = order("u-" + fault)
     (fill,) = venue.place_many([o])
-    assert isinstance(fill, Fill) and fill.quantity == 0.5
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(held(0.5))
     assert [line["ordId"] for line in okx_sim.logged()] == [fill.order_id]
 
 
@@ -117,7 +119,7 @@ def test_a_partial_fill_has_its_remainder_cancelled(okx_sim):
     okx_sim.server.set_fill_ratio(0.5)
     o = order("p1", quantity=0.5)
     (fill,) = okx_sim.venue.place_many([o])
-    assert isinstance(fill, Fill) and fill.quantity == 0.25
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(held(0.25))
     assert okx_sim.venue.open_orders() == []
     assert okx_sim.venue.lookup(o) == fill
 
@@ -226,7 +228,7 @@ def test_submitted_orders_report_their_fates_as_updates(okx_sim):
     seen = []
     assert until(lambda: seen.extend(venue.updates()) or any(u.status == FILLED for u in seen), 10)
     assert [u.status for u in seen] == [REJECTED, FILLED]
-    assert seen[1].fill is not None and seen[1].fill.quantity == 0.5
+    assert seen[1].fill is not None and seen[1].fill.quantity == pytest.approx(held(0.5))
     assert ACCEPTED not in [u.status for u in venue.updates()]
 
 
@@ -256,7 +258,8 @@ def test_submit_answers_before_the_fates_are_known_and_updates_asks_nothing(okx_
     asked = okx_sim.server.stats()["requests"]
     okx_sim.server.stop()
     (filled,) = venue.updates()
-    assert (filled.client_order_id, filled.status, filled.fill.quantity) == (taken.client_order_id, FILLED, 0.5)
+    assert (filled.client_order_id, filled.status) == (taken.client_order_id, FILLED)
+    assert filled.fill.quantity == pytest.approx(held(0.5))
     assert filled.fill.order_id == okx_sim.logged()[0]["ordId"]
     assert venue.updates() == []
     assert okx_sim.server.stats()["requests"] == asked
@@ -291,7 +294,7 @@ def test_what_is_left_after_the_bound_is_cancelled_and_told(okx_sim, ratio, fill
     assert until(lambda: _collect(venue, seen, lambda s: s and s[-1].status == CANCELLED), 10)
     assert [u.status for u in seen] == [PARTIALLY_FILLED if filled else ACCEPTED, CANCELLED]
     if filled:
-        assert [u.fill.quantity for u in seen] == [filled, filled]
+        assert [u.fill.quantity for u in seen] == pytest.approx([held(filled)] * 2)
     else:
         assert seen[-1].fill is None and "nothing filled" in seen[-1].reason
     assert venue.open_orders() == []
@@ -380,7 +383,7 @@ def test_ccxt_reads_the_simulators_order_history(okx_sim):
 def test_holdings_balances_and_instruments(okx_sim):
     venue: Venue = okx_sim.venue
     venue.place_many([order("h1", quantity=0.5)])
-    assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(0.4995)}
+    assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(held(0.5))}
     assert venue.balances()["USDT"] == pytest.approx(1_000_000 - 50)
     assert venue.instrument("okx", "BTC-USDT") == Instrument("okx", "BTC-USDT", 1e-8, 0.01, 1e-5)
     assert venue.instrument("ibkr", "BTC-USDT") is None and venue.instrument("okx", "FOO-USDT") is None

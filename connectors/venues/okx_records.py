@@ -28,7 +28,17 @@ def fill(order: Order, o: dict, price_of: Callable[[str], float]) -> Fill:
     info = o.get("info") or {}
     price = float(o.get("average") or info.get("avgPx") or 0)
     return Fill(order.signal_id, order.client_order_id, str(o.get("id") or info.get("ordId")), order.venue,
-                order.symbol, order.side, filled(o), price, fee_usd(info, price, price_of), order.ts_ms)
+                order.symbol, order.side, filled(o) - fee_in_base(info), price, fee_usd(info, price, price_of),
+                order.ts_ms)
+
+
+def fee_in_base(info: dict) -> float:
+    """The coins OKX keeps as its fee when it charges a buy in the coin bought: the account
+    holds the fill less them, so that is the position (a close can sell no more), and the
+    fee's worth is still the cost (net quantity × price + fee = what was paid)."""
+    if str(info.get("feeCcy") or "") != str(info.get("instId", "")).split("-")[0]:
+        return 0.0
+    return -float(info.get("fee") or 0)
 
 
 def fee_usd(info: dict, price: float, price_of: Callable[[str], float]) -> float:
