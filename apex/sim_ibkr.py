@@ -31,11 +31,15 @@ def _prices(path: Optional[Path]) -> dict[str, float] | None:
     if path is None:
         return None
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as e:
+        refuse(err, f"--prices {path}: {e.strerror}")
+    try:
+        raw = json.loads(text)
         if not isinstance(raw, dict) or not raw:
             raise ValueError("not an object")
         prices = {str(k): float(v) for k, v in raw.items()}
-    except (OSError, ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         refuse(err, f"--prices {path}: a JSON object of symbol to last price is needed ({type(e).__name__})")
     if any(not p > 0 for p in prices.values()):
         refuse(err, f"--prices {path}: every price must be above 0")

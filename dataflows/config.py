@@ -15,10 +15,10 @@ import sys
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.redis_config import RedisConfig
 from connectors.venues.settings import VenueSettings
@@ -26,6 +26,7 @@ from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
+from operators.signal import Source, Venue
 
 
 class ConfigError(Exception):
@@ -61,8 +62,8 @@ class Takes(BaseModel):
     none given: every signal. A market entry reaches every book."""
 
     model_config = ConfigDict(extra="forbid")
-    venue: list[str] | None = None
-    source: list[str] | None = None
+    venue: list[Venue] | None = None
+    source: list[Source] | None = None
     symbol: list[str] | None = None
 
     @field_validator("venue", "source", "symbol", mode="before")
@@ -91,7 +92,7 @@ class Top(BaseModel):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     exits: ExitsConfig = Field(default_factory=ExitsConfig)
     limits: Limits = Field(default_factory=Limits)
-    books: dict[Annotated[str, StringConstraints(pattern=BOOK_NAME)], BookConfig] | None = None
+    books: dict[str, BookConfig] | None = None
     # where each market's orders go; a market it leaves out trades on execute's paper venue
     venues: VenueSettings = Field(default_factory=VenueSettings)
     stages: list[Any]
@@ -395,6 +396,11 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     filters, kelly, execute, names = _stages(top.stages, "stages", stages_ok, base, errors, ctx)
     books: list[tuple[str, BookConfig, tuple]] = []
     catch_all = ""
+    raw_books = doc.get("books")
+    for name in raw_books if isinstance(raw_books, dict) else ():  # even when the section has other errors
+        if not re.match(BOOK_NAME, str(name)):
+            errors.append(f"books.{name}: a book's name is lowercase letters, digits, - and _ (at most 32, "
+                          "a letter or digit first): it names the book's folder under state_dir/books")
     for name, b in (top.books or {}).items():
         where = f"books.{name}"
         if catch_all:

@@ -125,10 +125,14 @@ def format_report(report: Report) -> list[str]:
     if report.foreign_orders:
         lines.append(f"{len(report.foreign_orders)} open order(s) at the venues are not Apex's "
                      "(their client order ids are not Apex's); they were left alone")
-    if not report.ok:
-        lines.append(f"trading did not start: {len(report.differences)} difference(s) between the book and "
-                     "the venues; settle them (at the venue, or by finding the ledger that placed the orders) "
-                     "and start again")
+    away = sum(d.reason == VENUE_UNREACHABLE for d in report.differences)
+    differ = len(report.differences) - away
+    if differ:
+        lines.append(f"trading did not start: {differ} difference(s) between the book and the venues; settle "
+                     "them (at the venue, or by finding the ledger that placed the orders) and start again")
+    elif away:
+        lines.append(f"trading did not start: {away} venue(s) could not be asked, so the book could not be "
+                     "checked against them; start again once they answer")
     return lines
 
 

@@ -140,6 +140,7 @@ def test_a_book_with_its_own_stages_uses_them(tmp_path):
     ("books:\n  a: {takes: {market: okx}}", "books.a.takes.market: extra inputs are not permitted"),
     ("books:\n  a:\n    stages: [{filter: nope}]", "books.a.stages[0].filter: unknown filter 'nope'"),
     ("books:\n  a: {initial_nav_usd: -1}", "books.a.initial_nav_usd: input should be greater than 0"),
+    ("books:\n  a: {takes: {venue: kraken}}", "books.a.takes.venue[0]: input should be 'okx' or 'ibkr'"),
 ])
 def test_a_broken_books_section_is_refused_with_its_paths(tmp_path, books, error):
     text = "stages:\n  - size: kelly\n  - execute: {venue: paper}\n" + books + "\n"

@@ -143,6 +143,13 @@ def test_a_venue_that_cannot_be_asked_is_its_own_reason_and_the_others_are_still
                                         "and open orders: connection refused")
 
 
+def test_a_venue_that_cannot_be_asked_is_not_called_a_difference():
+    """What stops trading is said for what it is: a venue away is not a book that differs."""
+    report = reconcile({"okx": Held("okx", down="connection refused")}, {}, set())
+    assert format_report(report)[-1] == ("trading did not start: 1 venue(s) could not be asked, so the book could "
+                                         "not be checked against them; start again once they answer")
+
+
 # --- the comparison's promises -----------------------------------------------------------------
 
 LOTS = st.sampled_from([1e-8, 1e-4, 0.01, 1.0, 100.0])

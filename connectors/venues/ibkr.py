@@ -32,6 +32,10 @@ from operators.fill import Fill
 from operators.orders import Order
 
 log = logging.getLogger(__name__)
+# ib_async logs each failed connection attempt as an error of its own; this venue says what
+# it means in one line (VenueDown, a reconnect warning), so the client's own lines would only
+# repeat it on the operator's screen, twice an attempt
+logging.getLogger("ib_async.client").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 FINAL = (FILLED, CANCELLED, REJECTED)
 POLL = 0.005  # how often a wait on the loop looks at the book again
