@@ -190,11 +190,6 @@ class Executor:
             self._working[order.client_order_id] = (order, time.monotonic() + WORKING_BOUND_S)
         return known
 
-    @property
-    def working(self) -> int:
-        """Orders a venue accepted whose fate has not come yet."""
-        return len(self._working)
-
     def poll(self) -> list[tuple[Order, Fill | Rejected]]:
         """The fates that came for orders venues were working, each recorded in the ledger;
         never blocks on a venue (``updates`` only reads what a venue has learnt)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.redis_config import RedisConfig
 from connectors.venues.settings import VenueSettings
@@ -26,7 +26,7 @@ from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
-from operators.signal import Source, Venue
+from operators.books import Takes
 
 
 class ConfigError(Exception):
@@ -55,25 +55,6 @@ class ExitsConfig(BaseModel):
 
 
 BOOK_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # it names the book's folder under state_dir/books
-
-
-class Takes(BaseModel):
-    """Which signals a book takes: every key given must match (a name or a list of names);
-    none given: every signal. A market entry reaches every book."""
-
-    model_config = ConfigDict(extra="forbid")
-    venue: list[Venue] | None = None
-    source: list[Source] | None = None
-    symbol: list[str] | None = None
-
-    @field_validator("venue", "source", "symbol", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    def admits(self, venue: str, source: str, symbol: str) -> bool:
-        return ((self.venue is None or venue in self.venue) and (self.source is None or source in self.source)
-                and (self.symbol is None or symbol in self.symbol))
 
 
 class BookConfig(BaseModel):
@@ -133,13 +114,6 @@ class Pipeline:
     def each_book(self) -> list["Pipeline"]:
         """The books the flow keys on: the declared ones, or this pipeline as its one book."""
         return self.books or [self]
-
-    def book_for(self, venue: str, source: str, symbol: str) -> "Pipeline | None":
-        """The first book, in YAML order, that takes this signal; None: no book does."""
-        for b in self.each_book():
-            if b.takes.admits(venue, source, symbol):
-                return b
-        return None
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -157,7 +157,6 @@ class OkxVenue:
         self._link = _Link(client(), self)
         self._ex = self._link.ex
         self._markets: dict[str, dict] | None = None  # by instId
-        self._sent: dict[str, Order] = {}  # by client order id: what this process sent
         self._poller = Poller(_Link(client(), self, markets_from=self._link), fill_wait_s=fill_wait_s,
                               interval_s=poll_interval_s)
 
@@ -214,7 +213,6 @@ class OkxVenue:
                 fates[i] = Rejected(reason)
             else:
                 sendable.append(i)
-                self._sent[order.client_order_id] = order
         placed: list[tuple[int, str, float]] = []
         try:
             for start in range(0, len(sendable), limits.BATCH_MAX):
@@ -312,7 +310,8 @@ class OkxVenue:
         for o in got:
             info = o.get("info") or {}
             cid = o.get("clientOrderId") or ""
-            sent = self._sent.get(cid)
+            watched = self._poller.tracked.get(cid)  # an order of ours still working: what it was for
+            sent = watched.order if watched is not None else None
             out.append(Order(cid, sent.signal_id if sent else "", sent.kind if sent else "open", self.market,
                              self._symbol(info.get("instId", "")), o.get("side") or "",
                              float(o.get("remaining") or o.get("amount") or 0), float(o.get("price") or 0),
