@@ -9,21 +9,24 @@ import json
 import signal
 import sqlite3
 import subprocess
-import urllib.request
 from collections import Counter
 
+from connectors.sims import prices_from_recording
+from connectors.sims.okx import running
 from helpers import APEX, until
-from test_venues_run import PIPELINE, SAMPLE, simulators  # noqa: F401 - the fixture
-
-
-def _okx_control(port: int, what: str, body: dict) -> None:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/sim/{what}", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+from test_venues_run import PIPELINE, SAMPLE, simulators  # noqa: F401 - the fixture (its IBKR simulator)
 
 
 def _logged(path) -> list[str]:
     return [json.loads(line)["clOrdId"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _okx_buy(line: str) -> bool:
+    try:
+        doc = json.loads(json.loads(line)["fields"]["payload"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("venue") == "okx" and doc.get("side") == "buy"
 
 
 def _status(redis_url: str) -> dict:
@@ -33,32 +36,44 @@ def _status(redis_url: str) -> dict:
 
 
 def test_a_kill_while_the_venue_holds_its_answer_sends_nothing_twice(tmp_path, simulators, redis_server):  # noqa: F811
-    env = {"PATH": "/usr/bin:/bin", "APEX_ENV": "paper", "APEX_OKX_URL": f"http://127.0.0.1:{simulators['okx']}",
-           "APEX_IBKR_PORT": str(simulators["ibkr"]), "OKX_API_KEY": "k", "OKX_API_SECRET": "s",
-           "OKX_API_PASSPHRASE": "p"}
+    # an OKX that holds a held answer far longer than the test needs, and a client that waits as
+    # long: the window between the venue taking the orders and Apex hearing of it stays open
+    # until the kill, however slow the machine
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE.read_text().replace("../", f"{PIPELINE.parent.parent}/")
+                        .replace("timeout_s: 10                  # one request's limit", "timeout_s: 300", 1))
     state, okx_log = tmp_path / "state", tmp_path / "okx-orders.jsonl"
-    run = [APEX, "run", str(PIPELINE), "--source", redis_server.url, "--state-dir", str(state), "--no-progress"]
-    # the first batch of orders is taken, and its answer held past the client's patience
-    _okx_control(simulators["okx"], "fault", {"kind": "hang", "times": 1})
-    first = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
-    try:
-        assert until(lambda: _status(redis_server.url)["group_exists"], 60), "apex run did not start"
-        subprocess.run([APEX, "publish", str(SAMPLE), "--rate", "0", "--redis", redis_server.url], check=True,
+    # the sample's OKX buys: the account holds no coins to sell, and the held batch must hold
+    # orders the venue takes, not refusals
+    buys = tmp_path / "okx-buys.jsonl"
+    buys.write_text("".join(line + "\n" for line in SAMPLE.read_text().splitlines() if _okx_buy(line)))
+    with running(orders_log=okx_log, prices=prices_from_recording(SAMPLE)["okx"], hang_s=600) as okx:
+        env = {"PATH": "/usr/bin:/bin", "APEX_ENV": "paper", "APEX_OKX_URL": okx.url,
+               "APEX_IBKR_PORT": str(simulators["ibkr"]), "OKX_API_KEY": "k", "OKX_API_SECRET": "s",
+               "OKX_API_PASSPHRASE": "p"}
+        run = [APEX, "run", str(pipeline), "--source", redis_server.url, "--state-dir", str(state), "--no-progress"]
+        # the first batch of orders is taken, and its answer held back
+        okx.sim.faults.arm("hang", times=1)
+        subprocess.run([APEX, "publish", str(buys), "--rate", "0", "--redis", redis_server.url], check=True,
                        capture_output=True)
-        assert until(lambda: _logged(okx_log), 60), "no order reached the OKX simulator"
-        held = set(_logged(okx_log))
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(30)
-    db = sqlite3.connect(state / "ledger.sqlite")
-    statuses = dict(db.execute("SELECT client_order_id, status FROM executions"))
-    db.close()
-    assert {statuses.get(cid) for cid in held} == {"intent"}, "the kill was not in the crash window"
+        first = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
+        try:
+            assert until(lambda: _logged(okx_log), 120), f"no order reached the OKX simulator: {okx.sim.requests()}"
+            held = set(_logged(okx_log))
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+        db = sqlite3.connect(state / "ledger.sqlite")
+        statuses = dict(db.execute("SELECT client_order_id, status FROM executions"))
+        db.close()
+        assert {statuses.get(cid) for cid in held} == {"intent"}, "the kill was not in the crash window"
 
-    _okx_control(simulators["okx"], "clear-faults", {})
-    again = subprocess.run([*run, "--stop-when-idle", "2000"], env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _status(redis_server.url)["lag"] == 0 and _status(redis_server.url)["pending"] == 0
+        okx.sim.faults.clear()
+        again = subprocess.run([*run, "--stop-when-idle", "2000"], env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        status = _status(redis_server.url)
+        assert (status["lag"], status["pending"]) == (0, 0)
 
     sent = _logged(okx_log)
     assert max(Counter(sent).values()) == 1, "an order reached OKX twice"
