@@ -50,21 +50,30 @@ class Instrument:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The venue's receipt of a submitted order: taken to work on, or refused outright."""
+    """The venue's receipt of a submitted order: taken to work on, or refused outright.
+    ``unknown``: it may or may not have reached the venue (a timeout, a dropped connection):
+    it is asked about later, never sent again. ``sent`` False: it did not leave (the
+    connection was down before it could): the sender may hand it over again later."""
 
     client_order_id: str
     accepted: bool
     reason: str = ""
+    unknown: bool = False
+    sent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class OrderUpdate:
-    """A change in an order's fate. ``fill``: what has filled so far (partial or whole)."""
+    """A change in an order's fate. ``fill``: what has filled so far (partial or whole):
+    the quantity filled in all, its average price and the fee in all, so the same update
+    told twice changes nothing. ``fill_id``: the venue's id of the latest execution in it
+    (OKX's tradeId, IB's execId), "" where the venue names none."""
 
     client_order_id: str
     status: str
     fill: Fill | None = None
     reason: str = ""
+    fill_id: str = ""
 
 
 class Venue(Protocol):
@@ -80,7 +89,16 @@ class Venue(Protocol):
     def submit(self, orders: list[Order]) -> list[Ack]: ...
 
     def updates(self) -> list[OrderUpdate]:
-        """The fates learnt since the last call, oldest first."""
+        """The fates learnt since the last call, oldest first; never waits on the network."""
+        ...
+
+    # Set by the engine's sender: when not None, the venue calls it (from a thread of its own)
+    # with each update as it learns it, instead of keeping it for ``updates``.
+    on_update: Callable[[OrderUpdate], None] | None
+
+    def cancel(self, order: Order) -> None:
+        """Asks the venue to cancel what is left of the order; what it comes to arrives as an
+        update. ``VenueDown`` when it cannot be asked."""
         ...
 
     def lookup(self, order: Order) -> Fill | None:
