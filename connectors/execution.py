@@ -8,6 +8,12 @@ window between sending and recording, asks the venue what became of it and sends
 if the venue never saw it), and ``send`` is the only place an order reaches a venue,
 one commit for a batch's intents before they leave. ``resolve`` answers what became of
 an order without ever sending it. A trading-state gate belongs in ``send``.
+
+A venue across a network (``asynchronous``) is never called from here: its orders
+become ``Command``s (``take_commands``), which the book's step emits after its commit
+and the order sink hands to the venue's sender (``connectors/sender.py``); their fates
+come back as events. The paper venue has no network and knows every fate at once: it
+is called in place, and a paper run decides exactly as it always has.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from connectors.ledger import Ledger
-from connectors.venues import CANCELLED, FILLED, REJECTED, Rejected, Venue
+from connectors.sender import CANCEL, CHECK, SUBMIT, Command, Gateway
+from connectors.venues import Rejected, Venue
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
 from operators.fill import Fill
@@ -26,9 +33,14 @@ from operators.signal import VENUES
 
 
 log = logging.getLogger("apex.execution")
-# How long a venue may work an order (a market order's remainder) before it is asked, and what
-# is left cancelled: the same bound a venue's ``place_many`` keeps, held by the egress here.
-WORKING_BOUND_S = 10.0
+
+
+class Working:
+    """``prepare``'s answer for an order already at its venue (or maybe): its fate comes as
+    an event; the in-flight checker has been asked to find it."""
+
+
+WORKING = Working()
 
 
 class NotCleared(Exception):
@@ -36,8 +48,11 @@ class NotCleared(Exception):
 
 
 class Executor:
-    def __init__(self, ledger: Ledger, venues: Venue | Mapping[str, Venue]):
-        """``venues``: one venue for every market, or one by the market an order names."""
+    def __init__(self, ledger: Ledger, venues: Venue | Mapping[str, Venue], gateway: Gateway | None = None,
+                 book: str = ""):
+        """``venues``: one venue for every market, or one by the market an order names.
+        ``gateway``: where commands for asynchronous venues go (this process's senders);
+        ``book``: the name events for this book's orders come back under."""
         self.ledger = ledger
         if isinstance(venues, Mapping):
             self.venues = dict(venues)
@@ -47,9 +62,14 @@ class Executor:
             self._only: Venue | None = next(iter(distinct.values())) if whole else None
         else:
             self.venues, self._only = {}, venues
+        self.book = book
+        self.gateway = gateway if gateway is not None else Gateway()
+        for market in VENUES:
+            venue = self._only if self._only is not None else self.venues.get(market)
+            if venue is not None and is_remote(venue):
+                self.gateway.register(book, market, venue)
         self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
-        self._working: dict[str, tuple[Order, float]] = {}  # accepted, fate to come: (order, when to ask)
-        self._early: dict[str, Fill | Rejected] = {}  # fates learnt before ``poll`` asked
+        self._commands: list[Command] = []  # for the step to emit after its commit
 
     def venue_for(self, market: str) -> Venue:
         if self._only is not None:
@@ -59,16 +79,33 @@ class Executor:
         except KeyError:
             raise Rejected(f"no venue for {market}") from None
 
-    def prepare(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> Fill | None:
-        """The fill if this order was already resolved (by the ledger, or by asking the
-        venue about an intent a crash left behind); None when it must be sent, its intent
-        now recorded. Raises ``Rejected`` for an order the venue refused before."""
+    def remote(self, market: str) -> bool:
+        """Whether the market's venue is across a network (its fates come as events)."""
+        try:
+            return is_remote(self.venue_for(market))
+        except Rejected:
+            return False
+
+    def take_commands(self) -> list[Command]:
+        out, self._commands = self._commands, []
+        return out
+
+    def prepare(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None,
+                wait: bool = True) -> Fill | Working | None:
+        """The fill if this order was already resolved (by the ledger, or by asking the venue
+        about an intent a crash left behind); None when it must be sent, its intent now
+        recorded. Raises ``Rejected`` for an order the venue refused before. In the dataflow
+        (``wait`` False) a remote venue is not asked here: ``WORKING``, and the in-flight
+        checker is asked instead (its fate comes as an event)."""
         row = self.ledger.execution(order)
-        step = next_step(row[0] if row is not None else None)
+        step = next_step(row[0] if row is not None else None, row[5] if row is not None else None)
         if step == SEND:
             self.ledger.record_intent(order, reason, trade)
         elif step == REFUSED:
-            raise Rejected(row[1] or "rejected")  # type: ignore[index]
+            raise Rejected(row[1] or row[0])  # type: ignore[index]
+        elif step == ASK_VENUE and not wait and self.remote(order.venue):
+            self.check(order)
+            return WORKING
         else:
             known = self._resolved(order, step, row)
             if known is not None:
@@ -76,11 +113,19 @@ class Executor:
         self._cleared.add(order.client_order_id)
         return None
 
+    def check(self, order: Order, deadline: float | None = None) -> None:
+        """Ask the in-flight checker about an order (start-up, a redelivery): sent only if
+        its venue never had it."""
+        self._commands.append(Command(CHECK, self.book, order, deadline))
+
+    def cancel(self, order: Order) -> None:
+        self._commands.append(Command(CANCEL, self.book, order))
+
     def resolve(self, order: Order) -> Fill | None:
         """What became of an order, never sending it: its fill from the ledger, or for an
         intent with no outcome, from the venue (recorded); None if it has none."""
         row = self.ledger.execution(order)
-        step = next_step(row[0] if row is not None else None)
+        step = next_step(row[0] if row is not None else None, row[5] if row is not None else None)
         return self._resolved(order, step, row) if step in (DONE, ASK_VENUE) else None
 
     def _resolved(self, order: Order, step: str, row: tuple | None) -> Fill | None:
@@ -99,142 +144,81 @@ class Executor:
             self.ledger.record_fill(known)
         return known
 
-    def send(self, orders: list[Order], wait: bool = True) -> list[Fill | Rejected | None]:
-        """The egress. Orders ``prepare`` cleared: one commit makes all their intents
-        durable, then they leave together (a batch per venue). That checkpoint is the
-        batch's one mid-point (``PortfolioLogic.on_batch`` owns its begin and commit): it is
-        here so that no order can leave without its intent durable. Anything but a per-order
-        refusal propagates, and then which of them the venue took is unknown until a
-        retry asks it (through ``prepare`` again).
-
-        A venue that answers later (``asynchronous``) is only handed the orders unless
-        ``wait``: an order it accepted and is still working comes back as None, recorded as
-        accepted, its fate to come from ``poll``."""
+    def send(self, orders: list[Order], wait: bool = True,
+             deadlines: Mapping[str, float] | None = None) -> list[Fill | Rejected | None]:
+        """The egress. Orders ``prepare`` cleared. In the dataflow (``wait`` False), to a remote
+        venue: a command each, None each (working): they leave through the order sink once
+        the batch's transaction has committed, and ``deadlines`` (wall-clock seconds, by
+        client order id) says when an open that has not left must no longer go. Otherwise
+        (the paper venue, or a caller outside the dataflow that may wait): one commit makes
+        all their intents durable (the batch's one mid-point; ``PortfolioLogic.on_batch``
+        owns its begin and commit), then they leave together (``place_many``) and their
+        fates are recorded."""
         cleared = self._cleared
         for order in orders:
             if order.client_order_id not in cleared:
                 raise NotCleared(order.client_order_id)
         for order in orders:
             cleared.discard(order.client_order_id)
+        results: list[Fill | Rejected | None] = [None] * len(orders)
+        here: list[int] = []
+        for i, order in enumerate(orders):
+            try:
+                venue = self.venue_for(order.venue)
+            except Rejected as err:
+                results[i] = err
+                continue
+            if is_remote(venue) and not wait:
+                deadline = deadlines.get(order.client_order_id) if deadlines else None
+                self._commands.append(Command(SUBMIT, self.book, order, deadline))
+            else:
+                here.append(i)
+        if not here:
+            return results
         self.ledger.checkpoint()
         if self._only is not None:
-            results = self._place(self._only, orders, wait)
+            placed = self._only.place_many([orders[i] for i in here])
+            for i, r in zip(here, placed, strict=True):
+                results[i] = r
         else:
-            results = self._place_by_venue(orders, wait)
-        for i, (order, r) in enumerate(zip(orders, results, strict=True)):
-            if r is None:
-                self.ledger.record_accepted(order)
-                self._working[order.client_order_id] = (order, time.monotonic() + WORKING_BOUND_S)
-            elif isinstance(r, Rejected):
+            by_venue: dict[int, tuple[Venue, list[int]]] = {}
+            for i in here:
+                venue = self.venues[orders[i].venue]
+                by_venue.setdefault(id(venue), (venue, []))[1].append(i)
+            for venue, idx in by_venue.values():
+                for i, r in zip(idx, venue.place_many([orders[i] for i in idx]), strict=True):
+                    results[i] = r
+        for i in here:
+            order, r = orders[i], results[i]
+            if isinstance(r, Rejected):
                 self.ledger.record_rejection(order, str(r))
-            else:
+            elif r is not None:
                 results[i] = r = _ours(order, r)
                 self.ledger.record_fill(r)
         return results
 
-    def _place(self, venue: Venue, orders: list[Order], wait: bool) -> list[Fill | Rejected | None]:
-        if wait or not getattr(venue, "asynchronous", False):
-            return venue.place_many(orders)  # type: ignore[return-value]
-        acks = venue.submit(orders)
-        fates = self._fates(venue)
-        out: list[Fill | Rejected | None] = []
-        for order, ack in zip(orders, acks, strict=True):
-            if not ack.accepted:
-                out.append(Rejected(ack.reason or "refused"))
-            else:
-                out.append(fates.pop(order.client_order_id, None))
-        self._early.update(fates)  # fates of earlier orders that came with these: for ``poll``
-        return out
-
-    def _place_by_venue(self, orders: list[Order], wait: bool) -> list[Fill | Rejected | None]:
-        """Each venue's orders in one call, in the order decided; the answers in the order given."""
-        groups: dict[int, tuple[Venue, list[int]]] = {}
-        results: list[Fill | Rejected | None] = [None] * len(orders)
-        for i, order in enumerate(orders):
-            venue = self.venues.get(order.venue)
-            if venue is None:
-                results[i] = Rejected(f"no venue for {order.venue}")
-                continue
-            groups.setdefault(id(venue), (venue, []))[1].append(i)
-        for venue, idx in groups.values():
-            for i, r in zip(idx, self._place(venue, [orders[i] for i in idx], wait), strict=True):
-                results[i] = r
-        return results
-
-    @staticmethod
-    def _fates(venue: Venue) -> dict[str, Fill | Rejected]:
-        """The final fates a venue has learnt since it was last asked, by client order id.
-        A partial fill is booked when its order is done (filled, or cancelled after the
-        venue's bound), with what filled."""
-        out: dict[str, Fill | Rejected] = {}
-        for u in venue.updates():
-            if u.status == FILLED or (u.status == CANCELLED and u.fill is not None and u.fill.quantity > 0):
-                out[u.client_order_id] = u.fill  # type: ignore[assignment]
-            elif u.status in (REJECTED, CANCELLED):
-                out[u.client_order_id] = Rejected(u.reason or u.status)
-        return out
-
-    def _finish(self, order: Order) -> Fill | Rejected | None:
-        """An order worked past its bound: asked of its venue, which cancels what is left
-        (``lookup``). None while the venue cannot be asked: asked again at the next poll."""
-        try:
-            known = self.venue_for(order.venue).lookup(order)
-        except Rejected as refused:
-            return refused
-        except Exception as err:  # noqa: BLE001 - a venue away now: its fate is asked again later
-            known, why = None, f"{type(err).__name__}: {err}"
-        else:
-            why = "the venue does not know it"  # it accepted it: asked again rather than given up
-        if known is None:
-            log.warning("order %s: no fate yet (%s); asked again later", order.client_order_id, why)
-            self._working[order.client_order_id] = (order, time.monotonic() + WORKING_BOUND_S)
-        return known
-
-    def poll(self) -> list[tuple[Order, Fill | Rejected]]:
-        """The fates that came for orders venues were working, each recorded in the ledger;
-        never blocks on a venue (``updates`` only reads what a venue has learnt)."""
-        if not self._working:
-            return []
-        fates = self._early
-        self._early = {}
-        for venue in {id(v): v for v in (*self.venues.values(), self._only) if v is not None}.values():
-            if getattr(venue, "asynchronous", False):
-                fates.update(self._fates(venue))
-        now = time.monotonic()
-        for cid, (order, ask_at) in list(self._working.items()):
-            if cid not in fates and now >= ask_at:
-                fate = self._finish(order)
-                if fate is not None:
-                    fates[cid] = fate
-        done: list[tuple[Order, Fill | Rejected]] = []
-        for cid, fate in fates.items():
-            order = self._working.pop(cid, (None, 0.0))[0]
-            if order is None:
-                continue  # not ours to settle (an order ``place_many`` waited for itself)
-            if isinstance(fate, Rejected):
-                self.ledger.record_rejection(order, str(fate))
-            else:
-                fate = _ours(order, fate)
-                self.ledger.record_fill(fate)
-            done.append((order, fate))
-        return done
-
     def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
-        """One order now. Returns the fill and whether this call sent the order (False:
-        resolved from the ledger or the venue without sending)."""
+        """One order now, waited for: the paper venue, or a caller outside the dataflow (a
+        remote venue's order is asked about in place, never left to the checker). Returns
+        the fill and whether this call sent the order (False: resolved without sending)."""
         known = self.prepare(order, reason)
-        if known is not None:
+        if isinstance(known, Fill):
             return known, False
         (result,) = self.send([order])
         if isinstance(result, Rejected):
             raise result
-        assert result is not None  # waited for: a fate, never "working"
+        assert result is not None
         return result, True
 
     @staticmethod
     def _fill(order: Order, order_id: str, price: float, fee: float, ts: int, quantity: float) -> Fill:
         return Fill(order.signal_id, order.client_order_id, order_id, order.venue, order.symbol,
                     order.side, quantity, price, fee, ts)
+
+
+def is_remote(venue: Venue) -> bool:
+    """A venue across a network: its orders leave through a sender, its fates come as events."""
+    return bool(getattr(venue, "asynchronous", False))
 
 
 def _ours(order: Order, fill: Fill) -> Fill:

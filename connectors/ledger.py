@@ -28,6 +28,7 @@ from connectors import outbox
 from operators.audit import dumps
 from operators.exits import ClosedTrade, TradeTerms
 from operators.fill import Fill
+from operators.order_fsm import CANCELLED, FILLED, LIVE, REJECTED, DENIED, TRANSITIONS, Change, OrderState
 from operators.orders import Order
 
 SCHEMA = """
@@ -65,6 +66,15 @@ CREATE TABLE IF NOT EXISTS trades (
     closed_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS trades_status ON trades(status, closed_seq);
+CREATE TABLE IF NOT EXISTS fills (
+    client_order_id TEXT NOT NULL,
+    fill_id   TEXT NOT NULL,  -- the venue's execution id: a fill told twice is booked once
+    quantity  REAL NOT NULL,
+    price     REAL NOT NULL,
+    fee_usd   REAL NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    PRIMARY KEY (client_order_id, fill_id)
+);  -- a remote venue's fills, one row each; the order's row holds what they add up to
 CREATE TABLE IF NOT EXISTS book (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     state TEXT NOT NULL  -- what the book learnt from the market (Portfolio.market_state), as of the last batch
@@ -336,29 +346,69 @@ class Ledger:
         self._known_opens.pop(fill.signal_id, None)
         self.db.execute(
             "UPDATE executions SET status='filled', order_id=?, quantity=?, price=?, fee_usd=?, filled_ms=?,"
-            " seq=?, trade=NULL WHERE signal_id=? AND client_order_id=?",  # the trades row holds it now
+            f" seq=?, trade=NULL WHERE signal_id=? AND client_order_id=? AND status IN {_FROM[FILLED]}",
             (fill.order_id, fill.quantity, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill"), fill.signal_id,
              fill.client_order_id),
-        )
+        )  # the trades row holds the trade now
 
     def record_accepted(self, order: Order) -> None:
         """The venue took the order and is working it: still only the venue knows its fate,
         so a restart asks it (``next_step``), but the entry no longer has to wait for it."""
-        self.db.execute("UPDATE executions SET status='accepted' WHERE signal_id=? AND client_order_id=?",
-                        (order.signal_id, order.client_order_id))
+        self.db.execute("UPDATE executions SET status='accepted' WHERE signal_id=? AND client_order_id=?"
+                        f" AND status IN {_FROM['accepted']}", (order.signal_id, order.client_order_id))
 
     def record_rejection(self, order: Order, reason: str) -> None:
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
-            "UPDATE executions SET status='rejected', order_id=? WHERE signal_id=? AND kind=?",
+            f"UPDATE executions SET status='rejected', order_id=? WHERE signal_id=? AND kind=? AND status IN {_FROM[REJECTED]}",
             (reason, order.signal_id, order.kind),
         )
 
+    def record_change(self, state: OrderState, change: Change, fill_id: str, reason: str, ts_ms: int) -> bool:
+        """A venue's event applied to an order (``operators/order_fsm.apply``), made durable:
+        its new fill, one row (a fill already recorded under its id is not recorded again),
+        and its status, a guarded transition that never moves an order from a status the
+        state machine does not allow. Returns whether the status moved."""
+        if change.fill is not None:
+            f = change.fill
+            self.db.execute("INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?)",
+                            (f.client_order_id, fill_id or f"total:{state.filled!r}", f.quantity, f.price,
+                             f.fee_usd, max(f.ts_ms, ts_ms)))
+        if change.dst == change.src:
+            return False
+        o, dst = state.order, change.dst
+        if dst in (FILLED, CANCELLED):
+            # final: the row says what filled in all (a cancel with nothing filled: 0)
+            cur = self.db.execute(
+                "UPDATE executions SET status=?, order_id=?, quantity=?, price=?, fee_usd=?, filled_ms=?, seq=?,"
+                f" trade=NULL, reason=COALESCE(NULLIF(?, ''), reason) WHERE client_order_id=? AND status IN {_FROM[dst]}",
+                (dst, state.order_id, state.filled, state.avg_price if state.filled else o.price, state.fee_usd,
+                 ts_ms, self._next("fill"), reason, o.client_order_id))
+        elif dst in (REJECTED, DENIED):
+            cur = self.db.execute(f"UPDATE executions SET status=?, order_id=? WHERE client_order_id=?"
+                                  f" AND status IN {_FROM[dst]}", (dst, reason or dst, o.client_order_id))
+        else:
+            cur = self.db.execute(f"UPDATE executions SET status=? WHERE client_order_id=? AND status IN {_FROM[dst]}",
+                                  (dst, o.client_order_id))
+        self._known_opens.pop(o.signal_id, None)
+        return cur.rowcount > 0
+
+    def order_fills(self, client_order_id: str) -> list[tuple[str, float, float, float, int]]:
+        """(fill_id, quantity, price, fee_usd, ts_ms) of an order's fills recorded one by one."""
+        return self.db.execute("SELECT fill_id, quantity, price, fee_usd, ts_ms FROM fills WHERE client_order_id=?"
+                               " ORDER BY rowid", (client_order_id,)).fetchall()
+
+    def status(self, client_order_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM executions WHERE client_order_id=?", (client_order_id,)).fetchone()
+        return row[0] if row else None
+
     def fills(self) -> Iterator[Fill]:
-        """Every fill in the order it happened, to rebuild the book on start."""
+        """Every final order's fill in the order it happened, to rebuild the book on start
+        (an order cancelled after a partial fill holds what filled)."""
         for row in self.db.execute(
             "SELECT signal_id, client_order_id, order_id, venue, symbol, side, quantity, price,"
-            " fee_usd, filled_ms FROM executions WHERE status='filled' ORDER BY seq"
+            " fee_usd, filled_ms FROM executions WHERE status='filled' OR (status='cancelled' AND quantity > 0)"
+            " ORDER BY seq"
         ):
             yield Fill(*row)
 
@@ -401,11 +451,18 @@ class Ledger:
         Each with its reason (a close's exit) and, for an open, the trade it was to open
         with its exits description (None in intents written before it was kept)."""
         rows = self.db.execute(
-            f"SELECT {ORDER}, reason, trade FROM executions WHERE status IN ('intent', 'accepted') AND kind=?"
+            f"SELECT {ORDER}, reason, trade, status FROM executions WHERE status IN {_LIVE} AND kind=?"
             " ORDER BY intent_ms",
             (kind,),
         ).fetchall()
         return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None) for r in rows]
+
+    def live(self, kind: str) -> list[tuple[Order, str, tuple[TradeTerms, str] | None, str]]:
+        """``dangling`` with each order's status."""
+        rows = self.db.execute(
+            f"SELECT {ORDER}, reason, trade, status FROM executions WHERE status IN {_LIVE} AND kind=?"
+            " ORDER BY intent_ms", (kind,)).fetchall()
+        return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None, r[11]) for r in rows]
 
     def prune(self, shipped_seq: int) -> None:
         """Drop outbox rows the shipper has written to ClickHouse."""
@@ -415,6 +472,16 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())
+
+
+def _sql_set(statuses) -> str:
+    return "(" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
+
+
+_LIVE = _sql_set(LIVE)
+# the statuses each status may be entered from: a guarded UPDATE's WHERE
+_FROM = {dst: _sql_set({src for src, to in TRANSITIONS.items() if dst in to} or {"-"})
+         for dst in {d for to in TRANSITIONS.values() for d in to}}
 
 
 def _no_rows() -> dict[str, list]:

@@ -5,7 +5,10 @@
 Topology: source → validate → one step per portfolio-free filter, in YAML
 order → the portfolio step (keyed on one portfolio key: portfolio filters,
 Kelly sizing, execution, the book) → the audit sink, which writes ClickHouse
-and only then acknowledges.
+and only then acknowledges. Orders for venues across a network leave the portfolio
+step as commands, after its commit, to the order sink (each venue's sender); the
+venues' answers come back through the venue-event source, merged in front of the
+portfolio step and keyed by book, so no step ever waits on a network.
 
 With ``books:``, each book is its own key, so ``-w N`` spreads books over workers
 while each book decides strictly in sequence: source → validate → route (a signal
@@ -29,7 +32,9 @@ from bytewax.dataflow import Dataflow, Stream
 from operators.audit import Outcome
 
 from connectors.audit_sink import Acker, AuditSink, Observer
+from connectors.order_flow import OrderSink, VenueEventSource, watched
 from connectors.outbox import Shipper
+from connectors.sender import Command, Gateway, SenderSettings
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
@@ -51,9 +56,13 @@ class Wiring:
     source: Any
     acker: Acker | None = None
     shipper: Shipper | None = None
+    gateway: Gateway | None = None
 
     def stop(self) -> None:
-        """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes."""
+        """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes,
+        and orders still working at a venue get a short grace (``order_flow.STOP_WAIT_S``)."""
+        if self.gateway is not None:
+            self.gateway.stopping = True
         getattr(self.source, "stop", lambda: None)()
 
 
@@ -128,24 +137,40 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     shipper = shipper or Shipper({b.book: b.ledger_path for b in books}, pipeline.clickhouse_dsn)
     src, own_acker = make_source(spec, pipeline, base, lambda: shipper.accepting()[0])
     acker = acker or own_acker
+    gateway = Gateway(sender_settings(pipeline))
 
     flow = Dataflow("apex")
-    s = op.input("source", flow, src)
+    s = op.input("source", flow, watched(src, gateway))
     s = op.map("validate", s, validator(frozenset({pipeline.prices.stream}), pipeline.limits))
     if pipeline.books:
         s = op.flat_map("route", s, router(books))
         s = op.map("book_filters", s, book_filters(books))
     else:
         s = _filter_steps(pipeline, s)
+    answers = op.input("venue_events", flow, VenueEventSource(gateway))
+    s = op.merge("entries_and_answers", s, answers)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
-    steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper) for b in books}
+    steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
-    outcomes = op.map("unkey", decided, lambda kv: kv[1])
+    items = op.map("unkey", decided, lambda kv: kv[1])
+    split = op.branch("orders_or_outcomes", items, lambda item: isinstance(item, Command))
+    op.output("orders", split.trues, OrderSink(gateway))
+    outcomes = split.falses
     if pipeline.books:
         outcomes = _gather(outcomes)
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker, shipper)
+    return flow, Wiring(pipeline, src, acker, shipper, gateway)
+
+
+def sender_settings(pipeline: Pipeline) -> dict[str, SenderSettings]:
+    """Each real venue's sender, as ``venues.<name>`` sets it."""
+    out = {}
+    for market in VENUES:
+        chosen = getattr(pipeline.venues, market, None)
+        if chosen is not None and chosen.kind != "paper":
+            out[chosen.kind] = SenderSettings(lanes=chosen.requests_in_flight, ask_after_s=chosen.ask_after_s)
+    return out
 
 
 def _filter_steps(pipeline: Pipeline, s: Stream) -> Stream:

@@ -11,22 +11,24 @@ import time
 
 from connectors.execution import Executor
 from connectors.ledger import Ledger
+from connectors.sender import Gateway
 from connectors.venues import VenueFactory
 from dataflows.config import Pipeline
 from operators.audit import Outcome
 
 
 class Desk:
-    def __init__(self, pipeline: Pipeline, venues: VenueFactory):
+    def __init__(self, pipeline: Pipeline, venues: VenueFactory, gateway: Gateway | None = None):
         self.p = pipeline
         self._venues = venues
+        self.gateway = gateway
         self._ledger: Ledger | None = None
         self._executor: Executor | None = None
 
     def _connect(self) -> None:
         """Ledger and venue together."""
         self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
-        self._executor = Executor(self._ledger, self._venues())
+        self._executor = Executor(self._ledger, self._venues(), self.gateway, self.p.book)
 
     @property
     def ledger(self) -> Ledger:

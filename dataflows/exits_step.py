@@ -4,25 +4,55 @@ A market entry marks the book once (a redelivery is recognised and skipped), unl
 its price is one the book cannot believe; its price may fire hard stops, its regime
 regime exits, and the stream clock fires maximum holding. Every close goes to the
 venue after the opens decided before it (the venue sees orders in decision order).
+
+On a remote venue a close is a command like an open: no exit waits for a fill. The
+trade is closing until the close's fate comes back as events (``on_event``); an exit
+that fires while the trade's opening order is still working waits for that order's
+end and then closes what it filled (an exit never sells what was never bought).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
+
+from connectors.execution import WORKING, _ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
 from dataflows.opens import Opens
 from dataflows.steps import Received
 from operators import audit_rows as R
+from operators import order_fsm as fsm
+from operators.fill import Fill
 from operators.audit import INVALID_TICK, Chain, Outcome
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
 
 
+log = logging.getLogger("apex.exits")
+
+
+@dataclass(slots=True)
+class Closing:
+    """A close at a remote venue, followed through its events."""
+
+    out: Outcome
+    chain: Chain
+    terms: TradeTerms
+    reason: str
+    state: fsm.OrderState
+
+
 class Exits:
     def __init__(self, desk: Desk, opens: Opens):
         self.desk = desk
         self.opens = opens
+        self.closing: dict[str, Closing] = {}  # by the close's client order id
+        self._closing_trades: set[str] = set()  # signal ids of the trades being closed
+        # exits that fired while the trade's opening order was working: (reason, trigger, clock_ms)
+        self.deferred: dict[str, tuple[str, str, int]] = {}
 
     def due(self, book: Portfolio, trigger: str, clock_ms: int, outs: list[Outcome]) -> None:
         """Trades past their maximum holding on the stream clock."""
@@ -66,6 +96,12 @@ class Exits:
 
     def close(self, book: Portfolio, terms: TradeTerms, reason: str, price: float, trigger: str,
               clock_ms: int, outs: list[Outcome]) -> None:
+        sid = terms.signal_id
+        if sid in self._closing_trades or sid in self.deferred:
+            return  # its close is on its way already
+        if self.desk.executor.remote(terms.venue) and self._opening(sid):
+            self.deferred[sid] = (reason, trigger, clock_ms)
+            return
         order = Order(client_order_id(terms.signal_id, "close"), terms.signal_id, "close", terms.venue,
                       terms.symbol, terms.exit_side, terms.quantity, price, clock_ms)
         try:
@@ -84,14 +120,83 @@ class Exits:
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, reason)
         out = Outcome("", "", terms.signal_id, "closed", reason, chain.events)  # no stream entry to ack
         try:
+            if desk.executor.remote(order.venue):
+                self._send(book, terms, order, reason, chain, out, outs)
+                return
             fill, sent = desk.executor.execute(order, reason)
         except Rejected as err:
             R.rejected(chain, str(err))
             out.outcome, out.reason = "rejected", str(err)
             outs.append(desk.emit(out))
             return
+        self._closed(book, terms, fill, sent, reason, chain, out, outs)
+
+    def _opening(self, signal_id: str) -> bool:
+        """Whether the trade's opening order has not reached its end yet."""
+        cid = client_order_id(signal_id)
+        return cid in self.opens.working or any(f.order.client_order_id == cid for f in self.opens.in_flight)
+
+    def _send(self, book: Portfolio, terms: TradeTerms, order: Order, reason: str, chain: Chain, out: Outcome,
+              outs: list[Outcome]) -> None:
+        """A close to a remote venue: its intent recorded, its command emitted after the commit."""
+        executor = self.desk.executor
+        known = executor.prepare(order, reason, wait=False)
+        if isinstance(known, Fill):  # it was done before a crash: settled now
+            self._closed(book, terms, known, False, reason, chain, out, outs)
+            return
+        if known is None:
+            executor.send([order], wait=False)
+        status = fsm.INTENT if known is None else fsm.UNKNOWN
+        self.closing[order.client_order_id] = Closing(out, chain, terms, reason, fsm.OrderState(order, status))
+        self._closing_trades.add(terms.signal_id)
+        out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)  # the attempt, durable with the intent
+
+    def opened(self, book: Portfolio, signal_id: str, outs: list[Outcome]) -> None:
+        """The trade's opening order reached its end: an exit that waited for it goes now."""
+        waited = self.deferred.pop(signal_id, None)
+        terms = book.open_trades.get(signal_id)
+        if waited is None or terms is None:
+            return
+        reason, trigger, clock_ms = waited
+        self.close(book, terms, reason, book.marks.get(terms.symbol, terms.entry_price), trigger, clock_ms, outs)
+
+    def on_event(self, book: Portfolio, c: Closing, change: fsm.Change, ev: fsm.VenueEvent,
+                 outs: list[Outcome]) -> None:
+        """A venue's event about a close, already applied to its state and recorded."""
+        state, order = c.state, c.state.order
+        if change.fill is not None:  # what filled leaves the position at once
+            book.apply_fill(_ours(order, change.fill))
+        if not state.final:
+            if change.fill is not None:
+                R.partial(c.chain, _ours(order, change.fill), state.filled)
+            elif change.dst == fsm.ACCEPTED:
+                R.accepted(c.chain, self.desk.executor.venue_for(order.venue).name)
+            c.out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)
+            return
+        del self.closing[order.client_order_id]
+        self._closing_trades.discard(c.terms.signal_id)
+        total = state.booked()
+        if total is None:
+            R.rejected(c.chain, ev.reason or state.status)
+            c.out.outcome, c.out.reason = "rejected", ev.reason or state.status
+            if c.reason == MAX_HOLDING:
+                book.retry_due(c.terms)
+            outs.append(self.desk.emit(c.out))
+            return
+        fill = _ours(order, total)
+        if fill.quantity < c.terms.quantity - 1e-9:
+            log.warning("close of %s filled %g of %g: the rest stays held, outside any trade",
+                        c.terms.signal_id, fill.quantity, c.terms.quantity)
+        self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True)
+
+    def _closed(self, book: Portfolio, terms: TradeTerms, fill: Fill, sent: bool, reason: str, chain: Chain,
+                out: Outcome, outs: list[Outcome], applied: bool = False) -> None:
+        """A close's fill settled in the book, the ledger and its chain. ``applied``: the book
+        has its position change already (booked part by part as it filled)."""
+        desk = self.desk
         R.confirmed(chain, fill, sent)
-        book.apply_fill(fill)
+        if not applied:
+            book.apply_fill(fill)
         closed = book.close(terms.signal_id, fill, reason)
         desk.ledger.record_close(closed)
         R.trade_closed(chain, reason, fill, closed, terms, book.tracker.multiplier(), book.nav)

@@ -6,22 +6,34 @@ batch, or before anything else reaches the venue) hands them all to the executor
 whose ``send`` commits their intents at once and sends them together. A crash anywhere
 in between is the crash window the executor already resolves: a "sent" decision with
 an intent, redelivered and asked of the venue.
+
+To a remote venue the group leaves as commands once the batch has committed, and the
+entries are acknowledged then: from there on each order is the ledger's to follow. Its
+later life (accepted, partly filled, filled, refused, cancelled) comes back as venue
+events (``on_event``), each applied through the order state machine
+(``operators/order_fsm.py``): a partial fill replaces as much of the reservation with what
+really filled, the final fate settles it, and an illegal or repeated event moves nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from connectors.execution import WORKING, _ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
 from operators import audit_rows as R
+from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
 from operators.exits import TradeTerms, booked, terms_for
 from operators.fill import Fill
 from operators.orders import Order, expected_fill
 from operators.portfolio import Portfolio
 from operators.signal import Signal
+
+log = logging.getLogger("apex.orders")
 
 
 @dataclass(slots=True)
@@ -35,6 +47,9 @@ class InFlight:
     terms: TradeTerms  # the trade the expected fill opens
     exits: str
     nav_after: float  # the book's NAV right after the reservation, as a sequential run sees it
+    deadline: float | None = None  # wall-clock seconds after which it must not leave (its signal's TTL)
+    state: fsm.OrderState | None = None  # at a remote venue: what the venue has said of it
+    booked: Fill | None = None  # what the book holds for it: what filled, plus what is still expected
 
 
 class Opens:
@@ -45,7 +60,7 @@ class Opens:
         self.working: dict[str, InFlight] = {}
 
     def open(self, book: Portfolio, out: Outcome, chain: Chain, order: Order, sig: Signal,
-             fresh: bool = False) -> Outcome:
+             fresh: bool = False, deadline: float | None = None) -> Outcome:
         """``fresh``: decided just now, so its "sent" decision is recorded here, with its
         intent in the same transaction and only once everything that could fail has been
         computed: a decision saying "sent" with no order behind it can never be resumed."""
@@ -57,9 +72,14 @@ class Opens:
         expected = expected_fill(order, execute.slippage_bps, execute.fee_bps)
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
-            known = desk.executor.prepare(order, trade=(terms, exits))
+            known = desk.executor.prepare(order, trade=(terms, exits), wait=False)
         except Rejected as err:
             return self.rejected(out, chain, err)
+        if known is WORKING:  # at its venue (or maybe): its fate comes as an event
+            book.reserve(expected, terms)
+            self.track(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline), fsm.UNKNOWN)
+            out.reason = f"working at {desk.executor.venue_for(order.venue).name}"
+            return desk.emit(out)
         if known is not None:  # resolved without sending: a redelivery after a crash
             R.confirmed(chain, known, False)
             if known.signal_id not in book.open_trades:
@@ -70,8 +90,14 @@ class Opens:
             # rows so far (``send``): a restart resuming it adds only the rest
             desk.decided(out)
         book.reserve(expected, terms)
-        self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav))
+        self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline))
         return out
+
+    def track(self, f: InFlight, status: str = fsm.INTENT) -> None:
+        """An order at a remote venue, followed through its events from now on."""
+        f.state = fsm.OrderState(f.order, status)
+        f.booked = f.expected
+        self.working[f.order.client_order_id] = f
 
     def book_open(self, book: Portfolio, fill: Fill, terms: TradeTerms) -> None:
         """A fill the book has not seen (found by asking the venue): its position and trade."""
@@ -90,8 +116,9 @@ class Opens:
         for f in batch:  # how each was decided: durable with its intent, before it leaves
             f.out.queue(ledger.sent_rows, recorded_ms)
         executor = self.desk.executor
+        deadlines = {f.order.client_order_id: f.deadline for f in batch if f.deadline is not None}
         try:
-            results = executor.send([f.order for f in batch], wait=False)
+            results = executor.send([f.order for f in batch], wait=False, deadlines=deadlines)
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending
             for f in batch:
                 book.release(f.expected)
@@ -100,12 +127,10 @@ class Opens:
             return
         now = time.perf_counter_ns()
         for f, result in zip(batch, results, strict=True):
-            if result is None:  # taken, still working: the entry's part is done, the fill comes later
-                venue = executor.venue_for(f.order.venue).name
-                R.accepted(f.chain, venue)
-                f.out.reason = f"working at {venue}"
+            if result is None:  # handed to a remote venue: the entry's part is done, its fate comes later
+                f.out.reason = f"sent to {executor.venue_for(f.order.venue).name}"
                 self.desk.emit(f.out)
-                self.working[f.order.client_order_id] = f
+                self.track(f)
             elif isinstance(result, Rejected):
                 book.release(f.expected)
                 self.rejected(f.out, f.chain, result)
@@ -119,24 +144,44 @@ class Opens:
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             f.out.stamp((now - f.out.received_ns) // 1000)
 
-    def settle(self, book: Portfolio, outs: list[Outcome]) -> None:
-        """The fates that came for orders the venues were working: each settled in the book,
-        the ledger and its chain, as a late outcome of its entry (acknowledged already)."""
-        for order, fate in self.desk.executor.poll():
-            f = self.working.pop(order.client_order_id, None)
-            if f is None:
-                continue
-            out = Outcome(f.out.stream, f.out.stream_id, f.out.signal_id, "sent", events=f.chain.events,
-                          queued=f.out.queued, late=True, received_ns=f.out.received_ns)
-            if isinstance(fate, Rejected):
-                book.release(f.expected)
-                outs.append(self.rejected(out, f.chain, fate))
-                continue
-            terms = booked(f.terms, fate)
-            book.settle(f.expected, fate, terms)
-            self.desk.ledger.record_open(terms)
-            R.confirmed(f.chain, fate, True)
-            outs.append(self.opened(out, f.chain, fate, f.exits, book))
+    def on_event(self, book: Portfolio, f: InFlight, ev: fsm.VenueEvent, change: fsm.Change,
+                 outs: list[Outcome]) -> bool:
+        """A venue's event about an opening order, already applied to its state (``change``)
+        and recorded. Returns whether the order is final now."""
+        state, venue = f.state, self.desk.executor.venue_for(f.order.venue).name
+        assert state is not None and f.booked is not None
+        if not state.final:
+            if change.dst == fsm.ACCEPTED:
+                R.accepted(f.chain, venue)
+            elif change.dst == fsm.UNKNOWN:
+                R.unknown(f.chain, ev.reason)
+            if change.fill is not None:  # part of the reservation is now what really filled
+                R.partial(f.chain, _ours(f.order, change.fill), state.filled)
+                now = _blend(state, f.expected)
+                book.rebook(f.booked, now)
+                f.booked = now
+            f.out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)
+            return False
+        del self.working[f.order.client_order_id]
+        out = Outcome(f.out.stream, f.out.stream_id, f.out.signal_id, "sent", events=f.chain.events,
+                      queued=f.out.queued, late=True, received_ns=f.out.received_ns)
+        total = state.booked()
+        if total is None:  # refused, cancelled with nothing filled, or never sent
+            book.release(f.booked)
+            if state.status == fsm.DENIED:
+                R.rejected(f.chain, ev.reason)
+                out.outcome, out.reason = "expired", ev.reason
+                outs.append(self.desk.record(out))
+            else:
+                outs.append(self.rejected(out, f.chain, Rejected(ev.reason or state.status)))
+            return True
+        fill = _ours(f.order, total)
+        terms = booked(f.terms, fill)
+        book.settle(f.booked, fill, terms)
+        self.desk.ledger.record_open(terms)
+        R.confirmed(f.chain, fill, True)
+        outs.append(self.opened(out, f.chain, fill, f.exits, book))
+        return True
 
     def opened(self, out: Outcome, chain: Chain, fill: Fill, exits: str, book: Portfolio,
                nav_after: float | None = None) -> Outcome:
@@ -150,3 +195,13 @@ class Opens:
         R.rejected(chain, str(err))
         out.outcome, out.reason = "rejected", str(err)
         return self.desk.record(out)
+
+
+def _blend(state: fsm.OrderState, expected: Fill) -> Fill:
+    """What the book holds for an order part filled: what filled, at its price and fee, and
+    the rest still as expected."""
+    rest = max(0.0, expected.quantity - state.filled)
+    qty = state.filled + rest
+    price = (state.filled * state.avg_price + rest * expected.price) / qty if qty else expected.price
+    fee = state.fee_usd + (expected.fee_usd * rest / expected.quantity if expected.quantity else 0.0)
+    return replace(expected, quantity=qty, price=price, fee_usd=fee)

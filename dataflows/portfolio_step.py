@@ -12,10 +12,13 @@ next can happen, so any crash is resumed, never repeated.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter, OrderedDict
 
 from connectors.ledger import Decided, Ledger
 from connectors.outbox import Shipper
+from connectors.sender import Gateway
 from connectors.venues import Rejected, VenueFactory
 from dataflows.config import Pipeline
 from dataflows.desk import Desk
@@ -25,6 +28,7 @@ from dataflows.recovery import recover
 from dataflows.steps import Received
 from dataflows.venue_funds import VenueFunds
 from operators import audit_rows as R
+from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
 from operators.decide import audit_verdict, drop_row, judge
 from operators.orders import Order, client_order_id
@@ -32,6 +36,8 @@ from operators.portfolio import Portfolio
 
 
 _NONE: dict[str, float] = {}  # a market not seen yet: read, never written
+log = logging.getLogger("apex.orders")
+DONE_KEPT = 10_000  # finished orders whose late events are still judged
 
 
 class PortfolioStep:
@@ -39,15 +45,20 @@ class PortfolioStep:
     The ledger and venue handles are the ``Desk``'s, opened lazily in the worker that
     runs the step. The batch's transaction is not the step's: ``PortfolioLogic`` owns it."""
 
-    def __init__(self, pipeline: Pipeline, venues: VenueFactory, shipper: Shipper | None = None):
+    def __init__(self, pipeline: Pipeline, venues: VenueFactory, shipper: Shipper | None = None,
+                 gateway: Gateway | None = None):
         self.p = pipeline
         self.shipper = shipper
-        self.desk = Desk(pipeline, venues)
+        self.desk = Desk(pipeline, venues, gateway)
         self.opens = Opens(self.desk)
         self.exits = Exits(self.desk, self.opens)
         self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
         self._funds: VenueFunds | None = None  # made once the desk has its venues (in the worker)
         self.recovered: list[Outcome] = []  # orders finished at start, emitted with the first batch
+        self.illegal: Counter = Counter()  # venue events refused by the order state machine, by (from, to)
+        # orders that reached their end lately: a venue's word about one is still judged (a repeat,
+        # or an illegal change to count), not taken for an order of someone else's
+        self._done: OrderedDict[str, fsm.OrderState] = OrderedDict()
 
     @property
     def ledger(self) -> Ledger:
@@ -91,6 +102,38 @@ class PortfolioStep:
         for o in outs[first:]:
             o.stamp(latency)
         return book
+
+    def on_event(self, book: Portfolio, ev: fsm.VenueEvent, outs: list[Outcome]) -> None:
+        """A venue's answer about one of this book's orders: applied through the order state
+        machine, made durable in the ledger (a guarded transition), then in the book."""
+        f = self.opens.working.get(ev.client_order_id)
+        c = self.exits.closing.get(ev.client_order_id) if f is None else None
+        state = f.state if f is not None else c.state if c is not None else self._done.get(ev.client_order_id)
+        if state is None:
+            log.debug("event for an order this book does not follow: %s %s", ev.client_order_id, ev.status)
+            return
+        change = fsm.apply(state, ev)
+        if change.illegal:
+            key = (change.src, change.dst)
+            if not self.illegal[key]:
+                log.warning("order %s: %s after %s refused (an illegal transition; counted, logged once)",
+                            ev.client_order_id, change.dst, change.src)
+            self.illegal[key] += 1
+            return
+        if change.duplicate:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        self.ledger.record_change(state, change, ev.fill_id, ev.reason, now_ms)
+        if f is not None:
+            if self.opens.on_event(book, f, ev, change, outs):
+                self.exits.opened(book, f.order.signal_id, outs)
+        else:
+            assert c is not None
+            self.exits.on_event(book, c, change, ev, outs)
+        if state.final:
+            self._done[ev.client_order_id] = state
+            if len(self._done) > DONE_KEPT:
+                self._done.popitem(last=False)
 
     def _invalid(self, item: Received) -> Outcome:
         e, err = item.entry, item.invalid
@@ -138,7 +181,8 @@ class PortfolioStep:
                       sig.side, sz.quantity, sz.price, e.clock_ms)
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
-        return self.opens.open(book, out, chain, order, sig, fresh=True)
+        left_ms = sig.emitted_ms + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
+        return self.opens.open(book, out, chain, order, sig, fresh=True, deadline=time.time() + left_ms / 1000)
 
     def _lot_size(self, market: str, symbol: str) -> float:
         """Asked of the venue once per instrument. 0 for one it does not trade (or a

@@ -5,6 +5,11 @@ of closes, the market state); then every order a crash caught between its intent
 its outcome is settled: an open by asking the venue, a close by finishing it (asking
 the venue before anything is sent). What they came to is returned, to go out with the
 first batch.
+
+On a remote venue nothing is asked here: each order still live (an intent a crash left
+unsent, one the venue took, one of unknown fate) is followed again as it was, its
+reservation and what it filled back in the book, and the in-flight checker is asked
+about it: its fate comes as events, and it is sent only if its venue never had it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ from __future__ import annotations
 import logging
 
 from dataflows.desk import Desk
-from dataflows.exits_step import Exits
-from dataflows.opens import Opens
+from dataflows.exits_step import Closing, Exits
+from dataflows.opens import InFlight, Opens, _blend
 from operators import audit_rows as R
+from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
 from operators.exits import TradeTerms, booked
-from operators.orders import Order
+from operators.fill import Fill
+from operators.orders import Order, expected_fill
 from operators.portfolio import Portfolio
+
+# An intent a crash left unsent is sent at restart only this soon after it was decided
+# (its signal's TTL is not kept with it; the seed's signals live minutes, not hours).
+RESTART_SEND_S = 300
 
 
 log = logging.getLogger("apex.portfolio")
@@ -38,13 +49,66 @@ def recover(desk: Desk, opens: Opens, exits: Exits) -> tuple[Portfolio, list[Out
     if market is not None:
         book.restore_market(market)
     recovered: list[Outcome] = []
-    for order, _, trade in ledger.dangling("open"):
-        if trade is not None and order.signal_id not in book.open_trades:
+    executor = desk.executor
+    for order, _, trade, status in ledger.live("open"):
+        if trade is None or order.signal_id in book.open_trades:
+            continue
+        if executor.remote(order.venue):
+            _follow_open(desk, opens, book, order, *trade, status)
+        else:
             _recover_open(desk, opens, book, order, *trade, recovered)
-    for order, reason, _ in ledger.dangling("close"):
-        if order.signal_id in book.open_trades:
-            exits.finish_close(book, book.open_trades[order.signal_id], order, reason, "", recovered)
+    for order, reason, _, status in ledger.live("close"):
+        terms = book.open_trades.get(order.signal_id)
+        if terms is None:
+            continue
+        if executor.remote(order.venue):
+            _follow_close(desk, exits, book, terms, order, reason, status)
+        else:
+            exits.finish_close(book, terms, order, reason, "", recovered)
     return book, recovered
+
+
+def _state(desk: Desk, order: Order, status: str) -> fsm.OrderState:
+    """An order's state as the ledger left it: its status and what its fills add up to."""
+    state = fsm.OrderState(order, status)
+    for fill_id, qty, price, fee, _ in desk.ledger.order_fills(order.client_order_id):
+        state.avg_price = (state.filled * state.avg_price + qty * price) / (state.filled + qty)
+        state.filled += qty
+        state.fee_usd += fee
+        state.fill_ids.add(fill_id)
+    return state
+
+
+def _follow_open(desk: Desk, opens: Opens, book: Portfolio, order: Order, expected_terms: TradeTerms,
+                 exits: str, status: str) -> None:
+    execute = desk.p.execute
+    expected = expected_fill(order, execute.slippage_bps, execute.fee_bps)
+    book.reserve(expected, expected_terms)
+    prior = desk.ledger.decided(order.signal_id)
+    chain = Chain.after_send(prior.stream_id if prior else "", order.signal_id, order.ts_ms, expected_terms.source,
+                             order.venue, order.symbol)
+    out = Outcome("", prior.stream_id if prior else "", order.signal_id, "sent", events=chain.events)
+    f = InFlight(out, chain, order, expected, expected_terms, exits, book.nav, order.ts_ms / 1000 + RESTART_SEND_S)
+    opens.track(f, status)
+    assert f.state is not None
+    f.state = _state(desk, order, status)
+    if f.state.filled > 0:
+        f.booked = _blend(f.state, expected)
+        book.rebook(expected, f.booked)
+    desk.executor.check(order, f.deadline)
+
+
+def _follow_close(desk: Desk, exits: Exits, book: Portfolio, terms: TradeTerms, order: Order, reason: str,
+                  status: str) -> None:
+    chain = Chain("", order.signal_id, order.ts_ms, terms.source, terms.venue, terms.symbol)
+    out = Outcome("", "", terms.signal_id, "closed", reason, chain.events)
+    state = _state(desk, order, status)
+    if state.filled > 0:  # what filled before the stop left the position then
+        book.apply_fill(Fill(order.signal_id, order.client_order_id, state.order_id, order.venue, order.symbol,
+                             order.side, state.filled, state.avg_price, state.fee_usd, order.ts_ms))
+    exits.closing[order.client_order_id] = Closing(out, chain, terms, reason, state)
+    exits._closing_trades.add(terms.signal_id)
+    desk.executor.check(order)
 
 
 def _recover_open(desk: Desk, opens: Opens, book: Portfolio, order: Order, expected: TradeTerms, exits: str,

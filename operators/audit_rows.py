@@ -40,6 +40,18 @@ def accepted(chain: Chain, venue: str) -> None:
     chain.add(A.EXECUTION_CONFIRMED, "accepted", f"working at {venue}")
 
 
+def unknown(chain: Chain, reason: str) -> None:
+    """EXECUTION_CONFIRMED for an order whose fate could not be learnt (no answer): asked, never sent again."""
+    chain.add(A.EXECUTION_CONFIRMED, "unknown", reason)
+
+
+def partial(chain: Chain, part: Fill, filled: float) -> None:
+    """EXECUTION_CONFIRMED for part of an order filled: this part, and how much has filled in all."""
+    chain.add(A.EXECUTION_CONFIRMED, "partially_filled", ts_ms=part.ts_ms, size_usd=part.quantity * part.price,
+              order_id=part.order_id, price=part.price, quantity=part.quantity, fee_usd=part.fee_usd,
+              filled=filled)
+
+
 def rejected(chain: Chain, reason: str) -> None:
     """EXECUTION_CONFIRMED for an order the venue refused."""
     chain.add(A.EXECUTION_CONFIRMED, "rejected", reason)

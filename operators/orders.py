@@ -36,14 +36,17 @@ REFUSED = "refused"  # the venue refused it before: refused again, nothing is se
 ASK_VENUE = "ask_venue"  # an intent with no outcome (the crash window): only the venue knows
 
 
-def next_step(status: str | None) -> str:
-    """``status``: the ledger's status of the order (None: no record). Never SEND for an
-    order that may have left: an intent without an outcome is asked of the venue."""
+def next_step(status: str | None, quantity: float | None = None) -> str:
+    """``status``: the ledger's status of the order (None: no record), ``quantity`` what its
+    row says filled once it is final. Never SEND for an order that may have left: an order
+    without a final status (``operators/order_fsm.py``) is asked of the venue."""
     if status is None:
         return SEND
     if status == "filled":
         return DONE
-    if status == "rejected":
+    if status == "cancelled":  # what filled before the cancel is its fill; nothing, its refusal
+        return DONE if quantity else REFUSED
+    if status in ("rejected", "denied"):
         return REFUSED
     return ASK_VENUE
 

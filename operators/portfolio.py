@@ -231,6 +231,14 @@ class Portfolio:
         if terms.deadline_ms != before.deadline_ms:  # the old heap entry is skipped by ``due``
             heapq.heappush(self._deadlines, (terms.deadline_ms, terms.signal_id))
 
+    def rebook(self, old: Fill, new: Fill) -> None:
+        """What the book holds for an order in flight changes (part of it filled at its own
+        price): position and cash move by the difference; the symbol's mark stays."""
+        key = (old.venue, old.symbol)
+        self.positions[key] += new.signed_qty - old.signed_qty
+        self.cash += (old.signed_qty * old.price + old.fee_usd) - (new.signed_qty * new.price + new.fee_usd)
+        self._mark(old.symbol, self.marks[old.symbol])
+
     def release(self, expected: Fill) -> None:
         """The order never filled (refused, or its fate unknown until a retry asks the venue)."""
         before = self._mark_before(expected)

@@ -50,6 +50,8 @@ class OkxSettings(_Strict):
     demo: bool = Field(True, description="OKX demo trading; ignored by a simulator URL")
     credentials: OkxCredentials = Field(default_factory=OkxCredentials)
     timeout_s: float = Field(10.0, gt=0, le=300)
+    requests_in_flight: int = Field(4, ge=1, le=32, description="orders requests at once, each for its own instruments")
+    ask_after_s: float = Field(10.0, gt=0, le=3600, description="an order this long without news is asked about")
 
     @field_validator("url", mode="before")
     @classmethod
@@ -75,6 +77,8 @@ class IbkrSettings(_Strict):
     client_id: int = Field(7, ge=0)
     account: str = Field("", description="empty: the gateway's only account")
     timeout_s: float = Field(10.0, gt=0, le=300)
+    requests_in_flight: int = Field(4, ge=1, le=32, description="orders requests at once, each for its own instruments")
+    ask_after_s: float = Field(10.0, gt=0, le=3600, description="an order this long without news is asked about")
 
     @field_validator("account", "host", mode="before")
     @classmethod

@@ -1,0 +1,141 @@
+"""The Bytewax ends of the way out and the way back: the order sink, the venue-event
+source, and the wrapper that tells the gateway when the signals have ended.
+
+The sink runs after the book's step has committed (Bytewax hands a step's output on
+only once its batch returned, and the step commits before returning), so no order
+leaves before its intent is durable. The source never blocks: it takes what the
+senders have queued and asks to be woken a moment later (``next_awake``), as Bytewax's
+own non-blocking partitions do. It ends once the signal source has ended and every
+order's fate has come, or its grace is over: what is still working then is in the
+ledger, and the next start asks the venue.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bytewax.inputs import (DynamicSource, FixedPartitionedSource, StatefulSourcePartition,
+                            StatelessSourcePartition)
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.sender import Command, Gateway
+from operators.order_fsm import VenueEvent
+
+IDLE = timedelta(milliseconds=2)  # how soon an idle source looks again: a bound on the latency it adds
+NATURAL_WAIT_S = 30.0  # after a recording's end: how long orders still working are waited for
+STOP_WAIT_S = 3.0  # after a stop signal: the run must end within seconds whatever a venue does
+
+
+class _OrderPartition(StatelessSinkPartition[Command]):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def write_batch(self, items: list[Command]) -> None:
+        for cmd in items:
+            self.gateway.dispatch(cmd)
+
+    def close(self) -> None:
+        self.gateway.close()
+
+
+class OrderSink(DynamicSink[Command]):
+    """Hands each command to its venue's sender: a queue, never a socket."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OrderPartition:
+        return _OrderPartition(self.gateway)
+
+
+class _EventPartition(StatelessSourcePartition[VenueEvent]):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[VenueEvent]:
+        got = self.gateway.drain()
+        if got:
+            self._awake = None
+            return got
+        if self.gateway.finished(NATURAL_WAIT_S, STOP_WAIT_S):
+            raise StopIteration
+        self._awake = datetime.now(timezone.utc) + IDLE
+        return []
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+
+class VenueEventSource(DynamicSource[VenueEvent]):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _EventPartition:
+        return _EventPartition(self.gateway)
+
+
+# ----- the signal source, watched for its end -----
+
+class _Watched:
+    """A partition of the signal source that tells the gateway when it has ended."""
+
+    def __init__(self, inner: Any, gateway: Gateway):
+        self.inner, self.gateway, self._ended = inner, gateway, False
+        gateway.input_started()
+
+    def next_batch(self) -> list:
+        try:
+            return self.inner.next_batch()
+        except StopIteration:
+            if not self._ended:
+                self._ended = True
+                self.gateway.input_ended()
+            raise
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def close(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.gateway.input_ended()
+        self.inner.close()
+
+
+class _WatchedStateful(_Watched, StatefulSourcePartition):
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+
+class _WatchedStateless(_Watched, StatelessSourcePartition):
+    pass
+
+
+class _WatchedFixed(FixedPartitionedSource):
+    def __init__(self, inner: FixedPartitionedSource, gateway: Gateway):
+        self.inner, self.gateway = inner, gateway
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
+        return _WatchedStateful(self.inner.build_part(step_id, for_part, resume_state), self.gateway)
+
+
+class _WatchedDynamic(DynamicSource):
+    def __init__(self, inner: DynamicSource, gateway: Gateway):
+        self.inner, self.gateway = inner, gateway
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSourcePartition:
+        return _WatchedStateless(self.inner.build(step_id, worker_index, worker_count), self.gateway)
+
+
+def watched(source: Any, gateway: Gateway) -> Any:
+    """The same source, telling ``gateway`` when each of its partitions has ended."""
+    if isinstance(source, FixedPartitionedSource):
+        return _WatchedFixed(source, gateway)
+    if isinstance(source, DynamicSource):
+        return _WatchedDynamic(source, gateway)
+    raise TypeError(f"not a Bytewax source: {type(source).__name__}")
