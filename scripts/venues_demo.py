@@ -119,9 +119,9 @@ def main() -> int:
             time.sleep(0.1)
         subprocess.run([APEX, "publish", str(SAMPLE), "--rate", "0", "--redis", redis_url], check=True)
         deadline = time.monotonic() + 600
-        while True:
+        while True:  # every entry acknowledged, and every order's fate in the ledger
             s = status(redis_url)
-            if s["lag"] == 0 and s["pending"] == 0:
+            if s["lag"] == 0 and s["pending"] == 0 and live_orders(work / "state" / "ledger.sqlite") == 0:
                 break
             if apex.poll() is not None or time.monotonic() > deadline:
                 print((work / "apex-run.log").read_text()[-3000:])
@@ -139,6 +139,21 @@ def main() -> int:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def live_orders(path: Path) -> int:
+    """Orders whose fate has not come yet (an entry is acknowledged once its order's intent
+    is durable, before the venue answers)."""
+    if not path.exists():
+        return 1
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM executions WHERE status IN"
+                          " ('intent', 'submitted', 'accepted', 'partially_filled', 'unknown')").fetchone()[0]
+    except sqlite3.OperationalError:  # not made yet
+        return 1
+    finally:
+        db.close()
 
 
 def check(work: Path, env: dict) -> int:
