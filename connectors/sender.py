@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from connectors.venues import FILLED, Rejected, Venue, VenueDown
+from connectors.venues import FILLED, Instrument, Rejected, Venue, VenueDown
 from operators.order_fsm import ACCEPTED, CANCELLED, DENIED, PARTIALLY_FILLED, REJECTED, UNKNOWN, VenueEvent
 from operators.orders import Order
 
@@ -37,6 +37,13 @@ log = logging.getLogger("apex.sender")
 SUBMIT, CHECK, CANCEL = "submit", "check", "cancel"
 BATCH = 20  # orders a lane hands the venue at once (OKX's batch-orders takes 20)
 FINAL = frozenset({FILLED, CANCELLED, REJECTED, DENIED})
+
+
+class Pending:
+    """An instrument's rules still being asked of its venue."""
+
+
+PENDING = Pending()
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +374,8 @@ class Gateway:
         self._lock = threading.Lock()
         self._senders: dict[int, Sender] = {}
         self._routes: dict[tuple[str, str], Venue] = {}
+        self._instruments: dict[tuple[int, str, str], Instrument | None] = {}
+        self._asking: set[tuple[int, str, str]] = set()
         self._inputs = [0, 0]  # signal-source partitions started, ended
         self.stopping = False  # a stop signal: what is in flight gets a short grace, then the run ends
         self._ended_at: float | None = None
@@ -392,6 +401,33 @@ class Gateway:
 
     def live(self) -> int:
         return sum(s.live() for s in list(self._senders.values()))
+
+    def instrument(self, venue: Venue, market: str, symbol: str) -> Instrument | None | Pending:
+        """A remote venue's rules for an instrument without waiting on it: what it answered
+        before, or ``PENDING`` while it is asked in a thread of its own (its answer is here
+        for the next signal)."""
+        key = (id(venue), market, symbol)
+        with self._lock:
+            if key in self._instruments:
+                return self._instruments[key]
+            if key in self._asking:
+                return PENDING
+            self._asking.add(key)
+
+        def ask() -> None:
+            try:
+                got = venue.instrument(market, symbol)
+            except Exception as err:  # noqa: BLE001 - asked again by the next signal for it
+                log.warning("%s: the rules of %s could not be asked: %s", getattr(venue, "name", market), symbol, err)
+                with self._lock:
+                    self._asking.discard(key)
+                return
+            with self._lock:
+                self._instruments[key] = got
+                self._asking.discard(key)
+
+        threading.Thread(target=ask, name=f"apex-instrument-{symbol}", daemon=True).start()
+        return PENDING
 
     def drain(self, most: int = 1000) -> list[VenueEvent]:
         out = []
@@ -425,13 +461,22 @@ class Gateway:
         return time.monotonic() - self._ended_at >= grace
 
     def close(self) -> None:
+        """Every sender stopped and every remote venue closed, whether it had orders or not."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             senders = list(self._senders.values())
+            idle = {id(v): v for v in self._routes.values() if id(v) not in self._senders}
         left = sum(s.live() for s in senders)
         if left:
             log.warning("%d orders still working at the stop: the next start asks their venues", left)
         for s in senders:
             s.close()
+        for venue in idle.values():
+            closer = getattr(venue, "close", None)
+            if closer is not None:
+                try:
+                    closer()
+                except Exception as err:  # noqa: BLE001 - closing is best effort
+                    log.warning("%s: closing the venue failed: %s", getattr(venue, "name", "venue"), err)

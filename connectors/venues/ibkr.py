@@ -24,8 +24,8 @@ try:
 except ImportError:  # pragma: no cover - the older name of the same library
     import ib_insync as ib_api  # type: ignore[no-redef]
 
-from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, Ack, Instrument,
-                               OrderUpdate, Rejected, VenueDown)
+from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, PENDING, REJECTED, Ack,
+                               Instrument, OrderUpdate, Rejected, VenueDown)
 from connectors.venues.ibkr_book import Book
 from connectors.venues.ibkr_loop import LoopThread
 from operators.fill import Fill
@@ -413,6 +413,12 @@ class IbkrVenue:
         if symbol in self._instruments:
             return self._instruments[symbol]
         return self._call(self._qualify(symbol))
+
+    def instrument_now(self, venue: str, symbol: str) -> Instrument | None | object:
+        """``instrument`` without the network: PENDING for a symbol not qualified yet."""
+        if venue != self.market:
+            return None
+        return self._instruments.get(symbol, PENDING)
 
     def close(self) -> None:
         self._closing = True
