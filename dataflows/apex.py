@@ -183,9 +183,18 @@ def _gather(outcomes: Stream) -> Stream:
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:
-    """Entry point for ``python -m bytewax.run``."""
-    pipeline = load(path)
-    if state_dir:
-        pipeline.state_dir = Path(state_dir)
-    flow, _ = wire(pipeline, source=source)
+    """Entry point for ``python -m bytewax.run``. It passes the gates `apex run` passes (paper
+    or live, one worker per state dir, start-up reconciliation: dataflows/gates.py), so no way
+    of starting trades around them; a refusal ends it with its lines, never a traceback. The
+    state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
+    from dataflows import gates  # gates reaches back here (startup uses make_venues)
+
+    with gates.refused_in_lines():
+        pipeline = gates.load_pipeline(path, state_dir)
+        admitted = gates.admit(pipeline, gates.say_on_stderr("apex: "))
+        try:
+            flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues)
+        except BaseException:
+            admitted.release()
+            raise
     return flow
