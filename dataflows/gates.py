@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 from connectors import state_lock
@@ -129,9 +129,9 @@ def refuse(lines: list[str], code: int) -> NoReturn:
 
 @contextmanager
 def refused_in_lines() -> Iterator[None]:
-    """For ``build``: a gate that refuses (``Refused``), or a source or venue
-    that cannot be set up ends ``bytewax.run`` with its lines and a non-zero exit (``bytewax.run``
-    lets a SystemExit through, and would print anything else as a traceback)."""
+    """For ``build``: a pipeline that cannot be read, a gate that refuses (``Refused``), or a
+    source that cannot be set up ends ``bytewax.run`` with its lines and a non-zero exit
+    (``bytewax.run`` lets a SystemExit through, and would print anything else as a traceback)."""
     try:
         yield
     except Refused as e:

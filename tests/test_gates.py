@@ -82,6 +82,22 @@ def test_bytewax_run_in_paper_will_not_send_to_an_ibkr_live_port(tmp_path):
     assert not state.exists()
 
 
+def test_bytewax_run_says_a_users_mistake_in_one_line(tmp_path):
+    env = clean_env(APEX_ENV="paper")
+    missing = bytewax_run(tmp_path / "nope.yaml", cwd=tmp_path, env=env)
+    no_traceback(missing)
+    assert missing.returncode == 1
+    nope = tmp_path / "nope.yaml"
+    assert missing.stderr.splitlines() == [f"error {nope}: {nope}: No such file or directory"]  # as `apex run` says it
+    path = shipped_with(tmp_path, "")
+    no_recording = bytewax_run(path, cwd=tmp_path, env=env, state_dir=tmp_path / "state",
+                               source=f"recording:{tmp_path / 'none.jsonl'}")
+    no_traceback(no_recording)
+    assert no_recording.returncode == 2
+    assert no_recording.stderr.splitlines() == [f"recording {tmp_path / 'none.jsonl'} does not exist"]
+    assert state_lock.holder(tmp_path / "state") is None
+
+
 # --- start-up reconciliation under bytewax.run --------------------------------------------------
 
 
