@@ -33,6 +33,7 @@ from connectors.outbox import Shipper
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
+from dataflows import gates
 from dataflows.config import Pipeline, load, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
@@ -187,8 +188,6 @@ def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str
     or live, one worker per state dir, start-up reconciliation: dataflows/gates.py), so no way
     of starting trades around them; a refusal ends it with its lines, never a traceback. The
     state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
-    from dataflows import gates  # gates reaches back here (startup uses make_venues)
-
     with gates.refused_in_lines():
         pipeline = gates.load_pipeline(path, state_dir)
         admitted = gates.admit(pipeline, gates.say_on_stderr("apex: "))
