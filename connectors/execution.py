@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from connectors.ledger import Ledger
-from connectors.venues import CANCELLED, FILLED, REJECTED, Rejected, Venue
+from connectors.venues import CANCELLED, FILLED, REJECTED, Rejected, Venue, VenueDown
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
 from operators.fill import Fill
@@ -136,10 +136,15 @@ class Executor:
         if wait or not getattr(venue, "asynchronous", False):
             return venue.place_many(orders)  # type: ignore[return-value]
         acks = venue.submit(orders)
+        unsent = [ack.client_order_id for ack in acks if not ack.sent]
+        if unsent:  # never left: the retry asks the venue (``prepare``) and sends what it never saw
+            raise VenueDown(f"{len(unsent)} of {len(orders)} orders did not leave for the venue: {unsent[0]} ...")
         fates = self._fates(venue)
         out: list[Fill | Rejected | None] = []
         for order, ack in zip(orders, acks, strict=True):
-            if not ack.accepted:
+            if ack.unknown:  # it may be at the venue: worked, and asked once its bound passes, never refused
+                out.append(fates.pop(order.client_order_id, None))
+            elif not ack.accepted:
                 out.append(Rejected(ack.reason or "refused"))
             else:
                 out.append(fates.pop(order.client_order_id, None))
