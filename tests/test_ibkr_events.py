@@ -176,3 +176,14 @@ def test_no_ib_async_line_reaches_the_log_and_a_refusal_is_one_line_of_apex(tmp_
     assert [r.getMessage() for r in records if r.name.startswith("ib_async")] == []
     refusals = [r.getMessage() for r in records if refused.client_order_id in r.getMessage()]
     assert len(refusals) == 1 and "201" in refusals[0]
+
+
+def test_close_ends_the_socket_and_the_loop_also_while_the_gateway_is_away(gateway, connect):
+    up = connect(client_id=21)
+    up.close()
+    assert until(lambda: gateway.connected_clients() == 0, 10)
+    away = connect(client_id=22)
+    gateway.refuse_connections(True)  # its link keeps trying, with pauses, until closed
+    assert until(lambda: not away.connected(), 10)
+    away.close()
+    assert {"ibkr-venue-21", "ibkr-venue-22"}.isdisjoint(t.name for t in threading.enumerate())

@@ -75,6 +75,7 @@ class IbkrVenue:
         self._updates: deque[OrderUpdate] = deque()  # thread-safe: ``updates`` never waits on the loop
         self._unsent: set[int] = set()  # order ids ib_async still held back when the socket dropped
         self._asking: asyncio.Task | None = None  # a resync asked for by an unknown outcome
+        self._ask_more = False
         self._funds: float | None = None  # AvailableFunds as IB last pushed it (account updates)
         self._loop = LoopThread(f"ibkr-venue-{client_id}")
         self._ib, self._changes, self._link = self._call(self._create(), connect_timeout)
@@ -138,7 +139,7 @@ class IbkrVenue:
 
     def _on_socket_error(self, msg: str) -> None:
         """The socket is dropping: what ib_async still held back never left (it forgets it next)."""
-        self._unsent |= queued_order_ids(self._ib.client)
+        self._unsent = queued_order_ids(self._ib.client)
 
     def _on_account_value(self, value: Any) -> None:
         """ib_async subscribes to the account's updates on connect, and IB pushes them as they
@@ -199,14 +200,19 @@ class IbkrVenue:
         self._heard()
 
     def _ask_again(self) -> None:
+        """A resync soon; one asked for while another runs follows it (the one running may
+        have been answered before IB had the order)."""
+        self._ask_more = True
         if self._asking is None or self._asking.done():
             self._asking = asyncio.get_running_loop().create_task(self._resync_quietly())
 
     async def _resync_quietly(self) -> None:
-        try:
-            await self._resync()
-        except VenueDown:
-            pass  # the link asks again when it is back
+        while self._ask_more:
+            self._ask_more = False
+            try:
+                await self._resync()
+            except VenueDown:
+                return  # the link asks again when it is back
 
     # submitting
 
@@ -236,6 +242,7 @@ class IbkrVenue:
                 for i in todo:
                     acks[i] = Ack(orders[i].client_order_id, False, str(down), sent=False)
                 todo = []
+        drops = self._link.drops
         absent = await self._qualify_all({orders[i].symbol for i in todo}, deadline)
         trades: dict[int, Any] = {}
         for i in todo:
@@ -259,15 +266,18 @@ class IbkrVenue:
             except ConnectionError:  # the socket is gone: it did not leave
                 self._unwatch(ref)
                 acks[i] = Ack(ref, False, "the connection to IB was lost before it left", sent=False)
-        await self._changes.until(lambda: not self._ib.isConnected() or all(map(answer, trades.values())), deadline)
+        await self._changes.until(lambda: self._link.drops != drops or all(map(answer, trades.values())), deadline)
+        dropped = self._link.drops != drops
         for i, trade in trades.items():
-            acks[i] = self._ack(orders[i], trade)
+            acks[i] = self._ack(orders[i], trade, dropped)
+        self._say_unanswered(acks)  # type: ignore[arg-type]
         self._note_updates()  # the fates of orders IB already held
         if all(not a.sent for a in acks):  # type: ignore[union-attr]
             raise VenueDown(f"IB gateway at {self.host}:{self.port}: nothing of the batch could leave")
         return acks  # type: ignore[return-value]
 
-    def _ack(self, order: Order, trade: Any) -> Ack:
+    def _ack(self, order: Order, trade: Any, dropped: bool) -> Ack:
+        """``dropped``: the socket dropped while the batch waited for its answers."""
         ref, heard = order.client_order_id, answer(trade)
         if heard is not None and heard[0] == TAKEN:
             return Ack(ref, True)
@@ -275,16 +285,28 @@ class IbkrVenue:
             return Ack(ref, False, heard[1])  # its REJECTED update came with the error
         if heard is not None:  # MAYBE: error 103
             why = heard[1]
-        elif not self._ib.isConnected() and trade.order.orderId in self._unsent:
+        elif dropped and trade.order.orderId in self._unsent:
             self._unsent.discard(trade.order.orderId)
             self._unwatch(ref)
             return Ack(ref, False, "the connection to IB was lost before it left", sent=False)
-        elif not self._ib.isConnected():
+        elif dropped:
             why = "the connection to IB was lost after it left"
         else:
             why = f"IB did not answer within {self.request_timeout:g}s"
-        log.warning("order %s: %s; its outcome is asked, it is never sent again", ref, why)
         return Ack(ref, False, why, unknown=True)
+
+    @staticmethod
+    def _say_unanswered(acks: list[Ack]) -> None:
+        """One line for a batch, however many of its orders a drop left without an answer."""
+        unknown = [a for a in acks if a.unknown]
+        unsent = sum(1 for a in acks if not a.sent)
+        if unknown:
+            log.warning("%d order(s) without an answer from IB (%s: %s); their outcome is asked, they are never sent"
+                        " again%s", len(unknown), ", ".join(a.client_order_id for a in unknown[:3]) +
+                        (", ..." if len(unknown) > 3 else ""), unknown[0].reason,
+                        f"; {unsent} more did not leave" if unsent else "")
+        elif unsent:
+            log.warning("%d order(s) did not leave for IB: %s", unsent, next(a.reason for a in acks if not a.sent))
 
     def _watch(self, ref: str, quiet: bool) -> None:
         self._watched[ref] = None  # told again from the start: a resubmitted order's fate is told once more
@@ -505,6 +527,8 @@ class IbkrVenue:
 
     def close(self) -> None:
         """The link and the loop end at once (well under a second)."""
+        if not self._loop.loop.is_running():
+            return  # closed already
         try:
             self._call(self._shutdown(), 0.5)
         except VenueDown:

@@ -28,6 +28,7 @@ class Link:
         self.closing = False
         self.failures = 0  # attempts failed so far: a waiter gives up on the first failed after it came
         self.last_failure = ""
+        self.drops = 0  # sockets lost so far: a batch knows whether one dropped under it, whatever came since
         self._task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._wake = asyncio.Event()  # cuts a pause short: someone is waiting for the link
         ib.disconnectedEvent += self._on_disconnect
@@ -86,6 +87,7 @@ class Link:
 
     def _on_disconnect(self) -> None:
         was_up, self.synced = self.synced, False
+        self.drops += 1
         self.changes.notify()  # whoever waits on an answer from this socket stops waiting
         if self.closing:
             return
