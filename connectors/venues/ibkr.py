@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover - the older name of the same library
 
 from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, Ack, Instrument,
                                OrderUpdate, Rejected, VenueDown)
-from connectors.venues.ibkr_answers import MAYBE, REFUSED, TAKEN, answer, queued_order_ids
-from connectors.venues.ibkr_book import Book
+from connectors.venues.ibkr_answers import REFUSED, TAKEN, answer, queued_order_ids
+from connectors.venues.ibkr_book import MAYBE_PLACED, Book
 from connectors.venues.ibkr_link import Link
 from connectors.venues.ibkr_loop import Changes, LoopThread
 from operators.fill import Fill
@@ -133,8 +133,8 @@ class IbkrVenue:
 
     def _on_status(self, trade: Any) -> None:
         self._book.add_trade(trade)
-        if trade.order.orderRef in self._watched and (answer(trade) or ("",))[0] == MAYBE:
-            self._ask_again()  # error 103: what IB holds under it is asked at once, and told when known
+        if trade.order.orderRef in self._watched and trade.log and trade.log[-1].errorCode == MAYBE_PLACED:
+            self._ask_again()  # error 103 just came: what IB holds under it is asked at once, told when known
         self._heard()
 
     def _on_socket_error(self, msg: str) -> None:
@@ -487,7 +487,8 @@ class IbkrVenue:
 
     def available_funds(self) -> float:
         """What IB would let a new order use (AvailableFunds), for a margin check."""
-        return self._call(self._summary(), self._up_bound + self.request_timeout + 1).get(("AvailableFunds", "USD"), 0.0)
+        values = self._call(self._summary(), self._up_bound + self.request_timeout + 1)
+        return values.get(("AvailableFunds", "USD"), 0.0)
 
     def available_funds_now(self) -> float | None:
         """AvailableFunds as IB last pushed it, never waiting on the network; None before

@@ -18,18 +18,19 @@ PLACE_ORDER = "3\0"  # the first field of a placeOrder message
 
 
 def answer(trade: Any) -> tuple[str, str] | None:
-    """(TAKEN | REFUSED | MAYBE, reason), or None while IB has not answered. ib_async marks
-    a trade Cancelled itself on an error to a new order: that error is IB's answer."""
-    status = trade.orderStatus.status
-    last = trade.log[-1] if trade.log else None
-    if status == "Cancelled" and last is not None and last.errorCode:
-        if last.errorCode == MAYBE_PLACED:
-            return MAYBE, f"IB answered error {MAYBE_PLACED} (duplicate order id): the outcome is asked, not assumed"
-        # ib_async's line is "Error 201, reqId 7: <IB's text>": IB's code and text are the reason
-        return REFUSED, f"IB error {last.errorCode}: {last.message.split(': ', 1)[-1]}"
-    if status in UNANSWERED:
-        return None
-    return TAKEN, ""
+    """(TAKEN | REFUSED | MAYBE, reason), or None while IB has not answered: the first
+    word in the trade's log that is IB's (later entries, such as a fill found by asking
+    after a 103, do not change what the answer was). ib_async marks a trade Cancelled
+    itself on an error to a new order: that error is IB's answer."""
+    for entry in trade.log:
+        if entry.status == "Cancelled" and entry.errorCode:
+            if entry.errorCode == MAYBE_PLACED:
+                return MAYBE, f"IB answered error {MAYBE_PLACED} (duplicate order id): the outcome is asked"
+            # ib_async's line is "Error 201, reqId 7: <IB's text>": IB's code and text are the reason
+            return REFUSED, f"IB error {entry.errorCode}: {entry.message.split(': ', 1)[-1]}"
+        if entry.status not in UNANSWERED:
+            return TAKEN, ""
+    return None
 
 
 def queued_order_ids(client: Any) -> set[int]:
