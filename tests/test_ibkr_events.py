@@ -189,3 +189,10 @@ def test_close_ends_the_socket_and_the_loop_also_while_the_gateway_is_away(gatew
     assert until(lambda: not away.connected(), 10)
     away.close()
     assert {"ibkr-venue-21", "ibkr-venue-22"}.isdisjoint(t.name for t in threading.enumerate())
+
+
+def test_an_order_twice_in_a_batch_is_placed_once(gateway, connect, tmp_path):
+    venue = connect()
+    o = order("twice")
+    assert [a.accepted for a in venue.submit([o, o])] == [True, True]
+    assert len(accepted(tmp_path)) == 1

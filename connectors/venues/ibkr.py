@@ -245,8 +245,11 @@ class IbkrVenue:
         drops = self._link.drops
         absent = await self._qualify_all({orders[i].symbol for i in todo}, deadline)
         trades: dict[int, Any] = {}
+        first: dict[str, int] = {}  # an order twice in a batch is placed once, and answered as its first
         for i in todo:
             order, ref = orders[i], orders[i].client_order_id
+            if first.setdefault(ref, i) != i:
+                continue
             if order.symbol in absent:
                 acks[i] = self._refuse(order, f"IB has no stock {order.symbol}", quiet)
                 continue
@@ -270,6 +273,8 @@ class IbkrVenue:
         dropped = self._link.drops != drops
         for i, trade in trades.items():
             acks[i] = self._ack(orders[i], trade, dropped)
+        for i in todo:
+            acks[i] = acks[i] or acks[first[orders[i].client_order_id]]
         self._say_unanswered(acks)  # type: ignore[arg-type]
         self._note_updates()  # the fates of orders IB already held
         if all(not a.sent for a in acks):  # type: ignore[union-attr]
