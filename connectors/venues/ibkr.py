@@ -73,7 +73,9 @@ class IbkrVenue:
         self._watched: dict[str, tuple | None] = {}  # submitted orders -> the fate last told
         self._quiet: set[str] = set()  # orders ``place_many`` waits for itself: their updates go nowhere
         self._updates: deque[OrderUpdate] = deque()  # thread-safe: ``updates`` never waits on the loop
-        self._unsent: set[int] = set()  # order ids ib_async still held back when the socket dropped
+        # the order ids ib_async still held back when the socket last dropped, and the count of
+        # drops before that one: ids are reused after a reconnect, so they only speak of that drop
+        self._unsent: tuple[int, set[int]] = (-1, set())
         self._asking: asyncio.Task | None = None  # a resync asked for by an unknown outcome
         self._ask_more = False
         self._funds: float | None = None  # AvailableFunds as IB last pushed it (account updates)
@@ -139,7 +141,8 @@ class IbkrVenue:
 
     def _on_socket_error(self, msg: str) -> None:
         """The socket is dropping: what ib_async still held back never left (it forgets it next)."""
-        self._unsent = queued_order_ids(self._ib.client)
+        if self._link.synced:  # a drop, not a failed attempt to connect (which held nothing of ours)
+            self._unsent = (self._link.drops, queued_order_ids(self._ib.client))
 
     def _on_account_value(self, value: Any) -> None:
         """ib_async subscribes to the account's updates on connect, and IB pushes them as they
@@ -242,8 +245,8 @@ class IbkrVenue:
                 for i in todo:
                     acks[i] = Ack(orders[i].client_order_id, False, str(down), sent=False)
                 todo = []
-        drops = self._link.drops
         absent = await self._qualify_all({orders[i].symbol for i in todo}, deadline)
+        drops = self._link.drops  # the first drop after this is the one that can catch these orders
         trades: dict[int, Any] = {}
         first: dict[str, int] = {}  # an order twice in a batch is placed once, and answered as its first
         for i in todo:
@@ -271,8 +274,9 @@ class IbkrVenue:
                 acks[i] = Ack(ref, False, "the connection to IB was lost before it left", sent=False)
         await self._changes.until(lambda: self._link.drops != drops or all(map(answer, trades.values())), deadline)
         dropped = self._link.drops != drops
+        held_back = self._unsent[1] if dropped and self._unsent[0] == drops else set()
         for i, trade in trades.items():
-            acks[i] = self._ack(orders[i], trade, dropped)
+            acks[i] = self._ack(orders[i], trade, dropped, held_back)
         for i in todo:
             acks[i] = acks[i] or acks[first[orders[i].client_order_id]]
         self._say_unanswered(acks)  # type: ignore[arg-type]
@@ -281,8 +285,9 @@ class IbkrVenue:
             raise VenueDown(f"IB gateway at {self.host}:{self.port}: nothing of the batch could leave")
         return acks  # type: ignore[return-value]
 
-    def _ack(self, order: Order, trade: Any, dropped: bool) -> Ack:
-        """``dropped``: the socket dropped while the batch waited for its answers."""
+    def _ack(self, order: Order, trade: Any, dropped: bool, held_back: set[int]) -> Ack:
+        """``dropped``: the socket dropped while the batch waited for its answers;
+        ``held_back``: the order ids ib_async had not let out when it did."""
         ref, heard = order.client_order_id, answer(trade)
         if heard is not None and heard[0] == TAKEN:
             return Ack(ref, True)
@@ -290,8 +295,7 @@ class IbkrVenue:
             return Ack(ref, False, heard[1])  # its REJECTED update came with the error
         if heard is not None:  # MAYBE: error 103
             why = heard[1]
-        elif dropped and trade.order.orderId in self._unsent:
-            self._unsent.discard(trade.order.orderId)
+        elif trade.order.orderId in held_back:
             self._unwatch(ref)
             return Ack(ref, False, "the connection to IB was lost before it left", sent=False)
         elif dropped:
