@@ -36,6 +36,7 @@ log = logging.getLogger("apex.sender")
 
 SUBMIT, CHECK, CANCEL = "submit", "check", "cancel"
 BATCH = 20  # orders a lane hands the venue at once (OKX's batch-orders takes 20)
+CLOSE_S = 1.0  # at the stop: how long the lanes, then the venues' own closing, are waited for
 FINAL = frozenset({FILLED, CANCELLED, REJECTED, DENIED})
 
 
@@ -117,19 +118,20 @@ class Sender:
         """Orders whose final fate has not come yet."""
         return len(self._tracked)
 
-    def close(self, timeout: float = 1.0) -> None:
+    def stop(self) -> None:
+        """No more requests: the lanes end at their next step (one in a request ends with it)."""
         self._stop.set()
         for q in self._queues:
             q.wake()
-        deadline = time.monotonic() + timeout
+
+    def join(self, deadline: float) -> None:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        closer = getattr(self.venue, "close", None)
-        if closer is not None:
-            try:
-                closer()
-            except Exception as err:  # noqa: BLE001 - closing is best effort; say so and go on
-                log.warning("%s: closing the venue failed: %s", self.name, err)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.stop()
+        self.join(time.monotonic() + timeout)
+        close_venue(self.venue)
 
     # ----- the venue's answers -----
 
@@ -335,6 +337,16 @@ class Sender:
         return self.settings.ask_after_s * min(30, 1 + t.asks)
 
 
+def close_venue(venue: Venue) -> None:
+    closer = getattr(venue, "close", None)
+    if closer is None:
+        return
+    try:
+        closer()
+    except Exception as err:  # noqa: BLE001 - closing is best effort; say so and go on
+        log.warning("%s: closing the venue failed: %s", getattr(venue, "name", "venue"), err)
+
+
 class _LaneQueue:
     def __init__(self) -> None:
         self._items: deque[Command] = deque()
@@ -471,12 +483,16 @@ class Gateway:
         left = sum(s.live() for s in senders)
         if left:
             log.warning("%d orders still working at the stop: the next start asks their venues", left)
+        # every lane told first, then all joined and every venue closed at once, under one
+        # bound: a stop must end the run within seconds whatever a venue is doing
         for s in senders:
-            s.close()
-        for venue in idle.values():
-            closer = getattr(venue, "close", None)
-            if closer is not None:
-                try:
-                    closer()
-                except Exception as err:  # noqa: BLE001 - closing is best effort
-                    log.warning("%s: closing the venue failed: %s", getattr(venue, "name", "venue"), err)
+            s.stop()
+        deadline = time.monotonic() + CLOSE_S
+        for s in senders:
+            s.join(deadline)
+        venues = [s.venue for s in senders] + list(idle.values())
+        closers = [threading.Thread(target=close_venue, args=(v,), daemon=True) for v in venues]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(0.0, deadline + CLOSE_S - time.monotonic()))
