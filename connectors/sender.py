@@ -75,6 +75,7 @@ class _Tracked:
     deadline: float | None
     asks: int = 0
     queued: bool = False  # a submit for it waits in its lane: not asked about, never queued twice
+    sending: bool = False  # inside a submit call: its answer is on its way, nothing to ask yet
 
 
 class Sender:
@@ -189,9 +190,11 @@ class Sender:
         try:
             acks = self.venue.submit([c.order for c in sendable])
         except VenueDown as err:
+            self._sent(sendable)
             # which of them left is not known: each is asked first, and sent only if absent
             self._away(q, [Command(CHECK, c.book, c.order, c.deadline) for c in sendable], str(err))
             return
+        self._sent(sendable)
         held = []
         for c, ack in zip(sendable, acks, strict=True):
             cid = c.order.client_order_id
@@ -254,8 +257,17 @@ class Sender:
             t = self._tracked.get(cid)
             if t is None or not t.queued:
                 return False
-            t.queued = False
+            t.queued, t.sending, t.news_at = False, True, time.monotonic()  # its wait starts now
             return True
+
+    def _sent(self, cmds: list[Command]) -> None:
+        """Their submit call returned: from now on, silence is news to ask about."""
+        now = time.monotonic()
+        with self._lock:
+            for c in cmds:
+                t = self._tracked.get(c.order.client_order_id)
+                if t is not None:
+                    t.sending, t.news_at = False, now
 
     def _requeue(self, cmds: list[Command]) -> None:
         with self._lock:
@@ -268,7 +280,7 @@ class Sender:
         with self._lock:
             t = self._tracked.get(cid)
             if t is not None:
-                t.status, t.news_at = status, time.monotonic()
+                t.status, t.news_at, t.sending = status, time.monotonic(), False
 
     def _unknown(self, cmds: list[Command], why: str) -> None:
         for c in cmds:
@@ -326,7 +338,7 @@ class Sender:
             now = time.monotonic()
             with self._lock:
                 due = [t for t in self._tracked.values()
-                       if not t.queued and now - t.news_at >= self._ask_after(t)]
+                       if not (t.queued or t.sending) and now - t.news_at >= self._ask_after(t)]
                 for t in due:
                     t.news_at = now
             for t in due:
