@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from dataflows.config import ConfigError, parse
 from operators.exits import MAX_HOLDING
+from operators.kelly import KellyParams
 from operators.limits import Limits, PriceGuard
 from operators.market import parse_tick
+from operators.portfolio import Portfolio
 from operators.signal import TIMESTAMP_IN_FUTURE, Invalid, check_clock, parse_signal
 from tests.helpers import sig
 from tests.test_exits import T0, replay, signal, tick
@@ -217,6 +219,23 @@ def test_through_the_dataflow_the_allowance_is_inclusive(tmp_path):
         f"{TIMESTAMP_IN_FUTURE}: stamped 5001 ms ahead of the stream clock (limits.clock_skew_ms 5000)")
 
 
+def test_through_the_dataflow_a_signal_exactly_its_ttl_old_is_traded_and_a_millisecond_older_expired(tmp_path):
+    """"A signal stamped far in the past is valid and expired by its TTL": at the longest TTL
+    (7 days), a signal exactly 7 days old when its entry is decided is traded, one a
+    millisecond older is expired (ttl)."""
+    week_ms = 7 * 24 * HOUR_MS
+    entries = []
+    for n, age in ((1, week_ms), (2, week_ms + 1)):
+        s = signal(n, T0 + n, "BTC-USDT", "buy", 100.0)
+        doc = json.loads(s["fields"]["payload"])
+        doc.update(timestamp=_stamp(T0 + n - age), ttl_seconds=7 * 24 * 3600)
+        s["fields"]["payload"] = json.dumps(doc)
+        entries.append(s)
+    seen, _, _, _, _ = replay(tmp_path, entries)
+    assert {o.signal_id: (o.outcome, o.reason) for o in seen if o.signal_id} == {
+        "t1": ("filled", ""), "t2": ("expired", "ttl")}
+
+
 # --- prices: operators/limits.py ------------------------------------------------------------------
 
 @pytest.mark.parametrize("limits", [Limits(), Limits(min_price=0.5, max_price=250.0)], ids=["defaults", "set"])
@@ -257,6 +276,16 @@ def test_through_the_dataflow_prices_at_the_edges_of_the_band_are_believed_and_p
         s = sizing[f"t{n}"]
         assert s["price"] == (200.0 if n == 10 else 50.0) and s["size_usd"] <= 1_000.0
         assert 0 < s["quantity"] and math.isclose(s["quantity"] * s["price"], s["size_usd"], rel_tol=1e-9)
+
+
+def test_with_no_mark_a_reference_price_is_held_to_the_range_alone_inclusive():
+    """"With no mark yet, the range alone applies": the range's ends are believed as a
+    signal's reference price, the next float past either is refused."""
+    book = Portfolio(1_000_000.0, KellyParams())
+    for price in (book.limits.min_price, book.limits.max_price):
+        assert book.refuses_reference("BTC-USDT", price) is None
+    assert "below limits.min_price" in book.refuses_reference("BTC-USDT", down(book.limits.min_price))
+    assert "above limits.max_price" in book.refuses_reference("BTC-USDT", up(book.limits.max_price))
 
 
 @settings(max_examples=300, **SETTINGS)
