@@ -100,9 +100,10 @@ def run_with_a_held_book(tmp_path: Path, monkeypatch, entries: list[dict], falls
                          quick_fails: frozenset[str] = frozenset()) -> DurableAcker:
     """Replay ``entries`` over the two books under two workers, the held book's first close
     held at the venue until the quick book's copy of one of ``falls`` has reached the step
-    that gathers the copies (and, if that step passed it on there and then, until the sink
-    has it: acknowledged, if it was, only while the held book has nothing durable). ``quick_fails``: the quick book's trades whose close the venue
-    fails, as a dying connection does."""
+    that gathers the copies; if that step passed it on there and then, until the sink has
+    it, so an early acknowledgement comes while the held book has nothing durable.
+    ``quick_fails``: the quick book's trades whose close the venue fails, as a dying
+    connection does."""
     p = parse(BOOKS.format(state=tmp_path / "state"), tmp_path / "pipeline.yaml", {})
     held_ledger = next(b.ledger_path for b in p.books if b.book == "held")
     go_on = threading.Event()  # the held book may finish its closes
@@ -162,7 +163,8 @@ def run_with_a_held_book(tmp_path: Path, monkeypatch, entries: list[dict], falls
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     # the setting the promise is tested in: the quick book's copy of a fall reached the gathering
     # (or the sink) while the held book had not taken that fall yet
-    assert timed_out == [] and lagging, "the quick book's copy of a fall never overtook the held book's"
+    assert timed_out == [], "the held book waited for a copy of a fall that never came"
+    assert lagging, "the quick book's copy of a fall never overtook the held book's"
     return acker
 
 
