@@ -1,0 +1,160 @@
+"""OKX's own word on each order change, pushed on its private WebSocket: ccxt pro's
+``watch_orders`` (the ``orders`` channel, spot) on an asyncio loop in a thread of its own.
+
+While the channel is subscribed, the stream is "up" and every change it hears is handed
+to the sink (the poller's registry of orders being watched); the order lists are then
+not asked. When the socket drops, the login is refused or anything else fails, the sink
+is told the stream is down (the poller asks the order lists meanwhile), and a fresh
+client tries again after a pause that doubles up to ``retry_max_s``. OKX pushes nothing
+at subscription, so each time the channel comes up the sink takes one look at the lists
+for what changed while it was down.
+
+Nothing here ever logs or raises the credentials: errors are named by their type and
+OKX's code, and any text is scrubbed of them first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import ccxt.pro
+
+log = logging.getLogger(__name__)
+
+CLOSE_S = 0.5  # how long ``close`` lets the socket say goodbye before cutting it
+
+
+class Sink(Protocol):
+    def streaming(self, up: bool) -> None: ...
+
+    def observe(self, orders: list[dict]) -> None:
+        """ccxt's parsed orders, as pushed."""
+        ...
+
+
+class _Client(ccxt.pro.okx):
+    """ccxt pro's OKX, telling when OKX confirms the ``orders`` subscription (ccxt itself
+    only learns of a subscription when the first push arrives)."""
+
+    subscribed: Callable[[], None] | None = None
+
+    def handle_subscription_status(self, client, message):  # noqa: ANN001 - ccxt's signature
+        arg = message.get("arg") if isinstance(message, dict) else None
+        if isinstance(arg, dict) and arg.get("channel") == "orders" and self.subscribed is not None:
+            self.subscribed()
+        return super().handle_subscription_status(client, message)
+
+
+class Stream:
+    def __init__(self, options: dict, sink: Sink, markets: Callable[[], object], scrub: Callable[[str], str], *,
+                 ws_url: str | None, sandbox: bool, retry_max_s: float = 5.0):
+        """``options``: the ccxt client's options (credentials, timeout). ``markets``: a
+        ccxt client whose markets are loaded, lent to each new client (which then asks
+        for none). ``ws_url``: OKX's WebSocket base (``…/ws/v5``), None for OKX's own."""
+        self.options, self.sink, self.markets, self.scrub = options, sink, markets, scrub
+        self.ws_url, self.sandbox, self.retry_max_s = ws_url, sandbox, retry_max_s
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+        self.failures = 0  # attempts in a row that failed (the loop's thread only)
+
+    def start(self) -> None:
+        """Connects in the background (once; later calls do nothing)."""
+        with self.lock:
+            if self.thread is not None or self.stopping:
+                return
+            ready = threading.Event()
+            self.thread = threading.Thread(target=self._run, args=(ready,), name="okx-stream", daemon=True)
+            self.thread.start()
+        ready.wait()
+
+    def close(self) -> None:
+        """Cancels the conversation and waits (briefly) for the thread to end."""
+        with self.lock:
+            self.stopping = True
+            thread, loop, task = self.thread, self.loop, self.task
+        if loop is not None and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2 * CLOSE_S)
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        with self.lock:
+            self.loop = loop
+            self.task = loop.create_task(self._main())
+            if self.stopping:
+                self.task.cancel()
+        ready.set()
+        try:
+            loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.sink.streaming(False)
+            loop.close()
+
+    def _up(self) -> None:
+        self.failures = 0
+        self.sink.streaming(True)
+
+    def _client(self) -> _Client:
+        ex = _Client(self.options)
+        if self.sandbox:
+            ex.set_sandbox_mode(True)
+        if self.ws_url:
+            ex.urls["api"]["ws"] = self.ws_url  # after the sandbox switch, which replaces the URLs
+        ex.options["watchOrders"] = {"type": "SPOT"}
+        ex.set_markets_from_exchange(self.markets())
+        return ex
+
+    async def _main(self) -> None:
+        while True:
+            ex: _Client | None = None
+            try:
+                ex = self._client()
+                await self._listen(ex)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever ends the conversation, the lists take over
+                self.sink.streaming(False)
+                self.failures += 1
+                # said once when it goes down, not at every attempt to come back
+                log.log(logging.WARNING if self.failures == 1 else logging.DEBUG,
+                        "okx order stream down (%s); order fates are read from the order lists meanwhile",
+                        self.scrub(_named(e)))
+            finally:
+                if ex is not None:
+                    await _quietly_close(ex)
+            await asyncio.sleep(min(self.retry_max_s, 0.05 * 2 ** min(self.failures, 16)))
+
+    async def _listen(self, ex: _Client) -> None:
+        ex.subscribed = self._up
+        while True:
+            orders = await ex.watch_orders()
+            self.sink.observe([dict(o) for o in orders])  # copies: ccxt updates its cached records in place
+
+
+def _named(e: BaseException) -> str:
+    """An error by its type and OKX's code if it quotes one; never its whole text (ccxt
+    quotes what OKX said, and OKX may quote the request)."""
+    text = str(e)
+    code = ""
+    for marker in ('"code":"', '"code": "'):
+        at = text.find(marker)
+        if at >= 0:
+            code = text[at + len(marker):].split('"', 1)[0]
+            break
+    return f"{type(e).__name__} {code}".strip()
+
+
+async def _quietly_close(ex: _Client) -> None:
+    try:
+        await asyncio.wait_for(ex.close(), CLOSE_S)
+    except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing what failed: nothing left to tell
+        pass
