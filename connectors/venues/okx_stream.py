@@ -97,6 +97,8 @@ class Stream:
             pass
         finally:
             self.sink.streaming(False)
+            with self.lock:
+                self.loop = self.task = None  # closed: nothing left to cancel
             loop.close()
 
     def _up(self) -> None:
