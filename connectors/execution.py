@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from connectors.ledger import Ledger
-from connectors.venues import CANCELLED, FILLED, REJECTED, Rejected, Venue
+from connectors.venues import CANCELLED, FILLED, REJECTED, Rejected, Venue, VenueDown
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
 from operators.fill import Fill
@@ -136,6 +136,11 @@ class Executor:
         if wait or not getattr(venue, "asynchronous", False):
             return venue.place_many(orders)  # type: ignore[return-value]
         acks = venue.submit(orders)
+        lost = [a for a in acks if a.unknown or not a.sent]
+        if lost:
+            # this egress keeps no order whose fate is unknown: as when submit raised, the batch
+            # is left to the retry, which asks the venue about each order before sending any
+            raise VenueDown(lost[0].reason or f"order {lost[0].client_order_id} may not have reached the venue")
         fates = self._fates(venue)
         out: list[Fill | Rejected | None] = []
         for order, ack in zip(orders, acks, strict=True):
