@@ -24,6 +24,18 @@ def _number(option: str, text: str, *, whole: bool, low: float, high: float | No
     return value
 
 
+def _credentials():
+    """What a WebSocket login must show: the OKX credentials in the environment when all three
+    are set (read there, never from the command line, where any process can see them);
+    otherwise None, and any login is taken."""
+    import os
+
+    from connectors.sims.okx import Credentials
+
+    values = [os.environ.get(name, "") for name in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_API_PASSPHRASE")]
+    return Credentials(*values) if all(values) else None
+
+
 @sim.command("okx")
 def okx(
     port: str = typer.Option(..., metavar="PORT", help="port to listen on (0: any free one)"),
@@ -58,7 +70,7 @@ def okx(
             refuse(err, f"--redis {redis_url!r}: {e}")
     try:
         serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
-              redis_url=redis_url, price_stream=price_stream,
+              redis_url=redis_url, price_stream=price_stream, credentials=_credentials(),
               ready=lambda url: out.print(f"okx simulator listening on {url}", highlight=False))
     except KeyboardInterrupt:  # before the simulator's own handler is in place: the same clean stop
         raise typer.Exit(0) from None

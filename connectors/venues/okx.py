@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import ccxt
@@ -62,6 +62,7 @@ class Answer:
     reason: str = ""
     record: dict | None = None  # OKX's record, when it was looked up (after a 51016)
     left: bool = True  # False: refused here, before anything was sent
+    acked: float = 0.0  # when OKX answered (monotonic clock)
 
 
 def never_connected(error: BaseException) -> bool:
@@ -277,10 +278,11 @@ class OkxVenue:
         may be handed over again). Raises VenueDown only when nothing of the batch can
         have left."""
         self.listen()
+        sent = time.monotonic()
         answers = self._send_all(orders, ask_now=False)
         if any(a.kind == UNSENT for a in answers) and not any(a.left for a in answers):
             raise VenueDown(next(a.reason for a in answers if a.kind == UNSENT))
-        self._watch(orders, answers)
+        self._watch(orders, answers, sent)
         acks = []
         for order, a in zip(orders, answers, strict=True):
             cid = order.client_order_id
@@ -298,13 +300,14 @@ class OkxVenue:
         about at once; VenueDown if one cannot be found or asked, or some were not sent
         (what OKX took is still watched, its fate told through ``updates()``)."""
         self.listen()
+        sent = time.monotonic()
         answers = self._send_all(orders, ask_now=True)
         unsettled = [a.reason for a in answers if a.kind in (MAYBE, UNSENT)]
         if unsettled:
-            self._watch(orders, answers)
+            self._watch(orders, answers, sent)
             raise VenueDown(unsettled[0])
         box = Mailbox({o.client_order_id for o, a in zip(orders, answers) if a.kind == TAKEN})
-        self._watch(orders, answers, box)
+        self._watch(orders, answers, sent, box)
         self._poller.wait(box, self.fill_wait_s + self.settle_timeout_s)
         return [Rejected(a.reason) if a.kind == REFUSED else records.outcome(box.got[o.client_order_id])
                 for o, a in zip(orders, answers)]
@@ -328,11 +331,11 @@ class OkxVenue:
             if o is not None:
                 self._poller.observe([o])
 
-    def _watch(self, orders: list[Order], answers: list[Answer], box: Mailbox | None = None) -> None:
-        """The orders OKX holds are watched until final; those looked up are told at once."""
+    def _watch(self, orders: list[Order], answers: list[Answer], sent: float, box: Mailbox | None = None) -> None:
+        """The orders OKX holds are watched until final (``sent``: when the first of them
+        left); those looked up are told at once."""
         taken = [(o, a) for o, a in zip(orders, answers) if a.kind == TAKEN]
-        now = time.monotonic()
-        self._poller.track(((o, a.ord_id, now) for o, a in taken), box)
+        self._poller.track(((o, a.ord_id, a.acked) for o, a in taken), box, sent)
         self._poller.observe([a.record for _, a in taken if a.record is not None])
 
     def _send_all(self, orders: list[Order], ask_now: bool) -> list[Answer]:
@@ -359,8 +362,9 @@ class OkxVenue:
                 out.update({i: Answer(UNSENT, reason=stop, left=False) for i in chunk})
                 continue
             answers = link.send([orders[i] for i in chunk])
+            acked = time.monotonic()
             for i, a in zip(chunk, answers):
-                out[i] = a
+                out[i] = a = replace(a, acked=acked)
                 if a.kind == MAYBE and (ask_now or a.reason.startswith(f"okx {MAYBE_PLACED}")):
                     out[i] = self._asked(link, orders[i], a)
             unsettled = [out[i] for i in chunk if out[i].kind in (MAYBE, UNSENT)]
@@ -380,7 +384,7 @@ class OkxVenue:
         if o is None:
             return Answer(MAYBE, reason=f"order {order.client_order_id} may not have reached {self._where}: "
                                         "ask again later")
-        return Answer(TAKEN, str(o.get("id") or ""), record=o)
+        return Answer(TAKEN, str(o.get("id") or ""), record=o, acked=time.monotonic())
 
     def _unsendable(self, link: _Link, order: Order, markets: dict[str, dict]) -> str:
         if order.venue != self.market:

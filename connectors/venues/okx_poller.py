@@ -99,20 +99,26 @@ class Poller:
         self.failures = 0  # rounds in a row that could not ask OKX
         self.error = ""
         self.stream_up = False
+        self.up_since = 0.0  # when the stream last came up (monotonic clock)
         self.catch_up = False  # the stream just came up: one look at the lists
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     # ----- the caller's side -----
 
-    def track(self, placed: Iterable[tuple[Order, str, float]], box: Mailbox | None = None) -> None:
-        """Watches each (order, OKX's ordId, when OKX acknowledged it) until its fate is final."""
+    def track(self, placed: Iterable[tuple[Order, str, float]], box: Mailbox | None = None,
+              sent: float | None = None) -> None:
+        """Watches each (order, OKX's ordId, when OKX acknowledged it) until its fate is final.
+        ``sent``: when the first of them left (their pushes are heard only if the stream was
+        up by then)."""
         with self.cond:
             new = []
             for order, ord_id, acked in placed:
                 t = Tracked(order, ord_id, acked + self.fill_wait_s, box)
                 self.tracked[order.client_order_id] = t
                 new.append(t)
+            if new and self.stream_up and (sent is None or self.up_since >= sent):
+                self.catch_up = True  # sent before the stream came up: their first pushes went unheard
             early = [(t, self.early.pop(t.order.client_order_id)) for t in new if t.order.client_order_id in self.early]
             self._start()
             self.cond.notify_all()
@@ -149,8 +155,10 @@ class Poller:
     def streaming(self, up: bool) -> None:
         """The stream's state: while up, the lists are not read (but once as it comes up)."""
         with self.cond:
-            if up and not self.stream_up and self.tracked:
-                self.catch_up = True  # orders watched while it was down: what changed meanwhile
+            if up and not self.stream_up:
+                self.up_since = time.monotonic()
+                if self.tracked:
+                    self.catch_up = True  # orders watched while it was down: what changed meanwhile
             self.stream_up = up
             self.cond.notify_all()
 
@@ -188,7 +196,7 @@ class Poller:
             self._hand(released)
         raise error
 
-    def close(self, wait_s: float = 0.5) -> None:
+    def close(self, wait_s: float = 0.4) -> None:
         """Stops the thread: it asks OKX nothing more (one inside a request ends with it);
         orders tracked later start it again."""
         with self.cond:

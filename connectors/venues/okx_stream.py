@@ -24,7 +24,7 @@ import ccxt.pro
 
 log = logging.getLogger(__name__)
 
-CLOSE_S = 0.5  # how long ``close`` lets the socket say goodbye before cutting it
+CLOSE_S = 0.25  # how long ``close`` lets the socket say goodbye before cutting it
 
 
 class Sink(Protocol):
