@@ -167,8 +167,11 @@ class _Link:
             return [Answer(UNSENT, reason=str(e), left=False)] * len(chunk)
         except VenueDown as e:  # no answer: any of them may be there
             return [Answer(MAYBE, reason=str(e))] * len(chunk)
-        except ccxt.ExchangeError as e:  # every order refused: the body says why, each
-            per = records.refusals_in(e)
+        except Exception as e:  # noqa: BLE001 - an answer that could not be read: the orders may be there
+            if not isinstance(e, ccxt.ExchangeError):
+                return [Answer(MAYBE, reason=f"{self.venue._where}'s answer could not be read: "
+                                             f"{type(e).__name__}")] * len(chunk)
+            per = records.refusals_in(e)  # every order refused: the body says why, each
             if not per:
                 return [Answer(MAYBE, reason=f"okx refused the request: {type(e).__name__}")] * len(chunk)
             out: dict[int, Answer] = {}

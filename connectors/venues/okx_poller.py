@@ -149,8 +149,15 @@ class Poller:
                     self.early.move_to_end(cid)
                     while len(self.early) > EARLY_KEPT:
                         self.early.popitem(last=False)
-            if t is not None:
+            if t is None:
+                continue
+            try:
                 self._observe(t, o)
+            except Exception as e:  # noqa: BLE001 - e.g. a fee in a third coin that could not be priced
+                log.warning("okx order %s: its change could not be read (%s); the lists will be asked", cid,
+                            type(e).__name__)
+                with self.cond:
+                    self.catch_up = True  # the look retells it, once it can be read
 
     def streaming(self, up: bool) -> None:
         """The stream's state: while up, the lists are not read (but once as it comes up)."""
@@ -319,14 +326,14 @@ class Poller:
         if t.ord_id and o.get("id") and str(o.get("id")) != t.ord_id:
             return  # another order under the same client order id
         progress = (records.filled(o), RANK.get(records.status(o), 0))
-        with self.telling:
+        with self.telling:  # only this changes ``told``, one change at a time
             with self.cond:
                 if progress <= t.told or t.final():
                     return  # told already, or older than what was told (the lists lag the stream)
-                t.told = progress
             update = self.source.update(t.order, o)  # may price a fee in a third coin: outside the lock
             final = update.status in records.FINAL
             with self.cond:
+                t.told = progress  # only once the update is made: a failure leaves it to be told again
                 cid = t.order.client_order_id
                 if self.tracked.get(cid) is not t:
                     return  # placed again meanwhile (a retry answered 51016): the newer watch tells it
