@@ -49,7 +49,9 @@ def okx(
                                             help="follow last prices on this Redis's price stream"),
     price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
 ) -> None:
-    """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT'."""
+    """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT' (and
+    ccxt pro's ex.urls['api']['ws'] = 'ws://HOST:PORT/ws/v5'). WebSocket logins are checked
+    against OKX_API_KEY, OKX_API_SECRET and OKX_API_PASSPHRASE when all three are set."""
     from connectors.sims.okx.run import load_prices, serve
 
     number = int(_number("--port", port, whole=True, low=0, high=65535))

@@ -24,6 +24,8 @@ import ccxt.pro
 
 log = logging.getLogger(__name__)
 
+# OKX takes 3 new connections a second from one address: the first retries stay under it
+FIRST_RETRY_S = 0.35
 CLOSE_S = 0.25  # how long ``close`` lets the socket say goodbye before cutting it
 
 
@@ -133,7 +135,7 @@ class Stream:
             finally:
                 if ex is not None:
                     await _quietly_close(ex)
-            await asyncio.sleep(min(self.retry_max_s, 0.05 * 2 ** min(self.failures, 16)))
+            await asyncio.sleep(min(self.retry_max_s, FIRST_RETRY_S * 2 ** min(self.failures - 1, 16)))
 
     async def _listen(self, ex: _Client) -> None:
         ex.subscribed = self._up
