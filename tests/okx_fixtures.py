@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def okx_venue(url: str, **options) -> OkxVenue:
     """A venue pointed at ``url``; ``options`` may name other credentials."""
-    opts = {"timeout_ms": 1000, "fill_wait_s": 0.5, "stream_retry_s": 0.2, "api_key": KEY, "secret": SECRET,
+    opts = {"timeout_ms": 1000, "fill_wait_s": 0.5, "stream_retry_s": 1.0, "api_key": KEY, "secret": SECRET,
             "passphrase": PASSPHRASE, **options}
     return OkxVenue(url=url, **opts)
 

@@ -220,6 +220,11 @@ def test_the_simulator_is_steered_through_its_control_routes():
         stats = raw(url, "GET", "/sim/stats")[1]
         assert _counts(stats) == {"accepted": 1, "rate_limited": 0}
         assert stats["requests"] == {"POST trade/order": 2, "GET market/ticker": 1}
+        # each order sent to be placed is counted, the one the 502 turned away too
+        assert raw(url, "GET", "/sim/placements")[1] == {"c1": 2}
+        assert raw(url, "GET", "/sim/sockets")[1] == {"open": 0, "logged_in": 0, "subscribed": 0,
+                                                      "logins": {"accepted": 0, "refused": 0}}
+        assert raw(url, "POST", "/sim/drop-sockets", {"refuse": True})[0] == 200
 
 
 def test_submitted_orders_report_their_fates_as_updates(okx_sim):

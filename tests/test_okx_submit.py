@@ -50,6 +50,22 @@ def test_a_duplicated_client_order_id_in_a_mixed_batch_is_what_okx_holds(okx_sim
     assert isinstance(results[1], Fill)
 
 
+@pytest.mark.parametrize("fault", ["drop", "code_50004", "hang"])
+def test_an_order_taken_without_an_answer_comes_back_unknown_never_raised(okx_sim, fault):
+    """OKX takes the order, then the connection drops, or it answers 50004, or it answers
+    after the client gave up: ``submit`` says unknown (it never raises for an order that
+    may be at OKX), and ``lookup`` finds the fill; it was sent once."""
+    venue = okx_venue(okx_sim.url, timeout_ms=300)
+    okx_sim.server.arm(fault)
+    o = order("unk-" + fault.replace("_", ""))
+    (ack,) = venue.submit([o])
+    assert (ack.accepted, ack.unknown, ack.sent) == (False, True, True) and ack.reason
+    fill = venue.lookup(o)
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(held(0.5))
+    assert okx_sim.server.placements() == {o.client_order_id: 1}
+    venue.close()
+
+
 def test_several_sender_threads_submit_at_once(okx_sim):
     """Four threads, an instrument each, forty orders each, sent at the same moment: every
     order is taken once, filled, and told once as filled."""
