@@ -197,7 +197,6 @@ class _Link:
         return float(ticker.get("last") or 0)
 
 
-
 class OkxVenue:
     name = "okx"
     asynchronous = True  # submit returns once OKX answered the placement; the fates follow as updates

@@ -18,8 +18,9 @@ thread, stream up or down); its final fate (the part filled, or nothing) follows
 Who hears a change: an order placed by ``place_many`` is that call's alone (its final fate
 goes into the call's mailbox); every other order's changes, and those of any order whose
 ``place_many`` gave up waiting, go to ``on_update`` if it is set, else to a queue that
-``updates()`` drains. ``on_update`` is called from the thread that learnt the change,
-never under the registry's lock, one change at a time, in the order learnt.
+``updates()`` drains. ``on_update`` is called from the thread that learnt the change (the
+stream's, the poller's, or the sender's for a refusal), never under the registry's lock,
+one change at a time, in the order learnt: it must hand the update on, not wait.
 
 ``updates()`` and the mailboxes are read under a lock the thread never holds while it
 asks OKX anything."""
