@@ -188,8 +188,21 @@ def test_close_ends_every_thread_and_socket(okx_sim):
     venue.listen()
     assert until(lambda: venue.streaming, 10)
     venue.submit([order("cl1")])  # still working: the poller waits to cancel it
-    threads = [venue._stream.thread, venue._poller._thread]  # noqa: SLF001 - what close must end
+    threads = [venue._io_now.thread, venue._poller._thread]  # noqa: SLF001 - what close must end
     assert all(t is not None and t.is_alive() for t in threads)
     venue.close()
     assert not any(t.is_alive() for t in threads)
     assert until(lambda: okx_sim.server.sockets()["open"] == 0, 10)
+
+
+def test_close_cuts_a_request_the_poller_waits_on(okx_sim):
+    """The socket down, the poller asks for the working orders and OKX holds the answer far
+    longer than the client would wait: ``close`` does not wait for it, it cuts it."""
+    okx_sim.server.drop_sockets(refuse=True)
+    okx_sim.server.arm("hang", paths="trade/orders-pending")
+    venue = okx_venue(okx_sim.url, timeout_ms=600_000)
+    venue.submit([order("held-look")])
+    assert until(lambda: okx_sim.server.stats()["requests"].get("GET trade/orders-pending", 0) >= 1, 10)
+    threads = [venue._io_now.thread, venue._poller._thread]  # noqa: SLF001 - what close must end
+    venue.close()
+    assert not any(t.is_alive() for t in threads)

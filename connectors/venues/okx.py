@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import ccxt
+import ccxt.async_support
 import requests
 import urllib3
 
@@ -38,6 +39,7 @@ from connectors.venues import REJECTED, Ack, Instrument, OrderUpdate, Rejected, 
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
 from connectors.venues import okx_secrets
+from connectors.venues.okx_io import Closed, Io, OnLoop
 from connectors.venues.okx_poller import Mailbox, Poller
 from connectors.venues.okx_records import MAYBE_PLACED, TERMINAL
 from connectors.venues.okx_stream import Stream
@@ -197,6 +199,24 @@ class _Link:
         return float(ticker.get("last") or 0)
 
 
+class _LoopLink(_Link):
+    """The poller's link: its client is ccxt's asyncio one, run on the venue's loop, so that
+    ``close`` cuts a request it is waiting on rather than waiting for it to end."""
+
+    def __init__(self, venue: OkxVenue):  # noqa: D107 - no client of its own until first asked
+        self.venue = venue
+        self._on: tuple[Io, OnLoop] | None = None
+
+    @property
+    def ex(self) -> OnLoop:  # type: ignore[override]
+        io = self.venue._io()
+        if self._on is None or self._on[0] is not io:
+            client = self.venue._async_client()
+            io.clients.append(client)
+            self._on = (io, OnLoop(client, io))
+        return self._on[1]
+
+
 class OkxVenue:
     name = "okx"
     asynchronous = True  # submit returns once OKX answered the placement; the fates follow as updates
@@ -218,17 +238,17 @@ class OkxVenue:
         options = {"apiKey": api_key, "secret": secret, "password": passphrase, "timeout": timeout_ms,
                    "enableRateLimit": False}  # the pacer keeps OKX's own limits instead
 
-        def client() -> ccxt.okx:
-            ex = ccxt.okx(dict(options))
+        def configured(ex: T) -> T:
             if sandbox:
-                ex.set_sandbox_mode(True)
+                ex.set_sandbox_mode(True)  # type: ignore[attr-defined]
             if url:
-                ex.urls["api"]["rest"] = url.rstrip("/")  # after the sandbox switch, which replaces the URLs
-            ex.options["fetchMarkets"] = {"types": ["spot"]}
-            ex.has["fetchCurrencies"] = False  # a private call per load that nothing here needs
+                ex.urls["api"]["rest"] = url.rstrip("/")  # type: ignore[attr-defined] # after the sandbox switch
+            ex.options["fetchMarkets"] = {"types": ["spot"]}  # type: ignore[attr-defined]
+            ex.has["fetchCurrencies"] = False  # type: ignore[attr-defined] # a private call per load, not needed
             return ex
 
-        self._client = client
+        self._client = lambda: configured(ccxt.okx(dict(options)))
+        self._async_client = lambda: configured(ccxt.async_support.okx(dict(options)))
         okx_secrets.hide(api_key, secret, passphrase)
         self._where = url or ("OKX demo trading" if sandbox else "OKX")
         self.fill_wait_s, self.settle_timeout_s = fill_wait_s, settle_timeout_s
@@ -241,9 +261,12 @@ class OkxVenue:
         self._markets_lock = threading.Lock()
         self._markets: dict[str, dict] | None = None  # by instId
         self._markets_ex: ccxt.okx | None = None  # the client that loaded them, which others copy
-        self._poller = Poller(_Link(client(), self), fill_wait_s=fill_wait_s, interval_s=poll_interval_s)
-        self._stream = Stream(options, self._poller, self._markets_client, self._scrub, ws_url=_ws_url(url),
-                              sandbox=sandbox, retry_max_s=stream_retry_s)
+        self._io_lock = threading.Lock()
+        self._io_now: Io | None = None
+        self._closed = False
+        self._poller = Poller(_LoopLink(self), fill_wait_s=fill_wait_s, interval_s=poll_interval_s)
+        self._stream = Stream(options, self._poller, self._markets_client, self._scrub, self._io,
+                              ws_url=_ws_url(url), sandbox=sandbox, retry_max_s=stream_retry_s)
 
     def __repr__(self) -> str:
         return f"OkxVenue({self._where})"
@@ -266,9 +289,26 @@ class OkxVenue:
         return self._poller.stream_up
 
     def close(self) -> None:
-        """Stops the WebSocket and the poller; fates not yet learnt are left to ``lookup``."""
+        """Stops the WebSocket and the poller, at once: a request either is waiting on is
+        cut. Final: fates not yet learnt are left to ``lookup`` (which, like ``submit``,
+        still works, in the calling thread)."""
+        self._poller.stop()
         self._stream.close()
+        with self._io_lock:
+            self._closed = True
+            io, self._io_now = self._io_now, None
+        if io is not None:
+            io.close()
         self._poller.close()
+
+    def _io(self) -> Io:
+        """The venue's loop, started on first use; ``Closed`` once the venue is."""
+        with self._io_lock:
+            if self._closed:
+                raise Closed
+            if self._io_now is None:
+                self._io_now = Io("okx-io")
+            return self._io_now
 
     # ----- placing -----
 

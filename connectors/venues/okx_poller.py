@@ -37,6 +37,7 @@ from typing import Protocol
 
 from connectors.venues import CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, OrderUpdate, VenueDown
 from connectors.venues import okx_records as records
+from connectors.venues.okx_io import Closed
 from operators.orders import Order
 
 log = logging.getLogger(__name__)
@@ -204,18 +205,19 @@ class Poller:
             self._hand(released)
         raise error
 
-    def close(self, wait_s: float = 0.4) -> None:
-        """Stops the thread: it asks OKX nothing more (one inside a request ends with it);
-        orders tracked later start it again."""
+    def stop(self) -> None:
+        """From now on the thread asks OKX nothing more; it ends once it sees it (a request
+        it waits on is cut by whoever closes the loop it runs on)."""
         with self.cond:
             self._stopping = True
-            thread = self._thread
             self.cond.notify_all()
+
+    def close(self, wait_s: float = 0.5) -> None:
+        """Stops the thread and waits (briefly) for it to end. Final."""
+        self.stop()
+        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(wait_s)
-        with self.cond:
-            if thread is None or not thread.is_alive():  # one still inside a request keeps the stop
-                self._thread, self._stopping = None, False
 
     def _start(self) -> None:
         if self.tracked and self._thread is None and not self._stopping:
@@ -262,6 +264,8 @@ class Poller:
                     self._cancel_overdue(watched)
                 with self.cond:
                     self.failures, self.error = 0, ""
+            except Closed:
+                return  # the venue is closed
             except VenueDown as e:
                 pause = self._failed(str(e), job)
             except Exception as e:  # noqa: BLE001 - the thread must outlive any one round

@@ -1,5 +1,5 @@
 """OKX's own word on each order change, pushed on its private WebSocket: ccxt pro's
-``watch_orders`` (the ``orders`` channel, spot) on an asyncio loop in a thread of its own.
+``watch_orders`` (the ``orders`` channel, spot) on the venue's asyncio loop (``okx_io``).
 
 While the channel is subscribed, the stream is "up" and every change it hears is handed
 to the sink (the poller's registry of orders being watched); the order lists are then
@@ -15,6 +15,7 @@ OKX's code, and any text is scrubbed of them first."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -22,11 +23,12 @@ from typing import Protocol
 
 import ccxt.pro
 
+from connectors.venues.okx_io import Io, quietly_close
+
 log = logging.getLogger(__name__)
 
 # OKX takes 3 new connections a second from one address: the first retries stay under it
 FIRST_RETRY_S = 0.35
-CLOSE_S = 0.25  # how long ``close`` lets the socket say goodbye before cutting it
 
 
 class Sink(Protocol):
@@ -51,57 +53,30 @@ class _Client(ccxt.pro.okx):
 
 
 class Stream:
-    def __init__(self, options: dict, sink: Sink, markets: Callable[[], object], scrub: Callable[[str], str], *,
-                 ws_url: str | None, sandbox: bool, retry_max_s: float = 5.0):
+    def __init__(self, options: dict, sink: Sink, markets: Callable[[], object], scrub: Callable[[str], str],
+                 io: Callable[[], Io], *, ws_url: str | None, sandbox: bool, retry_max_s: float = 5.0):
         """``options``: the ccxt client's options (credentials, timeout). ``markets``: a
         ccxt client whose markets are loaded, lent to each new client (which then asks
-        for none). ``ws_url``: OKX's WebSocket base (``…/ws/v5``), None for OKX's own."""
-        self.options, self.sink, self.markets, self.scrub = options, sink, markets, scrub
+        for none). ``io``: the venue's loop, where the conversation runs. ``ws_url``: OKX's
+        WebSocket base (``…/ws/v5``), None for OKX's own."""
+        self.options, self.sink, self.markets, self.scrub, self.io = options, sink, markets, scrub, io
         self.ws_url, self.sandbox, self.retry_max_s = ws_url, sandbox, retry_max_s
         self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
+        self.running: concurrent.futures.Future | None = None
         self.stopping = False
         self.failures = 0  # attempts in a row that failed (the loop's thread only)
 
     def start(self) -> None:
-        """Connects in the background (once; later calls do nothing)."""
+        """Connects in the background (once; later calls do nothing, and none after ``close``)."""
         with self.lock:
-            if self.thread is not None or self.stopping:
-                return
-            ready = threading.Event()
-            self.thread = threading.Thread(target=self._run, args=(ready,), name="okx-stream", daemon=True)
-            self.thread.start()
-        ready.wait()
+            if self.running is None and not self.stopping:
+                self.running = self.io().spawn(self._main())
 
     def close(self) -> None:
-        """Cancels the conversation and waits (briefly) for the thread to end."""
+        """No conversation after this; the venue's loop, closed next, ends the one going on
+        (its client closed first, then its task cancelled)."""
         with self.lock:
             self.stopping = True
-            thread, loop, task = self.thread, self.loop, self.task
-        if loop is not None and task is not None:
-            loop.call_soon_threadsafe(task.cancel)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(2 * CLOSE_S)
-
-    def _run(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        with self.lock:
-            self.loop = loop
-            self.task = loop.create_task(self._main())
-            if self.stopping:
-                self.task.cancel()
-        ready.set()
-        try:
-            loop.run_until_complete(self.task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self.sink.streaming(False)
-            with self.lock:
-                self.loop = self.task = None  # closed: nothing left to cancel
-            loop.close()
 
     def _up(self) -> None:
         self.failures = 0
@@ -118,10 +93,18 @@ class Stream:
         return ex
 
     async def _main(self) -> None:
+        try:
+            await self._converse()
+        finally:
+            self.sink.streaming(False)
+
+    async def _converse(self) -> None:
         while True:
             ex: _Client | None = None
+            io = self.io()
             try:
                 ex = self._client()
+                io.clients.append(ex)  # closed by the loop's closing if still open then
                 await self._listen(ex)
             except asyncio.CancelledError:
                 raise
@@ -134,7 +117,8 @@ class Stream:
                         self.scrub(_named(e)))
             finally:
                 if ex is not None:
-                    await _quietly_close(ex)
+                    await quietly_close(ex)
+                    io.clients.remove(ex)
             await asyncio.sleep(min(self.retry_max_s, FIRST_RETRY_S * 2 ** min(self.failures - 1, 16)))
 
     async def _listen(self, ex: _Client) -> None:
@@ -155,10 +139,3 @@ def _named(e: BaseException) -> str:
             code = text[at + len(marker):].split('"', 1)[0]
             break
     return f"{type(e).__name__} {code}".strip()
-
-
-async def _quietly_close(ex: _Client) -> None:
-    try:
-        await asyncio.wait_for(ex.close(), CLOSE_S)
-    except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing what failed: nothing left to tell
-        pass
