@@ -9,8 +9,9 @@ timeout, and ``submit`` returns once OKX has answered: an ``Ack`` per order (see
 
 The fates follow as ``OrderUpdate``s: pushed by OKX on its private WebSocket and heard by
 ``okx_stream`` (ccxt pro's ``watch_orders``), or read from OKX's order lists by the
-``okx_poller`` thread while that socket is down. Each is handed to ``on_update`` when the
-engine set it, else kept for ``updates()``, which never asks OKX anything. What a market
+``okx_poller`` thread while that socket is down (both talk to OKX on the venue's own
+asyncio loop, ``okx_io``, which ``close`` shuts at once). Each is handed to ``on_update``
+when the engine set it, else kept for ``updates()``, which never asks OKX anything. What a market
 order leaves unfilled after ``fill_wait_s`` is cancelled, and what filled is its fill.
 
 An order whose outcome is unknown (a timeout, a dropped connection, OKX's 50004) may

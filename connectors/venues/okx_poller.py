@@ -23,7 +23,8 @@ stream's, the poller's, or the sender's for a refusal), never under the registry
 one change at a time, in the order learnt: it must hand the update on, not wait.
 
 ``updates()`` and the mailboxes are read under a lock the thread never holds while it
-asks OKX anything."""
+asks OKX anything. The thread's requests run on the venue's asyncio loop (``okx_io``), so
+that closing the venue cuts one in flight rather than waiting for it."""
 
 from __future__ import annotations
 
