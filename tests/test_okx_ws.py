@@ -206,3 +206,11 @@ def test_close_cuts_a_request_the_poller_waits_on(okx_sim):
     threads = [venue._io_now.thread, venue._poller._thread]  # noqa: SLF001 - what close must end
     venue.close()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_closed_venue_still_sends_and_answers_but_starts_nothing(okx_sim):
+    venue = okx_sim.venue
+    venue.close()
+    (ack,) = venue.submit([order("after-close")])
+    assert ack.accepted and isinstance(venue.lookup(order("after-close")).quantity, float)
+    assert venue._io_now is None and venue._poller._thread is None  # noqa: SLF001 - nothing started again

@@ -281,8 +281,12 @@ class OkxVenue:
         self._poller.on_update = callback
 
     def listen(self) -> None:
-        """Opens OKX's private WebSocket in the background (``submit`` does it too)."""
-        self._stream.start()
+        """Opens OKX's private WebSocket in the background (``submit`` does it too); nothing
+        once the venue is closed."""
+        try:
+            self._stream.start()
+        except Closed:
+            pass
 
     @property
     def streaming(self) -> bool:
