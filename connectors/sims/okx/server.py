@@ -2,8 +2,11 @@
 (``{"code": "0", "msg": "", "data": [...]}``, per-order ``sCode``/``sMsg``), behind the
 simulated latency, the armed faults and OKX's rate limits, in that order.
 
-Request signatures are not checked: the simulator stands in for the venue's matching and
-bookkeeping, not for its authentication."""
+REST request signatures are not checked: the simulator stands in for the venue's matching
+and bookkeeping there. The private WebSocket (``ws``) checks its login as OKX does.
+
+Every order in every placement request (``trade/order``, ``trade/batch-orders``) is counted
+by clOrdId as it arrives, before faults and limits: what was sent, taken or not."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from aiohttp import web
 from connectors.sims.okx.faults import Fault, Faults
 from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
 from connectors.sims.okx.state import Book, Refusal, now_ms
+from connectors.sims.okx.ws import Credentials, Sockets
 
 TIMED_OUT = "Endpoint request timeout. Does not indicate success or failure of order, please check order status."
 
@@ -27,16 +31,30 @@ class Sim:
     """Everything one running simulator holds: its book, its limits, its armed faults."""
 
     def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, credentials: Credentials | None = None):
         self.book, self.windows, self.faults = book, Windows(clock), Faults()
+        self.sockets = Sockets(credentials)
+        book.watchers.append(self.sockets.changed)
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
         self._requests: Counter[str] = Counter()  # "GET trade/order" -> how many arrived, refused or not
+        self._placed: Counter[str] = Counter()  # clOrdId -> how many times it arrived in a placement request
         self._counting = threading.Lock()  # a test's thread reads the counts while the server writes them
 
     def count(self, method: str, path: str) -> None:
         with self._counting:
             self._requests[f"{method} {path}"] += 1
+
+    def count_placements(self, body: object) -> None:
+        orders = body if isinstance(body, list) else [body]
+        with self._counting:
+            for o in orders:
+                self._placed[str(o.get("clOrdId") or "") if isinstance(o, dict) else ""] += 1
+
+    def placements(self) -> dict[str, int]:
+        """How many times each clOrdId was sent to be placed ("" for orders without one)."""
+        with self._counting:
+            return dict(self._placed)
 
     def requests(self) -> dict[str, int]:
         with self._counting:
@@ -196,6 +214,8 @@ async def api(request: web.Request) -> web.StreamResponse:
             body = json.loads(await request.text() or "null")
         except ValueError:
             return reply([], "50002", "Invalid JSON")
+        if path in ("trade/order", "trade/batch-orders"):
+            sim.count_placements(body)
     query = dict(request.query)
     fault = sim.faults.take(path)
     if fault is not None and fault.kind == "reject":
@@ -235,5 +255,6 @@ def make_app(sim: Sim, control: Callable[[web.Application], None]) -> web.Applic
     app = web.Application()
     app[SIM] = sim
     app.router.add_route("*", "/api/v5/{path:.*}", api)
+    app.router.add_get("/ws/v5/private", sim.sockets.serve)
     control(app)
     return app
