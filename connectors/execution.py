@@ -68,6 +68,10 @@ class Executor:
             venue = self._only if self._only is not None else self.venues.get(market)
             if venue is not None and is_remote(venue):
                 self.gateway.register(book, market, venue)
+        self.has_remote = False  # any venue across a network: its orders leave as commands
+        for market in VENUES:
+            venue = self._only if self._only is not None else self.venues.get(market)
+            self.has_remote = self.has_remote or (venue is not None and is_remote(venue))
         self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
         self._commands: list[Command] = []  # for the step to emit after its commit
 
