@@ -14,8 +14,9 @@ from collections.abc import Collection, Iterable, Mapping
 
 from connectors.venues import Venue, VenueDown
 from operators.orders import Order
-from operators.reconcile import (Aside, Key, Report, compare_holdings, compare_open_orders, format_aside,
-                                 format_report, in_flight_quantities, unreachable)
+from operators.reconcile import (IGNORED_BUT_BOOKED, Aside, Difference, Key, Report, compare_holdings,
+                                 compare_open_orders, format_aside, format_report, in_flight_quantities, tolerance,
+                                 unreachable)
 
 __all__ = ["reconcile", "format_report", "format_aside", "Report"]
 IGNORED = "listed in venues.{market}.ignore"
@@ -48,13 +49,16 @@ def _one(venue: Venue, markets: list[str], book: Mapping[Key, float], known: set
         orders = venue.open_orders()
         ours = {k: q for k, q in book.items() if k[0] in served}
         set_aside = [Aside(venue.name, *a) for a in aside if a[0] in served]
+        booked_ignored = []
         for key in sorted(set(held) | set(ours)):
             if key[1] in ignored.get(key[0], ()):
-                # left alone whatever either side holds: the venue's is said, the book's kept as it is
-                qty = held.pop(key, 0.0)
-                ours.pop(key, None)
+                # left alone: what the venue holds is only said; a book holding it is a contradiction,
+                # since its exits would trade what the list says Apex leaves alone
+                qty, mine = held.pop(key, 0.0), ours.pop(key, 0.0)
                 if qty:
                     set_aside.append(Aside(venue.name, *key, qty, IGNORED.format(market=key[0])))
+                if abs(mine) > tolerance(None, mine):
+                    booked_ignored.append(Difference(IGNORED_BUT_BOOKED, venue.name, *key, mine, qty))
         lots, min_sizes = {}, {}
         for market, symbol in set(ours) | set(held):
             instrument = venue.instrument(market, symbol)
@@ -64,5 +68,5 @@ def _one(venue: Venue, markets: list[str], book: Mapping[Key, float], known: set
     except VenueDown as err:
         return Report((unreachable(venue.name, markets, str(err) or type(err).__name__),))
     differences, dust = compare_holdings(venue.name, ours, held, pending, lots, min_sizes)
-    positions = Report(tuple(differences), aside=tuple(set_aside + dust))
+    positions = Report(tuple(booked_ignored + differences), aside=tuple(set_aside + dust))
     return positions + compare_open_orders(venue.name, orders, known)

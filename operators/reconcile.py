@@ -29,6 +29,7 @@ Key = tuple[str, str]  # (market, symbol)
 POSITION_MISMATCH = "position_mismatch"
 UNKNOWN_OPEN_ORDER = "unknown_open_order"
 VENUE_UNREACHABLE = "venue_unreachable"
+IGNORED_BUT_BOOKED = "ignored_but_booked"  # the ignore list names an instrument a book holds
 
 # operators/orders.py's client_order_id: "ax" and 30 hex digits
 _APEX_ID = re.compile(r"ax[0-9a-f]{30}")
@@ -204,6 +205,10 @@ def _sentence(d: Difference) -> str:
         return (f"{POSITION_MISMATCH}: venue {d.venue}, {d.market} {d.symbol}: the book holds {_qty(d.book_qty)}, "
                 f"the venue holds {_qty(d.venue_qty)} ({_qty(abs(gap))} {'more' if gap > 0 else 'less'} "
                 f"at the venue{pending})")
+    if d.reason == IGNORED_BUT_BOOKED:
+        return (f"{IGNORED_BUT_BOOKED}: venue {d.venue}, {d.market} {d.symbol}: venues.{d.market}.ignore lists it, "
+                f"but the book holds {_qty(d.book_qty)} of it, which its exits would trade; close the position "
+                "first, or take it off the list")
     if d.reason == UNKNOWN_OPEN_ORDER:
         side = "buy" if d.venue_qty > 0 else "sell"
         return (f"{UNKNOWN_OPEN_ORDER}: venue {d.venue}: open order {d.client_order_id} ({side} "

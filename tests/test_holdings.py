@@ -202,6 +202,14 @@ def test_reconcile_reports_and_adopt_takes_the_holding_into_the_book_once(okx_si
     assert got["sol-usdt-0"] == ("dropped", "concentration")  # 100,000 held already: no room for more
     assert got["eth-usdt-1"][0] == "filled"
     assert sent_symbols(okx_sim) == ["ETH-USDT"]
+    # the audit trail has it as an open position beside the trade the run opened
+    shown = subprocess.run([APEX, "report", "--pipeline", str(path)], capture_output=True, text=True, timeout=300,
+                           env=clean_env(APEX_ENV="paper"))
+    no_traceback(shown)
+    assert shown.returncode == 0, shown.stderr
+    assert "open positions (2)" in shown.stdout
+    (row,) = [line for line in shown.stdout.splitlines() if "adopt-okx-SOL-USDT-" in line]
+    assert [cell.strip() for cell in row.split("│")[4:9]] == ["okx", "SOL-USDT", "buy", "5,000", "20"], row
 
 
 def test_adopt_asks_first_and_no_is_nothing(okx_sim, tmp_path):
