@@ -259,3 +259,26 @@ def test_a_holding_worth_more_than_the_books_cash_is_not_adopted(okx_sim, tmp_pa
     assert res.returncode == 1
     assert ("not adopted: okx SOL-USDT: it is worth 1,200,000.00 at 20, more than the 1,000,000.00 cash the book "
             "has left; raise its initial_nav_usd first") in res.stdout.splitlines()
+
+
+def test_an_open_order_that_is_not_apexs_is_said_and_does_not_stop_the_start(okx_sim, tmp_path, monkeypatch):
+    """Only listed, as the reconciliation promises: the operator's own resting order at OKX
+    (a client order id that is not Apex's) used to stop the start like a difference."""
+    from dataflows.gates import admit, load_pipeline
+
+    monkeypatch.setenv("APEX_ENV", "paper")
+    ex = okx_sim.venue._here().ex
+    okx_sim.venue._here().markets()
+    ex.create_order("ETH/USDT", "limit", "buy", 1, 10, {"clientOrderId": "manual1", "tdMode": "cash"})
+    hold(okx_sim, "OKB", 0.5)
+    said: list[str] = []
+    admitted = admit(load_pipeline(write_pipeline(tmp_path, okx_sim.url)), said.append)
+    try:
+        assert said[:2] == [
+            "ignored: venue okx, okx OKB-USDT: 0.5 held, OKX's fee currency; not a position of any book",
+            "ignored: 1 open order(s) at the venues are not Apex's (their client order ids are not Apex's); "
+            "they were left alone"]
+    finally:
+        for venue in {id(v): v for v in admitted.venues.values()}.values():
+            venue.close()
+        admitted.release()
