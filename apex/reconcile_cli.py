@@ -44,7 +44,7 @@ def reconcile(
     from connectors import state_lock
     from dataflows import adopt as adoption
     from dataflows.gates import _close
-    from dataflows.startup import survey
+    from dataflows.startup import adopted_line, survey
     from operators.reconcile import format_aside, format_report
 
     p = load_pipeline(pipeline, state_dir)
@@ -59,11 +59,11 @@ def reconcile(
     shared: dict = {}
     try:
         try:
-            report, _ = survey(p, shared)
+            report, books = survey(p, shared)
         except ValueError as e:  # a venue that cannot be set up as configured
             err.print(str(e), soft_wrap=True, highlight=False, markup=False)
             raise typer.Exit(2)
-        for line in format_aside(report):
+        for line in format_aside(report) + [adopted_line(name, fill) for name, fill in books.adopted]:
             _say(line)
         if report.ok:
             _say("the venues agree with the books: nothing to adopt")

@@ -191,6 +191,7 @@ def test_reconcile_reports_and_adopt_takes_the_holding_into_the_book_once(okx_si
     again = reconcile(path, "--adopt", "--yes")  # nothing more to adopt
     assert again.returncode == 0, again.stdout
     assert "the venues agree with the books: nothing to adopt" in again.stdout.splitlines()
+    assert any(line.startswith("adopted: okx SOL-USDT: 5000 held since ") for line in again.stdout.splitlines())
     assert len(adopted_rows(ledger)) == 1 and len(adoption_events(ledger)) == 1
 
     # the start: the book holds it (said in one line), and the next signal's concentration sees it
