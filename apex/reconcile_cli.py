@@ -43,7 +43,7 @@ def reconcile(
     what --adopt would take. Exits 1 while anything differs."""
     from connectors import state_lock
     from dataflows import adopt as adoption
-    from dataflows.gates import _close
+    from dataflows.gates import close_venues
     from dataflows.startup import adopted_line, survey
     from operators.reconcile import format_aside, format_report
 
@@ -95,6 +95,6 @@ def reconcile(
             _say(f"{left} difference(s) remain: trading will not start until they are settled")
             raise typer.Exit(1)
     finally:
-        _close(shared)
+        close_venues(shared)
         lock.release()
 

@@ -106,7 +106,7 @@ def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], floa
         if unread:
             raise Refused([f"error {pipeline.path}: {line}" for line in unread])
     except BaseException:
-        _close(shared)
+        close_venues(shared)
         lock.release()
         raise
     admission = Admission(lock, shared)
@@ -114,7 +114,7 @@ def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], floa
     return admission
 
 
-def _close(venues: dict[str, Venue]) -> None:
+def close_venues(venues: dict[str, Venue]) -> None:
     """The connections reconciliation opened, closed once each (several markets may share one)."""
     for venue in {id(v): v for v in venues.values()}.values():
         close = getattr(venue, "close", None)

@@ -38,7 +38,7 @@ def write_pipeline(tmp_path: Path, url: str, okx_extra: str = "", filters: str =
 
 def recording(tmp_path: Path, *symbols: str) -> Path:
     return write_recording(tmp_path / "rec.jsonl", [
-        entry(f"1767261600000-{i}", signal_id=f"{s.lower()}-{i}", symbol=s, reference_price=PRICES[s])
+        entry(f"1767261600000-{i}", signal_id=f"{s.lower()}-{i}", symbol=s, reference_price=PRICES.get(s, 50.0))
         for i, s in enumerate(symbols)])
 
 
@@ -96,7 +96,7 @@ def test_an_account_holding_the_fee_coin_the_quote_and_dust_starts_trading(okx_s
     hold(okx_sim, "OKB", 0.5)  # kept for OKX's fee discounts
     hold(okx_sim, "BTC", 0.000004)  # below BTC-USDT's minimum size of 0.00001: no order could sell it
     path = write_pipeline(tmp_path, okx_sim.url)
-    res = apex_run(path, recording(tmp_path, "ETH-USDT"))
+    res = apex_run(path, recording(tmp_path, "OKB-USDT", "ETH-USDT"))
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
     assert ("apex run: ignored: venue okx, okx OKB-USDT: 0.5 held, OKX's fee currency; "
@@ -105,7 +105,11 @@ def test_an_account_holding_the_fee_coin_the_quote_and_dust_starts_trading(okx_s
             "not a position of any book") in lines
     assert not any("USDT:" in line and "okx USDT" in line for line in lines)  # the quote is cash, not said
     assert sent_symbols(okx_sim) == ["ETH-USDT"]  # it traded
-    assert decisions(tmp_path / "state" / "ledger.sqlite")["eth-usdt-0"][0] == "filled"
+    got = decisions(tmp_path / "state" / "ledger.sqlite")
+    assert got["eth-usdt-1"][0] == "filled"
+    # OKX takes fees out of OKB under every book: no book could account for it, so it is left
+    # alone as if listed, and its signals are dropped before they could trade it
+    assert got["okb-usdt-0"] == ("dropped", "ignored_asset")
 
 
 def test_a_holding_beyond_dust_still_refuses_the_start_with_its_line(okx_sim, tmp_path):
@@ -131,14 +135,6 @@ def test_an_ignored_instrument_lets_the_start_through_and_its_signals_are_droppe
     assert got["sol-usdt-0"] == ("dropped", "ignored_asset")  # never traded against
     assert got["eth-usdt-1"][0] == "filled"
     assert sent_symbols(okx_sim) == ["ETH-USDT"]
-
-
-def test_the_fee_coins_signals_are_dropped_too(okx_sim, tmp_path):
-    """OKX takes fees out of OKB under every book: no book could account for it, so it is
-    left alone as if listed, its signals dropped before they could trade it."""
-    path = write_pipeline(tmp_path, okx_sim.url)
-    p = parse(path.read_text(), path, {})
-    assert p.venues.ignored("okx") == {"OKB-USDT"}
 
 
 @pytest.mark.parametrize("ignore, error", [
