@@ -34,7 +34,7 @@ def _confirmed(question: str) -> bool:
 def reconcile(
     pipeline: Path = typer.Option(Path("pipeline.yaml"), help="the pipeline whose venues and books to compare"),
     state_dir: Optional[Path] = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)"),
-    adopt: bool = typer.Option(False, help="take the holdings the books cannot explain into a book, "
+    adopt: bool = typer.Option(False, "--adopt", help="take the holdings the books cannot explain into a book, "
                                            "bought at the venue's price out of its cash"),
     book: Optional[str] = typer.Option(None, help="the book that adopts, when several trade the venue"),
     yes: bool = typer.Option(False, "--yes", help="adopt without asking"),
