@@ -412,6 +412,27 @@ class Ledger:
         ):
             yield Fill(*row)
 
+    def record_adoption(self, fill: Fill, rows: dict[str, list]) -> None:
+        """A holding ``apex reconcile --adopt`` took into the book: a filled execution of kind
+        ``adopt`` (``fills`` rebuilds the book from it like any other, at the next start) and
+        its audit rows in the outbox, in one commit. The caller's ``fill.signal_id`` is the
+        adoption's own id, never a signal's."""
+        self.begin()
+        self.db.execute(
+            "INSERT INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity, status,"
+            " intent_ms, order_id, price, fee_usd, filled_ms, seq, reason)"
+            " VALUES (?, ?, 'adopt', ?, ?, ?, ?, 'filled', ?, ?, ?, ?, ?, ?, 'apex reconcile --adopt')",
+            (fill.client_order_id, fill.signal_id, fill.venue, fill.symbol, fill.side, fill.quantity, fill.ts_ms,
+             fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._next("fill")))
+        outbox.enqueue(self.db, rows)
+        self.db.execute("COMMIT")
+
+    def adopted(self) -> list[Fill]:
+        """The holdings ``apex reconcile --adopt`` took into this book, in the order it did."""
+        return [Fill(*row) for row in self.db.execute(
+            "SELECT signal_id, client_order_id, order_id, venue, symbol, side, quantity, price, fee_usd, filled_ms"
+            " FROM executions WHERE kind='adopt' ORDER BY seq")]
+
     def client_order_ids(self) -> set[str]:
         """Every order this ledger has a record of, whatever became of it."""
         return {r[0] for r in self.db.execute("SELECT client_order_id FROM executions")}

@@ -230,7 +230,7 @@ def open_positions(store) -> list[OpenPosition]:
         SELECT e.signal_id AS signal_id, ifNull(a.source, '') AS source, e.venue AS venue,
                e.symbol AS symbol, e.side AS side, e.quantity AS quantity, e.price AS price, e.ts_ms AS ts_ms
         FROM (SELECT * FROM executions FINAL
-              WHERE kind = 'open' AND signal_id NOT IN (SELECT signal_id FROM trades FINAL)) AS e
+              WHERE kind IN ('open', 'adopt') AND signal_id NOT IN (SELECT signal_id FROM trades FINAL)) AS e
         LEFT JOIN (SELECT signal_id, any(source) AS source FROM audit_events FINAL
                    WHERE stage = 'SIGNAL_RECEIVED' GROUP BY signal_id) AS a ON a.signal_id = e.signal_id
         ORDER BY ts_ms, signal_id

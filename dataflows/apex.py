@@ -43,7 +43,7 @@ from dataflows import gates
 from dataflows.config import Pipeline, load, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
-from dataflows.steps import book_filters, router, stateless_filter, validator
+from dataflows.steps import book_filters, ignored_assets, router, stateless_filter, validator
 from operators.signal import VENUES
 
 PORTFOLIO_KEY = "portfolio"
@@ -144,6 +144,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     flow = Dataflow("apex")
     s = op.input("source", flow, watched(src, gateway))
     s = op.map("validate", s, validator(frozenset({pipeline.prices.stream}), pipeline.limits))
+    ignored = {market: pipeline.venues.ignored(market) for market in VENUES}
+    if any(ignored.values()):
+        s = op.map("ignored_assets", s, ignored_assets(ignored))
     if pipeline.books:
         s = op.flat_map("route", s, router(books))
         s = op.map("book_filters", s, book_filters(books))

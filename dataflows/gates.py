@@ -5,7 +5,9 @@
    live also has ``APEX_LIVE_CONFIRM=yes``. First, and before anything is made on disk or
    opened on the network, so a refused live run leaves no trace.
 2. the state dir (``connectors/state_lock.py``): no other worker runs on it.
-3. start-up reconciliation (``dataflows/startup.py``): the venues agree with the books.
+3. start-up reconciliation (``dataflows/startup.py``): the venues agree with the books;
+   what it set aside (the fee coin, ignored instruments, dust) or found adopted is said,
+   one line each.
 4. the real venues' instrument lists refreshed, and every ``venue`` universe readable.
 
 They live here, not in the command line, because a gate that one way of starting skips
@@ -73,7 +75,8 @@ def load_pipeline(path: str | Path, state_dir: str | Path | None = None) -> Pipe
 
 def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], float] = time.time) -> Admission:
     """Pass every gate (the module's docstring) or raise ``Refused``, having released
-    whatever was taken. ``say``: where the instrument refresh reports what it fetched."""
+    whatever was taken. ``say``: where reconciliation says what it set aside or found
+    adopted, and the instrument refresh what it fetched."""
     reasons = refusals(os.environ, pipeline.venues)
     if reasons:
         raise Refused(reasons)
@@ -90,18 +93,20 @@ def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], floa
         from dataflows.startup import reconcile_at_start, refresh_instruments
 
         try:
-            problems = reconcile_at_start(pipeline, shared)
+            problems, notes = reconcile_at_start(pipeline, shared)
         except ValueError as e:  # a venue that cannot be set up as configured (VenueSetupError)
             raise Refused([str(e)], code=2) from None
         if problems:
-            raise Refused(problems)
+            raise Refused(notes + problems)
+        for line in notes:  # what it left alone or adopted, one line each
+            say(line)
         # the real venues' instrument lists, a day old at most, before a `venue` universe reads them
         refresh_instruments(pipeline, shared, now(), say)
         unread = read_venue_lists(pipeline)
         if unread:
             raise Refused([f"error {pipeline.path}: {line}" for line in unread])
     except BaseException:
-        _close(shared)
+        close_venues(shared)
         lock.release()
         raise
     admission = Admission(lock, shared)
@@ -109,7 +114,7 @@ def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], floa
     return admission
 
 
-def _close(venues: dict[str, Venue]) -> None:
+def close_venues(venues: dict[str, Venue]) -> None:
     """The connections reconciliation opened, closed once each (several markets may share one)."""
     for venue in {id(v): v for v in venues.values()}.values():
         close = getattr(venue, "close", None)

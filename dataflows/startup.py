@@ -9,39 +9,76 @@ outcome) may explain a difference; the books' recovery settles them once trading
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from connectors import instruments_cache
 from connectors.ledger import Ledger
-from connectors.reconcile import format_report, reconcile
+from connectors.reconcile import Report, format_aside, format_report, reconcile
 from connectors.venues import Venue
 from dataflows.apex import make_venues
 from dataflows.config import Pipeline
 from operators.filters import DEFAULT_UNIVERSE, symbol_universe
+from operators.fill import Fill
 from operators.orders import Order
+from operators.signal import VENUES
 
 
-def reconcile_at_start(pipeline: Pipeline, shared: dict[str, Venue]) -> list[str]:
-    """What differs, one sentence each, ending with what it means; [] when the venues agree
-    with the books. ``shared``: the real venues, built here and kept for the dataflow, so
-    it trades on the connections that were checked."""
-    positions: dict[tuple[str, str], float] = defaultdict(float)
-    known: set[str] = set()
-    in_flight: list[Order] = []
+@dataclass
+class Books:
+    """What the books' ledgers say, summed over every book: what the venues are compared with."""
+
+    positions: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    known: set[str] = field(default_factory=set)
+    in_flight: list[Order] = field(default_factory=list)
+    adopted: list[tuple[str, Fill]] = field(default_factory=list)  # (book, fill) by `apex reconcile --adopt`
+
+
+def read_books(pipeline: Pipeline) -> Books:
+    out = Books()
     for book in pipeline.each_book():
         if not book.ledger_path.exists():
             continue
         ledger = Ledger(book.ledger_path)
         try:
             for fill in ledger.fills():
-                positions[(fill.venue, fill.symbol)] += fill.signed_qty
-            known |= ledger.client_order_ids()
-            in_flight += [order for kind in ("open", "close") for order, _, _ in ledger.dangling(kind)]
+                out.positions[(fill.venue, fill.symbol)] += fill.signed_qty
+            out.known |= ledger.client_order_ids()
+            out.in_flight += [order for kind in ("open", "close") for order, _, _ in ledger.dangling(kind)]
+            out.adopted += [(book.book, fill) for fill in ledger.adopted()]
         finally:
             ledger.close()
+    return out
+
+
+def ignored(pipeline: Pipeline) -> dict[str, frozenset[str]]:
+    """By market, the instruments Apex leaves alone (``venues.<name>.ignore``, the fee coin)."""
+    return {market: pipeline.venues.ignored(market) for market in VENUES}
+
+
+def survey(pipeline: Pipeline, shared: dict[str, Venue]) -> tuple[Report, Books]:
+    """Every venue compared with the books that trade on it. ``shared``: the real venues,
+    built here and kept for the caller (the dataflow trades on the connections checked)."""
+    books = read_books(pipeline)
     venues = make_venues(pipeline, shared=shared)
-    return format_report(reconcile(venues, dict(positions), known, in_flight))
+    report = reconcile(venues, dict(books.positions), books.known, books.in_flight, ignored(pipeline))
+    return report, books
+
+
+def reconcile_at_start(pipeline: Pipeline, shared: dict[str, Venue]) -> tuple[list[str], list[str]]:
+    """(what differs, one sentence each, ending with what it means: [] when the venues agree
+    with the books; what was set aside or adopted, one line each, said on the way in)."""
+    report, books = survey(pipeline, shared)
+    problems = format_report(report) if not report.ok else []
+    return problems, format_aside(report) + [adopted_line(book, fill) for book, fill in books.adopted]
+
+
+def adopted_line(book: str, fill: Fill) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(fill.ts_ms / 1000))
+    return (f"adopted: {f'book {book}, ' if book else ''}{fill.venue} {fill.symbol}: "
+            f"{fill.signed_qty:.12g} held since {when} (apex reconcile --adopt, at {fill.price:.12g})")
 
 
 def refresh_instruments(pipeline: Pipeline, shared: dict[str, Venue], now: float,

@@ -13,6 +13,7 @@ from operators.limits import Limits
 from operators.signal import Invalid, Signal, check_clock, parse_signal
 
 NO_BOOK = "no_book"  # the drop reason of a signal no book takes
+IGNORED_ASSET = "ignored_asset"  # the drop reason of a signal for an instrument venues.<name>.ignore lists
 
 
 @dataclass(slots=True)
@@ -44,6 +45,20 @@ def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry
             return Received(entry, None, err, market=market)
 
     return validate
+
+
+def ignored_assets(ignored: dict[str, frozenset[str]]) -> Callable[[Received], Received]:
+    """A signal for an instrument Apex leaves alone (``venues.<name>.ignore``, the venue's
+    fee coin) is dropped before any filter: trading it would change a holding that start-up
+    never checks, so the book and the venue could part without anyone seeing it."""
+
+    def step(item: Received) -> Received:
+        sig = item.signal
+        if sig is not None and item.early is None and sig.symbol in ignored.get(sig.venue, ()):
+            item.early = EarlyDrop(0, IGNORED_ASSET)
+        return item
+
+    return step
 
 
 def stateless_filter(index: int, f: Filter) -> Callable[[Received], Received]:

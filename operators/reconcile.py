@@ -8,7 +8,10 @@ lies between the sum of their sells and the sum of their buys. Anything else is 
 difference the book cannot explain, and trading must not start on a book that is wrong.
 
 Quantities are whole lots, so anything within half a lot is float noise, not a
-difference. Open orders carrying an Apex client order id the ledger does not know are
+difference. What the venue holds beyond the book, on the same side, by less than the
+instrument's minimum size is dust (what a fee leaves of a coin, leftovers no order could
+sell on their own): set aside, not a difference. So are the venue's quote and fee
+currencies and the instruments ``venues.<name>.ignore`` lists (``connectors/reconcile.py``). Open orders carrying an Apex client order id the ledger does not know are
 reported: something placed them that this book never saw. Other open orders (the
 operator's own, another system's) are not Apex's business and are only listed.
 """
@@ -26,6 +29,7 @@ Key = tuple[str, str]  # (market, symbol)
 POSITION_MISMATCH = "position_mismatch"
 UNKNOWN_OPEN_ORDER = "unknown_open_order"
 VENUE_UNREACHABLE = "venue_unreachable"
+IGNORED_BUT_BOOKED = "ignored_but_booked"  # the ignore list names an instrument a book holds
 
 # operators/orders.py's client_order_id: "ax" and 30 hex digits
 _APEX_ID = re.compile(r"ax[0-9a-f]{30}")
@@ -46,17 +50,31 @@ class Difference:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """Something a venue holds that is not a position of any book: said at start, never a
+    difference. ``why``: the venue's fee currency, the ignore list, dust."""
+
+    venue: str
+    market: str
+    symbol: str
+    quantity: float
+    why: str
+
+
 @dataclass(frozen=True)
 class Report:
     differences: tuple[Difference, ...] = ()
     foreign_orders: tuple[str, ...] = ()  # open orders not Apex's, ignored
+    aside: tuple[Aside, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.differences
 
     def __add__(self, other: Report) -> Report:
-        return Report(self.differences + other.differences, self.foreign_orders + other.foreign_orders)
+        return Report(self.differences + other.differences, self.foreign_orders + other.foreign_orders,
+                      self.aside + other.aside)
 
 
 def is_apex_id(client_order_id: str) -> bool:
@@ -88,19 +106,51 @@ def explained(difference: float, in_flight: Sequence[float], tol: float) -> bool
     return low - tol <= difference <= high + tol
 
 
-def compare_positions(venue: str, book: Mapping[Key, float], held: Mapping[Key, float],
-                      in_flight: Mapping[Key, Sequence[float]] | None = None,
-                      lots: Mapping[Key, float] | None = None) -> list[Difference]:
-    """``book`` and ``held``: signed quantities of the same markets, the book's and the venue's."""
-    in_flight, lots = in_flight or {}, lots or {}
-    out = []
+def is_dust(ours: float, theirs: float, min_size: float | None) -> bool:
+    """The venue holds more than the book, on the book's side (or the book holds nothing),
+    by less than the smallest order the instrument takes: no order could trade it away on
+    its own, and no exit of the book's is short of it. Less at the venue is never dust:
+    an exit would then sell what is not there."""
+    return bool(min_size) and ours * theirs >= 0 and 0 < abs(theirs) - abs(ours) < min_size  # type: ignore[operator]
+
+
+def compare_holdings(venue: str, book: Mapping[Key, float], held: Mapping[Key, float],
+                     in_flight: Mapping[Key, Sequence[float]] | None = None,
+                     lots: Mapping[Key, float] | None = None,
+                     min_sizes: Mapping[Key, float] | None = None) -> tuple[list[Difference], list[Aside]]:
+    """``compare_positions``, and the dust it set aside (``min_sizes``: each instrument's)."""
+    in_flight, lots, min_sizes = in_flight or {}, lots or {}, min_sizes or {}
+    out, dust = [], []
     for key in sorted(set(book) | set(held)):
         ours, theirs = book.get(key, 0.0), held.get(key, 0.0)
         pending = in_flight.get(key, ())
         if explained(theirs - ours, pending, tolerance(lots.get(key), ours, theirs)):
             continue
+        if is_dust(ours, theirs, min_sizes.get(key)):
+            dust.append(Aside(venue, key[0], key[1], theirs - ours,
+                              f"dust below the minimum size {_qty(min_sizes[key])}"))
+            continue
         out.append(Difference(POSITION_MISMATCH, venue, key[0], key[1], ours, theirs, len(pending)))
-    return out
+    return out, dust
+
+
+def compare_positions(venue: str, book: Mapping[Key, float], held: Mapping[Key, float],
+                      in_flight: Mapping[Key, Sequence[float]] | None = None,
+                      lots: Mapping[Key, float] | None = None,
+                      min_sizes: Mapping[Key, float] | None = None) -> list[Difference]:
+    """``book`` and ``held``: signed quantities of the same markets, the book's and the venue's."""
+    return compare_holdings(venue, book, held, in_flight, lots, min_sizes)[0]
+
+
+def adoptable(d: Difference) -> float:
+    """What ``apex reconcile --adopt`` may take into a book of a difference (signed; 0:
+    nothing): a holding the book lacks, or more of one it has on the same side, with no
+    order of the book's in the crash window on it (the next start settles those first).
+    Less at the venue than in the book is never adopted: the book's trades are gone, and
+    only the operator can say where."""
+    if d.reason != POSITION_MISMATCH or d.in_flight or d.book_qty * d.venue_qty < 0:
+        return 0.0
+    return d.venue_qty - d.book_qty if abs(d.venue_qty) > abs(d.book_qty) else 0.0
 
 
 def compare_open_orders(venue: str, open_orders: Iterable[Order], known_ids: Collection[str]) -> Report:
@@ -136,6 +186,17 @@ def format_report(report: Report) -> list[str]:
     return lines
 
 
+def format_aside(report: Report) -> list[str]:
+    """One line for each holding set aside (the fee coin, ignored, dust), and the foreign
+    open orders once nothing differs (else ``format_report`` says them)."""
+    lines = [f"ignored: venue {a.venue}, {a.market} {a.symbol}: {_qty(a.quantity)} held, {a.why}; "
+             "not a position of any book" for a in report.aside]
+    if report.ok and report.foreign_orders:
+        lines.append(f"ignored: {len(report.foreign_orders)} open order(s) at the venues are not Apex's "
+                     "(their client order ids are not Apex's); they were left alone")
+    return lines
+
+
 def _sentence(d: Difference) -> str:
     if d.reason == POSITION_MISMATCH:
         gap = d.venue_qty - d.book_qty
@@ -144,6 +205,10 @@ def _sentence(d: Difference) -> str:
         return (f"{POSITION_MISMATCH}: venue {d.venue}, {d.market} {d.symbol}: the book holds {_qty(d.book_qty)}, "
                 f"the venue holds {_qty(d.venue_qty)} ({_qty(abs(gap))} {'more' if gap > 0 else 'less'} "
                 f"at the venue{pending})")
+    if d.reason == IGNORED_BUT_BOOKED:
+        return (f"{IGNORED_BUT_BOOKED}: venue {d.venue}, {d.market} {d.symbol}: venues.{d.market}.ignore lists it, "
+                f"but the book holds {_qty(d.book_qty)} of it, which its exits would trade; close the position "
+                "first, or take it off the list")
     if d.reason == UNKNOWN_OPEN_ORDER:
         side = "buy" if d.venue_qty > 0 else "sell"
         return (f"{UNKNOWN_OPEN_ORDER}: venue {d.venue}: open order {d.client_order_id} ({side} "

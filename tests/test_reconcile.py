@@ -13,8 +13,9 @@ from connectors.reconcile import format_report, reconcile
 from connectors.venues import Instrument, VenueDown
 from connectors.venues.paper import PaperVenue
 from operators.orders import Order, client_order_id
-from operators.reconcile import (POSITION_MISMATCH, UNKNOWN_OPEN_ORDER, VENUE_UNREACHABLE, Difference,
-                                 compare_positions, explained, tolerance)
+from operators.reconcile import (IGNORED_BUT_BOOKED, POSITION_MISMATCH, UNKNOWN_OPEN_ORDER, VENUE_UNREACHABLE,
+                                 Aside, Difference, adoptable, compare_holdings, compare_positions, explained,
+                                 format_aside, tolerance)
 
 SETTINGS = dict(derandomize=True, database=None, deadline=None)
 
@@ -30,8 +31,10 @@ def paper(tmp_path) -> PaperVenue:
 class Held:
     """A venue that holds what it is given and counts how often it is asked."""
 
-    def __init__(self, name: str, positions=None, open_orders=(), lot: float = 1e-8, down: str = ""):
+    def __init__(self, name: str, positions=None, open_orders=(), lot: float = 1e-8, down: str = "",
+                 min_size: float | None = None):
         self.name, self.held, self.open, self.lot, self.down = name, dict(positions or {}), list(open_orders), lot, down
+        self.min_size = lot if min_size is None else min_size
         self.asked = 0
 
     def positions(self):
@@ -44,7 +47,7 @@ class Held:
         return self.open
 
     def instrument(self, venue, symbol):
-        return Instrument(venue, symbol, self.lot, self.lot, self.lot)
+        return Instrument(venue, symbol, self.lot, self.lot, self.min_size)
 
 
 # --- with the paper venue ----------------------------------------------------------------------
@@ -148,6 +151,50 @@ def test_a_venue_that_cannot_be_asked_is_not_called_a_difference():
     report = reconcile({"okx": Held("okx", down="connection refused")}, {}, set())
     assert format_report(report)[-1] == ("trading did not start: 1 venue(s) could not be asked, so the book could "
                                          "not be checked against them; start again once they answer")
+
+
+# --- what is not a position (issue 24) ------------------------------------------------------------
+
+
+def test_dust_beyond_the_book_is_set_aside_and_less_at_the_venue_is_never_dust():
+    key = ("okx", "BTC-USDT")
+    mins = {key: 1e-5}
+    # dust alone, and dust on top of the book's own position: no order could sell it on its own
+    assert compare_holdings("okx", {}, {key: 4e-6}, lots={key: 1e-8}, min_sizes=mins) == (
+        [], [Aside("okx", "okx", "BTC-USDT", 4e-6, "dust below the minimum size 1e-05")])
+    differences, dust = compare_holdings("okx", {key: 0.3}, {key: 0.300004}, lots={key: 1e-8}, min_sizes=mins)
+    assert differences == [] and [round(a.quantity, 12) for a in dust] == [4e-6]
+    # less at the venue: an exit would sell what is not there
+    assert [d.reason for d in compare_positions("okx", {key: 0.3}, {key: 0.299996}, None, {key: 1e-8}, mins)] == [
+        POSITION_MISMATCH]
+    # a minimum size's worth or more is a holding
+    assert [d.venue_qty for d in compare_positions("okx", {}, {key: 1e-5}, None, {key: 1e-8}, mins)] == [1e-5]
+
+
+def test_ignored_instruments_are_said_and_a_book_holding_one_is_refused():
+    venue = Held("okx", {("okx", "SOL-USDT"): 2.0, ("okx", "ETH-USDT"): 1.0})
+    ignored = {"okx": {"SOL-USDT", "ETH-USDT"}}
+    report = reconcile({"okx": venue}, {}, set(), ignored=ignored)
+    assert report.ok
+    assert format_aside(report) == [
+        "ignored: venue okx, okx ETH-USDT: 1 held, listed in venues.okx.ignore; not a position of any book",
+        "ignored: venue okx, okx SOL-USDT: 2 held, listed in venues.okx.ignore; not a position of any book"]
+    booked = reconcile({"okx": venue}, {("okx", "ETH-USDT"): 1.0}, set(), ignored=ignored)
+    assert booked.differences == (Difference(IGNORED_BUT_BOOKED, "okx", "okx", "ETH-USDT", 1.0, 1.0),)
+    assert format_report(booked)[0] == (
+        "ignored_but_booked: venue okx, okx ETH-USDT: venues.okx.ignore lists it, but the book holds 1 of it, "
+        "which its exits would trade; close the position first, or take it off the list")
+
+
+def test_only_a_holding_the_book_lacks_or_has_less_of_is_adoptable():
+    def diff(book: float, venue: float, in_flight: int = 0) -> Difference:
+        return Difference(POSITION_MISMATCH, "okx", "okx", "SOL-USDT", book, venue, in_flight)
+
+    assert adoptable(diff(0, 5)) == 5 and adoptable(diff(2, 5)) == 3 and adoptable(diff(0, -4)) == -4
+    assert adoptable(diff(5, 2)) == 0  # the book's trades are gone: only the operator knows where
+    assert adoptable(diff(-1, 2)) == 0  # the other side
+    assert adoptable(diff(0, 5, in_flight=1)) == 0  # the next start settles the crash window first
+    assert adoptable(Difference(VENUE_UNREACHABLE, "okx")) == 0
 
 
 # --- the comparison's promises -----------------------------------------------------------------

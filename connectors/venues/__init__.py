@@ -124,6 +124,12 @@ class Venue(Protocol):
         """The rules of one instrument; None if this venue does not trade it."""
         ...
 
+    # Optional: ``positions`` and, from the same answer, what the account holds that is not a
+    # position, (market, symbol, quantity, why) each (OKX's fee coin), for start-up to say.
+    # def holdings(self) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]
+    # Optional: an instrument's last price at the venue (None: it gives none), for an adoption.
+    # def price(self, venue: str, symbol: str) -> float | None
+
     # Optional, for a remote venue: ``instrument`` from what it holds already, never the
     # network; ``PENDING`` when it would have to ask (the caller asks off its own path).
     # def instrument_now(self, venue: str, symbol: str) -> Instrument | None | object

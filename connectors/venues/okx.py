@@ -44,6 +44,7 @@ from connectors.venues.okx_io import Closed, Io, OnLoop
 from connectors.venues.okx_poller import Mailbox, Poller
 from connectors.venues.okx_records import MAYBE_PLACED, TERMINAL
 from connectors.venues.okx_stream import Stream
+from connectors.venues.settings import OKX_FEE_COINS
 from operators.fill import Fill
 from operators.orders import Order
 
@@ -497,9 +498,36 @@ class OkxVenue:
         return {ccy: float(v) for ccy, v in (got.get("total") or {}).items() if v is not None}
 
     def positions(self) -> dict[tuple[str, str], float]:
-        """Spot holdings: each currency but the quote, as a position in it against the quote."""
-        return {(self.market, self._symbol(f"{ccy}-{self.quote}")): qty
-                for ccy, qty in self.balances().items() if ccy != self.quote and qty}
+        """Spot holdings: each coin against the quote, but the quote itself (the account's
+        cash) and the fee coin (kept for OKX's fee discounts: fees paid in it change it
+        under every book, so no book could account for it)."""
+        return self.holdings()[0]
+
+    def holdings(self) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]:
+        """``positions`` and, from the same answer, what the account holds that is not a
+        position: (market, symbol, quantity, why) each, for start-up to say it left them alone."""
+        held, aside = {}, []
+        for ccy, qty in self.balances().items():
+            if ccy == self.quote or not qty:
+                continue
+            key = (self.market, self._symbol(f"{ccy}-{self.quote}"))
+            if ccy in OKX_FEE_COINS:
+                aside.append((*key, qty, "OKX's fee currency"))
+            else:
+                held[key] = qty
+        return held, aside
+
+    def price(self, market: str, symbol: str) -> float | None:
+        """The instrument's last price at OKX; None where OKX lists no such instrument."""
+        if market != self.market:
+            return None
+        inst = self._inst(symbol)
+        link = self._here()
+        markets = link.markets()
+        if inst not in markets:
+            return None
+        ticker = self._read({}, lambda: link.ex.fetch_ticker(markets[inst]["symbol"]))
+        return float(ticker.get("last") or 0) or None
 
     def instruments(self) -> list[Instrument]:
         return [self._instrument(inst, m) for inst, m in sorted(self._load().items())]

@@ -23,6 +23,43 @@ from pydantic_core import PydanticCustomError
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 
 
+# OKX's fee currency (held for its fee discounts) and the quote every OKX instrument Apex
+# trades is priced in: neither is a position, so the fee coin is left alone as if ignored
+OKX_FEE_COINS = ("OKB",)
+OKX_QUOTE = "USDT"
+# an instrument as signals and reconciliation name it: AAPL, BTC-USDT (letters, digits, . - _)
+_INSTRUMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+
+
+def _instrument(value: str) -> str:
+    if not _INSTRUMENT.fullmatch(value):
+        raise PydanticCustomError("ignore", "'{item}' is not an instrument name (letters, digits, . - _)",
+                                  {"item": value})
+    return value
+
+
+def _okx_instrument(value: str) -> str:
+    """On OKX a bare coin (OKB) is refused with the name it wants (OKB-USDT): the list names
+    instruments as signals and ``position_mismatch`` lines do, so a line the start refused
+    can be copied into the file as it is, and one name per holding keeps the two in step."""
+    _instrument(value)
+    if "-" not in value:
+        raise PydanticCustomError("ignore", "'{item}' is a coin: name the instrument as signals and start-up "
+                                  "name it, {item}-{quote}", {"item": value, "quote": OKX_QUOTE})
+    return value
+
+
+def _no_repeats(value: list[str]) -> list[str]:
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise PydanticCustomError("ignore", "listed twice: {items}", {"items": ", ".join(repeated)})
+    return value
+
+
+OkxIgnore = Annotated[list[Annotated[str, AfterValidator(_okx_instrument)]], AfterValidator(_no_repeats)]
+IbkrIgnore = Annotated[list[Annotated[str, AfterValidator(_instrument)]], AfterValidator(_no_repeats)]
+
+
 def _env_name(value: str) -> str:
     if not _ENV_NAME.fullmatch(value) or len(value) > 64:
         raise PydanticCustomError(
@@ -52,6 +89,13 @@ class OkxSettings(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=300)
     requests_in_flight: int = Field(4, ge=1, le=32, description="orders requests at once, each for its own instruments")
     ask_after_s: float = Field(10.0, gt=0, le=3600, description="an order this long without news is asked about")
+    ignore: OkxIgnore = Field(default_factory=list, description="instruments Apex leaves alone (OKB-USDT)")
+
+    def ignored(self) -> frozenset[str]:
+        """What Apex leaves alone here: the listed instruments and the fee coin's."""
+        if self.kind != "okx":
+            return frozenset()
+        return frozenset(self.ignore) | {f"{coin}-{OKX_QUOTE}" for coin in OKX_FEE_COINS}
 
     @field_validator("url", mode="before")
     @classmethod
@@ -79,6 +123,10 @@ class IbkrSettings(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=300)
     requests_in_flight: int = Field(4, ge=1, le=32, description="orders requests at once, each for its own instruments")
     ask_after_s: float = Field(10.0, gt=0, le=3600, description="an order this long without news is asked about")
+    ignore: IbkrIgnore = Field(default_factory=list, description="symbols Apex leaves alone (AAPL)")
+
+    def ignored(self) -> frozenset[str]:
+        return frozenset(self.ignore) if self.kind == "ibkr" else frozenset()
 
     @field_validator("account", "host", mode="before")
     @classmethod
@@ -117,6 +165,12 @@ class VenueSettings(_Strict):
     @classmethod
     def _empty(cls, value: object) -> object:
         return {} if value is None else value
+
+    def ignored(self, market: str) -> frozenset[str]:
+        """The instruments of a market Apex leaves alone: never a position to reconcile, never
+        traded (a signal for one is dropped as ``ignored_asset``)."""
+        chosen = getattr(self, market, None)
+        return chosen.ignored() if chosen is not None else frozenset()
 
     def kind(self, market: str) -> str:
         """``paper`` or the name of the market's own venue."""
