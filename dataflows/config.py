@@ -27,6 +27,7 @@ from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
 from operators.books import Takes
+from operators.signal import VENUES
 
 
 class ConfigError(Exception):
@@ -219,6 +220,8 @@ class _Context:
     venues: VenueSettings
     lists: list[VenueList] = field(default_factory=list)
     wanted: list[str] = field(default_factory=list)  # markets of the filter being loaded
+    # each symbol_universe map given: (YAML path, stage list's path, filter's name, markets it names)
+    universes: list[tuple[str, str, str, set[str]]] = field(default_factory=list)
 
 
 def _custom(ref: str, where: str, errors: list[str]) -> Any:
@@ -270,6 +273,7 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str, ctx:
     builtin = BUILTINS[name]
     ctx.wanted = []
     if builtin.params is UniverseParams and isinstance(params.get("universe"), dict):
+        ctx.universes.append((where, where.rsplit("[", 1)[0], label or name, {str(k) for k in params["universe"]}))
         params["universe"] = _universe(params["universe"], base, where, errors, ctx)
     try:
         bound = builtin.params.model_validate(params)
@@ -386,6 +390,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         books.append((name, b, own or (filters, kelly, execute, names)))
     if top.books == {}:
         errors.append("books: declare at least one book, or leave `books:` out for one book")
+    _universes_cover_venues(top, ctx, errors)
     if errors:
         raise ConfigError(errors)
     state_dir = Path(top.state_dir)
@@ -402,6 +407,25 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         pipeline.books.append(replace(pipeline, filters=f, kelly=k, execute=x, stages=n, book=name, takes=b.takes,
                                       books=[]))
     return pipeline
+
+
+def _universes_cover_venues(top: Top, ctx: _Context, errors: list[str]) -> None:
+    """A market given a venue under ``venues:`` but left out of a ``symbol_universe`` map
+    would have every signal dropped there, silently: refused, once per map and market. Only
+    the markets a book takes count for the stage list it runs (its own, or the pipeline's)."""
+    configured = [m for m in VENUES if getattr(top.venues, m) is not None]
+    runs: dict[str, set[str]] = {}  # stage list's path -> markets the books running it take
+    for name, b in (top.books or {}).items():
+        stages = f"books.{name}.stages" if b.stages is not None else "stages"
+        runs.setdefault(stages, set()).update(b.takes.venue or VENUES)
+    if not top.books:
+        runs["stages"] = set(VENUES)
+    for where, stages, reason, named in ctx.universes:
+        for market in configured:
+            if market in runs.get(stages, ()) and market not in named:
+                errors.append(f"{where}.universe: leaves out {market}, which venues.{market} configures: every "
+                              f"{market} signal would be dropped as {reason!r}; list its symbols, or "
+                              f"`{market}: []` to trade none there")
 
 
 def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: list[str], ctx: _Context
