@@ -21,8 +21,12 @@ from operators.signal import Signal
 
 NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
 MIN_SIZE = "min_size"  # sized below the venue's smallest lot
+NOT_LISTED = "not_listed"  # the market's venue does not list the instrument: it trades no lot of it
+# a remote venue still being asked in what lots it trades the instrument: not a refusal of
+# the instrument, so it is kept apart from not_listed (the next signal may well be sized)
+INSTRUMENT_PENDING = "instrument_pending"
 # PRICE_BAND: a reference price the book cannot believe (far from the mark, or absurd)
-SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE)  # the drops after every filter passed
+SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING)  # after every filter passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class Verdict:
     checked: list[tuple[str, bool]] = field(default_factory=list)
     sizing: Sizing | None = None  # None when dropped before anything needed the size
     age_ms: int = 0
+    details: dict = field(default_factory=dict)  # what a drop at sizing was about, for its audit event
 
     @property
     def filters_passed(self) -> bool:
@@ -86,11 +91,11 @@ def judge(
     filters: list[Filter],
     early: EarlyDrop | None,
     kelly: KellyParams,
-    lot_size: float,
+    lot_size: float | None,
     emitted_ms: int | None = None,
 ) -> Verdict:
     """``lot_size``: the instrument's, as its venue lists it (0: the venue does not
-    trade it). ``emitted_ms``: the signal's emit time if the caller has it already
+    trade it; None: a remote venue has not said yet). ``emitted_ms``: the signal's emit time if the caller has it already
     (validation computes it to check the clock), else it is computed here."""
     age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
@@ -110,7 +115,7 @@ def judge(
             continue
         if view is None:
             price, refused = sizing_price(signal, book)
-            sizing = proposed_sizing(signal, book, kelly, price, lot_size)
+            sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))
@@ -121,7 +126,14 @@ def judge(
         return Verdict("dropped", early.name, checked, sizing, age)
     if sizing is None:
         price, refused = sizing_price(signal, book)
-        sizing = proposed_sizing(signal, book, kelly, price, lot_size)
+        sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
+    instrument = f"{signal.venue} {signal.symbol}"
+    if lot_size is None:
+        return Verdict("dropped", INSTRUMENT_PENDING, checked, sizing, age,
+                       {"why": f"{instrument}: its venue has not said yet in what lots it trades"})
+    if lot_size <= 0:
+        return Verdict("dropped", NOT_LISTED, checked, sizing, age,
+                       {"why": f"{instrument}: its venue does not list it"})
     if refused:
         return Verdict("dropped", PRICE_BAND, checked, sizing, age)
     if sizing.price <= 0:
@@ -152,7 +164,7 @@ def audit_verdict(v: Verdict, signal: Signal, chain: Chain, decided_at: str = ""
     assert sz is not None
     sized = v.outcome == "order"
     chain.add(POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
-              size_usd=sz.size_usd, **sz.factors())
+              size_usd=sz.size_usd, **(sz.factors() | v.details))
 
 
 def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list | None:
