@@ -57,16 +57,17 @@ def is_expired(age_ms: int, ttl_seconds: int) -> bool:
     return age_ms > ttl_seconds * 1000
 
 
-def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, bool]:
-    """The price a signal is sized at and whether the book refuses it: the reference
-    price, or the symbol's mark without one; 0.0 when there is neither, or when the
-    reference price is refused (so nothing is sized on it, not even for a filter)."""
+def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, str | None]:
+    """The price a signal is sized at and why the book refuses it (None: it does not): the
+    reference price, or the symbol's mark without one; 0.0 when there is neither, or when
+    the reference price is refused (so nothing is sized on it, not even for a filter)."""
     ref = signal.reference_price
     if ref is None:
-        return book.price_of(signal.venue, signal.symbol) or 0.0, False
-    if book.refuses_reference(signal.symbol, ref):
-        return 0.0, True
-    return ref, False
+        return book.price_of(signal.venue, signal.symbol) or 0.0, None
+    why = book.refuses_reference(signal.symbol, ref)
+    if why:
+        return 0.0, why
+    return ref, None
 
 
 def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price: float, lot_size: float) -> Sizing:
@@ -105,7 +106,7 @@ def judge(
     # sized when a portfolio filter needs the size or every filter passed: most signals
     # are dropped before either, and sizing was a tenth of judging one
     sizing: Sizing | None = None
-    price, refused = 0.0, None  # looked up once something needs the size
+    price, refused = 0.0, None  # looked up once something needs the size (refused: why, if it is)
     checked: list[tuple[str, bool]] = []
     view = None
     stop = early.index if early else len(filters)
@@ -135,7 +136,7 @@ def judge(
         return Verdict("dropped", NOT_LISTED, checked, sizing, age,
                        {"why": f"{instrument}: its venue does not list it"})
     if refused:
-        return Verdict("dropped", PRICE_BAND, checked, sizing, age)
+        return Verdict("dropped", PRICE_BAND, checked, sizing, age, _refused_price(signal, book, refused))
     if sizing.price <= 0:
         return Verdict("dropped", NO_PRICE, checked, sizing, age)
     if sizing.quantity <= 0:
@@ -165,6 +166,13 @@ def audit_verdict(v: Verdict, signal: Signal, chain: Chain, decided_at: str = ""
     sized = v.outcome == "order"
     chain.add(POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
               size_usd=sz.size_usd, **(sz.factors() | v.details))
+
+
+def _refused_price(signal: Signal, book: Portfolio, why: str) -> dict:
+    """A price_band drop's details: the reference price refused and the mark it was held
+    against (None: no mark yet, so only the limits were), in place of the 0.0 the sizing
+    was given so that nothing would be sized on the refused price."""
+    return {"price": signal.reference_price, "mark": book.marks.get(signal.symbol), "why": why}
 
 
 def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list | None:
