@@ -31,9 +31,13 @@ from operators.signal import VENUES
 
 
 class ConfigError(Exception):
-    def __init__(self, errors: list[str]):
+    """``venues``: the file's venues when that section itself was sound, so the paper-or-live
+    checks can be reported with the file's other errors rather than after they are fixed."""
+
+    def __init__(self, errors: list[str], venues: VenueSettings | None = None):
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.venues = venues
 
 
 class ExecuteConfig(BaseModel):
@@ -328,19 +332,20 @@ def _duplicate_keys(node: yaml.Node, path: str, errors: list[str]) -> None:
             _duplicate_keys(item, f"{path}[{i}]", errors)
 
 
-def _top(doc: dict, errors: list[str]) -> tuple[Top, bool]:
+def _top(doc: dict, errors: list[str]) -> tuple[Top, set]:
     """Every top-level section at once: a section with errors is reported and replaced by
     its default, so the stages are still checked and every mistake is named in one go.
-    Returns the sections and whether ``stages`` itself was usable."""
+    Returns the sections and the names of those that were not usable (``stages`` when absent)."""
     try:
-        return Top.model_validate(doc), True
+        return Top.model_validate(doc), set()
     except ValidationError as err:
         errors.extend(_fmt("", err))
         bad = {e["loc"][0] for e in err.errors() if e["loc"]}
     kept = {k: v for k, v in doc.items() if k not in bad}
-    stages_ok = "stages" in kept
+    if "stages" not in kept:
+        bad.add("stages")
     kept.setdefault("stages", [])
-    return Top.model_validate(kept), stages_ok
+    return Top.model_validate(kept), bad
 
 
 def _recording_exists(source: str, base: Path, errors: list[str]) -> None:
@@ -363,7 +368,8 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     for key in doc:
         if key not in Top.model_fields:
             errors.append(f"{key}: unknown key{_suggest(str(key), list(Top.model_fields))}")
-    top, stages_ok = _top({k: v for k, v in doc.items() if k in Top.model_fields}, errors)
+    top, unusable = _top({k: v for k, v in doc.items() if k in Top.model_fields}, errors)
+    stages_ok = "stages" not in unusable
 
     base = path.parent.resolve()
     if isinstance(doc.get("source"), str):  # the default names the repo's own sample
@@ -392,7 +398,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         errors.append("books: declare at least one book, or leave `books:` out for one book")
     _universes_cover_venues(top, ctx, errors)
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, None if "venues" in unusable else top.venues)
     state_dir = Path(top.state_dir)
     pipeline = Pipeline(
         path=path, source=top.source,
