@@ -79,7 +79,7 @@ def run(
     from dataflows.gates import Refused, admit
 
     env = _env()
-    p = load_pipeline(pipeline, state_dir, mode_check=True)
+    p = load_pipeline(pipeline, state_dir, mode_check=True, source=source)
     try:
         # the gates `bytewax.run` passes too (one function, dataflows/gates.py): paper or live,
         # one worker per state dir, the venues agreeing with the books

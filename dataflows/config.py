@@ -356,7 +356,9 @@ def _recording_exists(source: str, base: Path, errors: list[str]) -> None:
             errors.append(f"source: recording {p} does not exist")
 
 
-def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
+def parse(text: str, path: Path, env: dict[str, str] | None = None, source: str | None = None) -> Pipeline:
+    """``source``: one given on the command line, which replaces the file's before anything
+    is checked (the file's own may name a recording that is not there, beside a copy of it)."""
     errors: list[str] = []
     text = interpolate(text, dict(os.environ) if env is None else env, errors)
     try:
@@ -365,6 +367,8 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         raise ConfigError([f"(yaml): {_yaml_error(err)}"]) from None
     if not isinstance(doc, dict):
         raise ConfigError(["(root): must be a mapping with a stages: list"])
+    if source is not None:  # checked by the caller, relative to where it was typed
+        doc = {**doc, "source": source}
     for key in doc:
         if key not in Top.model_fields:
             errors.append(f"{key}: unknown key{_suggest(str(key), list(Top.model_fields))}")
@@ -372,7 +376,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
     stages_ok = "stages" not in unusable
 
     base = path.parent.resolve()
-    if isinstance(doc.get("source"), str):  # the default names the repo's own sample
+    if source is None and isinstance(doc.get("source"), str):  # the default names the repo's own sample
         _recording_exists(doc["source"], base, errors)
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
@@ -497,10 +501,11 @@ def _embedded_beside(dsn: str | None, base: Path) -> str | None:
     return dsn if p.is_absolute() else f"chdb://{base / p}"
 
 
-def load(path: str | Path, env: dict[str, str] | None = None) -> Pipeline:
+def load(path: str | Path, env: dict[str, str] | None = None, source: str | None = None) -> Pipeline:
+    """``source``: the command line's, in place of the file's (``parse``)."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as err:
         raise ConfigError([f"{p}: {err.strerror}"]) from None
-    return parse(text, p, env)
+    return parse(text, p, env, source)

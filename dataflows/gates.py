@@ -59,11 +59,12 @@ class Admission:
 _HOLDING: dict[int, Admission] = {}
 
 
-def load_pipeline(path: str | Path, state_dir: str | Path | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, state_dir: str | Path | None = None, source: str | None = None) -> Pipeline:
     """The pipeline at ``path`` (``state_dir``, relative to the current folder, in place of its
-    own), or ``Refused`` with every error in it, each with the file's name, as `apex run` says them."""
+    own; ``source`` in place of its own before the file is checked), or ``Refused`` with every
+    error in it, each with the file's name, as `apex run` says them."""
     try:
-        pipeline = load(path)
+        pipeline = load(path, source=source)
     except ConfigError as e:  # with what APEX_ENV refuses in its venues: every mistake at once
         raise Refused([f"error {path}: {line}" for line in e.errors + mode_refusals(e.venues)]) from None
     if state_dir:
