@@ -122,8 +122,8 @@ class PortfolioStep:
             return
         if change.duplicate:
             return
-        now_ms = time.time_ns() // 1_000_000
-        self.ledger.record_change(state, change, ev.fill_id, ev.reason, now_ms)
+        # on the run's clock, as its fill is (connectors/execution.py ``_ours``): the order's time
+        self.ledger.record_change(state, change, ev.fill_id, ev.reason, state.order.ts_ms)
         if f is not None:
             if self.opens.on_event(book, f, ev, change, outs):
                 self.exits.opened(book, f.order.signal_id, outs)
