@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dataflows.config import ConfigError, Pipeline, load
+from operators.trading_mode import mode_refusals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Apex: risk gate, Kelly sizing, idempotent execution and audit for trading signals.")
@@ -19,11 +20,15 @@ out = Console()
 err = Console(stderr=True)
 
 
-def load_pipeline(path: Path, state_dir: Optional[Path] = None) -> Pipeline:
+def load_pipeline(path: Path, state_dir: Optional[Path] = None, mode_check: bool = False,
+                  source: Optional[str] = None) -> Pipeline:
+    """``mode_check``: a refused file also says what APEX_ENV would refuse in its venues
+    (`apex validate`, `apex run`), so every mistake comes at once, not one layer a time.
+    ``source``: `--source`, which replaces the file's before the file is checked."""
     try:
-        p = load(path)
+        p = load(path, source=source)
     except ConfigError as e:
-        for line in e.errors:
+        for line in e.errors + (mode_refusals(e.venues) if mode_check else []):
             err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if state_dir is not None:

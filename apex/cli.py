@@ -53,7 +53,7 @@ def _env() -> str:
 @app.command()
 def validate(pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="the pipeline file")) -> None:
     """Check pipeline.yaml; print every error with its YAML path, exit 1 if any."""
-    p = load_pipeline(pipeline)
+    p = load_pipeline(pipeline, mode_check=True)
     # the same venue checks as `apex run`, in this APEX_ENV: a pipeline that validates starts
     reasons = refusals(os.environ, p.venues)
     for reason in reasons:
@@ -79,7 +79,7 @@ def run(
     from dataflows.gates import Refused, admit
 
     env = _env()
-    p = load_pipeline(pipeline, state_dir)
+    p = load_pipeline(pipeline, state_dir, mode_check=True, source=source)
     try:
         # the gates `bytewax.run` passes too (one function, dataflows/gates.py): paper or live,
         # one worker per state dir, the venues agreeing with the books

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from apex.app import err, out
 from apex.refuse import refuse
 from apex.sim_cli import sim
@@ -36,7 +38,22 @@ def _credentials():
     return Credentials(*values) if all(values) else None
 
 
-@sim.command("okx")
+def _controls_help() -> str:
+    """The faults and controls a running simulator takes over HTTP, as the epilog of its
+    help: IBKR's are options, OKX's are armed while it runs, so they are listed here."""
+    from connectors.sims.okx.faults import KIND_HELP
+    from connectors.sims.okx.sim_routes import CONTROLS
+
+    lines = ["Controls while it runs (JSON bodies, at http://HOST:PORT):", ""]
+    lines += [f"{route}  {what}" for route, what in CONTROLS]
+    lines += ["", "Fault kinds (POST /sim/fault):", ""]
+    lines += [f"{kind}  {what}" for kind, what in KIND_HELP.items()]
+    lines += ["", "Example: curl -d '{\"kind\": \"http_5xx\", \"times\": 2}' http://127.0.0.1:PORT/sim/fault"]
+    # rich markup reads [..] as style tags, and a single newline as a space: both kept literal
+    return "\n\n".join(escape(line) for line in lines if line)
+
+
+@sim.command("okx", epilog=_controls_help())
 def okx(
     port: str = typer.Option(..., metavar="PORT", help="port to listen on (0: any free one)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),

@@ -233,10 +233,13 @@ def is_remote(venue: Venue) -> bool:
 def _ours(order: Order, fill: Fill) -> Fill:
     """The venue's fill under the order's own identity: a venue knows the client order id
     but not always the signal it was for (IB keeps no such field across sessions). Its time
-    is never before the order's own: a venue's clock in whole seconds (IB's) would put the
-    fill before the decision in the audit trail."""
+    is its order's, on the run's one clock (the stream's: the wall clock live, the
+    recording's in a replay), whichever venue filled it: a venue's own clock is another (IB's
+    in whole seconds, before the decision; in a replay, months from the recording's), and
+    the audit trail, a trade's holding time and its exit deadline must read on one timeline
+    (README, "One clock per run")."""
     if (fill.signal_id == order.signal_id and fill.client_order_id == order.client_order_id
-            and fill.ts_ms >= order.ts_ms):
+            and fill.ts_ms == order.ts_ms):
         return fill
     return replace(fill, signal_id=order.signal_id, client_order_id=order.client_order_id, venue=order.venue,
-                   symbol=order.symbol, side=order.side, ts_ms=max(fill.ts_ms, order.ts_ms))
+                   symbol=order.symbol, side=order.side, ts_ms=order.ts_ms)

@@ -368,12 +368,13 @@ class Ledger:
         """A venue's event applied to an order (``operators/order_fsm.apply``), made durable:
         its new fill, one row (a fill already recorded under its id is not recorded again),
         and its status, a guarded transition that never moves an order from a status the
-        state machine does not allow. Returns whether the status moved."""
+        state machine does not allow. Returns whether the status moved. ``ts_ms``: the fill's
+        and the end's time on the run's clock (the order's: the venue's own clock is another)."""
         if change.fill is not None:
             f = change.fill
             self.db.execute("INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?)",
                             (f.client_order_id, fill_id or f"total:{state.filled!r}", f.quantity, f.price,
-                             f.fee_usd, max(f.ts_ms, ts_ms)))
+                             f.fee_usd, ts_ms))
         if change.dst == change.src:
             return False
         o, dst = state.order, change.dst

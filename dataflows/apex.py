@@ -232,7 +232,7 @@ def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str
     of starting trades around them; a refusal ends it with its lines, never a traceback. The
     state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
     with gates.refused_in_lines():
-        pipeline = gates.load_pipeline(path, state_dir)
+        pipeline = gates.load_pipeline(path, state_dir, source)
         admitted = gates.admit(pipeline, gates.say_on_stderr("apex: "))
         try:
             flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues)

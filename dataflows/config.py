@@ -27,12 +27,17 @@ from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
 from operators.books import Takes
+from operators.signal import VENUES
 
 
 class ConfigError(Exception):
-    def __init__(self, errors: list[str]):
+    """``venues``: the file's venues when that section itself was sound, so the paper-or-live
+    checks can be reported with the file's other errors rather than after they are fixed."""
+
+    def __init__(self, errors: list[str], venues: VenueSettings | None = None):
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.venues = venues
 
 
 class ExecuteConfig(BaseModel):
@@ -219,6 +224,8 @@ class _Context:
     venues: VenueSettings
     lists: list[VenueList] = field(default_factory=list)
     wanted: list[str] = field(default_factory=list)  # markets of the filter being loaded
+    # each symbol_universe map given: (YAML path, stage list's path, filter's name, markets it names)
+    universes: list[tuple[str, str, str, set[str]]] = field(default_factory=list)
 
 
 def _custom(ref: str, where: str, errors: list[str]) -> Any:
@@ -270,6 +277,7 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str, ctx:
     builtin = BUILTINS[name]
     ctx.wanted = []
     if builtin.params is UniverseParams and isinstance(params.get("universe"), dict):
+        ctx.universes.append((where, where.rsplit("[", 1)[0], label or name, {str(k) for k in params["universe"]}))
         params["universe"] = _universe(params["universe"], base, where, errors, ctx)
     try:
         bound = builtin.params.model_validate(params)
@@ -324,19 +332,20 @@ def _duplicate_keys(node: yaml.Node, path: str, errors: list[str]) -> None:
             _duplicate_keys(item, f"{path}[{i}]", errors)
 
 
-def _top(doc: dict, errors: list[str]) -> tuple[Top, bool]:
+def _top(doc: dict, errors: list[str]) -> tuple[Top, set]:
     """Every top-level section at once: a section with errors is reported and replaced by
     its default, so the stages are still checked and every mistake is named in one go.
-    Returns the sections and whether ``stages`` itself was usable."""
+    Returns the sections and the names of those that were not usable (``stages`` when absent)."""
     try:
-        return Top.model_validate(doc), True
+        return Top.model_validate(doc), set()
     except ValidationError as err:
         errors.extend(_fmt("", err))
         bad = {e["loc"][0] for e in err.errors() if e["loc"]}
     kept = {k: v for k, v in doc.items() if k not in bad}
-    stages_ok = "stages" in kept
+    if "stages" not in kept:
+        bad.add("stages")
     kept.setdefault("stages", [])
-    return Top.model_validate(kept), stages_ok
+    return Top.model_validate(kept), bad
 
 
 def _recording_exists(source: str, base: Path, errors: list[str]) -> None:
@@ -347,7 +356,9 @@ def _recording_exists(source: str, base: Path, errors: list[str]) -> None:
             errors.append(f"source: recording {p} does not exist")
 
 
-def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
+def parse(text: str, path: Path, env: dict[str, str] | None = None, source: str | None = None) -> Pipeline:
+    """``source``: one given on the command line, which replaces the file's before anything
+    is checked (the file's own may name a recording that is not there, beside a copy of it)."""
     errors: list[str] = []
     text = interpolate(text, dict(os.environ) if env is None else env, errors)
     try:
@@ -356,13 +367,16 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         raise ConfigError([f"(yaml): {_yaml_error(err)}"]) from None
     if not isinstance(doc, dict):
         raise ConfigError(["(root): must be a mapping with a stages: list"])
+    if source is not None:  # checked by the caller, relative to where it was typed
+        doc = {**doc, "source": source}
     for key in doc:
         if key not in Top.model_fields:
             errors.append(f"{key}: unknown key{_suggest(str(key), list(Top.model_fields))}")
-    top, stages_ok = _top({k: v for k, v in doc.items() if k in Top.model_fields}, errors)
+    top, unusable = _top({k: v for k, v in doc.items() if k in Top.model_fields}, errors)
+    stages_ok = "stages" not in unusable
 
     base = path.parent.resolve()
-    if isinstance(doc.get("source"), str):  # the default names the repo's own sample
+    if source is None and isinstance(doc.get("source"), str):  # the default names the repo's own sample
         _recording_exists(doc["source"], base, errors)
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))  # a user's filter module may sit beside pipeline.yaml
@@ -386,8 +400,9 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         books.append((name, b, own or (filters, kelly, execute, names)))
     if top.books == {}:
         errors.append("books: declare at least one book, or leave `books:` out for one book")
+    _universes_cover_venues(top, ctx, errors)
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, None if "venues" in unusable else top.venues)
     state_dir = Path(top.state_dir)
     pipeline = Pipeline(
         path=path, source=top.source,
@@ -402,6 +417,25 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None) -> Pipeline:
         pipeline.books.append(replace(pipeline, filters=f, kelly=k, execute=x, stages=n, book=name, takes=b.takes,
                                       books=[]))
     return pipeline
+
+
+def _universes_cover_venues(top: Top, ctx: _Context, errors: list[str]) -> None:
+    """A market given a venue under ``venues:`` but left out of a ``symbol_universe`` map
+    would have every signal dropped there, silently: refused, once per map and market. Only
+    the markets a book takes count for the stage list it runs (its own, or the pipeline's)."""
+    configured = [m for m in VENUES if getattr(top.venues, m) is not None]
+    runs: dict[str, set[str]] = {}  # stage list's path -> markets the books running it take
+    for name, b in (top.books or {}).items():
+        stages = f"books.{name}.stages" if b.stages is not None else "stages"
+        runs.setdefault(stages, set()).update(b.takes.venue or VENUES)
+    if not top.books:
+        runs["stages"] = set(VENUES)
+    for where, stages, reason, named in ctx.universes:
+        for market in configured:
+            if market in runs.get(stages, ()) and market not in named:
+                errors.append(f"{where}.universe: leaves out {market}, which venues.{market} configures: every "
+                              f"{market} signal would be dropped as {reason!r}; list its symbols, or "
+                              f"`{market}: []` to trade none there")
 
 
 def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: list[str], ctx: _Context
@@ -467,10 +501,11 @@ def _embedded_beside(dsn: str | None, base: Path) -> str | None:
     return dsn if p.is_absolute() else f"chdb://{base / p}"
 
 
-def load(path: str | Path, env: dict[str, str] | None = None) -> Pipeline:
+def load(path: str | Path, env: dict[str, str] | None = None, source: str | None = None) -> Pipeline:
+    """``source``: the command line's, in place of the file's (``parse``)."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as err:
         raise ConfigError([f"{p}: {err.strerror}"]) from None
-    return parse(text, p, env)
+    return parse(text, p, env, source)

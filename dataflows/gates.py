@@ -29,7 +29,7 @@ from typing import NoReturn
 from connectors import state_lock
 from connectors.venues import Venue
 from dataflows.config import ConfigError, Pipeline, load, read_venue_lists
-from operators.trading_mode import refusals
+from operators.trading_mode import mode_refusals, refusals
 
 
 class Refused(Exception):
@@ -61,13 +61,14 @@ class Admission:
 _HOLDING: dict[int, Admission] = {}
 
 
-def load_pipeline(path: str | Path, state_dir: str | Path | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, state_dir: str | Path | None = None, source: str | None = None) -> Pipeline:
     """The pipeline at ``path`` (``state_dir``, relative to the current folder, in place of its
-    own), or ``Refused`` with every error in it, each with the file's name, as `apex run` says them."""
+    own; ``source`` in place of its own before the file is checked), or ``Refused`` with every
+    error in it, each with the file's name, as `apex run` says them."""
     try:
-        pipeline = load(path)
-    except ConfigError as e:
-        raise Refused([f"error {path}: {line}" for line in e.errors]) from None
+        pipeline = load(path, source=source)
+    except ConfigError as e:  # with what APEX_ENV refuses in its venues: every mistake at once
+        raise Refused([f"error {path}: {line}" for line in e.errors + mode_refusals(e.venues)]) from None
     if state_dir:
         pipeline.state_dir = Path(state_dir).resolve()
     return pipeline

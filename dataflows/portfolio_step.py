@@ -122,8 +122,8 @@ class PortfolioStep:
             return
         if change.duplicate:
             return
-        now_ms = time.time_ns() // 1_000_000
-        self.ledger.record_change(state, change, ev.fill_id, ev.reason, now_ms)
+        # on the run's clock, as its fill is (connectors/execution.py ``_ours``): the order's time
+        self.ledger.record_change(state, change, ev.fill_id, ev.reason, state.order.ts_ms)
         if f is not None:
             if self.opens.on_event(book, f, ev, change, outs):
                 self.exits.opened(book, f.order.signal_id, outs)
@@ -186,11 +186,12 @@ class PortfolioStep:
         left_ms = emitted + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
         return self.opens.open(book, out, chain, order, sig, fresh=True, deadline=time.time() + left_ms / 1000)
 
-    def _lot_size(self, market: str, symbol: str) -> float:
+    def _lot_size(self, market: str, symbol: str) -> float | None:
         """Asked of the venue once per instrument. 0 for one it does not trade (or a
-        market with no venue): nothing is sized for it. A remote venue is never waited
-        on: until it has answered (asked in a thread of its own) the instrument's signals
-        are not sized, and the answer is kept for the next."""
+        market with no venue): nothing is sized for it (``not_listed``). A remote venue is
+        never waited on: until it has answered (asked in a thread of its own) the
+        instrument's signals are not sized (None, ``instrument_pending``), and the answer
+        is kept for the next."""
         executor = self.desk.executor
         try:
             venue = executor.venue_for(market)
@@ -204,7 +205,7 @@ class PortfolioStep:
             if got is PENDING:
                 log.warning("%s %s: the venue has not said yet in what lots it trades: not sized",
                             market, symbol)
-                return 0.0
+                return None
             instrument = got
         else:
             try:
@@ -212,6 +213,8 @@ class PortfolioStep:
             except Rejected:
                 instrument = None
         lot = instrument.lot_size if instrument is not None else 0.0
+        if lot <= 0:  # said once: the instrument's later signals are dropped from the cache
+            log.warning("%s %s: its venue does not list it: its signals are dropped as not_listed", market, symbol)
         self._lots.setdefault(market, {})[symbol] = lot
         return lot
 

@@ -21,8 +21,12 @@ from operators.signal import Signal
 
 NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
 MIN_SIZE = "min_size"  # sized below the venue's smallest lot
+NOT_LISTED = "not_listed"  # the market's venue does not list the instrument: it trades no lot of it
+# a remote venue still being asked in what lots it trades the instrument: not a refusal of
+# the instrument, so it is kept apart from not_listed (the next signal may well be sized)
+INSTRUMENT_PENDING = "instrument_pending"
 # PRICE_BAND: a reference price the book cannot believe (far from the mark, or absurd)
-SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE)  # the drops after every filter passed
+SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING)  # after every filter passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class Verdict:
     checked: list[tuple[str, bool]] = field(default_factory=list)
     sizing: Sizing | None = None  # None when dropped before anything needed the size
     age_ms: int = 0
+    details: dict = field(default_factory=dict)  # what a drop at sizing was about, for its audit event
 
     @property
     def filters_passed(self) -> bool:
@@ -52,16 +57,17 @@ def is_expired(age_ms: int, ttl_seconds: int) -> bool:
     return age_ms > ttl_seconds * 1000
 
 
-def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, bool]:
-    """The price a signal is sized at and whether the book refuses it: the reference
-    price, or the symbol's mark without one; 0.0 when there is neither, or when the
-    reference price is refused (so nothing is sized on it, not even for a filter)."""
+def sizing_price(signal: Signal, book: Portfolio) -> tuple[float, str | None]:
+    """The price a signal is sized at and why the book refuses it (None: it does not): the
+    reference price, or the symbol's mark without one; 0.0 when there is neither, or when
+    the reference price is refused (so nothing is sized on it, not even for a filter)."""
     ref = signal.reference_price
     if ref is None:
-        return book.price_of(signal.venue, signal.symbol) or 0.0, False
-    if book.refuses_reference(signal.symbol, ref):
-        return 0.0, True
-    return ref, False
+        return book.price_of(signal.venue, signal.symbol) or 0.0, None
+    why = book.refuses_reference(signal.symbol, ref)
+    if why:
+        return 0.0, why
+    return ref, None
 
 
 def proposed_sizing(signal: Signal, book: Portfolio, params: KellyParams, price: float, lot_size: float) -> Sizing:
@@ -86,11 +92,11 @@ def judge(
     filters: list[Filter],
     early: EarlyDrop | None,
     kelly: KellyParams,
-    lot_size: float,
+    lot_size: float | None,
     emitted_ms: int | None = None,
 ) -> Verdict:
     """``lot_size``: the instrument's, as its venue lists it (0: the venue does not
-    trade it). ``emitted_ms``: the signal's emit time if the caller has it already
+    trade it; None: a remote venue has not said yet). ``emitted_ms``: the signal's emit time if the caller has it already
     (validation computes it to check the clock), else it is computed here."""
     age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
@@ -100,7 +106,7 @@ def judge(
     # sized when a portfolio filter needs the size or every filter passed: most signals
     # are dropped before either, and sizing was a tenth of judging one
     sizing: Sizing | None = None
-    price, refused = 0.0, None  # looked up once something needs the size
+    price, refused = 0.0, None  # looked up once something needs the size (refused: why, if it is)
     checked: list[tuple[str, bool]] = []
     view = None
     stop = early.index if early else len(filters)
@@ -110,7 +116,7 @@ def judge(
             continue
         if view is None:
             price, refused = sizing_price(signal, book)
-            sizing = proposed_sizing(signal, book, kelly, price, lot_size)
+            sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))
@@ -121,9 +127,16 @@ def judge(
         return Verdict("dropped", early.name, checked, sizing, age)
     if sizing is None:
         price, refused = sizing_price(signal, book)
-        sizing = proposed_sizing(signal, book, kelly, price, lot_size)
+        sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
+    instrument = f"{signal.venue} {signal.symbol}"
+    if lot_size is None:
+        return Verdict("dropped", INSTRUMENT_PENDING, checked, sizing, age,
+                       {"why": f"{instrument}: its venue has not said yet in what lots it trades"})
+    if lot_size <= 0:
+        return Verdict("dropped", NOT_LISTED, checked, sizing, age,
+                       {"why": f"{instrument}: its venue does not list it"})
     if refused:
-        return Verdict("dropped", PRICE_BAND, checked, sizing, age)
+        return Verdict("dropped", PRICE_BAND, checked, sizing, age, _refused_price(signal, book, refused))
     if sizing.price <= 0:
         return Verdict("dropped", NO_PRICE, checked, sizing, age)
     if sizing.quantity <= 0:
@@ -152,7 +165,14 @@ def audit_verdict(v: Verdict, signal: Signal, chain: Chain, decided_at: str = ""
     assert sz is not None
     sized = v.outcome == "order"
     chain.add(POSITION_SIZING, "sized" if sized else "dropped", "" if sized else v.reason or "",
-              size_usd=sz.size_usd, **sz.factors())
+              size_usd=sz.size_usd, **(sz.factors() | v.details))
+
+
+def _refused_price(signal: Signal, book: Portfolio, why: str) -> dict:
+    """A price_band drop's details: the reference price refused and the mark it was held
+    against (None: no mark yet, so only the limits were), in place of the 0.0 the sizing
+    was given so that nothing would be sized on the refused price."""
+    return {"price": signal.reference_price, "mark": book.marks.get(signal.symbol), "why": why}
 
 
 def drop_row(v: Verdict, signal: Signal, stream_id: str, clock_ms: int) -> list | None:

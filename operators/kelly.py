@@ -109,8 +109,8 @@ class Sizing:
 def round_quantity(lot_size: float, size_usd: float, price: float) -> float:
     """Down to a whole number of the instrument's lots (its venue lists the lot size: a
     coin's 1e-8, a share). No price, no quantity: the judge then drops the signal as
-    ``no_price``; no lot (the venue does not trade the instrument), none either: dropped
-    as ``min_size``. A fractional lot is counted in lots per unit: for a decimal lot such
+    ``no_price``; no lot (the venue does not trade the instrument), none either (the
+    judge drops it as ``not_listed`` first). A fractional lot is counted in lots per unit: for a decimal lot such
     as 1e-8 that is exactly 1e8, and dividing by it is exact where multiplying by the
     inexact 1e-8 is not."""
     if price <= 0 or lot_size <= 0:

@@ -7,6 +7,9 @@ trading or a simulator on this machine, IBKR away from its live ports); in live,
 market may be left on the built-in paper venue, none may sit on a demo or paper
 environment, every credential must be present, and the operator must also say
 ``APEX_LIVE_CONFIRM=yes``, so one mistyped variable alone can never send real orders.
+IB's ports are paper or live only by convention (a gateway may be given any port): live
+refuses IB's paper ports and takes a port of the operator's own, since the account, named
+and not a paper one, is what says which money a run trades.
 
 Pure: the environment comes in as a mapping and each reason to refuse goes out as a
 sentence naming what to change. A credential is only ever named by its variable.
@@ -51,29 +54,39 @@ def is_simulator(url: str) -> bool:
     return bool(url) and is_loopback(urlsplit(url).hostname or "")
 
 
-def credentials(settings: OkxSettings) -> list[tuple[str, str]]:
+def credentials(settings: OkxSettings, live: bool = False) -> list[tuple[str, str]]:
     """(YAML path, variable name) of each credential the venue needs from the environment.
-    A simulator needs none."""
-    if settings.kind != "okx" or is_simulator(settings.url):
+    A simulator needs none, except in live, where the simulator's URL is refused already and
+    OKX itself will need them: said now, not after the URL is fixed."""
+    if settings.kind != "okx" or (is_simulator(settings.url) and not live):
         return []
     return [(f"venues.okx.credentials.{field}", name) for field, name in settings.credentials]
 
 
-def missing_credentials(env: Mapping[str, str], venues: VenueSettings) -> list[str]:
+def missing_credentials(env: Mapping[str, str], venues: VenueSettings, live: bool = False) -> list[str]:
     out = []
-    for where, name in credentials(venues.okx) if venues.okx else []:
+    for where, name in credentials(venues.okx, live) if venues.okx else []:
         if not env.get(name):
             out.append(f"{where}: environment variable {name} is not set")
     return out
 
 
 def refusals(env: Mapping[str, str], venues: VenueSettings) -> list[str]:
-    """Every reason not to start, each a sentence; none: the venues agree with the mode."""
+    """Every reason not to start, each a sentence, all at once (none hides another: fixing
+    one never uncovers the next); none: the venues agree with the mode."""
     chosen = mode(env)
     if chosen is None:
         return [f"APEX_ENV must be paper or live, not {env['APEX_ENV']!r}"]
     reasons = _paper(venues) if chosen == PAPER else _live(env, venues)
-    return reasons + missing_credentials(env, venues)
+    return reasons + missing_credentials(env, venues, chosen == LIVE)
+
+
+def mode_refusals(venues: VenueSettings | None) -> list[str]:
+    """``refusals`` in this process's environment, for a file refused for other reasons too
+    (none when its ``venues:`` section itself could not be read)."""
+    import os
+
+    return refusals(os.environ, venues) if venues is not None else []
 
 
 def _paper(venues: VenueSettings) -> list[str]:
@@ -110,7 +123,7 @@ def _live(env: Mapping[str, str], venues: VenueSettings) -> list[str]:
         if is_simulator(okx.url):
             out.append("APEX_ENV=live: venues.okx.url points at a simulator on this machine; "
                        "leave it empty to trade on OKX")
-        elif okx.demo:
+        if okx.demo:
             out.append("APEX_ENV=live: venues.okx.demo is true (OKX demo trading); set demo: false to trade live")
     if ibkr and ibkr.kind == "ibkr":
         if ibkr.port in IB_PAPER_PORTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import KELLY_AND_EXECUTE
+from helpers import KELLY_AND_EXECUTE, entry, write_recording
 
 REPO = Path(__file__).resolve().parents[1]
 APEX = str(Path(sys.executable).with_name("apex"))
@@ -97,3 +98,24 @@ def test_record_with_redis_away_for_the_whole_capture_says_so_and_fails(tmp_path
     assert res.returncode == 1 and "Traceback" not in res.stderr
     # the backoff's own line says it is retrying; the last one says what came of it
     assert res.stderr.splitlines()[-1].startswith(f"redis unavailable at redis://127.0.0.1:{port}/0 for the whole")
+
+
+def test_a_source_on_the_command_line_replaces_the_files_before_it_is_checked(tmp_path):
+    """A copy of a pipeline elsewhere names, relative to itself, a recording not beside it:
+    `--source` replaces it, so it is not refused for the file's (issue 24, mistakes 7)."""
+    from dataflows.gates import Refused, load_pipeline
+
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "copy.yaml"
+    copy.write_text("source: recording:recordings/absent.jsonl\nstages:\n" + KELLY_AND_EXECUTE)
+    rec = write_recording(tmp_path / "one.jsonl", [entry("1767261600000-0", signal_id="s1")])
+    res = apex("run", str(copy), "--source", f"recording:{rec}", "--state-dir", "state", "--no-progress",
+               "--json", "summary.json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["outcomes"] == {"filled": 1}
+    # the same for `bytewax.run` (dataflows.apex:build(path, source=...)); without one, the file's is checked
+    assert load_pipeline(copy, source=f"recording:{rec}").source == f"recording:{rec}"
+    with pytest.raises(Refused) as e:
+        load_pipeline(copy)
+    assert e.value.lines == [f"error {copy}: source: recording {copy.parent / 'recordings/absent.jsonl'} "
+                             "does not exist"]

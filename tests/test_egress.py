@@ -81,7 +81,7 @@ def test_the_wiring_sends_through_the_venues_passed_in_by_market(tmp_path):
                                     entry("1767261601000-1", signal_id="sig-2", venue="ibkr", symbol="AAPL")],
                       venues={"okx": okx})
     assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
-        ("sig-1", "filled", ""), ("sig-2", "dropped", "min_size")]  # no venue trades it: nothing is sized
+        ("sig-1", "filled", ""), ("sig-2", "dropped", "not_listed")]  # no venue trades it: nothing is sized
     assert okx.sent() == [client_order_id("sig-1")]
 
 

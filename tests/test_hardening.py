@@ -112,6 +112,9 @@ def test_an_absurd_reference_price_with_no_mark_is_dropped_not_sized(tmp_path, v
     seen, trades, sizing, _, state = replay(tmp_path, [signal(1, T0, symbol, "buy", ref, venue=venue)])
     (own,) = [o for o in seen if o.signal_id == "t1"]
     assert (own.outcome, own.reason) == ("dropped", "price_band")
+    # the audit trail says which price was refused, and that there was no mark to hold it to
+    assert (sizing["t1"]["price"], sizing["t1"]["mark"]) == (ref, None)
+    assert sizing["t1"]["why"].startswith("price_band: ") and "limits.m" in sizing["t1"]["why"]
     assert paper_orders(_pipeline_at(state)) == (0, 0)
     _finite_everywhere(state)
 
@@ -122,6 +125,9 @@ def test_a_reference_price_far_from_the_mark_is_dropped(tmp_path):
     seen, _, sizing, _, _ = replay(tmp_path, entries)
     assert [(o.signal_id, o.outcome, o.reason) for o in seen if o.signal_id] == [
         ("t1", "dropped", "price_band"), ("t2", "filled", "")]
+    # the refused reference price and the mark it was held to, not the 0.0 nothing was sized at
+    assert (sizing["t1"]["price"], sizing["t1"]["mark"]) == (1.0, 100.0)
+    assert sizing["t1"]["why"] == "price_band: 1 is more than 2x from the last mark 100 (limits.price_band)"
     # every order: quantity x price = size_usd <= max_position_usd, finite and positive
     s = sizing["t2"]
     assert 0 < s["quantity"] and math.isclose(s["quantity"] * s["price"], s["size_usd"], rel_tol=1e-6)

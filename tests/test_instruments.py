@@ -222,3 +222,35 @@ def test_orders_in_flight_are_taken_off_the_venues_figure_until_they_are_settled
     assert book.view(0.0).available_funds("ibkr", 0.5) == 10_000.0 - 0.5 * 2_000.0
     book.settle(expected, expected, terms)  # filled: the next figure IB pushes counts it
     assert book.view(0.0).available_funds("ibkr", 0.5) == 10_000.0
+
+
+# --- an instrument the venue does not list (issue 24, mistakes 2) --------------------------------
+
+SIZED = "  - filter: confidence\n"  # no universe: the venue's own list is the only word on the symbol
+
+
+def _sizing_event(outcome) -> tuple[str, str, str]:
+    (ev,) = [e for e in outcome.events if e.stage == "POSITION_SIZING"]
+    return ev.outcome, ev.reason, ev.details.get("why", "")
+
+
+def test_a_symbol_the_venue_does_not_list_is_dropped_as_not_listed_naming_it(okx_sim, tmp_path):
+    okx_sim.venue.instruments()  # its list is in: the venue has said what it trades
+    p = parse(f"state_dir: {tmp_path / 'state'}\n{okx_venues(okx_sim.url)}stages:\n{SIZED}{KELLY_AND_EXECUTE}",
+              tmp_path / "p.yaml", {})
+    col = run_entries(tmp_path, p, [entry("1767261600000-0", signal_id="unlisted", symbol="DOGE-USDT")],
+                      venues={"okx": okx_sim.venue, "ibkr": PaperVenue(tmp_path / "paper.sqlite")})
+    assert col.table() == [("1767261600000-0", "dropped", "not_listed")]
+    assert _sizing_event(col.outcomes[0]) == ("dropped", "not_listed", "okx DOGE-USDT: its venue does not list it")
+    assert okx_sim.server.placements() == {}  # nothing was sent
+
+
+def test_a_symbol_whose_rules_are_still_being_asked_is_not_called_unlisted(okx_sim, tmp_path):
+    p = parse(f"state_dir: {tmp_path / 'state'}\n{okx_venues(okx_sim.url)}stages:\n{SIZED}{KELLY_AND_EXECUTE}",
+              tmp_path / "p.yaml", {})
+    # a venue just made has loaded nothing yet: the first signal's instrument is asked, not known
+    col = run_entries(tmp_path, p, [entry("1767261600000-0", signal_id="early", symbol="ETH-USDT")],
+                      venues={"okx": okx_sim.venue, "ibkr": PaperVenue(tmp_path / "paper.sqlite")})
+    assert col.table() == [("1767261600000-0", "dropped", "instrument_pending")]
+    assert _sizing_event(col.outcomes[0]) == (
+        "dropped", "instrument_pending", "okx ETH-USDT: its venue has not said yet in what lots it trades")

@@ -112,10 +112,17 @@ def test_quantity_is_a_whole_number_of_the_lots_the_venue_lists(lot, size_usd, p
     assert round_quantity(lot, size_usd, price) == pytest.approx(qty, abs=1e-12)
 
 
-def test_an_instrument_its_venue_does_not_trade_is_dropped_with_min_size():
+def test_an_instrument_its_venue_does_not_trade_is_dropped_as_not_listed():
     v = judge(model(), clock_ms=1767261600000, already_decided=False, book=_book(), filters=[], early=None,
               kelly=SEED, lot_size=0.0)
-    assert (v.outcome, v.reason) == ("dropped", "min_size")
+    assert (v.outcome, v.reason, v.details) == ("dropped", "not_listed",
+                                                {"why": "okx BTC-USDT: its venue does not list it"})
+
+
+def test_an_instrument_whose_lots_are_not_known_yet_is_dropped_as_pending_not_unlisted():
+    v = judge(model(), clock_ms=1767261600000, already_decided=False, book=_book(), filters=[], early=None,
+              kelly=SEED, lot_size=None)
+    assert (v.outcome, v.reason) == ("dropped", "instrument_pending")
 
 
 def test_sizing_uses_venue_lot_rules():

@@ -207,3 +207,65 @@ def test_a_paper_run_with_every_market_on_paper_decides_as_without_the_section(t
     before, after = ({k: s[k] for k in keys} for s in summaries)
     assert before == after
     assert summaries[0]["fills"] > 0
+
+
+# --- every live mistake at once (issue 24, mistakes 5) ------------------------------------------
+
+def test_live_names_every_mistake_at_once_none_hiding_another():
+    settings = venues(okx={"kind": "okx", "url": "http://127.0.0.1:18080"}, ibkr={"kind": "ibkr"})
+    assert refusals({"APEX_ENV": "live"}, settings) == [
+        "APEX_ENV=live: trading real money also needs APEX_LIVE_CONFIRM=yes in the environment",
+        "APEX_ENV=live: venues.okx.url points at a simulator on this machine; leave it empty to trade on OKX",
+        "APEX_ENV=live: venues.okx.demo is true (OKX demo trading); set demo: false to trade live",
+        "APEX_ENV=live: venues.ibkr.port 4002 is IB Gateway's paper port; use its live port (4001 IB Gateway, 7496 TWS)",
+        "APEX_ENV=live: venues.ibkr.account must name the account to trade",
+        # OKX itself, once the URL is emptied, needs them: said now rather than on the next try
+        "venues.okx.credentials.api_key: environment variable OKX_API_KEY is not set",
+        "venues.okx.credentials.secret: environment variable OKX_API_SECRET is not set",
+        "venues.okx.credentials.passphrase: environment variable OKX_API_PASSPHRASE is not set",
+    ]
+
+
+def test_a_gateway_on_a_port_of_its_own_is_taken_live_with_a_live_account():
+    """IB lets the operator choose the API port (and Docker images of the gateway remap it), so
+    a port is refused in live only when it is one of IB's paper ports; the live account, named
+    and not a paper one (DU…), is what says the run trades real money (README, Paper or live)."""
+    assert refusals(CONFIRMED, venues(okx=LIVE_OKX, ibkr={**LIVE_IBKR, "port": 4003})) == []
+    assert refusals(CONFIRMED, venues(okx=LIVE_OKX, ibkr={**LIVE_IBKR, "port": 4003, "account": "DU1"})) == [
+        "APEX_ENV=live: venues.ibkr.account is a paper account (DU…); name the live account"]
+
+
+STAGE_MISTAKE = "  - filter: confidence\n    min: 0.65\n"
+
+
+@pytest.mark.parametrize("command", [["validate"], ["run", "--state-dir", "state", "--no-progress"]])
+def test_a_file_with_other_mistakes_still_names_its_live_ones(tmp_path, command):
+    path = shipped_with(tmp_path, OKX_SECTION.replace("demo: false", "demo: true"))
+    path.write_text(path.read_text().replace(STAGE_MISTAKE, "  - filter: confidence\n    min: 7\n"))
+    res = apex(*command[:1], path.name, *command[1:], cwd=tmp_path, env={"APEX_ENV": "live", **MARKERS})
+    assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout
+    assert res.stderr.splitlines() == [f"error {path.name}: {line}" for line in (
+        "stages[0].min: input should be less than or equal to 1",
+        "APEX_ENV=live: trading real money also needs APEX_LIVE_CONFIRM=yes in the environment",
+        "APEX_ENV=live: ibkr orders would go to the built-in paper venue; "
+        "give venues.ibkr its own kind, or run with APEX_ENV=paper",
+        "APEX_ENV=live: venues.okx.demo is true (OKX demo trading); set demo: false to trade live")]
+    no_marker(res.stdout + res.stderr)
+    assert not (tmp_path / "state").exists()
+
+
+def test_bytewax_runs_gate_names_them_together_too(tmp_path, monkeypatch):
+    from dataflows.gates import Refused, load_pipeline
+
+    path = shipped_with(tmp_path, OKX_SECTION)
+    path.write_text(path.read_text().replace(STAGE_MISTAKE, "  - filter: confidence\n    min: 7\n"))
+    monkeypatch.setenv("APEX_ENV", "live")
+    monkeypatch.setenv("APEX_LIVE_CONFIRM", "yes")
+    for name, value in MARKERS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("APEX_OKX_URL", raising=False)
+    with pytest.raises(Refused) as e:
+        load_pipeline(path)
+    assert e.value.lines == [f"error {path}: stages[0].min: input should be less than or equal to 1",
+                             f"error {path}: APEX_ENV=live: ibkr orders would go to the built-in paper venue; "
+                             "give venues.ibkr its own kind, or run with APEX_ENV=paper"]

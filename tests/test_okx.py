@@ -5,6 +5,7 @@ kept by the client and enforced by the simulator, and ``apex sim okx`` on the co
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from okx_fixtures import KEY, PASSPHRASE, PRICES, SECRET, free_port, held, logge
 from operators.fill import Fill
 
 APEX = str(Path(sys.executable).with_name("apex"))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _counts(stats: dict) -> dict:
@@ -498,3 +500,48 @@ def test_the_pacer_waits_exactly_until_a_limit_has_room():
     with pacer.slot(limits.get_order("BTC-USDT")):
         pass
     assert now[0] == pytest.approx(0.01 + limits.WINDOW_S)
+
+
+# --- what `apex sim okx --help` and the example pipeline tell a user (issue 24, mistakes 4) ------
+
+def test_the_help_lists_every_fault_kind_and_every_control_it_answers(okx_sim):
+    from connectors.sims.okx.faults import KINDS
+    from connectors.sims.okx.sim_routes import CONTROLS
+
+    res = subprocess.run([APEX, "sim", "okx", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0
+    assert set(KINDS) == {"drop", "hang", "http_5xx", "code_50004", "reject"}
+    for kind in KINDS:
+        assert f" {kind}  " in res.stdout, kind
+    listed = [route for route, _ in CONTROLS]
+    for route in listed:
+        assert route in res.stdout, route
+    assert {"POST /sim/fault", "POST /sim/price", "POST /sim/balance", "POST /sim/fill-ratio", "POST /sim/latency",
+            "GET /sim/placements", "POST /sim/drop-sockets"} <= set(listed)
+    # and each route the help lists is one the simulator answers
+    for route in listed:
+        method, path = route.split()
+        status, _ = raw(okx_sim.url, method, path, {"kind": "http_5xx", "times": 1, "instId": "BTC-USDT", "px": 1.0,
+                                                      "ccy": "USDT", "amount": 1.0, "ratio": 1.0, "latency_ms": 0,
+                                                      "refuse": False} if method == "POST" else None)
+        assert status == 200, route
+
+
+def test_the_example_pipelines_header_gives_commands_that_start(tmp_path):
+    header = [line.removeprefix("#").strip() for line in (REPO / "docs" / "pipeline-venues.example.yaml")
+              .read_text().splitlines() if line.startswith("#   ")]
+    sims = [line.split("&")[0].split() for line in header if line.startswith("apex sim ")]
+    ports = {cmd[2]: cmd[cmd.index("--port") + 1] for cmd in sims}
+    (run,) = [line for line in header if " apex run " in line]
+    assert f"APEX_OKX_URL=http://127.0.0.1:{ports['okx']} " in run and f"APEX_IBKR_PORT={ports['ibkr']} " in run
+    assert (REPO / run.split()[-1]).is_file()
+    for cmd in sims:  # as written, but on a free port: the one written may be taken on this machine
+        args = cmd[1:cmd.index("--port") + 1] + ["0"] + cmd[cmd.index("--port") + 2:]
+        proc = subprocess.Popen([APEX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            said = proc.stdout.readline()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert "listening on" in said, (cmd, stderr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from apex.cli import app
 from connectors.venues.factory import VenueSetupError, build_venues
 from connectors.venues.paper import PaperVenue
 from connectors.venues.settings import VenueSettings
@@ -207,3 +209,51 @@ def test_a_simulator_on_this_machine_needs_no_credentials(tmp_path):
     made = build_venues(p.venues, state_dir=tmp_path, paper_options=PAPER_OPTIONS, env={}, okx_class=Recorded)
     assert made["okx"].kwargs["url"] == "http://127.0.0.1:18080"
     assert made["okx"].kwargs["api_key"]  # a stand-in: the client refuses to sign without one
+
+
+# --- a universe that leaves out a configured venue (issue 24, mistakes 1) -----------------------
+
+BOTH_SIM = "venues:\n  okx: {kind: okx, url: 'http://127.0.0.1:1'}\n  ibkr: {kind: ibkr}\n"
+
+
+def universe_pipeline(tmp_path: Path, venues: str, stages: str, books: str = "") -> str:
+    text = f"state_dir: {tmp_path / 'state'}\n{venues}{books}stages:\n{stages}{KELLY_AND_EXECUTE}"
+    (tmp_path / "pipeline.yaml").write_text(text)
+    return text
+
+
+def test_a_universe_leaving_out_a_configured_venue_is_refused_with_every_other_error(tmp_path):
+    text = universe_pipeline(tmp_path, BOTH_SIM, "  - filter: confidence\n    min: 2\n"
+                             "  - filter: symbol_universe\n    name: listed\n    universe: {okx: [BTC-USDT]}\n")
+    with pytest.raises(ConfigError) as e:
+        parse(text, tmp_path / "pipeline.yaml", {})
+    assert e.value.errors == [
+        "stages[0].min: input should be less than or equal to 1",
+        "stages[1].universe: leaves out ibkr, which venues.ibkr configures: every ibkr signal would be dropped "
+        "as 'listed'; list its symbols, or `ibkr: []` to trade none there"]
+    res = CliRunner().invoke(app, ["validate", str(tmp_path / "pipeline.yaml")])
+    assert res.exit_code == 1 and "ok:" not in res.output
+    assert "stages[1].universe: leaves out ibkr" in res.output and "stages[0].min" in res.output
+
+
+def test_a_venue_listed_as_empty_and_markets_left_on_paper_need_no_symbols(tmp_path):
+    stages = "  - filter: symbol_universe\n    universe: {okx: [BTC-USDT], ibkr: []}\n"
+    p = parse(universe_pipeline(tmp_path, BOTH_SIM, stages), tmp_path / "pipeline.yaml", {})
+    assert p.filters[0].params["universe"]["ibkr"] == frozenset()
+    only_okx = "venues:\n  okx: {kind: okx, url: 'http://127.0.0.1:1'}\n"
+    stages = "  - filter: symbol_universe\n    universe: {okx: [BTC-USDT]}\n"
+    assert parse(universe_pipeline(tmp_path, only_okx, stages), tmp_path / "pipeline.yaml", {}).venues.ibkr is None
+
+
+def test_a_book_that_takes_one_market_needs_only_that_market_in_its_universe(tmp_path):
+    own = ("books:\n  crypto:\n    takes: {venue: okx}\n    stages:\n"
+           "      - filter: symbol_universe\n        universe: {okx: [BTC-USDT]}\n"
+           "      - size: kelly\n      - execute: {venue: paper}\n"
+           "  rest:\n    takes: {venue: ibkr}\n")
+    stages = "  - filter: symbol_universe\n    universe: {okx: [BTC-USDT]}\n"
+    with pytest.raises(ConfigError) as e:
+        parse(universe_pipeline(tmp_path, BOTH_SIM, stages, own), tmp_path / "pipeline.yaml", {})
+    # the pipeline's stages run book `rest`, which takes ibkr; book `crypto` takes okx alone
+    assert e.value.errors == ["stages[0].universe: leaves out ibkr, which venues.ibkr configures: every ibkr "
+                              "signal would be dropped as 'symbol_universe'; list its symbols, or `ibkr: []` "
+                              "to trade none there"]

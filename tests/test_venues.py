@@ -67,6 +67,6 @@ def test_the_step_sizes_in_the_lots_the_venue_passed_in_lists(tmp_path):
                                     entry("1767261601000-1", signal_id="sig-2", symbol="SOL-USDT")],
                       venues=ListsItsOwnLots(p))
     assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
-        ("sig-1", "filled", ""), ("sig-2", "dropped", "min_size")]
+        ("sig-1", "filled", ""), ("sig-2", "dropped", "not_listed")]
     (fill,) = col.outcomes[0].executions
     assert fill["quantity"] == 16.5  # 5,000 USD at 300: 16.67 coins, down to a whole number of half coins

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,34 @@ def test_apex_run_on_both_simulators_sends_each_order_once_and_shows_no_secret(t
     written += [p.read_bytes().decode("latin-1") for p in [*state.rglob("*"), *tmp_path.glob("*.log")] if p.is_file()]
     for name, value in creds.items():
         assert not any(value in text for text in written), f"{name}'s value was written out"
+
+
+def test_a_replay_stamps_every_venues_fills_on_the_recordings_clock(tmp_path, simulators):
+    """One clock per run (issue 24, mistakes 6): IB's fills came stamped with the wall clock,
+    OKX's with the recording's, and the report then spanned eleven months. Every fill now
+    reads at its order's time, on the stream's clock."""
+    lines = SAMPLE.read_text().splitlines()[:60]
+    rec = tmp_path / "start.jsonl"
+    rec.write_text("\n".join(lines) + "\n")
+    first, last = (int(json.loads(line)["id"].split("-")[0]) for line in (lines[0], lines[-1]))
+    env = {"PATH": "/usr/bin:/bin", "APEX_ENV": "paper", "APEX_OKX_URL": f"http://127.0.0.1:{simulators['okx']}",
+           "APEX_IBKR_PORT": str(simulators["ibkr"]), "OKX_API_KEY": "k", "OKX_API_SECRET": "s",
+           "OKX_API_PASSPHRASE": "p"}
+    state = tmp_path / "state"
+    run = subprocess.run([APEX, "run", str(PIPELINE), "--source", f"recording:{rec}", "--state-dir", str(state),
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    db = sqlite3.connect(state / "ledger.sqlite")
+    filled = db.execute("SELECT venue, intent_ms, filled_ms FROM executions WHERE status = 'filled'").fetchall()
+    fills = db.execute("SELECT f.ts_ms, e.intent_ms FROM fills f JOIN executions e USING (client_order_id)").fetchall()
+    db.close()
+    assert {venue for venue, _, _ in filled} == {"okx", "ibkr"}
+    assert all(first <= ts == done <= last for _, ts, done in filled), filled
+    assert all(f == order for f, order in fills), fills
+    trail = subprocess.run([APEX, "audit", "--state-dir", str(state), "--format", "jsonl"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    events = [json.loads(line) for line in trail.stdout.splitlines()]
+    stamped = [(e["venue"], round(datetime.fromisoformat(e["ts"]).timestamp() * 1000)) for e in events
+               if e["stage"] in ("EXECUTION_CONFIRMED", "TRADE_OPEN") and e["outcome"] in ("filled", "opened")]
+    assert {venue for venue, _ in stamped} == {"okx", "ibkr"}
+    assert all(first <= ts <= last for _, ts in stamped), stamped

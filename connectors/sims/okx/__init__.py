@@ -6,7 +6,22 @@ OKX's documented request limits, ``faults`` the failures a test arms, ``server``
 ``/api/v5`` routes, ``ws`` the private WebSocket, ``control`` the ``/sim`` routes, and
 ``run`` starts it (blocking, or in a thread for tests)."""
 
-from connectors.sims.okx.run import SimServer, running, serve
-from connectors.sims.okx.ws import Credentials
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Credentials", "SimServer", "running", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """The server's names, imported when first asked for: ``apex sim okx --help`` reads the
+    light modules (``faults``, ``sim_routes``) of this package without loading aiohttp."""
+    if name == "Credentials":
+        from connectors.sims.okx.ws import Credentials
+
+        return Credentials
+    if name in ("SimServer", "running", "serve"):
+        from connectors.sims.okx import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """The ``/sim`` routes, apart from OKX's own: what a test or a demo sets while the simulator
 runs (prices, balances, the share that fills, latency, faults, dropped sockets) and what it
-counts (``stats``, ``placements`` by clOrdId, ``sockets``)."""
+counts (``stats``, ``placements`` by clOrdId, ``sockets``). ``sim_routes.CONTROLS`` describes
+each for ``apex sim okx --help``: a route added here is added there."""
 
 from __future__ import annotations
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-KINDS = ("drop", "hang", "http_5xx", "code_50004", "reject")
+# each kind and what it does, for `apex sim okx --help` (KINDS: the names alone)
+KIND_HELP = {
+    "drop": "take the request, then close the connection without answering",
+    "hang": "take it, then answer only long after the client has given up",
+    "http_5xx": "answer an HTTP error (status, 503 unless told), taking nothing",
+    "code_50004": 'take it and answer OKX\'s 50004, "timed out, outcome unknown"',
+    "reject": "refuse every order of the request with code (an OKX sCode, 51008 unless told)",
+}
+KINDS = tuple(KIND_HELP)
 ORDER_PATHS = ("trade/order", "trade/batch-orders")
 
 

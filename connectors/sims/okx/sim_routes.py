@@ -1,0 +1,23 @@
+"""What a test or a demo may ask of ``apex sim okx`` while it runs: the ``/sim`` routes
+(``control.py`` serves them) with their bodies, as ``apex sim okx --help`` lists them. Apart
+from ``control.py`` so that the help is written without importing the server (aiohttp), which
+every ``apex`` command would otherwise pay for at start."""
+
+from __future__ import annotations
+
+# every route below, with its body and what it does: `apex sim okx --help` lists them from here
+CONTROLS = (
+    ("POST /sim/fault", '{"kind": KIND, "times": 1, "paths": ["trade/order", "trade/batch-orders"], '
+                        '"accept": true, "status": 503, "code": "51008"}: arm a fault for the next '
+                        '`times` requests to those paths (accept false: drop, hang and 50004 take nothing)'),
+    ("POST /sim/clear-faults", "disarm every fault"),
+    ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0}: the last price orders fill at'),
+    ("POST /sim/balance", '{"ccy": "USDT", "amount": 1000}: set a currency\'s balance'),
+    ("POST /sim/fill-ratio", '{"ratio": 0.5}: the share of each order filled at once (0 to 1); the rest rests'),
+    ("POST /sim/latency", '{"latency_ms": 20}: added to every /api/v5 answer from now on'),
+    ("POST /sim/drop-sockets", '{"refuse": false}: close every WebSocket at once (refuse true: and new ones, '
+                               'until called again with false)'),
+    ("GET /sim/stats", "orders accepted, requests rate-limited, requests by path"),
+    ("GET /sim/placements", "how many times each clOrdId was sent to be placed"),
+    ("GET /sim/sockets", "WebSockets open, logged in and subscribed, and the logins seen"),
+)
