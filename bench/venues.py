@@ -1,4 +1,4 @@
-"""``apex bench --only venues``: Apex against the OKX and IBKR simulators (issue 18).
+"""``apex bench --only venues``: Apex against the OKX and IBKR simulators (issues 18 and 23).
 
 Both simulators add the same latency to every request, as a distant venue would. Four
 measurements, each with a fresh state dir, a fresh stream and fresh simulators:
@@ -14,7 +14,9 @@ measurements, each with a fresh state dir, a fresh stream and fresh simulators:
   the concentration limit of the pipeline.
 
 The seed's sequential cycle (one signal at a time, each waiting for its fill) is the anchor
-the sustained rates are set against.
+the sustained rates are set against. Then issue 23's (``bench/rtt.py``): the shipped sample at
+20, 100 and 250 ms a request against paper, a tick closing ten trades at 250 ms, and each
+venue's signals while the other venue fails.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import rtt as R
 from bench import venue_sims as V
 from bench.proc import ROOT, Child, Usage
 from bench.scenarios import CONSUMER, GROUP, STREAM, Ctx, ready, run_row, target
@@ -78,7 +81,12 @@ def venues(ctx: Ctx) -> dict:
               "concentration": conc, "times_seed": times_seed,
               "runs": {r.label: r.summary() for r in (okx_lat, ibkr_lat, okx_burst, ibkr_burst)}}
     okx_cap, ibkr_cap = ceiling["okx"]["orders_per_s"], ceiling["ibkr"]["orders_per_s"]
-    return {"scenario": "venues", "title": f"6 venues (+{V.LATENCY_MS} ms a request)",
+    # issue 23: the round-trip sweep against paper, a tick's closes at 250 ms, one venue's fault
+    parts = {"rtt": R.sweep(ctx), "exits": R.exits(ctx), "isolation": R.isolation(ctx)}
+    for name, part in parts.items():
+        runs += part["runs"]
+        checks[name] = part["checks"]
+    return {"scenario": "venues", "title": f"6 venues (+{V.LATENCY_MS} ms a request unless said)",
             "params": {"latency_ms": V.LATENCY_MS, "okx_rate": OKX_RATE, "ibkr_orders_per_s": IBKR_ORDERS,
                        "ibkr_signal_rate": round(ibkr_rate, 1), "latency_s": s.venue_latency_s,
                        "okx_burst": s.venue_burst_okx, "ibkr_burst": s.venue_burst_ibkr, "cap_s": s.venue_cap_s},
@@ -92,7 +100,8 @@ def venues(ctx: Ctx) -> dict:
                         target("IBKR sustained orders vs ceiling", _share(steady["ibkr"], ibkr_cap), "≥", 0.9,
                                "×"),
                         target("IBKR largest position / concentration limit", conc["ibkr"]["max_ratio"], "≤",
-                               1.0, "×")]}
+                               1.0, "×"),
+                        *(t for part in parts.values() for t in part["targets"])]}
 
 
 # --- one measurement ---------------------------------------------------------------------------
