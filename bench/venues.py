@@ -232,12 +232,11 @@ def okx_ceiling(mix: Counter) -> dict:
 
 
 def ibkr_ceiling() -> dict:
-    """ib_async's own pacing binds: the simulator, answering one connection's requests in turn
-    after its latency each, would take more."""
-    sim = 1000 / V.LATENCY_MS
-    return {"orders_per_s": min(IBKR_PACING, sim), "sim_serial_per_s": sim,
+    """ib_async's own pacing binds: the simulator answers each request its latency after it
+    arrived, however many are on their way, as a distant gateway would."""
+    return {"orders_per_s": IBKR_PACING,
             "why": f"ib_async sends at most {IBKR_PACING:.0f} messages a second and an order is one placeOrder "
-                   f"message (the simulator answers one connection's requests in turn: {sim:.0f}/s)"}
+                   f"message"}
 
 
 def concentration(state: Path) -> dict:
