@@ -45,7 +45,7 @@ POLL_S = 0.005  # the group's state, read this often: the throughput's resolutio
 EXIT_TRADES, EXIT_RTT_MS, EXIT_SYMBOL, EXIT_STOP = 10, 250, "LTC-USDT", 0.05
 OKX_DOWN_S = 12.0
 DROPS = 2  # `apex sim ibkr --drop-orders`: the socket drops after each of the first N orders
-SETTLE_S = 5.0  # isolation: after the stream is drained, how long orders still live are waited for
+SETTLE_S = 30.0  # isolation: after the stream is drained, how long orders still live are waited for
 PRICE_STREAM = "argus:prices:stream"  # the pipelines' (PricesConfig's default)
 # every route OKX's client uses: "down" is down for orders, their fates and the account alike
 OKX_PATHS = ["trade/order", "trade/batch-orders", "trade/orders-pending", "trade/orders-history",
@@ -77,16 +77,61 @@ def sample(n: int | None) -> list[dict]:
     return lines[:n] if n else lines
 
 
-def publish_sample(r: redis.Redis, entries: list[dict]) -> float:
-    """As ``apex publish --rate 0``: every entry at once, its timestamp moved to now (age kept)."""
+def stamped(entries: list[dict]) -> list[tuple[str, dict]]:
+    """(stream, fields) of each entry, its timestamp moved to now with its age kept, as ``apex
+    publish`` does. Done before the clock starts: validating each signal to re-stamp it took
+    the bench half a second for the sample on a busy machine, a publisher slower than paper."""
+    now_ms = int(time.time() * 1000)
+    return [(rec.get("stream") or STREAM, restamp(rec["fields"], rec["id"], now_ms)) for rec in entries]
+
+
+def publish_sample(r: redis.Redis, entries: list[tuple[str, dict]]) -> tuple[float, list[str]]:
+    """Every entry at once, pipelined: (seconds, stream ids)."""
     t0 = time.perf_counter()
+    ids: list[str] = []
     pipe = r.pipeline(transaction=False)
-    for rec in entries:
-        pipe.xadd(rec.get("stream") or STREAM, restamp(rec["fields"], rec["id"], int(time.time() * 1000)))
+    for stream, fields in entries:
+        pipe.xadd(stream, fields)
         if len(pipe) >= 500:
-            pipe.execute()
-    pipe.execute()
-    return time.perf_counter() - t0
+            ids += pipe.execute()
+    ids += pipe.execute()
+    return time.perf_counter() - t0, ids
+
+
+class GroupWatch:
+    """The consumer group's own view, read every ``POLL_S`` on a thread of its own from before
+    the first entry is published (the publisher must not hide the first delivery): when the
+    first entry was delivered, and (time, entries acknowledged) until nothing is unread or
+    pending after ``n`` entries."""
+
+    def __init__(self, server, n: int):
+        import threading
+
+        self.r, self.n = server.client(), n
+        self.first: float | None = None
+        self.acked: float | None = None
+        self.curve: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.acked is None:
+            now = time.monotonic()
+            g = _group(self.r)
+            if g is not None:
+                if self.first is None and g["last-delivered-id"] != "0-0":
+                    self.first = now
+                done = (g.get("entries-read") or 0) - g["pending"]
+                if self.first is not None:
+                    self.curve.append((now, done))
+                    if g.get("lag") == 0 and g["pending"] == 0 and done >= self.n:
+                        self.acked = now
+            self._stop.wait(POLL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 # --- the ledger --------------------------------------------------------------------------------
@@ -134,9 +179,11 @@ def _filter_of(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def compare(paper: dict[str, tuple[str, str]], other: dict[str, tuple[str, str]]) -> dict:
+def compare(paper: dict[str, tuple[str, str]], other: dict[str, tuple[str, str]],
+            venue_of: dict[str, str] | None = None) -> dict:
     """Each signal's decision against paper's: the same (outcome, and the filter for a drop),
-    a venue's refusal where paper filled, or another difference (listed)."""
+    a venue's refusal where paper filled, or another difference (listed, by the signal's venue)."""
+    venue_of = venue_of or {}
     same, refused, diff = 0, 0, Counter()
     examples: list[dict] = []
     for sid in sorted(set(paper) | set(other)):
@@ -149,7 +196,7 @@ def compare(paper: dict[str, tuple[str, str]], other: dict[str, tuple[str, str]]
         else:
             key = f"{p[0] if p else 'absent'}({_filter_of(p[1]) if p and p[0] == 'dropped' else ''}) → " \
                   f"{o[0] if o else 'absent'}({_filter_of(o[1]) if o and o[0] == 'dropped' else ''})"
-            diff[key.replace("()", "")] += 1
+            diff[f"{venue_of.get(sid, '?')}: {key.replace('()', '')}"] += 1
             if len(examples) < 5:
                 examples.append({"signal_id": sid, "paper": p, "venues": o})
     return {"same": same, "refused_by_venue": refused, "other": sum(diff.values()), "other_by_kind": dict(diff),
@@ -227,26 +274,18 @@ def sweep_run(ctx: Ctx, label: str, pipeline: Path, latency_ms: int | None, entr
         V.fund(sims, prices_from_recording(SAMPLE)["okx"])
     ctx.say(f"venues: rtt {label}: publishing {len(entries):,} sample entries at once")
     cap, n = ctx.sizes.venue_cap_s, len(entries)
+    items = stamped(entries)
+    watch = GroupWatch(ctx.server, n)
     t0 = time.monotonic()
-    pub_s = publish_sample(r, entries)
-    first = acked = fates = None
-    curve: list[tuple[float, int]] = []  # (monotonic, entries acknowledged), as the group sees them
+    pub_s, _ = publish_sample(r, items)
+    fates = None
     while apex.alive() and time.monotonic() < t0 + cap:
-        now = time.monotonic()
-        if acked is None:
-            g = _group(r)
-            if g is not None:
-                if first is None and g["last-delivered-id"] != "0-0":
-                    first = now
-                done = (g.get("entries-read") or 0) - g["pending"]
-                if first is not None:
-                    curve.append((now, done))
-                if first is not None and g.get("lag") == 0 and g["pending"] == 0 and done >= n:
-                    acked = now
-        elif live_orders(state) == 0:
-            fates = now
+        if watch.acked is not None and live_orders(state) == 0:
+            fates = time.monotonic()
             break
         time.sleep(POLL_S)
+    watch.stop()
+    first, acked, curve = watch.first, watch.acked, watch.curve
     left = live_orders(state)
     if fates is None:
         ctx.say(f"venues: rtt {label}: {left} orders still live {cap:.0f} s after publishing began: stopping it")
@@ -312,13 +351,20 @@ def _steady(curve: list[tuple[float, int]], n: int) -> float | None:
 def sweep(ctx: Ctx) -> dict:
     paper_yaml, venues_yaml = pipelines(ctx.dir("rtt"))
     entries = sample(ctx.sizes.venue_sample or None)
+    venue_of = {}
+    for rec in entries:
+        try:
+            doc = json.loads(rec["fields"]["payload"])
+            venue_of[str(doc["signal_id"])] = str(doc["venue"])
+        except (KeyError, TypeError, ValueError):
+            continue
     runs = [sweep_run(ctx, "paper", paper_yaml, None, entries)]
     for ms in (QUICK_RTTS_MS if ctx.sizes.venue_sample else RTTS_MS):
         runs.append(sweep_run(ctx, f"{ms}ms", venues_yaml, ms, entries))
     paper = runs[0]
     n = len(entries)
     checks = {"entries": n, "runs": {r.label: r.brief() for r in runs},
-              "vs_paper": {r.label: compare(paper.decisions, r.decisions) for r in runs[1:]}}
+              "vs_paper": {r.label: compare(paper.decisions, r.decisions, venue_of) for r in runs[1:]}}
     worst = runs[-1]  # the longest round trip
     share = worst.per_s / paper.per_s if worst.per_s and paper.per_s else None
     expired = {r.label: r.outcomes().get("expired", 0) for r in runs}
@@ -457,8 +503,11 @@ def _iso_run(ctx: Ctx, label: str, pipeline: Path, entries: list[dict], *, ibkr_
     if okx_down_s:  # every request refused until cleared: down, as far as any client can tell
         V.control(sims.okx_port, "POST", "fault", {"kind": "http_5xx", "times": 1_000_000, "paths": OKX_PATHS})
     ctx.say(f"venues: isolation {label}: publishing {len(entries):,} sample entries at once")
+    venue_of = [_venue(rec) for rec in entries]
+    items = stamped(entries)
     t0 = time.monotonic()
-    ids = publish_ids(r, entries)
+    _, sids = publish_sample(r, items)
+    ids = dict(zip(sids, venue_of))
     cleared, drained = not okx_down_s, None
     while apex.alive() and time.monotonic() < t0 + ctx.sizes.venue_cap_s:
         if not cleared and time.monotonic() >= t0 + okx_down_s:
@@ -494,24 +543,10 @@ def _log_lines(path: Path) -> list[str]:
     return [x for x in path.read_text(errors="replace").splitlines() if any(k in x for k in keys)][:8]
 
 
-def publish_ids(r: redis.Redis, entries: list[dict]) -> dict[str, str]:
-    """As ``publish_sample``; stream id -> the signal's venue ("" for what is no signal)."""
-    out: dict[str, str] = {}
-    pipe = r.pipeline(transaction=False)
-    venues: list[str] = []
-
-    def flush() -> None:
-        out.update(zip(pipe.execute(), venues))
-        venues.clear()
-
-    for rec in entries:
-        try:
-            venue = json.loads(rec["fields"]["payload"]).get("venue", "")
-        except (KeyError, TypeError, ValueError, AttributeError):
-            venue = ""
-        pipe.xadd(rec.get("stream") or STREAM, restamp(rec["fields"], rec["id"], int(time.time() * 1000)))
-        venues.append(venue if isinstance(venue, str) else "")
-        if len(venues) >= 500:
-            flush()
-    flush()
-    return out
+def _venue(rec: dict) -> str:
+    """The venue a sample entry's signal names ("" for what is no signal)."""
+    try:
+        venue = json.loads(rec["fields"]["payload"]).get("venue", "")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return ""
+    return venue if isinstance(venue, str) else ""
