@@ -211,9 +211,9 @@ def print_venues(c: dict, out: Console) -> None:
 
 def print_rtt(c: dict, out: Console) -> None:
     rtt, vs = c["rtt"]["runs"], c["rtt"]["vs_paper"]
-    paper = rtt["paper"]["decided_acked_per_s"]
+    paper = c["rtt"]["paper_median_per_s"]
     t = Table(title=f"venues: the sample ({c['rtt']['entries']:,} entries) at once, paper against each round trip")
-    for col in ("run", "decided+acked/s", "÷ paper", "steady/s", "drain", "expired", "filled", "rejected",
+    for col in ("run", "decided+acked/s", "÷ paper (median)", "steady/s", "drain", "expired", "filled", "rejected",
                 "same as paper", "refused", "other", "slow steps", "receipt → durable p99", "live left"):
         t.add_column(col, justify="left" if col == "run" else "right")
     for label, r in rtt.items():

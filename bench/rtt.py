@@ -40,6 +40,7 @@ SAMPLE = ROOT / "recordings" / "argus-sample.jsonl"
 EXAMPLE = ROOT / "docs" / "pipeline-venues.example.yaml"
 RTTS_MS = (20, 100, 250)
 QUICK_RTTS_MS = (20, 250)
+PAPER_RUNS = 3
 LIVE = ("intent", "submitted", "accepted", "partially_filled", "unknown")
 POLL_S = 0.005  # the group's state, read this often: the throughput's resolution
 EXIT_TRADES, EXIT_RTT_MS, EXIT_SYMBOL, EXIT_STOP = 10, 250, "LTC-USDT", 0.05
@@ -230,8 +231,8 @@ class SweepRun:
 
     def row(self) -> dict:
         where = "paper" if self.latency_ms is None else f"{self.latency_ms} ms a request"
-        row = run_row("apex", f"sample at once, {where}: decided and acked/s; receipt → durable", self.usage, per_s=self.per_s, lat_us=None,
-                      acked_s=self.acked_s, drain_s=self.drain_s, outcomes=self.outcomes())
+        row = run_row("apex", f"sample at once, {where}: decided and acked/s; receipt → durable", self.usage,
+                      per_s=self.per_s, lat_us=None, acked_s=self.acked_s, drain_s=self.drain_s, outcomes=self.outcomes())
         row["latency_us"] = self.summary.get("durable_latency_us")
         return row
 
@@ -259,9 +260,11 @@ def sweep_run(ctx: Ctx, label: str, pipeline: Path, latency_ms: int | None, entr
     sims = None
     env: dict[str, str] = {}
     if latency_ms is not None:
-        # the demo's conditions: IB's cash is the book's NAV, so its AvailableFunds, which the margin
-        # filter reads, tells what paper's own estimate does
-        sims = V.start(d, prices_from_recording(SAMPLE), latency_ms=latency_ms, ibkr_cash=1_000_000)
+        # IB's cash as elsewhere in this bench (1e9), so that the margin filter, which reads IB's own
+        # AvailableFunds, never binds: with the book's NAV as cash, the simulator's cash account (a
+        # buy takes its whole notional) dropped 44-81 IBKR signals by margin that paper's estimate
+        # (half the notional, `initial_margin_rate`) passed, and the comparison measured the account
+        sims = V.start(d, prices_from_recording(SAMPLE), latency_ms=latency_ms)
         env = sims.env()
     state = d / "state"
     # no --stop-when-idle: Apex would end 30 s after its input (order_flow.NATURAL_WAIT_S) whatever
@@ -358,22 +361,28 @@ def sweep(ctx: Ctx) -> dict:
             venue_of[str(doc["signal_id"])] = str(doc["venue"])
         except (KeyError, TypeError, ValueError):
             continue
-    runs = [sweep_run(ctx, "paper", paper_yaml, None, entries)]
-    for ms in (QUICK_RTTS_MS if ctx.sizes.venue_sample else RTTS_MS):
+    quick = bool(ctx.sizes.venue_sample)
+    # paper decides the sample in a fraction of a second, so one run is at the mercy of a busy
+    # machine's moment: it runs several times, and the venues are set against the median
+    papers = [sweep_run(ctx, f"paper-{i + 1}", paper_yaml, None, entries) for i in range(1 if quick else PAPER_RUNS)]
+    runs = list(papers)
+    for ms in (QUICK_RTTS_MS if quick else RTTS_MS):
         runs.append(sweep_run(ctx, f"{ms}ms", venues_yaml, ms, entries))
-    paper = runs[0]
+    paper = papers[0]
+    paper_per_s = sorted(r.per_s or 0.0 for r in papers)[len(papers) // 2] or None
     n = len(entries)
-    checks = {"entries": n, "runs": {r.label: r.brief() for r in runs},
+    checks = {"entries": n, "paper_runs": len(papers), "paper_median_per_s": paper_per_s,
+              "runs": {r.label: r.brief() for r in runs},
               "vs_paper": {r.label: compare(paper.decisions, r.decisions, venue_of) for r in runs[1:]}}
     worst = runs[-1]  # the longest round trip
-    share = worst.per_s / paper.per_s if worst.per_s and paper.per_s else None
+    share = worst.per_s / paper_per_s if worst.per_s and paper_per_s else None
     expired = {r.label: r.outcomes().get("expired", 0) for r in runs}
     cmp = checks["vs_paper"][worst.label]
-    targets = [target(f"{worst.latency_ms} ms: decided and acked/s ÷ paper's", share, "≥", 0.5, "×"),
+    targets = [target(f"{worst.latency_ms} ms: decided and acked/s ÷ paper's (median)", share, "≥", 0.5, "×"),
                target(f"{worst.latency_ms} ms: expired", expired[worst.label], "≤",
-                      expired["paper"] + 0.01 * n, ""),
+                      expired[paper.label] + 0.01 * n, ""),
                target(f"{worst.latency_ms} ms: decisions unlike paper's, refusals aside", cmp["other"], "=", 0, "")]
-    for r in runs[1:-1]:
+    for r in runs[len(papers):-1]:
         targets.append(target(f"{r.latency_ms} ms: decisions unlike paper's, refusals aside",
                               checks["vs_paper"][r.label]["other"], "=", 0, ""))
     return {"runs": [r.row() for r in runs], "checks": checks, "targets": targets}
@@ -495,7 +504,7 @@ def _iso_run(ctx: Ctx, label: str, pipeline: Path, entries: list[dict], *, ibkr_
     r.flushall()
     d = ctx.dir(f"rtt-isolation-{label}")
     prices = prices_from_recording(SAMPLE)
-    sims = V.start(d, prices, latency_ms=V.LATENCY_MS, ibkr_cash=1_000_000, ibkr_args=ibkr_args)
+    sims = V.start(d, prices, latency_ms=V.LATENCY_MS, ibkr_args=ibkr_args)
     state = d / "state"
     apex = worker(ctx, d, pipeline, sims.env())
     ready(ctx, GROUP, CONSUMER, apex)

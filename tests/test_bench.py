@@ -75,7 +75,7 @@ def test_quick_venues_bench_measures_both_simulators(tmp_path):
     assert all(r["accepted"] > 0 and len(r["instruments"]) >= 10 for r in runs.values()), runs
     # issue 23's round trips: paper and each latency decided the sample, every fate came back
     rtt = s["checks"]["rtt"]["runs"]
-    assert {"paper", "20ms", "250ms"} <= set(rtt), rtt.keys()
+    assert {"paper-1", "20ms", "250ms"} <= set(rtt), rtt.keys()
     assert all(is_number(r["decided_acked_per_s"]) and r["filled"] > 0 for r in rtt.values()), rtt
     assert all(r["drain_s"] is not None for r in rtt.values()), rtt
     assert is_number(s["checks"]["exits"]["tick_step_us"]), s["checks"]["exits"]
