@@ -198,6 +198,12 @@ def print_venues(c: dict, out: Console) -> None:
               + ", ".join(f"{v.upper()} {st[v]:,.1f}/s = {seed[v]:,.1f}× the seed" if st[v] else f"{v.upper()} —"
                           for v in ("okx", "ibkr")), highlight=False)
     for label, r in c["runs"].items():
+        st = r.get("stages_us") or {}
+        if "latency" in label and st.get("ack_to_accepted"):
+            out.print(f"venues: {label}: emit → accepted by stage: " + "; ".join(
+                f"{name} p50 {fmt_us(st[k]['p50'])} p99 {fmt_us(st[k]['p99'])}" for k, name in
+                (("emit_to_read", "emit → read"), ("read_to_ack", "read → XACK"),
+                 ("ack_to_accepted", "XACK → accepted at the simulator")) if st.get(k)), highlight=False)
         out.print(f"venues: {label}: published {r['published']:,} in {r['publish_s']:.2f} s, accepted "
                   f"{r['accepted']:,} on {len(r['instruments'])} instruments, ledger {r['ledger_outcomes']}"
                   + (f", simulator {r['sim_stats']}" if r["sim_stats"] else "")

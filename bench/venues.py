@@ -32,7 +32,7 @@ import yaml
 
 from bench import rtt as R
 from bench import venue_sims as V
-from bench.proc import ROOT, Child, Usage
+from bench.proc import ROOT, Child, Usage, percentiles
 from bench.scenarios import CONSUMER, GROUP, STREAM, Ctx, ready, run_row, target
 from bench.signals import Published, make_recording, publish, templates
 from operators.orders import client_order_id
@@ -117,6 +117,21 @@ class Run:
     stats: dict | None
     state: Path
     stopped_at_cap: bool
+    acks: dict[str, tuple[str, int, int, float]]  # stream id -> (outcome, XACK µs, XREADGROUP µs, step µs)
+
+    def stages_us(self) -> dict:
+        """Where emit → accepted goes, for the orders the simulator accepted: emit → read (Redis),
+        read → XACK (the step, its commit, the audit sink), XACK → accepted at the simulator (the
+        order sink, the sender's lane, the request and the injected latency)."""
+        er, ra, av = [], [], []
+        for stream_id, emitted in self.pub.by_stream_id.items():
+            a = self.acks.get(stream_id)
+            o = self.orders.get(client_order_id(self.pub.signal_of.get(stream_id, "")))
+            if a is not None and o is not None:
+                er.append(a[2] - emitted)
+                ra.append(a[1] - a[2])
+                av.append(o["received_us"] - a[1])
+        return {"emit_to_read": percentiles(er), "read_to_ack": percentiles(ra), "ack_to_accepted": percentiles(av)}
 
     def latency_us(self) -> list[float]:
         out = []
@@ -146,6 +161,7 @@ class Run:
 
     def summary(self) -> dict:
         return {"published": self.pub.count, "publish_s": round(self.pub.seconds, 2), "accepted": len(self.orders),
+                "stages_us": self.stages_us(),
                 "instruments": dict(self.instruments()), "stopped_at_cap": self.stopped_at_cap,
                 "sim_stats": self.stats, "ledger_outcomes": outcomes(self.state)}
 
@@ -158,8 +174,11 @@ def _run(ctx: Ctx, label: str, venue: str, items: list, rate: float) -> Run:
     sims = V.start(d, prices)
     rtt = V.http_round_trips(sims.okx_port) if venue == "okx" else V.tcp_round_trips(sims.ibkr_port)
     state = d / "state"
-    apex = Child(["-m", "apex.cli", "run", str(PIPELINE), "--source", ctx.server.url, "--state-dir", str(state),
-                  "--stop-when-idle", str(ctx.sizes.idle_ms), "--no-progress"], d / "apex.log", env=sims.env())
+    # `apex run` as the bench runs it (bench/worker.py): the same start-up and dataflow, and a line
+    # per acknowledged entry, so that emit → accepted splits at the acknowledgement
+    apex = Child(["-m", "bench.worker", "run", str(PIPELINE), "--source", ctx.server.url, "--state-dir", str(state),
+                  "--stop-when-idle", str(ctx.sizes.idle_ms), "--acks", str(d / "acks.txt"),
+                  "--summary", str(d / "summary.json")], d / "apex.log", env=sims.env())
     ready(ctx, GROUP, CONSUMER, apex)
     V.fund(sims, prices["okx"])
     ctx.say(f"venues: {label}: publishing {len(items):,} signals"
@@ -178,7 +197,8 @@ def _run(ctx: Ctx, label: str, venue: str, items: list, rate: float) -> Run:
     stats = V.control(sims.okx_port, "GET", "stats") if venue == "okx" else None
     sims.stop()
     log = sims.okx_log if venue == "okx" else sims.ibkr_log
-    return Run(label, venue, pub, V.accepted(log, LOGS[venue]), usage, rtt, stats, state, capped)
+    return Run(label, venue, pub, V.accepted(log, LOGS[venue]), usage, rtt, stats, state, capped,
+               R.ack_lines(d / "acks.txt"))
 
 
 def _signals(venue: str, n: int, seed: int = 7) -> list[tuple[str, str]]:
