@@ -298,12 +298,21 @@ class IbkrVenue:
         await self._answered(trades, self._bound + len(orders) / 40)
         acks = []
         for order, r in zip(orders, results, strict=True):
+            ref = order.client_order_id
+            t = trades.get(ref)
             if isinstance(r, Rejected):
-                acks.append(Ack(order.client_order_id, False, str(r)))
-                self._updates.append(OrderUpdate(order.client_order_id, REJECTED, None, str(r)))
+                acks.append(Ack(ref, False, str(r)))
+                self._updates.append(OrderUpdate(ref, REJECTED, None, str(r)))
+            elif t is not None and not t.isDone() and t.orderStatus.status in UNANSWERED \
+                    and self._book.fate(ref) is None:
+                # no word from IB (the socket dropped, or the wait ran out): it may never have
+                # reached IB, so it is not "accepted" (an order IB once took and no longer finds is
+                # asked about forever, never sent): unknown, asked, and sent if IB has no record
+                acks.append(Ack(ref, False, "IB did not answer", unknown=True))
+                self._watched.setdefault(ref, None)
             else:
-                acks.append(Ack(order.client_order_id, True))
-                self._watched.setdefault(order.client_order_id, None)
+                acks.append(Ack(ref, True))
+                self._watched.setdefault(ref, None)
         self._note_updates()
         return acks
 
