@@ -34,7 +34,6 @@ from bench.proc import ROOT, Child, Usage, percentiles
 from bench.scenarios import CONSUMER, GROUP, STREAM, Ctx, ready, run_row, target
 from bench.signals import TS, iso_us, templates
 from connectors.sims import prices_from_recording
-from operators.orders import client_order_id
 
 SAMPLE = ROOT / "recordings" / "argus-sample.jsonl"
 EXAMPLE = ROOT / "docs" / "pipeline-venues.example.yaml"
