@@ -198,6 +198,12 @@ def print_venues(c: dict, out: Console) -> None:
               + ", ".join(f"{v.upper()} {st[v]:,.1f}/s = {seed[v]:,.1f}× the seed" if st[v] else f"{v.upper()} —"
                           for v in ("okx", "ibkr")), highlight=False)
     for label, r in c["runs"].items():
+        st = r.get("stages_us") or {}
+        if "latency" in label and st.get("ack_to_accepted"):
+            out.print(f"venues: {label}: emit → accepted by stage: " + "; ".join(
+                f"{name} p50 {fmt_us(st[k]['p50'])} p99 {fmt_us(st[k]['p99'])}" for k, name in
+                (("emit_to_read", "emit → read"), ("read_to_ack", "read → XACK"),
+                 ("ack_to_accepted", "XACK → accepted at the simulator")) if st.get(k)), highlight=False)
         out.print(f"venues: {label}: published {r['published']:,} in {r['publish_s']:.2f} s, accepted "
                   f"{r['accepted']:,} on {len(r['instruments'])} instruments, ledger {r['ledger_outcomes']}"
                   + (f", simulator {r['sim_stats']}" if r["sim_stats"] else "")
@@ -205,3 +211,38 @@ def print_venues(c: dict, out: Console) -> None:
     for v, k in c["concentration"].items():
         out.print(f"venues: {v} largest position {k['max_position_usd']:,.0f} USD ({k['symbol']}) of a "
                   f"{k['limit_usd']:,.0f} USD limit over {k['fills']:,} fills", highlight=False)
+    if "rtt" in c:
+        print_rtt(c, out)
+
+
+def print_rtt(c: dict, out: Console) -> None:
+    rtt, vs = c["rtt"]["runs"], c["rtt"]["vs_paper"]
+    paper = c["rtt"]["paper_median_per_s"]
+    t = Table(title=f"venues: the sample ({c['rtt']['entries']:,} entries) at once, paper against each round trip")
+    for col in ("run", "decided+acked/s", "÷ paper (median)", "steady/s", "drain", "expired", "filled", "rejected",
+                "same as paper", "refused", "other", "slow steps", "receipt → durable p99", "live left"):
+        t.add_column(col, justify="left" if col == "run" else "right")
+    for label, r in rtt.items():
+        cmp = vs.get(label, {})
+        dur = r.get("durable_latency_us") or {}
+        t.add_row(label, f"{r['decided_acked_per_s']:,.0f}" if r["decided_acked_per_s"] else "—",
+                  fmt_ratio(r["decided_acked_per_s"], paper),
+                  f"{r['steady_acked_per_s']:,.0f}" if r.get("steady_acked_per_s") else "—",
+                  f"{r['drain_s']:.2f} s" if r["drain_s"] is not None else "—", str(r["expired"]), str(r["filled"]),
+                  str(r["rejected"]), str(cmp.get("same", "—")), str(cmp.get("refused_by_venue", "—")),
+                  str(cmp.get("other", "—")), f"{r.get('slow_steps', 0)} ({r.get('slow_steps_s', 0):.2f} s)",
+                  fmt_us(dur.get("p99")), str(r.get("live_left", 0)))
+    out.print(t)
+    for label, cmp in vs.items():
+        if cmp["other"]:
+            out.print(f"venues: {label}: decisions unlike paper's: {cmp['other_by_kind']}; e.g. {cmp['examples'][:2]}",
+                      highlight=False)
+    e = c["exits"]
+    out.print(f"venues: exits: a tick closing {e['trades']} trades at {e['latency_ms']} ms: portfolio step "
+              f"{fmt_us(e['tick_step_us'])}, read → XACK {fmt_us(e['tick_read_to_ack_us'])}, tick → every close "
+              f"filled {e['tick_to_closes_filled_ms']:.0f} ms; closes {e['closes']}", highlight=False)
+    for label, r in c["isolation"]["runs"].items():
+        d = r["durable_by_venue"]
+        out.print(f"venues: isolation {label}: receipt → durable p99 OKX {fmt_us((d.get('okx') or {}).get('p99'))}, "
+                  f"IBKR {fmt_us((d.get('ibkr') or {}).get('p99'))}; orders live at the end {r['live_left']}; "
+                  f"{'; '.join(r['log'][:3])}", highlight=False)

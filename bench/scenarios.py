@@ -44,12 +44,13 @@ class Sizes:
     venue_burst_okx: int = 6000  # signals of the OKX burst
     venue_burst_ibkr: int = 2000
     venue_cap_s: float = 180.0  # a venue run still busy this long after publishing began is stopped
+    venue_sample: int = 0  # entries of the shipped sample the round-trip sweep publishes (0: all 3,000)
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(latency=300, saturation=300, replay=2_000, ledger_rows=20_000, lookups=20_000, idle_ms=500,
                    saturation_cap_s=60.0, venue_latency_s=2.0, venue_burst_okx=200, venue_burst_ibkr=100,
-                   venue_cap_s=60.0)
+                   venue_cap_s=60.0, venue_sample=600)
 
 
 @dataclass

@@ -44,20 +44,23 @@ class Sims:
             c.wait(30)
 
 
-def start(d: Path, prices: dict[str, dict[str, float]]) -> Sims:
-    """Both simulators on free loopback ports, each with its own fill prices."""
+def start(d: Path, prices: dict[str, dict[str, float]], *, latency_ms: int = LATENCY_MS,
+          ibkr_cash: float = BALANCE_USD, ibkr_args: tuple[str, ...] = ()) -> Sims:
+    """Both simulators on free loopback ports, each with its own fill prices. ``ibkr_cash``:
+    the IB account's cash; ``ibkr_args``: more of ``apex sim ibkr``'s options (a fault)."""
     oport, iport = free_port(), free_port()
     files = {}
     for venue, table in prices.items():
         files[venue] = d / f"{venue}-prices.json"
         files[venue].write_text(json.dumps(table))
-    common = ["--latency-ms", str(LATENCY_MS)]
+    common = ["--latency-ms", str(latency_ms)]
     okx = Child(["-m", "apex.cli", "sim", "okx", "--port", str(oport), *common, "--prices", str(files["okx"]),
                  "--orders-log", str(d / "okx-orders.jsonl")], d / "okx-sim.log")
     # cash enough that IB's AvailableFunds (which the margin filter reads) never binds: the bench
     # measures the path to the venue, not the account
     ibkr = Child(["-m", "apex.cli", "sim", "ibkr", "--port", str(iport), *common, "--prices", str(files["ibkr"]),
-                  "--cash", str(BALANCE_USD), "--orders-log", str(d / "ibkr-orders.jsonl")], d / "ibkr-sim.log")
+                  "--cash", str(ibkr_cash), "--orders-log", str(d / "ibkr-orders.jsonl"), *ibkr_args],
+                 d / "ibkr-sim.log")
     sims = Sims(okx, ibkr, oport, iport, d / "okx-orders.jsonl", d / "ibkr-orders.jsonl")
     for port, child in ((oport, okx), (iport, ibkr)):
         wait_until(lambda p=port: listening(p), f"{child.log.name} to listen", 60, child, every_s=0.05)

@@ -69,7 +69,20 @@ def run(a: argparse.Namespace) -> None:
     if a.hold_file:
         p.filters.insert(0, Filter("hold", hold, {"path": a.hold_file}, True))
     acks = AckLog(Path(a.acks))
-    flow, wiring = wire(p, source=a.source, observer=acks, redis_overrides=overrides or None)
+    # as ``apex run`` starts: the real venues checked against the book and their instrument
+    # lists read before the first decision, on the connections the dataflow then trades on
+    # (a paper pipeline has none: its scenarios start as they always did)
+    from dataflows.apex import sender_settings
+    from dataflows.startup import reconcile_at_start, refresh_instruments
+
+    shared: dict = {}
+    if sender_settings(p):
+        problems = reconcile_at_start(p, shared)
+        if problems:
+            sys.exit("; ".join(problems))
+        refresh_instruments(p, shared, time.time(), lambda line: print(line, file=sys.stderr))
+    flow, wiring = wire(p, source=a.source, observer=acks, redis_overrides=overrides or None,
+                        shared_venues=shared)
     # every live source stops reading (the signal stream, and the price stream where wired)
     stop = getattr(wiring, "stop", None) or getattr(wiring.source, "stop", None)
     if stop is not None:

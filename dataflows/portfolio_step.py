@@ -159,8 +159,9 @@ class PortfolioStep:
             return self._resume(book, item, prior)
         lot = self._lots.get(sig.venue, _NONE).get(sig.symbol)
         if lot is None:
-            # a signal a filter dropped already is never sized: no venue is asked for it
-            lot = 0.0 if item.early is not None else self._lot_size(sig.venue, sig.symbol)
+            # not asked for a signal nothing will size: a symbol outside the universe is one
+            # start-up never listed, and its venue would have to be asked
+            lot = self._lot_size(sig.venue, sig.symbol) if self._may_size(item) else 0.0
         if self._funds is None:
             self._funds = VenueFunds(desk.executor.venue_for)
         self._funds.update(book)  # the margin filter reads a venue's own figure where it has one
@@ -185,6 +186,12 @@ class PortfolioStep:
         emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it
         left_ms = emitted + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
         return self.opens.open(book, out, chain, order, sig, fresh=True, deadline=time.time() + left_ms / 1000)
+
+    def _may_size(self, item: Received) -> bool:
+        """Whether judging this signal can size it: not when a filter before the book dropped
+        it and no portfolio filter (which sizes) comes before that one."""
+        early = item.early
+        return early is None or any(f.needs_portfolio for f in self.p.filters[:early.index])
 
     def _lot_size(self, market: str, symbol: str) -> float | None:
         """Asked of the venue once per instrument. 0 for one it does not trade (or a

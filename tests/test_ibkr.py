@@ -89,6 +89,24 @@ def test_a_socket_dropped_mid_order_is_reconnected_and_the_fill_recorded_once(ga
     assert until(lambda: gateway.connected_clients() == 1, 10)
 
 
+def test_orders_ib_never_answered_before_the_socket_dropped_are_unknown_not_accepted(gateway, connect, tmp_path):
+    """An order with no word from IB may never have reached it: "accepted" would have it asked
+    about forever and never sent (issue 23's bench left such orders live); unknown, it is
+    asked, and IB's answer settles it: found filled, or absent and sent by the sender."""
+    venue = connect()
+    gateway.faults.drop_orders = 1  # the first is filled at IB, then the socket drops
+    gateway.faults.refuse_first = 1_000_000  # and stays down: the wait for IB's word ends with it
+    first, second = order("d1"), order("d2")
+    acks = venue.submit([first, second])
+    gateway.faults.refuse_first = 0
+    assert [a.client_order_id for a in acks] == [first.client_order_id, second.client_order_id]
+    assert not any(a.accepted for a in acks) and all(a.unknown for a in acks), acks
+    assert [line["orderRef"] for line in accepted(tmp_path)] == [first.client_order_id]  # not the second
+    found = venue.lookup(first)
+    assert found is not None and found.quantity == 10
+    assert venue.lookup(second) is None
+
+
 def test_error_103_means_maybe_placed_and_the_order_is_looked_up_not_sent_again(gateway, connect, tmp_path):
     venue = connect()
     gateway.faults.error_103 = 1  # IB took and filled the order, but answered "duplicate order id"

@@ -70,3 +70,27 @@ def test_the_step_sizes_in_the_lots_the_venue_passed_in_lists(tmp_path):
         ("sig-1", "filled", ""), ("sig-2", "dropped", "not_listed")]
     (fill,) = col.outcomes[0].executions
     assert fill["quantity"] == 16.5  # 5,000 USD at 300: 16.67 coins, down to a whole number of half coins
+
+
+class CountsAsks(ListsItsOwnLots):
+    """The same, counting the symbols it is asked about (each a round trip at a real venue)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.asked: list[str] = []
+
+    def instrument(self, venue: str, symbol: str) -> Instrument | None:
+        self.asked.append(symbol)
+        return super().instrument(venue, symbol)
+
+
+def test_a_signal_a_filter_dropped_before_the_book_is_not_asked_of_the_venue(tmp_path):
+    """Its lot would size nothing; asking would hold the book a round trip (issue 23)."""
+    p = make_pipeline(tmp_path, "  - filter: confidence\n    min: 0.65\n")
+    venue = CountsAsks(p)
+    col = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-1", symbol="ETH-USDT", confidence=0.3),
+                                    entry("1767261601000-1", signal_id="sig-2", reference_price=300.0)],
+                      venues=venue)
+    assert [(o.signal_id, o.outcome, o.reason) for o in col.outcomes] == [
+        ("sig-1", "dropped", "confidence"), ("sig-2", "filled", "")]
+    assert venue.asked == ["BTC-USDT"]

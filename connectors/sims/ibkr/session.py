@@ -1,5 +1,5 @@
 """One client's conversation with the simulated gateway: the handshake, then each
-request read, answered in order, after the configured latency. Requests it does not
+request answered in order, each the configured latency after it arrived. Requests it does not
 know are ignored, as TWS ignores what a client is not entitled to."""
 
 from __future__ import annotations
@@ -39,36 +39,41 @@ class Session:
         self.writer.transport.abort()
 
     async def run(self) -> None:
-        """Each request is handled once the latency has passed since it arrived, in order:
-        a distant gateway delays every message by the trip, it does not take the trip's time
-        to handle each one, so requests sent together are answered together."""
-        due: asyncio.Queue = asyncio.Queue()
-        worker = asyncio.get_running_loop().create_task(self._answer(due))
+        """Requests are read as they come and each is answered ``latency_ms`` after it
+        arrived, in order: the latency is the distance to the gateway, paid once per request
+        however many are on their way, as on a real link (answering one request only after
+        the last one's latency made a 250 ms gateway take four orders a second)."""
+        queued: asyncio.Queue[tuple[float, list[str]] | None] = asyncio.Queue()
+        answering = asyncio.create_task(self._answer(queued))
         try:
             version = await handshake(self.reader)
             self.send(handshake_reply(version))
-            while not self.writer.is_closing():
+            loop = asyncio.get_running_loop()
+            while not self.writer.is_closing() and not answering.done():
                 fields = await read_message(self.reader)
-                due.put_nowait((asyncio.get_running_loop().time() + self.gw.faults.latency_ms / 1000, fields))
+                queued.put_nowait((loop.time() + self.gw.faults.latency_ms / 1000, fields))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the client went away
         finally:
-            worker.cancel()
+            queued.put_nowait(None)
+            try:
+                await answering
+            except (ConnectionError, OSError):
+                pass
             self.gw.sessions.discard(self)
             self.writer.close()
 
-    async def _answer(self, due: asyncio.Queue) -> None:
+    async def _answer(self, queued: asyncio.Queue[tuple[float, list[str]] | None]) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while not self.writer.is_closing():
-                at, fields = await due.get()
-                wait = at - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self.dispatch(fields)
-                await self.writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the client went away
+        while (item := await queued.get()) is not None:
+            due, fields = item
+            if self.writer.is_closing():
+                continue  # dropped: what was still on its way is never answered
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.dispatch(fields)
+            await self.writer.drain()
 
     def dispatch(self, f: list[str]) -> None:
         if not f or not f[0].lstrip("-").isdigit():
