@@ -15,6 +15,7 @@ batch it has read and not acknowledged, to be SIGKILLed (the recovery scenario).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -69,20 +70,19 @@ def run(a: argparse.Namespace) -> None:
     if a.hold_file:
         p.filters.insert(0, Filter("hold", hold, {"path": a.hold_file}, True))
     acks = AckLog(Path(a.acks))
-    # as ``apex run`` starts: the real venues checked against the book and their instrument
-    # lists read before the first decision, on the connections the dataflow then trades on
-    # (a paper pipeline has none: its scenarios start as they always did)
-    from dataflows.apex import sender_settings
-    from dataflows.startup import reconcile_at_start, refresh_instruments
+    # through the gates ``apex run`` passes (dataflows/gates.py): one worker per state dir, the
+    # real venues checked against the book and their instrument lists read before the first
+    # decision, on the connections the dataflow then trades on
+    from dataflows.gates import Refused, admit
 
-    shared: dict = {}
-    if sender_settings(p):
-        problems = reconcile_at_start(p, shared)
-        if problems:
-            sys.exit("; ".join(problems))
-        refresh_instruments(p, shared, time.time(), lambda line: print(line, file=sys.stderr))
+    try:
+        admitted = admit(p, lambda line: print(line, file=sys.stderr))
+    except Refused as e:
+        sys.exit("; ".join(e.lines))
+    shared = admitted.venues
     flow, wiring = wire(p, source=a.source, observer=acks, redis_overrides=overrides or None,
                         shared_venues=shared)
+    atexit.register(admitted.release)
     # every live source stops reading (the signal stream, and the price stream where wired)
     stop = getattr(wiring, "stop", None) or getattr(wiring.source, "stop", None)
     if stop is not None:
