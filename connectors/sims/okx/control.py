@@ -30,6 +30,8 @@ async def control(request: web.Request) -> web.Response:
     what = request.match_info["what"]
     if request.method == "GET" and what == "stats":
         return web.json_response(stats(sim))
+    if request.method == "GET" and what == "placements":
+        return web.json_response(sim.placements())
     doc = await _body(request)
     try:
         if what == "fault":

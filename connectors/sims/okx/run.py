@@ -191,6 +191,10 @@ class SimServer:
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms
 
+    def placements(self) -> dict[str, int]:
+        """How many times each clOrdId arrived in a placement request, taken or not."""
+        return self.sim.placements()
+
     def stats(self) -> dict:
         """``accepted``: orders taken; ``rate_limited``: requests refused with 50011;
         ``requests``: how many of each ("GET trade/order") arrived, refused or not."""

@@ -3,7 +3,10 @@
 simulated latency, the armed faults and OKX's rate limits, in that order.
 
 Request signatures are not checked: the simulator stands in for the venue's matching and
-bookkeeping, not for its authentication."""
+bookkeeping, not for its authentication.
+
+Every order in every placement request (``trade/order``, ``trade/batch-orders``) is counted
+by clOrdId as it arrives, before faults and limits: what was sent, taken or not."""
 
 from __future__ import annotations
 
@@ -32,11 +35,23 @@ class Sim:
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
         self._requests: Counter[str] = Counter()  # "GET trade/order" -> how many arrived, refused or not
+        self._placed: Counter[str] = Counter()  # clOrdId -> how many times it arrived in a placement request
         self._counting = threading.Lock()  # a test's thread reads the counts while the server writes them
 
     def count(self, method: str, path: str) -> None:
         with self._counting:
             self._requests[f"{method} {path}"] += 1
+
+    def count_placements(self, body: object) -> None:
+        orders = body if isinstance(body, list) else [body]
+        with self._counting:
+            for o in orders:
+                self._placed[str(o.get("clOrdId") or "") if isinstance(o, dict) else ""] += 1
+
+    def placements(self) -> dict[str, int]:
+        """How many times each clOrdId was sent to be placed ("" for orders without one)."""
+        with self._counting:
+            return dict(self._placed)
 
     def requests(self) -> dict[str, int]:
         with self._counting:
@@ -196,6 +211,8 @@ async def api(request: web.Request) -> web.StreamResponse:
             body = json.loads(await request.text() or "null")
         except ValueError:
             return reply([], "50002", "Invalid JSON")
+        if path in ("trade/order", "trade/batch-orders"):
+            sim.count_placements(body)
     query = dict(request.query)
     fault = sim.faults.take(path)
     if fault is not None and fault.kind == "reject":
