@@ -17,6 +17,7 @@ from rich.table import Table
 
 from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
+from dataflows.config import Pipeline
 from operators.trading_mode import refusals
 
 
@@ -75,40 +76,39 @@ def run(
     progress: bool = typer.Option(True, help="show progress in a terminal"),
 ) -> None:
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
+    from dataflows.gates import Refused, admit
+
+    env = _env()
+    p = load_pipeline(pipeline, state_dir)
+    try:
+        # the gates `bytewax.run` passes too (one function, dataflows/gates.py): paper or live,
+        # one worker per state dir, the venues agreeing with the books
+        admitted = admit(p, lambda line: err.print(f"apex run: {line}", soft_wrap=True, highlight=False,
+                                                   markup=False))
+    except Refused as e:
+        for line in e.lines:
+            err.print(line, soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(e.code)
+    overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
+    try:
+        _run(p, env, source, overrides, admitted.venues, json_out, progress)
+    finally:
+        # the state dir is free again for the next run, in this process too (a restart)
+        admitted.release()
+
+
+def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict], shared: dict,
+         json_out: Optional[Path], progress: bool) -> None:
+    """The run itself, once every gate has let it in (``shared``: the venues they checked)."""
     from bytewax.testing import run_main
 
     from apex.gc_policy import quiet_gc
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
     from dataflows.apex import wire
-    from dataflows.config import read_venue_lists
-    from dataflows.startup import reconcile_at_start, refresh_instruments
 
-    env = _env()
-    p = load_pipeline(pipeline, state_dir)
-    reasons = refusals(os.environ, p.venues)  # before anything is built: live never starts by accident
-    for reason in reasons:
-        err.print(reason, soft_wrap=True, highlight=False, markup=False)
-    if reasons:
-        raise typer.Exit(1)
     stats = RunStats()
-    overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
-    shared: dict = {}
     try:
-        # before the first decision: the venues agree with the books, or nothing trades
-        problems = reconcile_at_start(p, shared)
-        if problems:
-            for line in problems:
-                err.print(line, soft_wrap=True, highlight=False, markup=False)
-            raise typer.Exit(1)
-        # the real venues' instrument lists, a day old at most, before a `venue` universe reads them
-        refresh_instruments(p, shared, time.time(), lambda line: err.print(
-            f"apex run: {line}", soft_wrap=True, highlight=False, markup=False))
-        unread = read_venue_lists(p)
-        if unread:
-            for line in unread:
-                err.print(f"error {pipeline}: {line}", soft_wrap=True, highlight=False, markup=False)
-            raise typer.Exit(1)
         flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides, shared_venues=shared)
     except ValueError as e:
         refuse(err, str(e))

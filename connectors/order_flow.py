@@ -24,7 +24,7 @@ from operators.order_fsm import VenueEvent
 
 IDLE = timedelta(milliseconds=2)  # how soon an idle source looks again: a bound on the latency it adds
 NATURAL_WAIT_S = 30.0  # after a recording's end: how long orders still working are waited for
-STOP_WAIT_S = 3.0  # after a stop signal: the run must end within seconds whatever a venue does
+STOP_WAIT_S = 2.0  # after a stop signal: the run must end within 5 s whatever a venue does
 
 
 class _OrderPartition(StatelessSinkPartition[Command]):

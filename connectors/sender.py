@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from connectors.venues import FILLED, Rejected, Venue, VenueDown
+from connectors.venues import FILLED, Instrument, Rejected, Venue, VenueDown
 from operators.order_fsm import ACCEPTED, CANCELLED, DENIED, PARTIALLY_FILLED, REJECTED, UNKNOWN, VenueEvent
 from operators.orders import Order
 
@@ -36,7 +36,15 @@ log = logging.getLogger("apex.sender")
 
 SUBMIT, CHECK, CANCEL = "submit", "check", "cancel"
 BATCH = 20  # orders a lane hands the venue at once (OKX's batch-orders takes 20)
+CLOSE_S = 1.0  # at the stop: how long the lanes, then the venues' own closing, are waited for
 FINAL = frozenset({FILLED, CANCELLED, REJECTED, DENIED})
+
+
+class Pending:
+    """An instrument's rules still being asked of its venue."""
+
+
+PENDING = Pending()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,7 @@ class _Tracked:
     deadline: float | None
     asks: int = 0
     queued: bool = False  # a submit for it waits in its lane: not asked about, never queued twice
+    sending: bool = False  # inside a submit call: its answer is on its way, nothing to ask yet
 
 
 class Sender:
@@ -110,19 +119,20 @@ class Sender:
         """Orders whose final fate has not come yet."""
         return len(self._tracked)
 
-    def close(self, timeout: float = 1.0) -> None:
+    def stop(self) -> None:
+        """No more requests: the lanes end at their next step (one in a request ends with it)."""
         self._stop.set()
         for q in self._queues:
             q.wake()
-        deadline = time.monotonic() + timeout
+
+    def join(self, deadline: float) -> None:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        closer = getattr(self.venue, "close", None)
-        if closer is not None:
-            try:
-                closer()
-            except Exception as err:  # noqa: BLE001 - closing is best effort; say so and go on
-                log.warning("%s: closing the venue failed: %s", self.name, err)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.stop()
+        self.join(time.monotonic() + timeout)
+        close_venue(self.venue)
 
     # ----- the venue's answers -----
 
@@ -180,9 +190,11 @@ class Sender:
         try:
             acks = self.venue.submit([c.order for c in sendable])
         except VenueDown as err:
+            self._sent(sendable)
             # which of them left is not known: each is asked first, and sent only if absent
             self._away(q, [Command(CHECK, c.book, c.order, c.deadline) for c in sendable], str(err))
             return
+        self._sent(sendable)
         held = []
         for c, ack in zip(sendable, acks, strict=True):
             cid = c.order.client_order_id
@@ -245,8 +257,17 @@ class Sender:
             t = self._tracked.get(cid)
             if t is None or not t.queued:
                 return False
-            t.queued = False
+            t.queued, t.sending, t.news_at = False, True, time.monotonic()  # its wait starts now
             return True
+
+    def _sent(self, cmds: list[Command]) -> None:
+        """Their submit call returned: from now on, silence is news to ask about."""
+        now = time.monotonic()
+        with self._lock:
+            for c in cmds:
+                t = self._tracked.get(c.order.client_order_id)
+                if t is not None:
+                    t.sending, t.news_at = False, now
 
     def _requeue(self, cmds: list[Command]) -> None:
         with self._lock:
@@ -259,7 +280,7 @@ class Sender:
         with self._lock:
             t = self._tracked.get(cid)
             if t is not None:
-                t.status, t.news_at = status, time.monotonic()
+                t.status, t.news_at, t.sending = status, time.monotonic(), False
 
     def _unknown(self, cmds: list[Command], why: str) -> None:
         for c in cmds:
@@ -317,7 +338,7 @@ class Sender:
             now = time.monotonic()
             with self._lock:
                 due = [t for t in self._tracked.values()
-                       if not t.queued and now - t.news_at >= self._ask_after(t)]
+                       if not (t.queued or t.sending) and now - t.news_at >= self._ask_after(t)]
                 for t in due:
                     t.news_at = now
             for t in due:
@@ -326,6 +347,16 @@ class Sender:
     def _ask_after(self, t: _Tracked) -> float:
         """Later and later for an order asked many times: never given up, never hammered."""
         return self.settings.ask_after_s * min(30, 1 + t.asks)
+
+
+def close_venue(venue: Venue) -> None:
+    closer = getattr(venue, "close", None)
+    if closer is None:
+        return
+    try:
+        closer()
+    except Exception as err:  # noqa: BLE001 - closing is best effort; say so and go on
+        log.warning("%s: closing the venue failed: %s", getattr(venue, "name", "venue"), err)
 
 
 class _LaneQueue:
@@ -367,6 +398,8 @@ class Gateway:
         self._lock = threading.Lock()
         self._senders: dict[int, Sender] = {}
         self._routes: dict[tuple[str, str], Venue] = {}
+        self._instruments: dict[tuple[int, str, str], Instrument | None] = {}
+        self._asking: set[tuple[int, str, str]] = set()
         self._inputs = [0, 0]  # signal-source partitions started, ended
         self.stopping = False  # a stop signal: what is in flight gets a short grace, then the run ends
         self._ended_at: float | None = None
@@ -392,6 +425,33 @@ class Gateway:
 
     def live(self) -> int:
         return sum(s.live() for s in list(self._senders.values()))
+
+    def instrument(self, venue: Venue, market: str, symbol: str) -> Instrument | None | Pending:
+        """A remote venue's rules for an instrument without waiting on it: what it answered
+        before, or ``PENDING`` while it is asked in a thread of its own (its answer is here
+        for the next signal)."""
+        key = (id(venue), market, symbol)
+        with self._lock:
+            if key in self._instruments:
+                return self._instruments[key]
+            if key in self._asking:
+                return PENDING
+            self._asking.add(key)
+
+        def ask() -> None:
+            try:
+                got = venue.instrument(market, symbol)
+            except Exception as err:  # noqa: BLE001 - asked again by the next signal for it
+                log.warning("%s: the rules of %s could not be asked: %s", getattr(venue, "name", market), symbol, err)
+                with self._lock:
+                    self._asking.discard(key)
+                return
+            with self._lock:
+                self._instruments[key] = got
+                self._asking.discard(key)
+
+        threading.Thread(target=ask, name=f"apex-instrument-{symbol}", daemon=True).start()
+        return PENDING
 
     def drain(self, most: int = 1000) -> list[VenueEvent]:
         out = []
@@ -425,13 +485,26 @@ class Gateway:
         return time.monotonic() - self._ended_at >= grace
 
     def close(self) -> None:
+        """Every sender stopped and every remote venue closed, whether it had orders or not."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             senders = list(self._senders.values())
+            idle = {id(v): v for v in self._routes.values() if id(v) not in self._senders}
         left = sum(s.live() for s in senders)
         if left:
             log.warning("%d orders still working at the stop: the next start asks their venues", left)
+        # every lane told first, then all joined and every venue closed at once, under one
+        # bound: a stop must end the run within seconds whatever a venue is doing
         for s in senders:
-            s.close()
+            s.stop()
+        deadline = time.monotonic() + CLOSE_S
+        for s in senders:
+            s.join(deadline)
+        venues = [s.venue for s in senders] + list(idle.values())
+        closers = [threading.Thread(target=close_venue, args=(v,), daemon=True) for v in venues]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(0.0, deadline + CLOSE_S - time.monotonic()))

@@ -38,6 +38,7 @@ from connectors.sender import Command, Gateway, SenderSettings
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
+from dataflows import gates
 from dataflows.config import Pipeline, load, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
@@ -208,9 +209,16 @@ def _gather(outcomes: Stream) -> Stream:
 
 
 def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str | None = None) -> Dataflow:
-    """Entry point for ``python -m bytewax.run``."""
-    pipeline = load(path)
-    if state_dir:
-        pipeline.state_dir = Path(state_dir)
-    flow, _ = wire(pipeline, source=source)
+    """Entry point for ``python -m bytewax.run``. It passes the gates `apex run` passes (paper
+    or live, one worker per state dir, start-up reconciliation: dataflows/gates.py), so no way
+    of starting trades around them; a refusal ends it with its lines, never a traceback. The
+    state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
+    with gates.refused_in_lines():
+        pipeline = gates.load_pipeline(path, state_dir)
+        admitted = gates.admit(pipeline, gates.say_on_stderr("apex: "))
+        try:
+            flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues)
+        except BaseException:
+            admitted.release()
+            raise
     return flow

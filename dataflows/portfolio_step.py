@@ -18,8 +18,8 @@ from collections import Counter, OrderedDict
 
 from connectors.ledger import Decided, Ledger
 from connectors.outbox import Shipper
-from connectors.sender import Gateway
-from connectors.venues import Rejected, VenueFactory
+from connectors.sender import PENDING, Gateway
+from connectors.venues import PENDING as PENDING_VENUE, Rejected, VenueFactory
 from dataflows.config import Pipeline
 from dataflows.desk import Desk
 from dataflows.exits_step import Exits
@@ -159,7 +159,8 @@ class PortfolioStep:
             return self._resume(book, item, prior)
         lot = self._lots.get(sig.venue, _NONE).get(sig.symbol)
         if lot is None:
-            lot = self._lot_size(sig.venue, sig.symbol)
+            # a signal a filter dropped already is never sized: no venue is asked for it
+            lot = 0.0 if item.early is not None else self._lot_size(sig.venue, sig.symbol)
         if self._funds is None:
             self._funds = VenueFunds(desk.executor.venue_for)
         self._funds.update(book)  # the margin filter reads a venue's own figure where it has one
@@ -186,11 +187,29 @@ class PortfolioStep:
 
     def _lot_size(self, market: str, symbol: str) -> float:
         """Asked of the venue once per instrument. 0 for one it does not trade (or a
-        market with no venue): nothing is sized for it."""
+        market with no venue): nothing is sized for it. A remote venue is never waited
+        on: until it has answered (asked in a thread of its own) the instrument's signals
+        are not sized, and the answer is kept for the next."""
+        executor = self.desk.executor
         try:
-            instrument = self.desk.executor.venue_for(market).instrument(market, symbol)
+            venue = executor.venue_for(market)
         except Rejected:
-            instrument = None
+            venue = None
+        now = getattr(venue, "instrument_now", None)
+        if venue is not None and executor.remote(market) and now is not None:
+            got = now(market, symbol)  # what it holds already (start-up asked for the universe)
+            if got is PENDING_VENUE:
+                got = executor.gateway.instrument(venue, market, symbol)
+            if got is PENDING:
+                log.warning("%s %s: the venue has not said yet in what lots it trades: not sized",
+                            market, symbol)
+                return 0.0
+            instrument = got
+        else:
+            try:
+                instrument = venue.instrument(market, symbol) if venue is not None else None
+            except Rejected:
+                instrument = None
         lot = instrument.lot_size if instrument is not None else 0.0
         self._lots.setdefault(market, {})[symbol] = lot
         return lot

@@ -133,6 +133,8 @@ _AGE = {INTENT: 0, SUBMITTED: 1, UNKNOWN: 1, ACCEPTED: 2, PARTIALLY_FILLED: 3}
 def _older(src: str, dst: str) -> bool:
     """Whether ``dst`` is news the order is already past: an acceptance after a fill, a
     partial fill after the last, the venue repeating a final word."""
+    if src in (REJECTED, DENIED):  # a venue that took an order it refused: a misreading, never news to drop
+        return dst == src
     if src in TERMINAL:
         return dst in _AGE or dst == src
     return dst in _AGE and _AGE[dst] < _AGE[src]

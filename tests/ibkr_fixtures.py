@@ -24,9 +24,10 @@ def connect(gateway):
     """Make an ``IbkrVenue`` on the gateway (short bounds: it answers at once)."""
     made: list[IbkrVenue] = []
 
-    def make(client_id: int = 7, fill_timeout: float = 2.0, port: int | None = None) -> IbkrVenue:
+    def make(client_id: int = 7, fill_timeout: float = 2.0, port: int | None = None,
+             request_timeout: float = 2.0) -> IbkrVenue:
         venue = IbkrVenue("127.0.0.1", port or gateway.port, client_id, "DU1234567", connect_timeout=2.0,
-                          request_timeout=2.0, fill_timeout=fill_timeout, backoff=(0.02, 0.2))
+                          request_timeout=request_timeout, fill_timeout=fill_timeout, backoff=(0.02, 0.2))
         made.append(venue)
         return venue
 

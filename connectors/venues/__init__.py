@@ -124,6 +124,13 @@ class Venue(Protocol):
         """The rules of one instrument; None if this venue does not trade it."""
         ...
 
+    # Optional, for a remote venue: ``instrument`` from what it holds already, never the
+    # network; ``PENDING`` when it would have to ask (the caller asks off its own path).
+    # def instrument_now(self, venue: str, symbol: str) -> Instrument | None | object
+
+
+# what ``instrument_now`` answers for an instrument a venue would have to ask the network about
+PENDING = object()
 
 Venues = Mapping[str, Venue]  # by the market a signal names: several may share one connection
 VenueFactory = Callable[[], Venues]  # opened in the worker that sends, not where the flow is built

@@ -19,6 +19,9 @@ DONE = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 UNCONFIRMED = frozenset({"PendingSubmit", "ApiPending", "ValidationError", ""})
 MAYBE_PLACED = 103  # "duplicate order id": an order under that id may exist
 OUR_CANCEL = 202
+# a cancel that came too late (the order had filled) or found nothing: ib_async marks the
+# order cancelled on them, but they say nothing of the order itself
+CANCEL_FAILED = frozenset({161, 10147, 10148})
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Fate:
     fill: Fill | None
     reason: str = ""
     settled: bool = True  # every execution's commission is in
+    fill_id: str = ""  # IB's execId of the latest execution in ``fill``
 
 
 class Book:
@@ -87,9 +91,11 @@ class Book:
         ref = t.order.orderRef
         if not ref:
             return
-        errors = [e for e in t.log if e.errorCode]
+        errors = [e for e in t.log if e.errorCode and e.errorCode not in CANCEL_FAILED]
         error = errors[-1] if errors else None
         status = t.orderStatus.status
+        if t.log and t.log[-1].errorCode in CANCEL_FAILED:
+            status = ""  # ib_async's own marking, not IB's word
         perm_id = t.order.permId or t.orderStatus.permId
         if error is not None and error.errorCode == MAYBE_PLACED:
             return
@@ -115,17 +121,18 @@ class Book:
         settled = all(e.commission is not None for e in execs)
         filled = sum(e.shares for e in execs)
         quantity = known.quantity or (self.sent[ref].quantity if ref in self.sent else 0.0)
+        latest = known.exec_ids[-1] if known.exec_ids else ""
         if quantity and filled >= quantity:
-            return Fate(FILLED, fill, settled=settled)
+            return Fate(FILLED, fill, settled=settled, fill_id=latest)
         if known.status == "Filled":  # its executions are still on their way
-            return Fate(PARTIALLY_FILLED if fill else ACCEPTED, fill, settled=False)
+            return Fate(PARTIALLY_FILLED if fill else ACCEPTED, fill, settled=False, fill_id=latest)
         if known.status in DONE:
             if fill is not None:
-                return Fate(CANCELLED, fill, known.reason, settled)
+                return Fate(CANCELLED, fill, known.reason, settled, latest)
             if known.error and known.error != OUR_CANCEL:
                 return Fate(REJECTED, None, f"IB error {known.error}: {known.reason}")
             return Fate(CANCELLED, None, "cancelled with nothing filled")
-        return Fate(PARTIALLY_FILLED if fill else ACCEPTED, fill, settled=settled)
+        return Fate(PARTIALLY_FILLED if fill else ACCEPTED, fill, settled=settled, fill_id=latest)
 
     def _fill(self, ref: str, known: Known, execs: list[Execution]) -> Fill | None:
         shares = sum(e.shares for e in execs)

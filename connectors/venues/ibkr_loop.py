@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,10 +32,40 @@ class LoopThread:
             future.cancel()
             raise TimeoutError from None
 
-    def close(self, timeout: float = 5.0) -> None:
+    def on_it(self) -> bool:
+        """Whether the caller runs on the loop's own thread (where waiting on it would hang)."""
+        return threading.current_thread() is self._thread
+
+    def close(self, timeout: float = 0.5) -> None:
         if not self.loop.is_running():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class Changes:
+    """Wakes the coroutines waiting on a condition each time something they read may
+    have changed (an event from IB, a connection won or lost), so that a wait is a
+    condition checked on news, never a loop that sleeps and looks again. Loop-only."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()  # the next waiters wait for the next news
+
+    async def until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Whether ``done()`` came true before ``deadline`` (the loop's clock)."""
+        loop = asyncio.get_running_loop()
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._event.wait(), left)
+            except TimeoutError:
+                return done()
+        return True

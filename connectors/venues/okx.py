@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import ccxt
 
-from connectors.venues import REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
+from connectors.venues import PENDING, REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
 from connectors.venues.okx_poller import Mailbox, Poller
@@ -338,6 +338,14 @@ class OkxVenue:
             return None
         m = self._load().get(self._inst(symbol))
         return self._instrument(self._inst(symbol), m) if m is not None else None
+
+    def instrument_now(self, venue: str, symbol: str) -> Instrument | None | object:
+        """``instrument`` without the network: PENDING until the markets are loaded."""
+        if venue != self.market:
+            return None
+        if self._markets is None:
+            return PENDING
+        return self.instrument(venue, symbol)
 
     def _instrument(self, inst: str, m: dict) -> Instrument:
         info = m.get("info") or {}

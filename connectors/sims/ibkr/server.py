@@ -15,7 +15,7 @@ from connectors.sims.ibkr import messages as m
 from connectors.sims.ibkr.faults import Faults
 from connectors.sims.ibkr.price_feed import PriceFeed
 from connectors.sims.ibkr.session import Session
-from connectors.sims.ibkr.state import SimOrder, SimState
+from connectors.sims.ibkr.state import SimExecution, SimOrder, SimState
 
 DEFAULT_ACCOUNT = "DU1234567"
 DEFAULT_CASH = 1_000_000.0
@@ -171,6 +171,9 @@ class Control:
 
     def orders(self) -> list[SimOrder]:
         return self._gw.state.snapshot()[0]
+
+    def executions(self) -> list[SimExecution]:
+        return self._gw.state.snapshot()[1]
 
 
 @contextmanager

@@ -39,20 +39,36 @@ class Session:
         self.writer.transport.abort()
 
     async def run(self) -> None:
+        """Each request is handled once the latency has passed since it arrived, in order:
+        a distant gateway delays every message by the trip, it does not take the trip's time
+        to handle each one, so requests sent together are answered together."""
+        due: asyncio.Queue = asyncio.Queue()
+        worker = asyncio.get_running_loop().create_task(self._answer(due))
         try:
             version = await handshake(self.reader)
             self.send(handshake_reply(version))
             while not self.writer.is_closing():
                 fields = await read_message(self.reader)
-                if self.gw.faults.latency_ms:
-                    await asyncio.sleep(self.gw.faults.latency_ms / 1000)
-                self.dispatch(fields)
-                await self.writer.drain()
+                due.put_nowait((asyncio.get_running_loop().time() + self.gw.faults.latency_ms / 1000, fields))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the client went away
         finally:
+            worker.cancel()
             self.gw.sessions.discard(self)
             self.writer.close()
+
+    async def _answer(self, due: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.writer.is_closing():
+                at, fields = await due.get()
+                wait = at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self.dispatch(fields)
+                await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the client went away
 
     def dispatch(self, f: list[str]) -> None:
         if not f or not f[0].lstrip("-").isdigit():
