@@ -4,8 +4,8 @@ paper venue, OKX through ccxt against ``apex sim okx``, and IBKR through ib_asyn
 ``apex sim ibkr``, by the interface alone.
 
 What "at the venue" means is read from the venue itself (``positions()``) and, for the
-simulators, from their own records of what reached them (the order log, and OKX's count
-of placements by clOrdId): never from the client's internals.
+simulators, from their own records of what reached them (their order logs): never from
+the client's internals.
 
 Where a venue genuinely differs, the case says so and the test checks the difference
 rather than skipping it: the paper venue answers at once (its fill is there when
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,8 +51,6 @@ class Case:
     fee: float  # the fee in USD of ``good``
     answers_at_once: bool  # the fate is known when submit returns
     sent: Callable[[], list[str]]  # client order ids of every order that reached the venue, in order
-    placed: Callable[[], dict[str, int]] | None = None  # placement attempts by client order id, taken or not
-    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _logged(path: Path, key: str) -> list[str]:
@@ -82,7 +80,7 @@ def case(request, tmp_path) -> Iterator[Case]:
             # OKX keeps a buy's taker fee (0.1 %) in the coin bought: the account holds, and
             # the fill says, the quantity less the fee; the fee's worth is its USD cost
             yield Case(venue, _okx_order, lambda sid: _okx_order(sid, "NOPE-USDT"), held, 100.0,
-                       0.5 * 0.001 * 100.0, False, lambda: _logged(log, "clOrdId"), server.placements)
+                       0.5 * 0.001 * 100.0, False, lambda: _logged(log, "clOrdId"))
             venue.close()
     else:
         log = tmp_path / "ibkr-orders.jsonl"

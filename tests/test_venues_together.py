@@ -18,8 +18,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from connectors.sims import listening, prices_from_recording
 from helpers import APEX, until
 from okx_fixtures import free_port
