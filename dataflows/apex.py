@@ -148,7 +148,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = op.map("book_filters", s, book_filters(books))
     else:
         s = _filter_steps(pipeline, s)
-    answers = op.input("venue_events", flow, VenueEventSource(gateway))
+    answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
     s = op.merge("entries_and_answers", s, answers)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues

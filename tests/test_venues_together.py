@@ -299,6 +299,10 @@ def test_a_restart_with_orders_working_resolves_them_by_asking_and_sends_none_tw
         first = _start(tmp_path, "first", pipeline, redis.url, _env(sims), state, idle_ms=None)
         _publish(buys, redis.url)
         assert until(lambda: len(sims.logged("okx")) >= 5, 120), "OKX took no orders"
+        # every entry acknowledged (its order's intent durable) before the stop: the restart
+        # reads nothing new, and must follow the orders left working without a first entry
+        assert until(lambda: _status(redis.url, pipeline)["lag"] == 0
+                     and _status(redis.url, pipeline)["pending"] == 0, 120), "entries left unacknowledged"
         held = set(sims.logged("okx"))
         first.send_signal(signal.SIGTERM)
         try:
