@@ -6,6 +6,7 @@ book would receive. Every wait is on a condition; its deadline only bounds a fai
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,7 +15,9 @@ from collections import Counter
 import pytest
 
 from connectors.sender import CHECK, SUBMIT, Command, Gateway, SenderSettings
+from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import SimServer, running
+from connectors.venues.ibkr import IbkrVenue
 from helpers import until
 from okx_fixtures import PRICES, free_port, held, logged, okx_venue, raw
 from operators.order_fsm import ACCEPTED, DENIED, FILLED, UNKNOWN, VenueEvent, legal
@@ -233,3 +236,30 @@ def test_close_returns_while_a_request_hangs(tmp_path):
         closer.join(60)  # bounds a failure only: a close waiting on the request would take 300 s
         assert not closer.is_alive(), "close() waited for a hanging request"
         assert flow.gateway.closed
+
+
+def test_an_answer_lost_at_ibkr_is_unknown_then_filled_and_placed_once(tmp_path):
+    """The path of a lost answer where the venue says so: IB takes and fills the order and
+    the socket drops before any answer (the OKX venue of this branch asks at once instead,
+    above). The IBKR venue acknowledges it as unknown and the sender says UNKNOWN; its fill
+    comes by asking (the in-flight checker, ``ask_after_s`` small) or from the venue's own
+    resync after reconnecting, whichever is first; IB has it once. (That the checker alone
+    finds a fate the venue never tells is the OKX test above.)"""
+    log = tmp_path / "ibkr-orders.jsonl"
+    with ibkr_running(orders_log=log, cash=100_000.0) as gateway:
+        gateway.faults.drop_orders = 1
+        venue = IbkrVenue("127.0.0.1", gateway.port, 7, "DU1234567", connect_timeout=2.0, request_timeout=2.0,
+                          fill_timeout=2.0, backoff=(0.02, 0.2))
+        gw = Gateway({"ibkr": SenderSettings(lanes=2, ask_after_s=0.2, retry_s=(0.02, 0.2))})
+        gw.register("", "ibkr", venue)
+        order = Order(client_order_id("ib-lost"), "ib-lost", "open", "ibkr", "AAPL", "buy", 10, 100.0, 1)
+        events: list[VenueEvent] = []
+        try:
+            gw.dispatch(Command(SUBMIT, "", order, time.time() + FAR))
+            assert until(lambda: events.extend(gw.drain()) or FILLED in [e.status for e in events], 60), events
+        finally:
+            gw.close()
+    statuses = [e.status for e in events]
+    assert statuses[0] == UNKNOWN and statuses[-1] == FILLED and _legal_path(statuses), statuses
+    assert events[-1].fill is not None and events[-1].fill.quantity == 10
+    assert [json.loads(line)["orderRef"] for line in log.read_text().splitlines()] == [order.client_order_id]
