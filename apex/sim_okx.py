@@ -24,6 +24,18 @@ def _number(option: str, text: str, *, whole: bool, low: float, high: float | No
     return value
 
 
+def _credentials():
+    """What a WebSocket login must show: the OKX credentials in the environment when all three
+    are set (read there, never from the command line, where any process can see them);
+    otherwise None, and any login is taken."""
+    import os
+
+    from connectors.sims.okx import Credentials
+
+    values = [os.environ.get(name, "") for name in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_API_PASSPHRASE")]
+    return Credentials(*values) if all(values) else None
+
+
 @sim.command("okx")
 def okx(
     port: str = typer.Option(..., metavar="PORT", help="port to listen on (0: any free one)"),
@@ -37,7 +49,9 @@ def okx(
                                             help="follow last prices on this Redis's price stream"),
     price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
 ) -> None:
-    """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT'."""
+    """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT' (and
+    ccxt pro's ex.urls['api']['ws'] = 'ws://HOST:PORT/ws/v5'). WebSocket logins are checked
+    against OKX_API_KEY, OKX_API_SECRET and OKX_API_PASSPHRASE when all three are set."""
     from connectors.sims.okx.run import load_prices, serve
 
     number = int(_number("--port", port, whole=True, low=0, high=65535))
@@ -58,7 +72,7 @@ def okx(
             refuse(err, f"--redis {redis_url!r}: {e}")
     try:
         serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
-              redis_url=redis_url, price_stream=price_stream,
+              redis_url=redis_url, price_stream=price_stream, credentials=_credentials(),
               ready=lambda url: out.print(f"okx simulator listening on {url}", highlight=False))
     except KeyboardInterrupt:  # before the simulator's own handler is in place: the same clean stop
         raise typer.Exit(0) from None

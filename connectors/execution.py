@@ -68,6 +68,10 @@ class Executor:
             venue = self._only if self._only is not None else self.venues.get(market)
             if venue is not None and is_remote(venue):
                 self.gateway.register(book, market, venue)
+        self.has_remote = False  # any venue across a network: its orders leave as commands
+        for market in VENUES:
+            venue = self._only if self._only is not None else self.venues.get(market)
+            self.has_remote = self.has_remote or (venue is not None and is_remote(venue))
         self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
         self._commands: list[Command] = []  # for the step to emit after its commit
 
@@ -160,7 +164,13 @@ class Executor:
                 raise NotCleared(order.client_order_id)
         for order in orders:
             cleared.discard(order.client_order_id)
-        results: list[Fill | Rejected | None] = [None] * len(orders)
+        only = self._only
+        if only is not None and (wait or not is_remote(only)):  # the usual case: one venue, answering here
+            self.ledger.checkpoint()
+            results: list[Fill | Rejected | None] = list(only.place_many(orders))
+            self._record(orders, range(len(orders)), results)
+            return results
+        results = [None] * len(orders)
         here: list[int] = []
         for i, order in enumerate(orders):
             try:
@@ -176,26 +186,25 @@ class Executor:
         if not here:
             return results
         self.ledger.checkpoint()
-        if self._only is not None:
-            placed = self._only.place_many([orders[i] for i in here])
-            for i, r in zip(here, placed, strict=True):
-                results[i] = r
-        else:
-            by_venue: dict[int, tuple[Venue, list[int]]] = {}
-            for i in here:
-                venue = self.venues[orders[i].venue]
-                by_venue.setdefault(id(venue), (venue, []))[1].append(i)
-            for venue, idx in by_venue.values():
-                for i, r in zip(idx, venue.place_many([orders[i] for i in idx]), strict=True):
-                    results[i] = r
+        by_venue: dict[int, tuple[Venue, list[int]]] = {}
         for i in here:
+            venue = self.venue_for(orders[i].venue)
+            by_venue.setdefault(id(venue), (venue, []))[1].append(i)
+        for venue, idx in by_venue.values():
+            for i, r in zip(idx, venue.place_many([orders[i] for i in idx]), strict=True):
+                results[i] = r
+        self._record(orders, here, results)
+        return results
+
+    def _record(self, orders: list[Order], idx, results: list[Fill | Rejected | None]) -> None:
+        """The fates a venue answered at once, in the ledger."""
+        for i in idx:
             order, r = orders[i], results[i]
             if isinstance(r, Rejected):
                 self.ledger.record_rejection(order, str(r))
             elif r is not None:
                 results[i] = r = _ours(order, r)
                 self.ledger.record_fill(r)
-        return results
 
     def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
         """One order now, waited for: the paper venue, or a caller outside the dataflow (a

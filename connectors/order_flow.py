@@ -23,6 +23,7 @@ from connectors.sender import Command, Gateway
 from operators.order_fsm import VenueEvent
 
 IDLE = timedelta(milliseconds=2)  # how soon an idle source looks again: a bound on the latency it adds
+RESTING = timedelta(milliseconds=20)  # ...when no order is at any venue
 NATURAL_WAIT_S = 30.0  # after a recording's end: how long orders still working are waited for
 WAKE = "wake"  # the status of the start's word to a book: about no order, it only starts the book's step
 STOP_WAIT_S = 2.0  # after a stop signal: the run must end within 5 s whatever a venue does
@@ -69,7 +70,8 @@ class _EventPartition(StatelessSourcePartition[VenueEvent]):
             return got
         if self.gateway.finished(NATURAL_WAIT_S, STOP_WAIT_S):
             raise StopIteration
-        self._awake = datetime.now(timezone.utc) + IDLE
+        # with nothing at any venue, nothing can come but after an order leaves: look less often
+        self._awake = datetime.now(timezone.utc) + (IDLE if self.gateway.live() else RESTING)
         return []
 
     def next_awake(self) -> datetime | None:

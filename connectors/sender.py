@@ -36,6 +36,7 @@ log = logging.getLogger("apex.sender")
 
 SUBMIT, CHECK, CANCEL = "submit", "check", "cancel"
 BATCH = 20  # orders a lane hands the venue at once (OKX's batch-orders takes 20)
+UNKNOWN_FIRST_ASK_S = 1.0  # an order whose placement went unanswered: its first look-up
 CLOSE_S = 1.0  # at the stop: how long the lanes, then the venues' own closing, are waited for
 FINAL = frozenset({FILLED, CANCELLED, REJECTED, DENIED})
 
@@ -345,7 +346,11 @@ class Sender:
                 self._lane_of(t.order).put(Command(CHECK, t.book, t.order, t.deadline))
 
     def _ask_after(self, t: _Tracked) -> float:
-        """Later and later for an order asked many times: never given up, never hammered."""
+        """Later and later for an order asked many times: never given up, never hammered. One
+        whose placement went unanswered is asked first within a second or two (its venue may
+        not watch it), not at once (a venue may take a moment to show an order it took)."""
+        if t.status == UNKNOWN and t.asks == 0:
+            return min(self.settings.ask_after_s, UNKNOWN_FIRST_ASK_S)
         return self.settings.ask_after_s * min(30, 1 + t.asks)
 
 

@@ -32,6 +32,7 @@ from bytewax.dataflow import Dataflow, Stream
 from operators.audit import Outcome
 
 from connectors.audit_sink import Acker, AuditSink, Observer
+from connectors.execution import is_remote
 from connectors.order_flow import OrderSink, VenueEventSource, watched
 from connectors.outbox import Shipper
 from connectors.sender import Command, Gateway, SenderSettings
@@ -148,20 +149,35 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = op.map("book_filters", s, book_filters(books))
     else:
         s = _filter_steps(pipeline, s)
-    answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
-    s = op.merge("entries_and_answers", s, answers)
+    remote = may_be_remote(pipeline, venues)
+    if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
+        answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
+        s = op.merge("entries_and_answers", s, answers)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
-    items = op.map("unkey", decided, lambda kv: kv[1])
-    split = op.branch("orders_or_outcomes", items, lambda item: isinstance(item, Command))
-    op.output("orders", split.trues, OrderSink(gateway))
-    outcomes = split.falses
+    outcomes = op.map("unkey", decided, lambda kv: kv[1])
+    if remote:  # orders to remote venues leave through their sink
+        split = op.branch("orders_or_outcomes", outcomes, lambda item: isinstance(item, Command))
+        op.output("orders", split.trues, OrderSink(gateway))
+        outcomes = split.falses
     if pipeline.books:
         outcomes = _gather(outcomes)
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
     return flow, Wiring(pipeline, src, acker, shipper, gateway)
+
+
+def may_be_remote(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> bool:
+    """Whether any order may go to a venue across a network. A pipeline whose every market
+    is on the paper venue gets no venue-event path: the paper venue answers in the step."""
+    if venues is None:
+        return any(b.venues.kind(m) != "paper" for b in (pipeline, *pipeline.each_book()) for m in VENUES)
+    if isinstance(venues, Mapping):
+        return any(is_remote(v) for v in venues.values())
+    if callable(venues) and not hasattr(venues, "place_many"):
+        return True  # a factory: what it makes is known only in the worker
+    return is_remote(venues)  # type: ignore[arg-type]
 
 
 def sender_settings(pipeline: Pipeline) -> dict[str, SenderSettings]:

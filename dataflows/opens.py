@@ -116,7 +116,9 @@ class Opens:
         for f in batch:  # how each was decided: durable with its intent, before it leaves
             f.out.queue(ledger.sent_rows, recorded_ms)
         executor = self.desk.executor
-        deadlines = {f.order.client_order_id: f.deadline for f in batch if f.deadline is not None}
+        # an open's deadline matters only to a remote venue's sender: not built for the paper venue's
+        remote = any(executor.remote(f.order.venue) for f in batch) if executor.has_remote else False
+        deadlines = {f.order.client_order_id: f.deadline for f in batch if f.deadline is not None} if remote else None
         try:
             results = executor.send([f.order for f in batch], wait=False, deadlines=deadlines)
         except Exception as err:  # noqa: BLE001 - unknown which left: the entries stay pending

@@ -182,7 +182,8 @@ class PortfolioStep:
                       sig.side, sz.quantity, sz.price, e.clock_ms)
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
-        left_ms = sig.emitted_ms + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
+        emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it
+        left_ms = emitted + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
         return self.opens.open(book, out, chain, order, sig, fresh=True, deadline=time.time() + left_ms / 1000)
 
     def _lot_size(self, market: str, symbol: str) -> float:

@@ -10,6 +10,7 @@ meaning of a field and guessing would trade on a misread signal.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -55,6 +56,8 @@ MAX_SYMBOL_LENGTH = 64
 # No control characters in what a terminal shows: an id carrying ESC[2J cleared the screen
 # of whoever ran ``apex audit`` (C0, DEL and C1).
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 
 
 class _Strict(BaseModel):
@@ -115,8 +118,10 @@ class Signal(_Strict):
 
     @property
     def emitted_ms(self) -> int:
-        # not cached: a cached_property's first read costs more than the computation (Python 3.11 takes a lock)
-        return int(self.timestamp.timestamp() * 1000)
+        # not cached: a cached_property's first read costs more than the computation (Python 3.11 takes a lock).
+        # In whole numbers: timestamp() is a float of seconds, and from about the year 3000 on its
+        # thousandths no longer hold the millisecond (a stamp one past the clock-skew allowance passed)
+        return (self.timestamp - _EPOCH) // _MS
 
     @property
     def max_holding_hours(self) -> float:

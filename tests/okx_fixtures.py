@@ -18,7 +18,7 @@ from operators.orders import Order, client_order_id
 # ten instruments, so that a burst spreads over several per-instrument limits
 PRICES = {f"{c}-USDT": p for c, p in [("BTC", 100.0), ("ETH", 50.0), ("SOL", 20.0), ("XRP", 2.0), ("ADA", 1.0),
                                       ("DOT", 5.0), ("LTC", 80.0), ("LINK", 10.0), ("AVAX", 30.0), ("TRX", 0.5)]}
-SECRET = "sim-secret-never-shown"
+KEY, SECRET, PASSPHRASE = "sim-key-never-shown", "sim-secret-never-shown", "sim-pass-never-shown"
 
 
 def held(bought: float) -> float:
@@ -33,8 +33,10 @@ def free_port() -> int:
 
 
 def okx_venue(url: str, **options) -> OkxVenue:
-    opts = {"timeout_ms": 1000, "fill_wait_s": 0.5, **options}
-    return OkxVenue(url=url, api_key="sim-key", secret=SECRET, passphrase="sim-pass", **opts)
+    """A venue pointed at ``url``; ``options`` may name other credentials."""
+    opts = {"timeout_ms": 1000, "fill_wait_s": 0.5, "stream_retry_s": 1.0, "api_key": KEY, "secret": SECRET,
+            "passphrase": PASSPHRASE, **options}
+    return OkxVenue(url=url, **opts)
 
 
 def order(signal_id: str, symbol: str = "BTC-USDT", side: str = "buy", quantity: float = 0.5) -> Order:

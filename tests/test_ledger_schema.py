@@ -46,3 +46,22 @@ def test_an_intent_keeps_its_trade_in_a_compact_form(tmp_path):
     assert stored < 320
     assert sorted((o.signal_id, trade) for o, _, trade in ledger.dangling("open")) == [
         ("sig-t", (terms, exits))]
+
+
+def test_every_status_change_is_guarded_by_the_statuses_it_may_come_from(tmp_path):
+    """The ledger refuses a change the state machine forbids, whoever asks for it: a refusal
+    or an acceptance recorded after the fill leaves the order filled, and so does a second
+    fill; and a paper fill still goes in (the guard is inequalities, not an IN list)."""
+    from operators.fill import Fill
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    o = _order("sig-g")
+    ledger.record_intent(o)
+    ledger.record_accepted(o)
+    assert ledger.execution(o)[0] == "accepted"
+    fill = Fill("sig-g", o.client_order_id, "v-1", "okx", "BTC-USDT", "buy", 1.0, 100.5, 0.1, 2)
+    ledger.record_fill(fill)
+    ledger.record_rejection(o, "a late refusal")
+    ledger.record_accepted(o)
+    ledger.record_fill(Fill("sig-g", o.client_order_id, "v-2", "okx", "BTC-USDT", "buy", 2.0, 99.0, 0.1, 3))
+    assert ledger.execution(o)[:3] == ("filled", "v-1", 100.5)

@@ -209,27 +209,25 @@ def test_a_restart_follows_the_orders_left_working_and_sends_nothing(tmp_path):
     assert again.book.positions[("okx", "BTC-USDT")] == cmd.order.quantity
 
 
-def test_the_step_under_bytewax_with_entries_and_venue_events_merged(tmp_path):
-    """The book step in a Bytewax flow of its own, fed by ``TestingSource``s of entries and of
-    venue events as the dataflow merges them: the commands it emits and the outcomes it makes."""
+def test_the_step_under_bytewax_fed_entries_and_venue_events(tmp_path):
+    """The book step in a Bytewax flow of its own, fed by a ``TestingSource`` of an entry and
+    then the venue's events about its order, as the merged stream brings them: the command
+    it emits once, the entry's outcome, and the fill's late outcome."""
     p, logic = _logic(tmp_path)
-    first = logic.on_batch([_item(p, 1)])  # only to learn the order the flow will decide
-    (cmd,) = _split(first[0])[1]
+    (cmd,) = _split(logic.on_batch([_item(p, 1)])[0])[1]  # the order the flow will decide, learnt aside
     p2, _ = _logic(tmp_path / "flow")
     venue = RemotePaper(tmp_path / "flow-venue.sqlite")
     steps = {"": PortfolioStep(p2, lambda: {"okx": venue, "ibkr": venue})}
     flow = Dataflow("step")
-    entries = op.input("entries", flow, TestingSource([_item(p2, 1)]))
-    events = op.input("events", flow, TestingSource([_ev(cmd, "accepted"),
-                                                      _ev(cmd, "filled", _fill(cmd, cmd.order.quantity, 100.0), "t")]))
-    # entries first: an event for an order the book has not made yet is not the book's
-    ordered = op.merge("merged", entries, events)
-    keyed = op.key_on("key", ordered, lambda item: item.book or "portfolio")
+    items = [_item(p2, 1), _ev(cmd, "accepted"), _ev(cmd, "filled", _fill(cmd, cmd.order.quantity, 100.0), "t"),
+             _ev(cmd, "filled", _fill(cmd, cmd.order.quantity, 100.0), "t")]  # the last told twice
+    s = op.input("entries_and_answers", flow, TestingSource(items))
+    keyed = op.key_on("key", s, lambda item: item.book or "portfolio")
     decided = op.stateful_batch("portfolio", keyed, lambda _: PortfolioLogic(steps, None))
     got: list = []
     op.output("out", op.map("unkey", decided, lambda kv: kv[1]), TestingSink(got))
     run_main(flow)
     outs, cmds = _split(got)
-    assert [c.order.client_order_id for c in cmds] == [cmd.order.client_order_id]
-    assert [(o.signal_id, o.outcome) for o in outs] in ([("sig-1", "sent"), ("sig-1", "filled")],
-                                                         [("sig-1", "sent")])
+    assert [(c.action, c.order.client_order_id) for c in cmds] == [(SUBMIT, cmd.order.client_order_id)]
+    assert [(o.signal_id, o.outcome, o.late) for o in outs] == [("sig-1", "sent", False), ("sig-1", "filled", True)]
+    assert _row(p2, "sig-1")[0] == "filled"

@@ -1,7 +1,8 @@
 """SIGKILL in the crash window at a real venue: the OKX simulator takes a batch of orders and
 holds its answer back, and Apex is killed while it waits. The restart finds those orders'
 intents in its ledger, asks the venue (never sending them again), books what filled, and
-goes on: every order reached its venue once, and every entry is acknowledged."""
+goes on: every order was sent to its venue once (counted by the venue on arrival, whether
+taken or not), and every entry is acknowledged."""
 
 from __future__ import annotations
 
@@ -75,8 +76,12 @@ def test_a_kill_while_the_venue_holds_its_answer_sends_nothing_twice(tmp_path, s
         status = _status(redis_server.url)
         assert (status["lag"], status["pending"]) == (0, 0)
 
+        # every placement request that reached OKX, each order of it counted, taken or refused
+        attempts = okx.placements()
     sent = _logged(okx_log)
     assert max(Counter(sent).values()) == 1, "an order reached OKX twice"
+    assert attempts and max(attempts.values()) == 1, "an order was sent to OKX twice"
+    assert held <= set(attempts)
     db = sqlite3.connect(state / "ledger.sqlite")
     filled = {cid for (cid,) in db.execute("SELECT client_order_id FROM executions WHERE venue = 'okx'"
                                            " AND status = 'filled'")}

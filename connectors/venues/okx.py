@@ -1,54 +1,98 @@
 """OKX spot through the real ccxt client, behind the venue interface.
 
-Orders leave in batches (``trade/batch-orders``, at most 20 a request) and ``submit``
-returns once OKX has answered them: taken, with OKX's order id, or refused, with its
-reason. A poller (``okx_poller``) then learns their fates from OKX's order lists in a
-thread of its own and queues each change; ``updates()`` only hands that queue over.
-``place_many`` is ``submit`` followed by a wait for each order's final fate (see
-``okx_poller`` for who hears which update). What a market order leaves unfilled after
-``fill_wait_s`` is cancelled, and what filled is its fill.
+``submit`` is made for a sender thread: several threads may call it at once (for orders of
+different instruments), each through a ccxt client of its own, all sharing one pacer
+(OKX's limits), one table of markets and one map of instrument names. Orders leave in
+batches (``trade/batch-orders``, at most 20 a request), each request bounded by the
+timeout, and ``submit`` returns once OKX has answered: an ``Ack`` per order (see
+``submit`` for what each says). It never raises for an order that may have reached OKX.
 
-An order whose outcome is unknown (a timeout, a dropped connection, OKX's 50004, or its
-51016 "duplicated clOrdId") may have been placed: it is looked up by client order id,
-never sent again. If the venue cannot be asked, ``VenueDown``: the egress leaves the
-entry pending and asks ``lookup`` when it retries.
+The fates follow as ``OrderUpdate``s: pushed by OKX on its private WebSocket and heard by
+``okx_stream`` (ccxt pro's ``watch_orders``), or read from OKX's order lists by the
+``okx_poller`` thread while that socket is down (both talk to OKX on the venue's own
+asyncio loop, ``okx_io``, which ``close`` shuts at once). Each is handed to ``on_update``
+when the engine set it, else kept for ``updates()``, which never asks OKX anything. What a market
+order leaves unfilled after ``fill_wait_s`` is cancelled, and what filled is its fill.
+
+An order whose outcome is unknown (a timeout, a dropped connection, OKX's 50004) may
+have been placed: it is never sent again, only asked about by client order id
+(``lookup``). OKX's 51016 ("duplicated clOrdId") means OKX holds an order under that id:
+it is looked up at once and reported as what OKX holds, never as a refusal.
+``place_many`` (send, then wait for each final fate) stays for tests and tools.
 
 Everything it needs is passed in; it reads no environment, and neither its repr nor its
-errors carry the credentials."""
+errors nor its log lines carry the credentials."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import ccxt
+import ccxt.async_support
+import requests
+import urllib3
 
 from connectors.venues import PENDING, REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
+from connectors.venues import okx_secrets
+from connectors.venues.okx_io import Closed, Io, OnLoop
 from connectors.venues.okx_poller import Mailbox, Poller
 from connectors.venues.okx_records import MAYBE_PLACED, TERMINAL
+from connectors.venues.okx_stream import Stream
 from operators.fill import Fill
 from operators.orders import Order
 
 T = TypeVar("T")
 
+# what became of one order handed to ``_send_all``
+TAKEN, REFUSED, MAYBE, UNSENT = "taken", "refused", "maybe", "unsent"
+
+
+class NotSent(VenueDown):
+    """The request cannot have reached OKX: no connection was made, or OKX refused it
+    whole for its rate (50011 takes nothing)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    kind: str  # TAKEN, REFUSED, MAYBE (may be at OKX: ask, never resend), UNSENT (did not leave)
+    ord_id: str = ""
+    reason: str = ""
+    record: dict | None = None  # OKX's record, when it was looked up (after a 51016)
+    left: bool = True  # False: refused here, before anything was sent
+    acked: float = 0.0  # when OKX answered (monotonic clock)
+
+
+def never_connected(error: BaseException) -> bool:
+    """Whether a failed request cannot have reached OKX: no connection was ever made
+    (refused, or not made in time). Anything later may have delivered it."""
+    cause = error.__cause__
+    if isinstance(cause, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(cause, requests.exceptions.ConnectionError) and cause.args:
+        reason = getattr(cause.args[0], "reason", None)
+        return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+    return False
+
 
 class _Link:
-    """One ccxt client and the questions asked through it, each paced by OKX's limits. The
-    caller's thread and the poller's each have their own (a client is not shared between
-    threads); they share the pacer, the markets and the instrument names."""
+    """One ccxt client and the questions asked through it, each paced by OKX's limits. Each
+    thread that talks to OKX has its own (a ccxt client is not shared between threads); they
+    share the pacer, the markets and the instrument names."""
 
-    def __init__(self, ex: ccxt.okx, venue: OkxVenue, markets_from: _Link | None = None):
-        """``markets_from``: the link whose loaded markets this one takes, rather than asking."""
-        self.ex, self.venue, self.markets_from = ex, venue, markets_from
+    def __init__(self, ex: ccxt.okx, venue: OkxVenue):
+        self.ex, self.venue = ex, venue
 
     def markets(self) -> dict[str, dict]:
         """By instId; the client's own table filled too, which ccxt reads to parse answers."""
         markets = self.venue._load()
-        if self.ex.markets is None and self.markets_from is not None:
-            self.ex.set_markets_from_exchange(self.markets_from.ex)
+        if self.ex.markets is None:
+            self.ex.set_markets_from_exchange(self.venue._markets_ex)
         return markets
 
     def symbol_of(self, order: Order) -> str:
@@ -95,8 +139,8 @@ class _Link:
         except ccxt.OrderNotFound:
             return None
         except ccxt.ExchangeError as e:
-            raise VenueDown(f"{self.venue._where} could not say what became of {order.client_order_id}: {e}") \
-                from None
+            raise VenueDown(self.venue._scrub(
+                f"{self.venue._where} could not say what became of {order.client_order_id}: {e}")) from None
 
     def cancel(self, order: Order) -> None:
         inst = self.venue._inst(order.symbol)
@@ -107,10 +151,46 @@ class _Link:
         except (ccxt.OrderNotFound, ccxt.InvalidOrder):
             pass  # finished meanwhile: its record says how
         except ccxt.ExchangeError as e:
-            raise VenueDown(f"{self.venue._where} could not cancel {order.client_order_id}: {e}") from None
+            raise VenueDown(self.venue._scrub(f"{self.venue._where} could not cancel {order.client_order_id}: {e}")) \
+                from None
 
     def update(self, order: Order, o: dict) -> OrderUpdate:
-        return records.update(order, o, self.usd)
+        # priced through the calling thread's own client: the stream's thread calls this too
+        return records.update(order, o, lambda ccy: self.venue._here().usd(ccy))
+
+    # ----- placing -----
+
+    def send(self, chunk: list[Order]) -> list[Answer]:
+        """One batch request; what became of each order, in the order given."""
+        requests_ = [{"symbol": self.symbol_of(o), "type": "market", "side": o.side, "amount": o.quantity,
+                      "params": self.venue._params(o)} for o in chunk]
+        costs = limits.batch([self.venue._inst(o.symbol) for o in chunk])
+        pos = {o.client_order_id: i for i, o in enumerate(chunk)}
+        try:
+            answers = self.venue._paced(costs, lambda: self.ex.create_orders(requests_))
+        except NotSent as e:
+            return [Answer(UNSENT, reason=str(e), left=False)] * len(chunk)
+        except VenueDown as e:  # no answer: any of them may be there
+            return [Answer(MAYBE, reason=str(e))] * len(chunk)
+        except Exception as e:  # noqa: BLE001 - an answer that could not be read: the orders may be there
+            if not isinstance(e, ccxt.ExchangeError):
+                return [Answer(MAYBE, reason=f"{self.venue._where}'s answer could not be read: "
+                                             f"{type(e).__name__}")] * len(chunk)
+            per = records.refusals_in(e)  # every order refused: the body says why, each
+            if not per:
+                return [Answer(MAYBE, reason=f"okx refused the request: {type(e).__name__}")] * len(chunk)
+            out: dict[int, Answer] = {}
+            for n, (cid, code, msg) in enumerate(per):
+                out[pos.get(cid, n)] = (Answer(MAYBE, reason=f"okx {code}: {msg}") if code == MAYBE_PLACED
+                                        else Answer(REFUSED, reason=f"okx {code}: {msg}"))
+            return [out.get(i, Answer(MAYBE, reason="okx said nothing of it")) for i in range(len(chunk))]
+        got: dict[int, Answer] = {}
+        for n, a in enumerate(answers):
+            refusal, i = records.refusal(a), pos.get(a.get("clientOrderId") or "", n)
+            info = a.get("info") or {}
+            got[i] = (Answer(MAYBE, reason=f"okx {MAYBE_PLACED}: {info.get('sMsg', '')}") if refusal is None
+                      else Answer(REFUSED, reason=refusal) if refusal else Answer(TAKEN, str(a.get("id") or "")))
+        return [got.get(i, Answer(MAYBE, reason="okx said nothing of it")) for i in range(len(chunk))]
 
     def usd(self, ccy: str) -> float:
         """The last price of a coin in the quote currency, taken as USD (a fee paid in OKB)."""
@@ -122,33 +202,57 @@ class _Link:
         return float(ticker.get("last") or 0)
 
 
+class _LoopLink(_Link):
+    """The poller's link: its client is ccxt's asyncio one, run on the venue's loop, so that
+    ``close`` cuts a request it is waiting on rather than waiting for it to end."""
+
+    def __init__(self, venue: OkxVenue):  # noqa: D107 - no client of its own until first asked
+        self.venue = venue
+        self._on: tuple[Io, OnLoop] | None = None
+
+    @property
+    def ex(self) -> OnLoop:  # type: ignore[override]
+        io = self.venue._io()
+        if self._on is None or self._on[0] is not io:
+            client = self.venue._async_client()
+            io.clients.append(client)
+            self._on = (io, OnLoop(client, io))
+        return self._on[1]
+
+
 class OkxVenue:
     name = "okx"
-    asynchronous = True  # submit returns once OKX answered the placement; the poller learns fates
+    asynchronous = True  # submit returns once OKX answered the placement; the fates follow as updates
 
     def __init__(self, *, url: str | None = None, sandbox: bool = False, api_key: str = "", secret: str = "",
                  passphrase: str = "", timeout_ms: int = 5000, fill_wait_s: float = 2.0,
                  poll_interval_s: float = 0.05, settle_timeout_s: float = 30.0, market: str = "okx",
                  market_map: Mapping[str, str] | None = None, quote: str = "USDT", rate_limit_retries: int = 3,
-                 pacer: limits.Pacer | None = None):
-        """``url``: None for OKX itself, else the base URL of a stand-in (a simulator).
-        ``sandbox``: OKX's demo trading. ``fill_wait_s``: how long an order's fate is awaited
-        before what is left unfilled is cancelled. ``poll_interval_s``: the pause between the
-        poller's rounds. ``settle_timeout_s``: how much longer than that ``place_many`` awaits
-        the final fates before VenueDown. ``market``: the market signals name for this
-        venue; ``market_map``: a signal's symbol to OKX's instId where they differ."""
-        def client() -> ccxt.okx:
-            ex = ccxt.okx({"apiKey": api_key, "secret": secret, "password": passphrase, "timeout": timeout_ms,
-                           "enableRateLimit": False})  # the pacer keeps OKX's own limits instead
+                 pacer: limits.Pacer | None = None, stream_retry_s: float = 5.0):
+        """``url``: None for OKX itself, else the base URL of a stand-in (a simulator), whose
+        WebSocket is taken at ``/ws/v5`` under the same address. ``sandbox``: OKX's demo
+        trading. ``fill_wait_s``: how long an order's fate is awaited before what is left
+        unfilled is cancelled. ``poll_interval_s``: the pause between looks at the order
+        lists while the WebSocket is down. ``settle_timeout_s``: how much longer than that
+        ``place_many`` awaits the final fates before VenueDown. ``market``: the market
+        signals name for this venue; ``market_map``: a signal's symbol to OKX's instId where
+        they differ. ``stream_retry_s``: the longest pause between attempts to reconnect the
+        WebSocket."""
+        options = {"apiKey": api_key, "secret": secret, "password": passphrase, "timeout": timeout_ms,
+                   "enableRateLimit": False}  # the pacer keeps OKX's own limits instead
+
+        def configured(ex: T) -> T:
             if sandbox:
-                ex.set_sandbox_mode(True)
+                ex.set_sandbox_mode(True)  # type: ignore[attr-defined]
             if url:
-                ex.urls["api"]["rest"] = url.rstrip("/")  # after the sandbox switch, which replaces the URLs
-            ex.options["fetchMarkets"] = {"types": ["spot"]}
-            ex.has["fetchCurrencies"] = False  # a private call per load that nothing here needs
+                ex.urls["api"]["rest"] = url.rstrip("/")  # type: ignore[attr-defined] # after the sandbox switch
+            ex.options["fetchMarkets"] = {"types": ["spot"]}  # type: ignore[attr-defined]
+            ex.has["fetchCurrencies"] = False  # type: ignore[attr-defined] # a private call per load, not needed
             return ex
 
-        self._client = client
+        self._client = lambda: configured(ccxt.okx(dict(options)))
+        self._async_client = lambda: configured(ccxt.async_support.okx(dict(options)))
+        okx_secrets.hide(api_key, secret, passphrase)
         self._where = url or ("OKX demo trading" if sandbox else "OKX")
         self.fill_wait_s, self.settle_timeout_s = fill_wait_s, settle_timeout_s
         self.market, self.quote = market, quote
@@ -156,158 +260,226 @@ class OkxVenue:
         self._to_symbol = {v: k for k, v in self._to_inst.items()}
         self.rate_limit_retries = rate_limit_retries
         self.pacer = pacer or limits.Pacer()
-        self._link = _Link(client(), self)
-        self._ex = self._link.ex
+        self._links = threading.local()  # each calling thread's own link
+        self._markets_lock = threading.Lock()
         self._markets: dict[str, dict] | None = None  # by instId
-        self._poller = Poller(_Link(client(), self, markets_from=self._link), fill_wait_s=fill_wait_s,
-                              interval_s=poll_interval_s)
+        self._markets_ex: ccxt.okx | None = None  # the client that loaded them, which others copy
+        self._io_lock = threading.Lock()
+        self._io_now: Io | None = None
+        self._closed = False
+        self._poller = Poller(_LoopLink(self), fill_wait_s=fill_wait_s, interval_s=poll_interval_s)
+        self._stream = Stream(options, self._poller, self._markets_client, self._scrub, self._io,
+                              ws_url=_ws_url(url), sandbox=sandbox, retry_max_s=stream_retry_s)
 
     def __repr__(self) -> str:
         return f"OkxVenue({self._where})"
 
+    @property
+    def on_update(self) -> Callable[[OrderUpdate], None] | None:
+        return self._poller.on_update
+
+    @on_update.setter
+    def on_update(self, callback: Callable[[OrderUpdate], None] | None) -> None:
+        self._poller.on_update = callback
+
+    def listen(self) -> None:
+        """Opens OKX's private WebSocket in the background (``submit`` does it too); nothing
+        once the venue is closed."""
+        try:
+            self._stream.start()
+        except Closed:
+            pass
+
+    @property
+    def streaming(self) -> bool:
+        """Whether order changes are pushed to it now (else the order lists are read)."""
+        return self._poller.stream_up
+
     def close(self) -> None:
-        """Stops the poller; fates not yet learnt are left to ``lookup``."""
+        """Stops the WebSocket and the poller, at once: a request either is waiting on is
+        cut. Final: fates not yet learnt are left to ``lookup`` (which, like ``submit``,
+        still works, in the calling thread)."""
+        self._poller.stop()
+        self._stream.close()
+        with self._io_lock:
+            self._closed = True
+            io, self._io_now = self._io_now, None
+        if io is not None:
+            io.close()
         self._poller.close()
+
+    def _io(self) -> Io:
+        """The venue's loop, started on first use; ``Closed`` once the venue is."""
+        with self._io_lock:
+            if self._closed:
+                raise Closed
+            if self._io_now is None:
+                self._io_now = Io("okx-io")
+            return self._io_now
 
     # ----- placing -----
 
-    def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
-        """Sends, then awaits each order's final fate from the poller (see the module's docstring)."""
-        fates, placed = self._place(orders)
-        box = Mailbox({orders[i].client_order_id for i, _, _ in placed})
-        self._poller.track(((orders[i], ord_id, acked) for i, ord_id, acked in placed), box)
-        self._poller.wait(box, self.fill_wait_s + self.settle_timeout_s)
-        return [fates[i] if i in fates else records.outcome(box.got[o.client_order_id])
-                for i, o in enumerate(orders)]
-
     def submit(self, orders: list[Order]) -> list[Ack]:
-        """Returns once OKX has answered; the fates follow through ``updates()``."""
-        fates, placed = self._place(orders)
+        """Sends the orders and returns once OKX has answered, an ``Ack`` each, in order:
+        accepted (OKX holds it: its fate follows as updates); refused (``reason``; a REJECTED
+        update is told too); ``unknown`` (no answer came: it may be at OKX; never send it
+        again, ask ``lookup``); or not ``sent`` (the connection failed before it left: it
+        may be handed over again). Raises VenueDown only when nothing of the batch can
+        have left."""
+        self.listen()
+        sent = time.monotonic()
+        answers = self._send_all(orders, ask_now=False)
+        if any(a.kind == UNSENT for a in answers) and not any(a.left for a in answers):
+            raise VenueDown(next(a.reason for a in answers if a.kind == UNSENT))
+        self._watch(orders, answers, sent)
         acks = []
-        for i, order in enumerate(orders):
-            if i in fates:
-                acks.append(Ack(order.client_order_id, False, str(fates[i])))
-                self._poller.tell(OrderUpdate(order.client_order_id, REJECTED, None, str(fates[i])))
+        for order, a in zip(orders, answers, strict=True):
+            cid = order.client_order_id
+            if a.kind == TAKEN:
+                acks.append(Ack(cid, True))
+            elif a.kind == REFUSED:
+                acks.append(Ack(cid, False, a.reason))
+                self._poller.tell(OrderUpdate(cid, REJECTED, None, a.reason))
             else:
-                acks.append(Ack(order.client_order_id, True))
-        self._poller.track((orders[i], ord_id, acked) for i, ord_id, acked in placed)
+                acks.append(Ack(cid, False, a.reason, unknown=a.kind == MAYBE, sent=a.kind == MAYBE))
         return acks
 
+    def place_many(self, orders: list[Order]) -> list[Fill | Rejected]:
+        """Sends, then awaits each order's final fate. An order without an answer is asked
+        about at once; VenueDown if one cannot be found or asked, or some were not sent
+        (what OKX took is still watched, its fate told through ``updates()``)."""
+        self.listen()
+        sent = time.monotonic()
+        answers = self._send_all(orders, ask_now=True)
+        unsettled = [a.reason for a in answers if a.kind in (MAYBE, UNSENT)]
+        if unsettled:
+            self._watch(orders, answers, sent)
+            raise VenueDown(unsettled[0])
+        box = Mailbox({o.client_order_id for o, a in zip(orders, answers) if a.kind == TAKEN})
+        self._watch(orders, answers, sent, box)
+        self._poller.wait(box, self.fill_wait_s + self.settle_timeout_s)
+        return [Rejected(a.reason) if a.kind == REFUSED else records.outcome(box.got[o.client_order_id])
+                for o, a in zip(orders, answers)]
+
     def updates(self) -> list[OrderUpdate]:
-        """The changes of fate the poller learnt since the last call: no request to OKX."""
+        """The changes of fate learnt since the last call (when ``on_update`` is not set):
+        no request to OKX."""
         return self._poller.drain()
 
     def in_flight(self) -> int:
         """How many submitted orders' fates are not final yet."""
         return self._poller.in_flight()
 
-    def _place(self, orders: list[Order]) -> tuple[dict[int, Rejected], list[tuple[int, str, float]]]:
-        """Sends what can be sent. Returns the refusals by position and the (position, OKX's
-        order id, when it answered) of every order the venue holds. Raises VenueDown once an
-        order may or may not be there, sending nothing after it; what OKX took before that
-        is watched all the same, its fate told through ``updates()``."""
-        markets = self._load()
-        fates: dict[int, Rejected] = {}
+    def cancel(self, order: Order) -> None:
+        """Asks OKX to cancel what is left of the order; what it comes to is told as an
+        update. VenueDown when OKX cannot be asked."""
+        link = self._here()
+        link.cancel(order)
+        if self._poller.watch(order):  # not watched yet (placed before a restart): its record says how it ended
+            o = link.one(order)
+            if o is not None:
+                self._poller.observe([o])
+
+    def _watch(self, orders: list[Order], answers: list[Answer], sent: float, box: Mailbox | None = None) -> None:
+        """The orders OKX holds are watched until final (``sent``: when the first of them
+        left); those looked up are told at once."""
+        taken = [(o, a) for o, a in zip(orders, answers) if a.kind == TAKEN]
+        self._poller.track(((o, a.ord_id, a.acked) for o, a in taken), box, sent)
+        self._poller.observe([a.record for _, a in taken if a.record is not None])
+
+    def _send_all(self, orders: list[Order], ask_now: bool) -> list[Answer]:
+        """Sends what can be sent, a batch at a time. Once a batch gets no answer, nothing
+        more is sent (UNSENT), unless ``ask_now`` asks after each of its orders at once and
+        finds them all. An order OKX says it holds already (51016) is looked up at once."""
+        link = self._here()
+        try:
+            markets = link.markets()
+        except VenueDown as e:
+            return [Answer(UNSENT, reason=str(e), left=False)] * len(orders)
+        out: dict[int, Answer] = {}
         sendable: list[int] = []
         for i, order in enumerate(orders):
-            reason = self._unsendable(order, markets)
+            reason = self._unsendable(link, order, markets)
             if reason:
-                fates[i] = Rejected(reason)
+                out[i] = Answer(REFUSED, reason=reason, left=False)
             else:
                 sendable.append(i)
-        placed: list[tuple[int, str, float]] = []
+        stop = ""
+        for start in range(0, len(sendable), limits.BATCH_MAX):
+            chunk = sendable[start:start + limits.BATCH_MAX]
+            if stop:
+                out.update({i: Answer(UNSENT, reason=stop, left=False) for i in chunk})
+                continue
+            answers = link.send([orders[i] for i in chunk])
+            acked = time.monotonic()
+            for i, a in zip(chunk, answers):
+                out[i] = a = replace(a, acked=acked)
+                if a.kind == MAYBE and (ask_now or a.reason.startswith(f"okx {MAYBE_PLACED}")):
+                    out[i] = self._asked(link, orders[i], a)
+            unsettled = [out[i] for i in chunk if out[i].kind in (MAYBE, UNSENT)]
+            if unsettled and not all(a.reason.startswith(f"okx {MAYBE_PLACED}") for a in unsettled):
+                stop = f"not sent: an earlier request to {self._where} went unanswered"
+                if all(a.kind == UNSENT for a in unsettled):
+                    stop = unsettled[0].reason
+        return [out[i] for i in range(len(orders))]
+
+    def _asked(self, link: _Link, order: Order, a: Answer) -> Answer:
+        """An order that may be at OKX, asked about by client order id: TAKEN with OKX's
+        record if there, else still MAYBE (never sent again)."""
         try:
-            for start in range(0, len(sendable), limits.BATCH_MAX):
-                chunk = sendable[start:start + limits.BATCH_MAX]
-                answers = self._send([orders[i] for i in chunk])
-                acked = time.monotonic()
-                for i, answer in answers.items():
-                    if answer is not None and answer[0]:
-                        fates[chunk[i]] = Rejected(answer[0])
-                    elif answer is not None:
-                        placed.append((chunk[i], answer[1], acked))
-                for i in [chunk[i] for i, answer in answers.items() if answer is None]:
-                    placed.append((i, self._asked(orders[i]), time.monotonic()))  # asked, never sent again
-        except VenueDown:
-            self._poller.track((orders[i], ord_id, acked) for i, ord_id, acked in placed)
-            raise
-        return fates, placed
-
-    def _asked(self, order: Order) -> str:
-        """OKX's id of an order that may have been placed; VenueDown if it cannot say it was."""
-        o = self._link.one(order)
+            o = link.one(order)
+        except VenueDown as e:
+            return Answer(MAYBE, reason=f"{a.reason}; {e}")
         if o is None:
-            raise VenueDown(f"order {order.client_order_id} may not have reached {self._where}: ask again later")
-        return str(o.get("id") or "")
+            return Answer(MAYBE, reason=f"order {order.client_order_id} may not have reached {self._where}: "
+                                        "ask again later")
+        return Answer(TAKEN, str(o.get("id") or ""), record=o, acked=time.monotonic())
 
-    def _unsendable(self, order: Order, markets: dict[str, dict]) -> str:
+    def _unsendable(self, link: _Link, order: Order, markets: dict[str, dict]) -> str:
         if order.venue != self.market:
             return f"{self._where} does not serve market {order.venue}"
         inst = self._inst(order.symbol)
         if inst not in markets:
             return f"unknown instrument {inst}"
         try:  # ccxt's own checks (amount precision), which would refuse the whole batch
-            self._ex.create_order_request(markets[inst]["symbol"], "market", order.side, order.quantity, None,
-                                          self._params(order))
+            link.ex.create_order_request(markets[inst]["symbol"], "market", order.side, order.quantity, None,
+                                         self._params(order))
         except ccxt.BaseError as e:
-            return f"{type(e).__name__}: {e}"
+            return self._scrub(f"{type(e).__name__}: {e}")
         return ""
 
     def _params(self, order: Order) -> dict:
         # a market buy is sized in the base currency, as the order is
         return {"clientOrderId": order.client_order_id, "tgtCcy": "base_ccy"}
 
-    def _send(self, chunk: list[Order]) -> dict[int, tuple[str, str] | None]:
-        """One batch request. By position: (reason, "") refused, ("", OKX's order id) taken,
-        None maybe placed."""
-        requests = [{"symbol": self._markets[self._inst(o.symbol)]["symbol"], "type": "market",  # type: ignore[index]
-                     "side": o.side, "amount": o.quantity, "params": self._params(o)} for o in chunk]
-        costs = limits.batch([self._inst(o.symbol) for o in chunk])
-        pos = {o.client_order_id: i for i, o in enumerate(chunk)}
-        try:
-            answers = self._paced(costs, lambda: self._ex.create_orders(requests))
-        except VenueDown:
-            return {i: None for i in range(len(chunk))}  # no answer: any of them may be there
-        except ccxt.ExchangeError as e:  # every order refused: the body says why, each
-            per = records.refusals_in(e)
-            if not per:
-                return {i: None for i in range(len(chunk))}
-            out: dict[int, tuple[str, str] | None] = {}
-            for n, (cid, code, msg) in enumerate(per):
-                out[pos.get(cid, n)] = None if code == MAYBE_PLACED else (f"okx {code}: {msg}", "")
-            return {i: out.get(i) for i in range(len(chunk))}
-        got: dict[int, tuple[str, str] | None] = {}
-        for n, a in enumerate(answers):
-            refusal, i = records.refusal(a), pos.get(a.get("clientOrderId") or "", n)
-            got[i] = None if refusal is None else (refusal, str(a.get("id") or ""))
-        return {i: got.get(i) for i in range(len(chunk))}
-
     # ----- asking after one order -----
 
     def lookup(self, order: Order) -> Fill | None:
         """Asked by client order id under the order's instrument (OKX asks for one). An
         order still open is finished first, as ``place_many`` would have after its bound."""
-        o = self._link.one(order)
+        link = self._here()
+        o = link.one(order)
         if o is None:
             return None
-        fate = records.fate(order, o, self._link.usd) if o.get("status") in TERMINAL else self._finish(order)
+        fate = records.fate(order, o, link.usd) if o.get("status") in TERMINAL else self._finish(link, order)
         if isinstance(fate, Rejected):
             raise fate
         return fate
 
-    def _finish(self, order: Order) -> Fill | Rejected:
+    def _finish(self, link: _Link, order: Order) -> Fill | Rejected:
         """Cancels what is left of an order, then its fate: the part filled, or a refusal."""
-        self._link.cancel(order)
-        o = self._link.one(order)
+        link.cancel(order)
+        o = link.one(order)
         if o is None or o.get("status") not in TERMINAL:
             raise VenueDown(f"order {order.client_order_id} is still open at {self._where}")
-        return records.fate(order, o, self._link.usd)
+        return records.fate(order, o, link.usd)
 
     # ----- what the account holds -----
 
     def open_orders(self) -> list[Order]:
-        self._load()
-        got = self._read(limits.PENDING_ORDERS, lambda: self._ex.fetch_open_orders())
+        link = self._here()
+        link.markets()
+        got = self._read(limits.PENDING_ORDERS, lambda: link.ex.fetch_open_orders())
         out = []
         for o in got:
             info = o.get("info") or {}
@@ -321,8 +493,9 @@ class OkxVenue:
         return out
 
     def balances(self) -> dict[str, float]:
-        self._load()
-        got = self._read(limits.BALANCES, lambda: self._ex.fetch_balance())
+        link = self._here()
+        link.markets()
+        got = self._read(limits.BALANCES, lambda: link.ex.fetch_balance())
         return {ccy: float(v) for ccy, v in (got.get("total") or {}).items() if v is not None}
 
     def positions(self) -> dict[tuple[str, str], float]:
@@ -355,11 +528,33 @@ class OkxVenue:
 
     # ----- plumbing -----
 
+    def _here(self) -> _Link:
+        """The calling thread's own link, made on its first call."""
+        link = getattr(self._links, "link", None)
+        if link is None:
+            link = self._links.link = _Link(self._client(), self)
+        return link
+
     def _load(self) -> dict[str, dict]:
-        if self._markets is None:
-            got = self._read(limits.MARKETS, lambda: self._ex.load_markets())
-            self._markets = {m["id"]: m for m in got.values() if m.get("spot") and m.get("active") is not False}
+        """The spot markets by instId, asked once (by whichever thread asks first)."""
+        with self._markets_lock:
+            if self._markets is None:
+                ex = self._here().ex
+                got = self._read(limits.MARKETS, lambda: ex.load_markets())
+                self._markets = {m["id"]: m for m in got.values() if m.get("spot") and m.get("active") is not False}
+                self._markets_ex = ex
         return self._markets
+
+    def _markets_client(self) -> ccxt.okx:
+        """A client whose markets are loaded, for another to copy them from."""
+        self._load()
+        assert self._markets_ex is not None
+        return self._markets_ex
+
+    @staticmethod
+    def _scrub(text: str) -> str:
+        """The text with the credentials blotted out, should an answer quote one."""
+        return okx_secrets.scrub(text)
 
     def _inst(self, symbol: str) -> str:
         return self._to_inst.get(symbol, symbol)
@@ -370,16 +565,18 @@ class OkxVenue:
     def _paced(self, costs: limits.Costs, call: Callable[[], T]) -> T:
         """One request inside OKX's limits. A refusal for the rate (someone else sharing the
         account, or a limit OKX lowered) is retried after a window; VenueDown if it persists
-        or if the venue cannot be reached."""
+        or if the venue cannot be reached (NotSent when the request cannot have reached it)."""
         for attempt in range(self.rate_limit_retries + 1):
             try:
                 with self.pacer.slot(costs):
                     return call()
             except ccxt.RateLimitExceeded:
                 if attempt == self.rate_limit_retries:
-                    raise VenueDown(f"{self._where} keeps refusing requests for their rate") from None
+                    raise NotSent(f"{self._where} keeps refusing requests for their rate") from None
                 time.sleep(limits.WINDOW_S)
             except ccxt.NetworkError as e:  # a timeout, a dropped connection, 5xx, 50004
+                if never_connected(e):
+                    raise NotSent(f"{self._where} could not be reached: {type(e).__name__}") from None
                 raise VenueDown(f"{self._where} did not answer: {type(e).__name__}") from None
         raise AssertionError("unreachable")
 
@@ -388,5 +585,14 @@ class OkxVenue:
         try:
             return self._paced(costs, call)
         except ccxt.BaseError as e:
-            raise VenueDown(f"{self._where} could not be asked: {type(e).__name__}: {e}") from None
+            raise VenueDown(self._scrub(f"{self._where} could not be asked: {type(e).__name__}: {e}")) from None
 
+
+
+def _ws_url(url: str | None) -> str | None:
+    """A stand-in's WebSocket base, at the same address as its REST API; None for OKX's own."""
+    if not url:
+        return None
+    base = url.rstrip("/")
+    return ("wss://" + base[len("https://"):] if base.startswith("https://") else
+            "ws://" + base[len("http://"):] if base.startswith("http://") else base) + "/ws/v5"

@@ -61,11 +61,13 @@ def fate(order: Order, o: dict, price_of: Callable[[str], float]) -> Fill | Reje
 
 
 def update(order: Order, o: dict, price_of: Callable[[str], float]) -> OrderUpdate:
-    """OKX's record of an order as a change of its fate, with what has filled so far."""
+    """OKX's record of an order as a change of its fate, with what has filled so far and
+    OKX's id of its latest trade (``tradeId``: the order lists and the pushes both carry it)."""
     st = status(o)
     got = fill(order, o, price_of) if filled(o) > 0 else None
     reason = _nothing_filled(o) if st == CANCELLED and got is None else ""
-    return OrderUpdate(order.client_order_id, st, got, reason)
+    trade = str((o.get("info") or {}).get("tradeId") or "") if got is not None else ""
+    return OrderUpdate(order.client_order_id, st, got, reason, trade)
 
 
 def outcome(u: OrderUpdate) -> Fill | Rejected:

@@ -1,5 +1,6 @@
 """The ``/sim`` routes, apart from OKX's own: what a test or a demo sets while the simulator
-runs (prices, balances, the share that fills, latency, faults) and what it counts."""
+runs (prices, balances, the share that fills, latency, faults, dropped sockets) and what it
+counts (``stats``, ``placements`` by clOrdId, ``sockets``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ async def control(request: web.Request) -> web.Response:
         return web.json_response(stats(sim))
     if request.method == "GET" and what == "placements":
         return web.json_response(sim.placements())
+    if request.method == "GET" and what == "sockets":
+        return web.json_response(sim.sockets.stats())
     doc = await _body(request)
     try:
         if what == "fault":
@@ -50,6 +53,8 @@ async def control(request: web.Request) -> web.Response:
             if not 0 <= ratio <= 1:
                 raise ValueError("ratio must be from 0 to 1")
             sim.book.set_fill_ratio(ratio)
+        elif what == "drop-sockets":
+            sim.sockets.drop(refuse=bool(doc.get("refuse", False)))
         elif what == "latency":
             sim.latency_ms = max(0.0, float(doc["latency_ms"]))
         else:

@@ -19,6 +19,7 @@ from connectors.sims.okx.control import add_routes, stats
 from connectors.sims.okx.prices import DEFAULT_STREAM, PriceFollower
 from connectors.sims.okx.server import Sim, make_app
 from connectors.sims.okx.state import Book
+from connectors.sims.okx.ws import Credentials
 
 Prices = dict[str, float] | str | Path | None
 
@@ -53,9 +54,10 @@ def _follower(sim: Sim, redis_url: str | None, price_stream: str) -> PriceFollow
 
 
 def _sim(latency_ms: float, orders_log: str | Path | None, state_file: str | Path | None, prices: Prices,
-         balances: dict[str, float] | None, hang_s: float, clock: Callable[[], float] = time.monotonic) -> Sim:
+         balances: dict[str, float] | None, hang_s: float, clock: Callable[[], float] = time.monotonic,
+         credentials: Credentials | None = None) -> Sim:
     book = Book(load_prices(prices), balances, orders_log=orders_log, state_file=state_file)
-    return Sim(book, latency_ms=latency_ms, hang_s=hang_s, clock=clock)
+    return Sim(book, latency_ms=latency_ms, hang_s=hang_s, clock=clock, credentials=credentials)
 
 
 async def _start(sim: Sim, host: str, port: int) -> tuple[web.AppRunner, str]:
@@ -75,6 +77,7 @@ async def _start(sim: Sim, host: str, port: int) -> tuple[web.AppRunner, str]:
 async def _stop(sim: Sim, runner: web.AppRunner) -> None:
     assert sim.stopping is not None
     sim.stopping.set()  # a hanging answer ends now, not after its hang
+    await sim.sockets.close_all()  # an open socket would hold the shutdown until its timeout
     await runner.cleanup()
     sim.book.save()
 
@@ -82,12 +85,13 @@ async def _stop(sim: Sim, runner: web.AppRunner) -> None:
 def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Path | None = None,
           state_file: str | Path | None = None, prices: Prices = None, balances: dict[str, float] | None = None,
           hang_s: float = 30.0, redis_url: str | None = None, price_stream: str = DEFAULT_STREAM,
-          ready: Callable[[str], None] | None = None) -> None:
+          ready: Callable[[str], None] | None = None, credentials: Credentials | None = None) -> None:
     """Runs until SIGINT or SIGTERM, then stops cleanly (state saved). ``ready`` is told the
     base URL once it listens. ``redis_url``: follow last prices on that Redis's
-    ``price_stream``. Raises OSError if it cannot listen, ValueError for bad prices, and
-    redis's errors if Redis does not answer."""
-    sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s)
+    ``price_stream``. ``credentials``: what a WebSocket login must show (None: any).
+    Raises OSError if it cannot listen, ValueError for bad prices, and redis's errors if
+    Redis does not answer."""
+    sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, credentials=credentials)
     follower = _follower(sim, redis_url, price_stream)
 
     async def main() -> None:
@@ -117,11 +121,12 @@ class SimServer:
                  orders_log: str | Path | None = None, state_file: str | Path | None = None, prices: Prices = None,
                  balances: dict[str, float] | None = None, hang_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, redis_url: str | None = None,
-                 price_stream: str = DEFAULT_STREAM):
+                 price_stream: str = DEFAULT_STREAM, credentials: Credentials | None = None):
         """``clock``: what the rate limits count time by (a test may stop it, to send more than
         a limit allows in one window however slowly its requests go). ``redis_url``: follow
-        last prices on that Redis's ``price_stream``."""
-        self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, clock)
+        last prices on that Redis's ``price_stream``. ``credentials``: what a WebSocket login
+        must show (None: any)."""
+        self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, clock, credentials)
         self.redis_url, self.price_stream = redis_url, price_stream
         self._follower: PriceFollower | None = None
         self.host, self.port = host, port
@@ -190,6 +195,15 @@ class SimServer:
 
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms
+
+    def drop_sockets(self, refuse: bool = False) -> None:
+        """Cuts every open WebSocket; new ones are refused while ``refuse`` holds (call
+        again with False to let them in)."""
+        self.sim.sockets.drop(refuse)
+
+    def sockets(self) -> dict:
+        """Open sockets, how many logged in and subscribed, logins accepted and refused."""
+        return self.sim.sockets.stats()
 
     def placements(self) -> dict[str, int]:
         """How many times each clOrdId arrived in a placement request, taken or not."""

@@ -2,8 +2,8 @@
 (``{"code": "0", "msg": "", "data": [...]}``, per-order ``sCode``/``sMsg``), behind the
 simulated latency, the armed faults and OKX's rate limits, in that order.
 
-Request signatures are not checked: the simulator stands in for the venue's matching and
-bookkeeping, not for its authentication.
+REST request signatures are not checked: the simulator stands in for the venue's matching
+and bookkeeping there. The private WebSocket (``ws``) checks its login as OKX does.
 
 Every order in every placement request (``trade/order``, ``trade/batch-orders``) is counted
 by clOrdId as it arrives, before faults and limits: what was sent, taken or not."""
@@ -22,6 +22,7 @@ from aiohttp import web
 from connectors.sims.okx.faults import Fault, Faults
 from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
 from connectors.sims.okx.state import Book, Refusal, now_ms
+from connectors.sims.okx.ws import Credentials, Sockets
 
 TIMED_OUT = "Endpoint request timeout. Does not indicate success or failure of order, please check order status."
 
@@ -30,8 +31,10 @@ class Sim:
     """Everything one running simulator holds: its book, its limits, its armed faults."""
 
     def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, credentials: Credentials | None = None):
         self.book, self.windows, self.faults = book, Windows(clock), Faults()
+        self.sockets = Sockets(credentials)
+        book.watchers.append(self.sockets.changed)
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
         self._requests: Counter[str] = Counter()  # "GET trade/order" -> how many arrived, refused or not
@@ -252,5 +255,6 @@ def make_app(sim: Sim, control: Callable[[web.Application], None]) -> web.Applic
     app = web.Application()
     app[SIM] = sim
     app.router.add_route("*", "/api/v5/{path:.*}", api)
+    app.router.add_get("/ws/v5/private", sim.sockets.serve)
     control(app)
     return app

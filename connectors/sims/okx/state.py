@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_PRICES = {"BTC-USDT": 100.0, "ETH-USDT": 50.0, "SOL-USDT": 20.0}
@@ -68,6 +69,7 @@ class Book:
         self.fills: list[dict] = []
         self.next_id = int(time.time() * 1000) * 1000
         self.fill_ratio = Decimal(1)  # the share of a marketable order that fills at once
+        self.watchers: list[Callable[[dict], None]] = []  # told each change, under the lock: they must not block
         self.orders_log = Path(orders_log) if orders_log else None
         self.state_file = Path(state_file) if state_file else None
         if self.state_file and self.state_file.exists():
@@ -179,10 +181,11 @@ class Book:
                  "tdMode": req.get("tdMode", "cash"), "tgtCcy": tgt, "state": "live", "accFillSz": "0",
                  "fillPx": "", "fillSz": "0", "avgPx": "", "fee": "0", "feeCcy": base if side == "buy" else quote,
                  "cTime": now, "uTime": now, "fillTime": "", "cancelSource": "", "category": "normal",
-                 "_base_sz": _s(base_sz)}
+                 "tradeId": "", "_base_sz": _s(base_sz)}
             self.orders[o["ordId"]] = o
             if cl:
                 self.by_clord[cl] = o["ordId"]
+            self._changed(o, None)  # OKX pushes "live" first for every order it takes
             if filled:
                 self._fill(o, filled, last, base, quote)
             self._log(o)
@@ -198,6 +201,7 @@ class Book:
                 code = "51401" if o["state"] == "canceled" else "51402"
                 raise Refusal(code, "Order cancellation failed as the order is already completed")
             o["state"], o["uTime"] = "canceled", now_ms()
+            self._changed(o, None)
             return _public(o)
 
     def set_price(self, inst: str, price: float) -> None:
@@ -232,10 +236,25 @@ class Book:
         now = now_ms()
         o.update(accFillSz=_s(done), fillPx=_s(px), fillSz=_s(qty), avgPx=_s(px), fee=_s(-fee), fillTime=now,
                  uTime=now, state="filled" if done >= Decimal(o["_base_sz"]) else "partially_filled")
-        self.fills.append({"instType": "SPOT", "instId": o["instId"], "tradeId": str(len(self.fills) + 1),
+        trade = str(len(self.fills) + 1)
+        o["tradeId"] = trade  # OKX's order record names its latest trade
+        self.fills.append({"instType": "SPOT", "instId": o["instId"], "tradeId": trade,
                            "ordId": o["ordId"], "clOrdId": o["clOrdId"], "billId": str(len(self.fills) + 1),
                            "tag": "", "fillPx": _s(px), "fillSz": _s(qty), "side": o["side"], "posSide": "net",
                            "execType": "T", "feeCcy": o["feeCcy"], "fee": _s(-fee), "ts": now, "fillTime": now})
+        self._changed(o, self.fills[-1])
+
+    def _changed(self, o: dict, fill: dict | None) -> None:
+        """Tells the watchers OKX's push for this change: the order's record, with the fill
+        just made (its size, price and fee; ``tradeId`` is always the latest trade's)."""
+        push = {**_public(o), "fillSz": fill["fillSz"] if fill else "0", "fillPx": fill["fillPx"] if fill else "",
+                "tradeId": fill["tradeId"] if fill else o.get("tradeId", ""), "fillFee": fill["fee"] if fill else "0",
+                "fillFeeCcy": fill["feeCcy"] if fill else "", "execType": "T" if fill else "",
+                "fillTime": fill["fillTime"] if fill else o["fillTime"], "amendResult": "", "code": "0",
+                "msg": "", "reqId": "", "ccy": "", "lever": "", "pnl": "0", "posSide": "", "rebate": "0",
+                "rebateCcy": o["instId"].split("-")[1 if o["side"] == "buy" else 0]}
+        for watcher in self.watchers:
+            watcher(push)
 
     def _log(self, o: dict) -> None:
         if self.orders_log is None:
