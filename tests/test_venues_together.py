@@ -119,7 +119,7 @@ def _publish(recording: Path, redis_url: str, rate: str = "0") -> None:
 
 
 def _settled(proc: subprocess.Popen, log: Path, redis_url: str, pipeline: Path, state: Path,
-             timeout: float = 600) -> None:
+             timeout: float = 300) -> None:
     """Until every entry is acknowledged and every order's fate is in the ledger (an entry is
     acknowledged once its order's intent is durable, before the venue answers); then the
     run is stopped as an operator would stop it."""
