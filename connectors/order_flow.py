@@ -25,6 +25,7 @@ from operators.order_fsm import VenueEvent
 IDLE = timedelta(milliseconds=2)  # how soon an idle source looks again: a bound on the latency it adds
 RESTING = timedelta(milliseconds=20)  # ...when no order is at any venue
 NATURAL_WAIT_S = 30.0  # after a recording's end: how long orders still working are waited for
+WAKE = "wake"  # the status of the start's word to a book: about no order, it only starts the book's step
 STOP_WAIT_S = 2.0  # after a stop signal: the run must end within 5 s whatever a venue does
 
 
@@ -51,11 +52,18 @@ class OrderSink(DynamicSink[Command]):
 
 
 class _EventPartition(StatelessSourcePartition[VenueEvent]):
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, books: list[str]):
         self.gateway = gateway
         self._awake: datetime | None = None
+        # one word to each book at the start, so that its step starts (its ledger read, every
+        # order left live followed again and asked about) without waiting for a first entry:
+        # a restart on a quiet stream otherwise never asked the venues about its live orders
+        self._wake = [VenueEvent(book, "", WAKE) for book in books]
 
     def next_batch(self) -> list[VenueEvent]:
+        if self._wake:
+            wake, self._wake = self._wake, []
+            return wake
         got = self.gateway.drain()
         if got:
             self._awake = None
@@ -71,11 +79,12 @@ class _EventPartition(StatelessSourcePartition[VenueEvent]):
 
 
 class VenueEventSource(DynamicSource[VenueEvent]):
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, gateway: Gateway, books: list[str] | None = None):
+        """``books``: the books to wake at the start (their names; "" for a pipeline's one book)."""
+        self.gateway, self.books = gateway, list(books or [])
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _EventPartition:
-        return _EventPartition(self.gateway)
+        return _EventPartition(self.gateway, self.books if worker_index == 0 else [])
 
 
 # ----- the signal source, watched for its end -----

@@ -153,8 +153,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     else:
         s = _filter_steps(pipeline, s)
     remote = may_be_remote(pipeline, venues)
-    if remote:  # the venues' answers, merged in front of the books
-        s = op.merge("entries_and_answers", s, op.input("venue_events", flow, VenueEventSource(gateway)))
+    if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
+        answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
+        s = op.merge("entries_and_answers", s, answers)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}

@@ -39,7 +39,8 @@ _FATES = {PARTIALLY_FILLED, FILLED, CANCELLED, REJECTED}  # a venue's word is ne
 TRANSITIONS: dict[str, frozenset[str]] = {
     INTENT: frozenset({SUBMITTED, ACCEPTED, UNKNOWN, DENIED} | _FATES),
     SUBMITTED: frozenset({ACCEPTED, UNKNOWN} | _FATES),
-    UNKNOWN: frozenset({ACCEPTED} | _FATES),
+    # asked, and never at the venue: sent after all, or DENIED if its TTL ran out meanwhile
+    UNKNOWN: frozenset({ACCEPTED, DENIED} | _FATES),
     ACCEPTED: frozenset(_FATES),
     PARTIALLY_FILLED: frozenset(_FATES - {REJECTED}),  # a venue that filled part of it took it
     **{s: frozenset() for s in TERMINAL},

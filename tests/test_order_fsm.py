@@ -87,3 +87,13 @@ def test_no_sequence_of_statuses_leaves_the_machine_in_a_state_its_table_cannot_
             seen.append(change.dst)
     if seen[-1] in fsm.TERMINAL:
         assert seen.count(seen[-1]) == 1 and all(x not in fsm.TERMINAL for x in seen[:-1])
+
+
+def test_an_unknown_order_the_venue_never_had_is_denied_once_its_ttl_ran_out():
+    """The in-flight checker asks about an UNKNOWN order, the venue has no record of it, and
+    its TTL ran out meanwhile: the sender says DENIED. Refused as illegal, it left the order
+    UNKNOWN in the ledger, its reservation held, for ever (seen with IBKR dropping its socket
+    under `apex run`, tests/test_venues_together.py)."""
+    state = fsm.OrderState(ORDER, "unknown")
+    change = fsm.apply(state, fsm.VenueEvent("", "ax1", "denied", reason="not sent: its signal's TTL ran out"))
+    assert change.moved and state.final and state.status == "denied"

@@ -131,6 +131,8 @@ class _Link:
     def one(self, order: Order) -> dict | None:
         """OKX's record of the order, None if it has none."""
         inst = self.venue._inst(order.symbol)
+        if inst not in self.markets():
+            return None  # OKX holds no order on an instrument it does not list (was a KeyError)
         symbol = self.symbol_of(order)
         try:
             return self.venue._paced(limits.get_order(inst), lambda: self.ex.fetch_order(

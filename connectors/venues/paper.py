@@ -92,6 +92,10 @@ class PaperVenue:
     def lookup(self, order: Order) -> Fill | None:
         return self._fill(order.client_order_id)
 
+    def cancel(self, order: Order) -> None:
+        """Nothing to do: every order is filled or refused the moment it arrives, and a cancel
+        never undoes a fill (the interface asks every venue for one)."""
+
     def open_orders(self) -> list[Order]:
         return []  # market orders fill or are refused at once
 
