@@ -32,6 +32,9 @@ from operators.portfolio import Portfolio
 
 
 log = logging.getLogger("apex.exits")
+# what a close may leave of its trade without a word: a venue rounds a sell down to its lot
+# (OKX's smallest, 1e-8 of a coin), and the book then holds dust, which no venue would take
+DUST, DUST_SHARE = 1e-8, 1e-6
 
 
 @dataclass(slots=True)
@@ -184,7 +187,8 @@ class Exits:
             outs.append(self.desk.emit(c.out))
             return
         fill = _ours(order, total)
-        if fill.quantity < c.terms.quantity - 1e-9:
+        rest = c.terms.quantity - fill.quantity
+        if rest > max(DUST, DUST_SHARE * c.terms.quantity):  # less is the venue's rounding to its lot
             log.warning("close of %s filled %g of %g: the rest stays held, outside any trade",
                         c.terms.signal_id, fill.quantity, c.terms.quantity)
         self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True)
