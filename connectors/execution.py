@@ -19,7 +19,6 @@ is called in place, and a paper run decides exactly as it always has.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -64,14 +63,12 @@ class Executor:
             self.venues, self._only = {}, venues
         self.book = book
         self.gateway = gateway if gateway is not None else Gateway()
+        self.has_remote = False  # any venue across a network: its orders leave as commands
         for market in VENUES:
             venue = self._only if self._only is not None else self.venues.get(market)
             if venue is not None and is_remote(venue):
                 self.gateway.register(book, market, venue)
-        self.has_remote = False  # any venue across a network: its orders leave as commands
-        for market in VENUES:
-            venue = self._only if self._only is not None else self.venues.get(market)
-            self.has_remote = self.has_remote or (venue is not None and is_remote(venue))
+                self.has_remote = True
         self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
         self._commands: list[Command] = []  # for the step to emit after its commit
 
@@ -144,7 +141,7 @@ class Executor:
             self.ledger.record_rejection(order, str(refused))
             raise
         if known is not None:
-            known = _ours(order, known)
+            known = as_ours(order, known)
             self.ledger.record_fill(known)
         return known
 
@@ -203,7 +200,7 @@ class Executor:
             if isinstance(r, Rejected):
                 self.ledger.record_rejection(order, str(r))
             elif r is not None:
-                results[i] = r = _ours(order, r)
+                results[i] = r = as_ours(order, r)
                 self.ledger.record_fill(r)
 
     def execute(self, order: Order, reason: str = "") -> tuple[Fill, bool]:
@@ -230,7 +227,7 @@ def is_remote(venue: Venue) -> bool:
     return bool(getattr(venue, "asynchronous", False))
 
 
-def _ours(order: Order, fill: Fill) -> Fill:
+def as_ours(order: Order, fill: Fill) -> Fill:
     """The venue's fill under the order's own identity: a venue knows the client order id
     but not always the signal it was for (IB keeps no such field across sessions). Its time
     is its order's, on the run's one clock (the stream's: the wall clock live, the

@@ -472,12 +472,7 @@ class Ledger:
         orders a venue accepted whose fate had not come when the process stopped.
         Each with its reason (a close's exit) and, for an open, the trade it was to open
         with its exits description (None in intents written before it was kept)."""
-        rows = self.db.execute(
-            f"SELECT {ORDER}, reason, trade, status FROM executions WHERE status IN {_LIVE} AND kind=?"
-            " ORDER BY intent_ms",
-            (kind,),
-        ).fetchall()
-        return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None) for r in rows]
+        return [(order, reason, trade) for order, reason, trade, _ in self.live(kind)]
 
     def live(self, kind: str) -> list[tuple[Order, str, tuple[TradeTerms, str] | None, str]]:
         """``dangling`` with each order's status."""

@@ -40,7 +40,7 @@ from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
 from dataflows import gates
-from dataflows.config import Pipeline, load, read_venue_lists
+from dataflows.config import Pipeline, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
 from dataflows.steps import book_filters, ignored_assets, router, stateless_filter, validator

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from connectors.execution import WORKING, _ours
+from connectors.execution import as_ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
 from dataflows.opens import Opens
@@ -53,7 +53,6 @@ class Exits:
         self.desk = desk
         self.opens = opens
         self.closing: dict[str, Closing] = {}  # by the close's client order id
-        self._closing_trades: set[str] = set()  # signal ids of the trades being closed
         # exits that fired while the trade's opening order was working: (reason, trigger, clock_ms)
         self.deferred: dict[str, tuple[str, str, int]] = {}
 
@@ -100,7 +99,7 @@ class Exits:
     def close(self, book: Portfolio, terms: TradeTerms, reason: str, price: float, trigger: str,
               clock_ms: int, outs: list[Outcome]) -> None:
         sid = terms.signal_id
-        if sid in self._closing_trades or sid in self.deferred:
+        if client_order_id(sid, "close") in self.closing or sid in self.deferred:
             return  # its close is on its way already
         if self.desk.executor.remote(terms.venue) and self._opening(sid):
             self.deferred[sid] = (reason, trigger, clock_ms)
@@ -150,9 +149,13 @@ class Exits:
         if known is None:
             executor.send([order], wait=False)
         status = fsm.INTENT if known is None else fsm.UNKNOWN
-        self.closing[order.client_order_id] = Closing(out, chain, terms, reason, fsm.OrderState(order, status))
-        self._closing_trades.add(terms.signal_id)
+        self.follow(Closing(out, chain, terms, reason, fsm.OrderState(order, status)))
         out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)  # the attempt, durable with the intent
+
+    def follow(self, c: Closing) -> None:
+        """A close at a remote venue, followed through its events from now on (sent now, or
+        left live by the last run)."""
+        self.closing[c.state.order.client_order_id] = c
 
     def opened(self, book: Portfolio, signal_id: str, outs: list[Outcome]) -> None:
         """The trade's opening order reached its end: an exit that waited for it goes now."""
@@ -168,16 +171,15 @@ class Exits:
         """A venue's event about a close, already applied to its state and recorded."""
         state, order = c.state, c.state.order
         if change.fill is not None:  # what filled leaves the position at once
-            book.apply_fill(_ours(order, change.fill))
+            book.apply_fill(as_ours(order, change.fill))
         if not state.final:
             if change.fill is not None:
-                R.partial(c.chain, _ours(order, change.fill), state.filled)
+                R.partial(c.chain, as_ours(order, change.fill), state.filled)
             elif change.dst == fsm.ACCEPTED:
                 R.accepted(c.chain, self.desk.executor.venue_for(order.venue).name)
             c.out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)
             return
         del self.closing[order.client_order_id]
-        self._closing_trades.discard(c.terms.signal_id)
         total = state.booked()
         if total is None:
             R.rejected(c.chain, ev.reason or state.status)
@@ -186,7 +188,7 @@ class Exits:
                 book.retry_due(c.terms)
             outs.append(self.desk.emit(c.out))
             return
-        fill = _ours(order, total)
+        fill = as_ours(order, total)
         rest = c.terms.quantity - fill.quantity
         if rest > max(DUST, DUST_SHARE * c.terms.quantity):  # less is the venue's rounding to its lot
             log.warning("close of %s filled %g of %g: the rest stays held, outside any trade",

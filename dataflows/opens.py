@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from connectors.execution import WORKING, _ours
+from connectors.execution import WORKING, as_ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
 from operators import audit_rows as R
@@ -77,7 +77,8 @@ class Opens:
             return self.rejected(out, chain, err)
         if known is WORKING:  # at its venue (or maybe): its fate comes as an event
             book.reserve(expected, terms)
-            self.track(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline), fsm.UNKNOWN)
+            self.track(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline),
+                       fsm.OrderState(order, fsm.UNKNOWN))
             out.reason = f"working at {desk.executor.venue_for(order.venue).name}"
             return desk.emit(out)
         if known is not None:  # resolved without sending: a redelivery after a crash
@@ -93,9 +94,10 @@ class Opens:
         self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline))
         return out
 
-    def track(self, f: InFlight, status: str = fsm.INTENT) -> None:
-        """An order at a remote venue, followed through its events from now on."""
-        f.state = fsm.OrderState(f.order, status)
+    def track(self, f: InFlight, state: fsm.OrderState | None = None) -> None:
+        """An order at a remote venue, followed through its events from now on (``state``: as
+        the last run left it; a new order's otherwise)."""
+        f.state = state or fsm.OrderState(f.order)
         f.booked = f.expected
         self.working[f.order.client_order_id] = f
 
@@ -158,8 +160,8 @@ class Opens:
             elif change.dst == fsm.UNKNOWN:
                 R.unknown(f.chain, ev.reason)
             if change.fill is not None:  # part of the reservation is now what really filled
-                R.partial(f.chain, _ours(f.order, change.fill), state.filled)
-                now = _blend(state, f.expected)
+                R.partial(f.chain, as_ours(f.order, change.fill), state.filled)
+                now = blend(state, f.expected)
                 book.rebook(f.booked, now)
                 f.booked = now
             f.out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)
@@ -177,7 +179,7 @@ class Opens:
             else:
                 outs.append(self.rejected(out, f.chain, Rejected(ev.reason or state.status)))
             return True
-        fill = _ours(f.order, total)
+        fill = as_ours(f.order, total)
         terms = booked(f.terms, fill)
         book.settle(f.booked, fill, terms)
         self.desk.ledger.record_open(terms)
@@ -199,7 +201,7 @@ class Opens:
         return self.desk.record(out)
 
 
-def _blend(state: fsm.OrderState, expected: Fill) -> Fill:
+def blend(state: fsm.OrderState, expected: Fill) -> Fill:
     """What the book holds for an order part filled: what filled, at its price and fee, and
     the rest still as expected."""
     rest = max(0.0, expected.quantity - state.filled)

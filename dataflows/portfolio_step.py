@@ -30,7 +30,7 @@ from dataflows.venue_funds import VenueFunds
 from operators import audit_rows as R
 from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
-from operators.decide import audit_verdict, drop_row, judge
+from operators.decide import audit_verdict, drop_row, judge, ttl_left_ms
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
 
@@ -122,7 +122,7 @@ class PortfolioStep:
             return
         if change.duplicate:
             return
-        # on the run's clock, as its fill is (connectors/execution.py ``_ours``): the order's time
+        # on the run's clock, as its fill is (connectors/execution.py ``as_ours``): the order's time
         self.ledger.record_change(state, change, ev.fill_id, ev.reason, state.order.ts_ms)
         if f is not None:
             if self.opens.on_event(book, f, ev, change, outs):
@@ -184,7 +184,7 @@ class PortfolioStep:
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
         emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it
-        left_ms = emitted + sig.ttl_seconds * 1000 - e.clock_ms  # of its TTL, on the stream's clock
+        left_ms = ttl_left_ms(emitted, sig.ttl_seconds, e.clock_ms)  # on the stream's clock, to the wall's
         return self.opens.open(book, out, chain, order, sig, fresh=True, deadline=time.time() + left_ms / 1000)
 
     def _may_size(self, item: Received) -> bool:

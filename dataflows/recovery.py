@@ -18,7 +18,7 @@ import logging
 
 from dataflows.desk import Desk
 from dataflows.exits_step import Closing, Exits
-from dataflows.opens import InFlight, Opens, _blend
+from dataflows.opens import InFlight, Opens, blend
 from operators import audit_rows as R
 from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
@@ -89,11 +89,10 @@ def _follow_open(desk: Desk, opens: Opens, book: Portfolio, order: Order, expect
                              order.venue, order.symbol)
     out = Outcome("", prior.stream_id if prior else "", order.signal_id, "sent", events=chain.events)
     f = InFlight(out, chain, order, expected, expected_terms, exits, book.nav, order.ts_ms / 1000 + RESTART_SEND_S)
-    opens.track(f, status)
+    opens.track(f, _state(desk, order, status))
     assert f.state is not None
-    f.state = _state(desk, order, status)
     if f.state.filled > 0:
-        f.booked = _blend(f.state, expected)
+        f.booked = blend(f.state, expected)
         book.rebook(expected, f.booked)
     desk.executor.check(order, f.deadline)
 
@@ -106,8 +105,7 @@ def _follow_close(desk: Desk, exits: Exits, book: Portfolio, terms: TradeTerms, 
     if state.filled > 0:  # what filled before the stop left the position then
         book.apply_fill(Fill(order.signal_id, order.client_order_id, state.order_id, order.venue, order.symbol,
                              order.side, state.filled, state.avg_price, state.fee_usd, order.ts_ms))
-    exits.closing[order.client_order_id] = Closing(out, chain, terms, reason, state)
-    exits._closing_trades.add(terms.signal_id)
+    exits.follow(Closing(out, chain, terms, reason, state))
     desk.executor.check(order)
 
 

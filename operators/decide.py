@@ -52,6 +52,12 @@ class Verdict:
         return self.outcome == "order" or self.reason in SIZING_DROPS
 
 
+def ttl_left_ms(emitted_ms: int, ttl_seconds: int, clock_ms: int) -> int:
+    """What is left of a signal's TTL at ``clock_ms`` (negative once it has run out): how long
+    its order may still wait to leave."""
+    return emitted_ms + ttl_seconds * 1000 - clock_ms
+
+
 def is_expired(age_ms: int, ttl_seconds: int) -> bool:
     """``age_ms``: the stream clock less the signal's emit time."""
     return age_ms > ttl_seconds * 1000

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from connectors.sims import listening, prices_from_recording
+from connectors.sims import listening, prices_from_recording, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 APEX = str(Path(sys.executable).with_name("apex"))
@@ -132,13 +132,7 @@ def main() -> int:
         print((work / "apex-run.log").read_text())
         return check(work, env)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
 
 
 def live_orders(path: Path) -> int:

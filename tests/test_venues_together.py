@@ -18,7 +18,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from connectors.sims import listening, prices_from_recording
+from connectors.sims import listening, prices_from_recording, stop_all
 from helpers import APEX, until
 from okx_fixtures import free_port
 from operators.signal import Invalid, Signal, parse_signal
@@ -64,13 +64,7 @@ class Sims:
         return [json.loads(line)[key] for line in path.read_text().splitlines()] if path.exists() else []
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(list(reversed(self.procs)))  # in the order they were started, as before
 
 
 def _pipeline(tmp: Path, venues: bool = True) -> Path:

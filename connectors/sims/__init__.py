@@ -4,7 +4,9 @@ whether it listens yet, and fill prices taken from a recording."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -30,3 +32,15 @@ def prices_from_recording(path: Path) -> dict[str, dict[str, float]]:
         if doc.get("venue") in prices and isinstance(doc.get("symbol"), str) and 0 < price < 1e9:
             prices[doc["venue"]].setdefault(doc["symbol"], price)
     return prices
+
+
+def stop_all(procs: list[subprocess.Popen], wait_s: float = 30) -> None:
+    """SIGTERM each child still running (the last started first), killed if it outlives
+    ``wait_s``: simulators, redis-server and Apex itself, as a demo or a test leaves them."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
