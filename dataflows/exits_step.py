@@ -26,15 +26,12 @@ from operators import audit_rows as R
 from operators import order_fsm as fsm
 from operators.fill import Fill
 from operators.audit import INVALID_TICK, Chain, Outcome
-from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms
+from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, close_leaves_rest
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
 
 
 log = logging.getLogger("apex.exits")
-# what a close may leave of its trade without a word: a venue rounds a sell down to its lot
-# (OKX's smallest, 1e-8 of a coin), and the book then holds dust, which no venue would take
-DUST, DUST_SHARE = 1e-8, 1e-6
 
 
 @dataclass(slots=True)
@@ -189,8 +186,7 @@ class Exits:
             outs.append(self.desk.emit(c.out))
             return
         fill = as_ours(order, total)
-        rest = c.terms.quantity - fill.quantity
-        if rest > max(DUST, DUST_SHARE * c.terms.quantity):  # less is the venue's rounding to its lot
+        if close_leaves_rest(c.terms, fill.quantity):
             log.warning("close of %s filled %g of %g: the rest stays held, outside any trade",
                         c.terms.signal_id, fill.quantity, c.terms.quantity)
         self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True)

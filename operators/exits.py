@@ -68,6 +68,16 @@ def regime_exit(t: TradeTerms, regime: str, on_alert: bool) -> str | None:
     return None
 
 
+# what a close may leave of its trade and still be whole: a venue rounds a sell down to its
+# lot (OKX's smallest, 1e-8 of a coin), and the book then holds dust no venue would take
+DUST, DUST_SHARE = 1e-8, 1e-6
+
+
+def close_leaves_rest(t: TradeTerms, filled: float) -> bool:
+    """Whether a close that filled ``filled`` left a real part of the trade held."""
+    return t.quantity - filled > max(DUST, DUST_SHARE * t.quantity)
+
+
 def holding_expired(t: TradeTerms, clock_ms: int) -> bool:
     return clock_ms >= t.deadline_ms
 

@@ -18,7 +18,7 @@ from dataflows.apex import wire
 from dataflows.config import parse
 from operators.exits import (
     HARD_STOP, MAX_HOLDING, REGIME_ALERT, REGIME_EXIT, ClosedTrade, TradeTerms,
-    booked, holding_expired, regime_exit, stop_hit,
+    booked, close_leaves_rest, holding_expired, regime_exit, stop_hit,
 )
 from operators.fill import Fill
 
@@ -279,3 +279,15 @@ def test_restart_rebuilds_open_trades_and_tracker_from_the_ledger(tmp_path):
     rows = store.query("SELECT signal_id, exit_reason, pnl_usd FROM trades FINAL")
     store.close()
     assert rows == [("t1", HARD_STOP, pytest.approx(-600.0))]
+
+
+def test_a_close_rounded_down_to_the_venues_lot_leaves_dust_not_a_remainder():
+    """OKX rounds a sell down to 1e-8 of a coin: what that leaves is dust, said nothing of; a
+    part of the trade really left held is a remainder (warned of, outside any trade)."""
+    t = terms(qty=0.12345678912)
+    assert not close_leaves_rest(t, 0.12345678)  # floored to the lot
+    assert not close_leaves_rest(t, t.quantity)
+    assert close_leaves_rest(t, 0.06)  # a partial fill, the rest cancelled
+    big = terms(qty=1000.0)
+    assert not close_leaves_rest(big, 1000.0 - 0.0009)  # within a millionth of the trade
+    assert close_leaves_rest(big, 1000.0 - 0.0011)
