@@ -93,7 +93,11 @@ def _collections_during(fn) -> int:
     left pending by a large young generation would run."""
     gc.collect()  # from an empty young generation: nothing else is due within this
     seen, after = [], []
-    gc.callbacks.append(lambda phase, _info: seen.append(phase) if phase == "start" else None)
+    me = threading.get_ident()
+    # the callback runs on the thread whose allocation set the collection off: another test's
+    # thread still alive (a venue's socket retrying) is not this round's doing
+    gc.callbacks.append(lambda phase, _info: seen.append(phase)
+                        if phase == "start" and threading.get_ident() == me else None)
     try:
         fn()
         after += [[] for _ in range(100)]  # the allocations that would trigger it
