@@ -90,6 +90,9 @@ class OkxSettings(_Strict):
     requests_in_flight: int = Field(4, ge=1, le=32, description="orders requests at once, each for its own instruments")
     ask_after_s: float = Field(10.0, gt=0, le=3600, description="an order this long without news is asked about")
     ignore: OkxIgnore = Field(default_factory=list, description="instruments Apex leaves alone (OKB-USDT)")
+    market: Literal["spot", "swap"] = Field(
+        "spot", description="spot: coins bought and sold, never shorted; swap: USDT perpetual swaps "
+        "(BTC-USDT-SWAP), isolated margin, net positions, so a sell may open a short")
 
     def ignored(self) -> frozenset[str]:
         """What Apex leaves alone here: the listed instruments and the fee coin's."""
