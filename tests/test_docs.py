@@ -55,3 +55,15 @@ def test_every_relative_link_resolves(page: Path) -> None:
         elif fragment and target.suffix == ".md" and fragment not in anchors(target):
             broken.append(f"{link}: no such heading")
     assert not broken, broken
+
+
+def test_configuration_reference_is_generated_from_the_models() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_config_docs
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "configuration.md").read_text() == gen_config_docs.render(), \
+        "docs/configuration.md is stale: run scripts/gen_config_docs.py"
