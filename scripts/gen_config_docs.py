@@ -64,6 +64,17 @@ def _bounds(field) -> str:
     return ", ".join(out)
 
 
+def _plain(value: object) -> object:
+    """A default as YAML would write it, the same on every run (sets sorted)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _default(field) -> str:
     if field.is_required():
         return "required"
@@ -72,11 +83,11 @@ def _default(field) -> str:
             value = field.default_factory()
         except TypeError:
             return "(built)"
-        return "(empty)" if value in ([], {}, ()) else "(see below)" if isinstance(value, BaseModel) else f"`{value}`"
+        return "(empty)" if value in ([], {}, ()) else "(see below)" if isinstance(value, BaseModel) else f"`{_plain(value)}`"
     value = field.default
     if value is None or value is PydanticUndefined:
         return "absent"
-    return f"`{value}`" if value != "" else "empty"
+    return f"`{_plain(value)}`" if value != "" else "empty"
 
 
 def table(model: type[BaseModel], path: str, rows: list[str], seen: set[str]) -> None:
