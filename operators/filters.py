@@ -16,6 +16,10 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from operators.correlation import ReturnsEstimator
+from operators.daily_loss import DayLoss
+from operators.exits import TradeTerms
+from operators.risk_filters import RISK_BUILTINS
 from operators.signal import REGIMES, SOURCES, VENUES, Signal
 
 
@@ -93,6 +97,15 @@ class PortfolioView:
     # left out is estimated from the book, as on the paper venue
     venue_funds: Mapping[str, float] = field(default_factory=dict)
     in_flight_usd: Mapping[str, float] = field(default_factory=dict)  # by market: orders not yet filled
+    # for the risk gate (operators/risk_filters.py): the book's own, read, never copied
+    trades: Mapping[str, TradeTerms] = field(default_factory=dict)  # signal_id -> open trade
+    marks: Mapping[str, float] = field(default_factory=dict)  # symbol -> last price
+    day: DayLoss | None = None
+    returns: ReturnsEstimator | None = None
+
+    def gross(self) -> float:
+        """Σ |position values|: a short is as much exposure as a long."""
+        return sum(abs(v) for v in self.position_values.values())
 
     def position_value(self, venue: str, symbol: str) -> float:
         return self.position_values.get((venue, symbol), 0.0)
@@ -156,6 +169,7 @@ BUILTINS: dict[str, Builtin] = {
     "symbol_universe": Builtin(symbol_universe, UniverseParams, False),
     "concentration": Builtin(concentration, ConcentrationParams, True),
     "margin": Builtin(margin, MarginParams, True),
+    **{name: Builtin(*spec) for name, spec in RISK_BUILTINS.items()},
 }
 
 
