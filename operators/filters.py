@@ -98,7 +98,7 @@ class PortfolioView:
     venue_funds: Mapping[str, float] = field(default_factory=dict)
     in_flight_usd: Mapping[str, float] = field(default_factory=dict)  # by market: orders not yet filled
     # for the risk gate (operators/risk_filters.py): the book's own, read, never copied
-    trades: Mapping[str, TradeTerms] = field(default_factory=dict)  # signal_id -> open trade
+    open_trades: Mapping[str, TradeTerms] = field(default_factory=dict)  # by signal_id
     marks: Mapping[str, float] = field(default_factory=dict)  # symbol -> last price
     day: DayLoss | None = None
     returns: ReturnsEstimator | None = None

@@ -18,8 +18,8 @@ A signal or trade without a hard stop is taken to risk ``assumed_stop_pct`` of i
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Annotated, Iterable, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -36,14 +36,15 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-STOP = Field(1.0, gt=0, le=1, description="the stop taken for a signal or trade without a hard stop "
-                                          "(a share of its value; 1.0: all of it is at risk)")
+def _assumed_stop() -> Any:
+    return Field(1.0, gt=0, le=1, description="the stop taken for a signal or trade without a hard stop "
+                                              "(a share of its value; 1.0: all of it is at risk)")
 
 
 class PositionRiskParams(_Params):
     max_risk: float = Field(0.01, gt=0, le=1, description="the most the position may lose to its hard stop, "
                                                           "as a share of NAV")
-    assumed_stop_pct: float = STOP
+    assumed_stop_pct: float = _assumed_stop()
 
 
 class GrossExposureParams(_Params):
@@ -83,7 +84,7 @@ class CorrelationBudgetParams(_Params):
                                 description="the trailing minutes whose one-minute returns give the correlations")
     min_returns: int = Field(30, ge=2, description="below this many returns of both symbols in the window, "
                                                    "a pair is taken as perfectly correlated")
-    assumed_stop_pct: float = STOP
+    assumed_stop_pct: float = _assumed_stop()
 
     @field_validator("min_returns")
     @classmethod
@@ -119,7 +120,7 @@ def position_risk(signal: Signal, portfolio: PortfolioView, *, max_risk: float, 
     """The position the order leaves in its instrument (the trades open in it and the order)
     loses at most ``max_risk`` of NAV to their hard stops."""
     held = sum(abs(trade_risk(t, portfolio.marks.get(t.symbol), assumed_stop_pct))
-               for t in portfolio.trades.values() if t.symbol == signal.symbol and t.venue == signal.venue)
+               for t in portfolio.open_trades.values() if t.symbol == signal.symbol and t.venue == signal.venue)
     return held + abs(order_risk(signal, portfolio, assumed_stop_pct)) <= max_risk * portfolio.nav
 
 
@@ -161,7 +162,7 @@ def correlation_budget(signal: Signal, portfolio: PortfolioView, *, max_combined
     pair with fewer than ``min_returns`` returns of both is taken as perfectly correlated,
     in the direction that adds their risks: too little history never counts as a hedge."""
     risks: dict[str, float] = {}
-    for t in portfolio.trades.values():
+    for t in portfolio.open_trades.values():
         risks[t.symbol] = risks.get(t.symbol, 0.0) + trade_risk(t, portfolio.marks.get(t.symbol), assumed_stop_pct)
     risks[signal.symbol] = risks.get(signal.symbol, 0.0) + order_risk(signal, portfolio, assumed_stop_pct)
     returns = portfolio.returns
@@ -169,8 +170,7 @@ def correlation_budget(signal: Signal, portfolio: PortfolioView, *, max_combined
     def rho(a: str, b: str) -> float | None:
         return returns.correlation(a, b, window_minutes, min_returns) if returns is not None else None
 
-    risk = combined_risk(risks, rho)
-    return not math.isnan(risk) and risk <= max_combined * portfolio.nav
+    return combined_risk(risks, rho) <= max_combined * portfolio.nav
 
 
 # name -> (function, parameters, whether it reads the book); registered in operators/filters.BUILTINS

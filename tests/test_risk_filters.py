@@ -32,7 +32,7 @@ SETTINGS = dict(derandomize=True, database=None, deadline=None, suppress_health_
 def view(proposed: float = 0.0, positions: dict | None = None, trades: list[TradeTerms] = (), marks=None,
          day: DayLoss | None = None, returns: ReturnsEstimator | None = None, nav: float = NAV) -> PortfolioView:
     return PortfolioView(nav=nav, position_values=positions or {}, proposed_usd=proposed,
-                         trades={t.signal_id: t for t in trades}, marks=marks or {}, day=day, returns=returns)
+                         open_trades={t.signal_id: t for t in trades}, marks=marks or {}, day=day, returns=returns)
 
 
 def trade(sid: str, symbol: str = "BTC-USDT", side: str = "buy", qty: float = 10.0, entry: float = 1000.0,
@@ -223,6 +223,16 @@ def test_combined_risk_is_sqrt_of_w_c_w(rho, total):
     assert combined_risk({"A": 36_000.0, "B": 48_000.0}, lambda a, b: rho) == total
     # a short's risk is signed: an unknown correlation adds magnitudes still
     assert combined_risk({"A": 36_000.0, "B": -48_000.0}, lambda a, b: None) == 84_000.0
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(risks=st.lists(st.floats(min_value=-1e6, max_value=1e6), max_size=8),
+       rho=st.floats(min_value=-1.0, max_value=1.0))
+def test_combined_risk_is_never_more_than_the_risks_added_and_exactly_that_when_nothing_is_known(risks, rho):
+    w = {f"S{i}": r for i, r in enumerate(risks)}
+    added = sum(abs(r) for r in risks)
+    assert combined_risk(w, lambda a, b: None) == pytest.approx(added, rel=1e-9, abs=1e-6)
+    assert 0.0 <= combined_risk(w, lambda a, b: rho) <= added * (1 + 1e-9) + 1e-6
 
 
 def _walk(est: ReturnsEstimator, minutes: int, moves: dict[str, list[int]], start: int = DAY0) -> None:
