@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.redis_config import RedisConfig
 from connectors.venues.settings import VenueSettings
-from dataflows.sector_file import read_sectors
+from dataflows.sector_file import read_sectors, uncovered_symbols
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.risk_filters import SectorExposureParams
@@ -489,6 +489,7 @@ def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: li
             except ValidationError as err:
                 errors.extend(_fmt(f"{where}.execute", err))
                 execute = ExecuteConfig()
+    errors.extend(uncovered_symbols(filters, reasons, prefix))
     if usable and not any("size" in stage for stage in stages if isinstance(stage, dict)):
         errors.append(f"{prefix}: missing `- size: kelly`")
     if usable and execute is None:

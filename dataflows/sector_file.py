@@ -17,6 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from operators.filters import Filter, symbol_universe
+from operators.risk_filters import sector_exposure
+
 HEADER = ["symbol", "sector"]
 
 
@@ -87,3 +90,24 @@ def _yaml(text: str, where: str, p: Path, errors: list[str]) -> dict[str, str]:
             continue
         out[str(symbol)] = sector.strip()
     return out
+
+
+def uncovered_symbols(filters: list[Filter], index: dict[str, int], prefix: str) -> list[str]:
+    """A ``sector_exposure`` filter that drops unknown symbols beside a ``symbol_universe``
+    listing symbols its file does not name would drop every signal of theirs, silently: one
+    error per such pair, under the sector filter's path. ``index``: each filter's place in
+    the stage list ``prefix``, by its name (a name is one filter's only)."""
+    errors = []
+    universes = [f for f in filters if f.fn is symbol_universe]
+    for s in filters:
+        if s.fn is not sector_exposure or s.params["unknown_symbol"] != "drop" or not s.params["sectors"]:
+            continue
+        for u in universes:
+            listed = set().union(*u.params["universe"].values())
+            missing = sorted(listed - set(s.params["sectors"]))
+            if missing:
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                errors.append(f"{prefix}[{index[s.name]}].sectors: leaves out {', '.join(missing[:5])}{more}, which "
+                              f"{prefix}[{index[u.name]}] ({u.name}) trades: every signal of theirs would be dropped "
+                              f"as {s.name!r}; name their sector, or set unknown_symbol: pass")
+    return errors

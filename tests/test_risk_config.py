@@ -198,3 +198,20 @@ def test_every_risk_error_is_reported_at_once_through_apex_validate(tmp_path):
                  "stages[3].window_minutes: input should be greater than or equal to 2"):
         assert want in out, (want, out)
     assert "Traceback" not in res.output
+
+
+def test_a_sector_file_that_leaves_out_symbols_the_universe_trades_is_refused(tmp_path):
+    path = _sectors(tmp_path)  # BTC-USDT and AAPL only
+    universe = "  - filter: symbol_universe\n    universe: {okx: [BTC-USDT, ETH-USDT, SOL-USDT], ibkr: [AAPL]}\n"
+    errors = _errors(_stages(universe + f"  - filter: sector_exposure\n    sectors: {path}\n"), tmp_path / "p.yaml")
+    assert errors == ["stages[1].sectors: leaves out ETH-USDT, SOL-USDT, which stages[0] (symbol_universe) trades: "
+                      "every signal of theirs would be dropped as 'sector_exposure'; name their sector, or set "
+                      "unknown_symbol: pass"]
+    # letting them through unchecked is a choice the file may make
+    p = parse(_stages(universe + f"  - filter: sector_exposure\n    sectors: {path}\n    unknown_symbol: pass\n"),
+              tmp_path / "p.yaml", {})
+    assert p.filters[1].params["unknown_symbol"] == "pass"
+    # and a file naming every symbol is enough
+    path.write_text("symbol,sector\nBTC-USDT,crypto\nETH-USDT,crypto\nSOL-USDT,crypto\nAAPL,tech\n")
+    assert len(parse(_stages(universe + f"  - filter: sector_exposure\n    sectors: {path}\n"),
+                     tmp_path / "p.yaml", {}).filters) == 2
