@@ -19,21 +19,26 @@ MAX_WINDOW_MINUTES = 1440  # one day of minutes: the most a window in pipeline.y
 
 
 class ReturnsEstimator:
-    """Per symbol, its last price in each of the latest ``MAX_WINDOW_MINUTES`` + 1 minutes
-    in which it ticked. Correlations are computed when asked and kept until the minute
-    changes, as every signal of a minute asks for the same ones."""
+    """Per symbol, its last price in each of the latest minutes in which it ticked, as many
+    as a window of ``minutes`` needs (none when no filter asks: a wide price stream would
+    otherwise be kept for nothing). Correlations are computed when asked and kept until the
+    minute changes, as every signal of a minute asks for the same ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, minutes: int = 0) -> None:
+        self.minutes = minutes
         self._closes: dict[str, deque[tuple[int, float]]] = {}
         self._minute: int | None = None  # the latest minute a tick was seen in
         self._returns: dict[tuple[str, int], list[float | None]] = {}
         self._rho: dict[tuple[str, str, int, int], float | None] = {}
 
     def observe(self, symbol: str, price: float, clock_ms: int) -> None:
+        if not self.minutes:
+            return
         minute = clock_ms // 60_000
         closes = self._closes.get(symbol)
         if closes is None:
-            closes = self._closes[symbol] = deque(maxlen=MAX_WINDOW_MINUTES + 1)
+            # the window's returns need its minutes' closes, the close before them and the latest minute's
+            closes = self._closes[symbol] = deque(maxlen=self.minutes + 2)
         if closes and closes[-1][0] >= minute:  # the same minute (or a clock that did not advance)
             closes[-1] = (closes[-1][0], price)
         else:
@@ -68,7 +73,7 @@ class ReturnsEstimator:
 
     def correlation(self, a: str, b: str, window: int, min_returns: int) -> float | None:
         """Pearson correlation of the two symbols' one-minute returns over the trailing
-        ``window`` completed minutes; None when fewer than ``min_returns`` minutes have a
+        ``window`` completed minutes (at most the ``minutes`` kept); None when fewer than ``min_returns`` minutes have a
         return of both, or when either did not move at all (no correlation to speak of)."""
         if a == b:
             return 1.0

@@ -77,6 +77,7 @@ class Portfolio:
     initial_nav: float
     kelly: KellyParams
     limits: Limits = field(default_factory=Limits)
+    correlation_minutes: int = 0  # the price history its correlation_budget filters need
     cash: float = field(init=False)
     peak: float = field(init=False)
     positions: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -91,7 +92,7 @@ class Portfolio:
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
         self.day_loss = DayLoss(self.initial_nav)  # the daily_loss filter's: the UTC day's opening and lowest NAV
-        self.returns = ReturnsEstimator()  # the correlation_budget filter's: each symbol's one-minute returns
+        self.returns = ReturnsEstimator(self.correlation_minutes)  # correlation_budget's one-minute returns
         self._guard = PriceGuard(self.limits)
         self._market_ids: dict[str, tuple[int, int]] = {}  # stream -> the last market entry taken
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it

@@ -192,3 +192,9 @@ def daily_loss_breach(day: DayLoss, filters: Iterable[Filter]) -> Breach | None:
         if f.fn is daily_loss:
             return breach(day, f.params["max_loss"], f.params["on_breach"])
     return None
+
+
+def correlation_minutes(filters: Iterable[Filter]) -> int:
+    """How many minutes of prices the book must keep for its ``correlation_budget`` filters
+    (0: it has none, and keeps none)."""
+    return max((f.params["window_minutes"] for f in filters if f.fn is correlation_budget), default=0)

@@ -208,13 +208,13 @@ HELD_TRADE = trade("t1", qty=50.0, entry=1000.0, stop=0.1)  # risks 5,000 at its
 def test_without_history_risks_add_up(proposed, passes):
     # no correlation known: 5,000 + 110,000 × 50% = 60,000, 6% of NAV
     s = model(symbol="ETH-USDT", exit_rules={"description": "", "hard_stop_pct": 0.5})
-    v = view(proposed, trades=[HELD_TRADE], marks={"BTC-USDT": 1000.0}, returns=ReturnsEstimator())
+    v = view(proposed, trades=[HELD_TRADE], marks={"BTC-USDT": 1000.0}, returns=ReturnsEstimator(60))
     assert correlation_budget(s, v, **CORR) is passes
 
 
 def test_without_history_a_long_and_a_short_are_not_a_hedge():
     s = model(symbol="ETH-USDT", side="sell", exit_rules={"description": "", "hard_stop_pct": 0.5})
-    v = view(110_000.02, trades=[HELD_TRADE], marks={"BTC-USDT": 1000.0}, returns=ReturnsEstimator())
+    v = view(110_000.02, trades=[HELD_TRADE], marks={"BTC-USDT": 1000.0}, returns=ReturnsEstimator(60))
     assert correlation_budget(s, v, **CORR) is False  # perfectly correlated, it would be 50,000: a pass
 
 
@@ -245,7 +245,7 @@ def _walk(est: ReturnsEstimator, minutes: int, moves: dict[str, list[int]], star
 
 
 def test_anti_correlated_history_lets_a_second_long_through_as_a_hedge():
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(60)
     _walk(est, 62, {"BTC-USDT": [1, -1], "ETH-USDT": [-1, 1]})
     assert est.correlation("BTC-USDT", "ETH-USDT", 60, 30) == pytest.approx(-1.0)
     s = model(symbol="ETH-USDT", exit_rules={"description": "", "hard_stop_pct": 0.5})
@@ -253,13 +253,13 @@ def test_anti_correlated_history_lets_a_second_long_through_as_a_hedge():
     v = view(110_000.02, trades=[held], marks={"BTC-USDT": 1000.0}, returns=est)
     assert correlation_budget(s, v, **CORR) is True  # |5,000 − 55,000| = 50,000
     assert correlation_budget(s, view(110_000.02, trades=[held], marks={"BTC-USDT": 1000.0},
-                                      returns=ReturnsEstimator()), **CORR) is False
+                                      returns=ReturnsEstimator(60)), **CORR) is False
 
 
 # --- the estimator ---------------------------------------------------------------------------------
 
 def test_correlation_of_moves_together_and_apart():
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(80)
     _walk(est, 40, {"A": [1, -1, 1, 1], "B": [1, -1, 1, 1], "C": [-1, 1, -1, -1], "D": [1, 1, -1, -1]})
     assert est.correlation("A", "B", 30, 10) == pytest.approx(1.0)
     assert est.correlation("A", "C", 30, 10) == pytest.approx(-1.0)
@@ -271,19 +271,19 @@ def test_correlation_of_moves_together_and_apart():
 def test_too_little_history_is_unknown(minutes, known):
     """min_returns 30 needs 30 returns of both in completed minutes: 31 closes before the
     minute in which the latest tick came."""
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(80)
     _walk(est, minutes, {"A": [1, -1], "B": [1, -1]})
     assert (est.correlation("A", "B", 60, 30) is not None) is known
 
 
 def test_a_symbol_that_never_moved_has_no_correlation():
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(80)
     _walk(est, 40, {"A": [1, -1], "B": [0]})
     assert est.correlation("A", "B", 30, 10) is None
 
 
 def test_the_window_forgets_what_came_before_it():
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(80)
     _walk(est, 40, {"A": [1, -1], "B": [1, -1]})  # together for 40 minutes
     _walk(est, 40, {"A": [1, -1], "B": [-1, 1]}, start=DAY0 + 40 * 60_000)  # then apart
     assert est.correlation("A", "B", 30, 10) == pytest.approx(-1.0)
@@ -291,10 +291,34 @@ def test_the_window_forgets_what_came_before_it():
 
 
 def test_the_last_price_of_a_minute_counts_and_a_quiet_minute_carries_it_forward():
-    est = ReturnsEstimator()
+    est = ReturnsEstimator(80)
     for m in range(12):
         est.observe("A", 100.0 * (1.01 if m % 2 else 1.0), DAY0 + m * 60_000)
         est.observe("A", 100.0, DAY0 + m * 60_000 + 1000)  # the minute's last price: it never moves
         if m % 3 == 0:  # B ticks only every third minute, up each time
             est.observe("B", 100.0 * 1.01 ** m, DAY0 + m * 60_000)
     assert est.correlation("A", "B", 10, 2) is None  # A's minutes closed flat
+
+
+def test_the_estimator_keeps_exactly_what_its_window_needs():
+    """A window of 30 minutes is 30 returns: 31 closes before the latest minute, all kept."""
+    est = ReturnsEstimator(30)
+    _walk(est, 200, {"A": [1, -1, 1], "B": [1, -1, 1]})
+    assert est.correlation("A", "B", 30, 30) == pytest.approx(1.0)
+
+
+def test_without_a_window_asked_for_nothing_is_kept():
+    est = ReturnsEstimator()
+    _walk(est, 40, {"A": [1, -1], "B": [1, -1]})
+    assert est.correlation("A", "B", 30, 10) is None
+
+
+def test_the_book_keeps_the_longest_window_its_correlation_budgets_ask_for():
+    from operators.filters import Filter
+    from operators.risk_filters import correlation_minutes
+
+    def budget(name: str, window: int) -> Filter:
+        return Filter(name, correlation_budget, dict(CORR, window_minutes=window), True)
+
+    assert correlation_minutes([budget("a", 60), budget("b", 240)]) == 240
+    assert correlation_minutes([Filter("g", gross_exposure, {"max_gross": 1.0}, True)]) == 0
