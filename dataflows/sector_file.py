@@ -86,7 +86,8 @@ def _yaml(text: str, where: str, p: Path, errors: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for symbol, sector in doc.items():
         if not isinstance(sector, str) or not sector.strip():
-            errors.append(f"{where}: {p}: {symbol}: the sector must be a name, not {sector!r}")
+            errors.append(f"{where}: {p}: {symbol}: the sector must be a name, not {sector!r} "
+                          "(the file maps each SYMBOL to its sector)")
             continue
         out[str(symbol)] = sector.strip()
     return out

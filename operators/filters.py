@@ -5,6 +5,9 @@ Every filter has the same shape as a user's own: ``f(signal, portfolio, **params
 ``portfolio`` is a ``PortfolioView``: the book as it stands when this signal
 is decided, plus the size the Kelly stage would give it, so concentration and
 margin answer the same wherever sizing sits in ``pipeline.yaml``.
+
+The risk gate's filters (position, gross, sector, daily loss, correlation) are declared in
+``operators/risk_filters.py`` and registered here with these.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ next day or a resume, and what the book keeps of it across a restart."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.daily_loss import DAY_MS, DayLoss, breach
 from operators.fill import Fill
@@ -115,3 +117,17 @@ def test_the_book_feeds_its_navs_to_the_day_and_keeps_it_across_a_restart():
     older = Portfolio(NAV, KellyParams())
     older.restore_market(old)
     assert older.day_loss.day is None and not older.day_loss.breached(0.03)
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(navs=st.lists(st.floats(min_value=1.0, max_value=3e6), min_size=1, max_size=40),
+       max_loss=st.floats(min_value=0.001, max_value=0.5))
+def test_within_a_day_a_breach_never_clears_and_comes_exactly_when_the_low_passes_the_limit(navs, max_loss):
+    d = DayLoss(NAV)
+    seen = False
+    for i, nav in enumerate(navs):
+        d.observe(DAY0 + i, nav)
+        now = d.breached(max_loss)
+        assert now or not seen, "a breach cleared within its day"
+        assert now == (NAV - min(navs[: i + 1]) > max_loss * NAV)
+        seen = now
