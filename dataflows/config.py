@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.redis_config import RedisConfig
 from connectors.venues.settings import VenueSettings
+from dataflows.sector_file import read_sectors, uncovered_symbols
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
+from operators.risk_filters import SectorExposureParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
 from operators.books import Takes
@@ -279,6 +281,8 @@ def _filter(i: int, stage: dict, base: Path, errors: list[str], where: str, ctx:
     if builtin.params is UniverseParams and isinstance(params.get("universe"), dict):
         ctx.universes.append((where, where.rsplit("[", 1)[0], label or name, {str(k) for k in params["universe"]}))
         params["universe"] = _universe(params["universe"], base, where, errors, ctx)
+    if builtin.params is SectorExposureParams and isinstance(params.get("sectors"), str):
+        params["sectors"] = read_sectors(params["sectors"], base, f"{where}.sectors", errors)
     try:
         bound = builtin.params.model_validate(params)
     except ValidationError as err:
@@ -485,6 +489,7 @@ def _stages(stages: list[Any], prefix: str, usable: bool, base: Path, errors: li
             except ValidationError as err:
                 errors.extend(_fmt(f"{where}.execute", err))
                 execute = ExecuteConfig()
+    errors.extend(uncovered_symbols(filters, reasons, prefix))
     if usable and not any("size" in stage for stage in stages if isinstance(stage, dict)):
         errors.append(f"{prefix}: missing `- size: kelly`")
     if usable and execute is None:

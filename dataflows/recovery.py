@@ -26,6 +26,7 @@ from operators.exits import TradeTerms, booked
 from operators.fill import Fill
 from operators.orders import Order, expected_fill
 from operators.portfolio import Portfolio
+from operators.risk_filters import correlation_minutes
 
 # An intent a crash left unsent is sent at restart only this soon after it was decided
 # (its signal's TTL is not kept with it; the seed's signals live minutes, not hours).
@@ -38,7 +39,7 @@ log = logging.getLogger("apex.portfolio")
 def recover(desk: Desk, opens: Opens, exits: Exits) -> tuple[Portfolio, list[Outcome]]:
     """The book and the outcomes of the orders finished on the way."""
     p, ledger = desk.p, desk.ledger
-    book = Portfolio(p.execute.initial_nav_usd, p.kelly, p.limits)
+    book = Portfolio(p.execute.initial_nav_usd, p.kelly, p.limits, correlation_minutes(p.filters))
     for fill in ledger.fills():
         book.apply_fill(fill)
     for terms in ledger.open_trades():

@@ -123,6 +123,7 @@ def judge(
         if view is None:
             price, refused = sizing_price(signal, book)
             sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
+            book.day_loss.observe(clock_ms, book.nav)  # a UTC day may have begun since the last price
             view = book.view(sizing.size_usd)
         ok = f(signal, view)
         checked.append((f.name, ok))

@@ -5,6 +5,9 @@ Every filter has the same shape as a user's own: ``f(signal, portfolio, **params
 ``portfolio`` is a ``PortfolioView``: the book as it stands when this signal
 is decided, plus the size the Kelly stage would give it, so concentration and
 margin answer the same wherever sizing sits in ``pipeline.yaml``.
+
+The risk gate's filters (position, gross, sector, daily loss, correlation) are declared in
+``operators/risk_filters.py`` and registered here with these.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from operators.correlation import ReturnsEstimator
+from operators.daily_loss import DayLoss
+from operators.exits import TradeTerms
+from operators.risk_filters import RISK_BUILTINS
 from operators.signal import REGIMES, SOURCES, VENUES, Signal
 
 
@@ -93,6 +100,15 @@ class PortfolioView:
     # left out is estimated from the book, as on the paper venue
     venue_funds: Mapping[str, float] = field(default_factory=dict)
     in_flight_usd: Mapping[str, float] = field(default_factory=dict)  # by market: orders not yet filled
+    # for the risk gate (operators/risk_filters.py): the book's own, read, never copied
+    open_trades: Mapping[str, TradeTerms] = field(default_factory=dict)  # by signal_id
+    marks: Mapping[str, float] = field(default_factory=dict)  # symbol -> last price
+    day: DayLoss | None = None
+    returns: ReturnsEstimator | None = None
+
+    def gross(self) -> float:
+        """Σ |position values|: a short is as much exposure as a long."""
+        return sum(abs(v) for v in self.position_values.values())
 
     def position_value(self, venue: str, symbol: str) -> float:
         return self.position_values.get((venue, symbol), 0.0)
@@ -156,6 +172,7 @@ BUILTINS: dict[str, Builtin] = {
     "symbol_universe": Builtin(symbol_universe, UniverseParams, False),
     "concentration": Builtin(concentration, ConcentrationParams, True),
     "margin": Builtin(margin, MarginParams, True),
+    **{name: Builtin(*spec) for name, spec in RISK_BUILTINS.items()},
 }
 
 

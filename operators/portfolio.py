@@ -12,6 +12,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from operators.correlation import ReturnsEstimator
+from operators.daily_loss import DayLoss
 from operators.exits import ClosedTrade, TradeTerms, regime_exit, stop_hit
 from operators.fill import Fill
 from operators.filters import PortfolioView
@@ -75,6 +77,7 @@ class Portfolio:
     initial_nav: float
     kelly: KellyParams
     limits: Limits = field(default_factory=Limits)
+    correlation_minutes: int = 0  # the price history its correlation_budget filters need
     cash: float = field(init=False)
     peak: float = field(init=False)
     positions: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -88,6 +91,8 @@ class Portfolio:
         self.peak = self.initial_nav
         self.tracker = KellyTracker(self.kelly.tracker)
         self.vol_estimator = VolEstimator()
+        self.day_loss = DayLoss(self.initial_nav)  # the daily_loss filter's: the UTC day's opening and lowest NAV
+        self.returns = ReturnsEstimator(self.correlation_minutes)  # correlation_budget's one-minute returns
         self._guard = PriceGuard(self.limits)
         self._market_ids: dict[str, tuple[int, int]] = {}  # stream -> the last market entry taken
         self._nav: float | None = None  # every decision reads NAV; only marks and fills change it
@@ -140,7 +145,7 @@ class Portfolio:
         restart without these would mark every position at its last fill, forget the
         drawdown and size the next signal with no volatility haircut."""
         return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
-                "taken": self._market_ids}
+                "taken": self._market_ids, "day": self.day_loss.state()}
 
     def restore_market(self, state: dict) -> None:
         """After the fills are applied: the market as the book last saw it (``market_state``)."""
@@ -150,15 +155,17 @@ class Portfolio:
         self.regime = state["regime"]
         self.vol_estimator.restore(state["vol"])
         self._market_ids = {stream: tuple(i) for stream, i in state["taken"].items()}
+        self.day_loss = DayLoss(self.nav)  # a state written before the day was kept: the day starts again
+        if "day" in state:
+            self.day_loss.restore(state["day"])
 
     def view(self, proposed_usd: float) -> PortfolioView:
-        if not self._venue_funds:
-            return PortfolioView(self.nav, self.position_values(), proposed_usd)
         # the venue's figure knows nothing yet of the orders still in flight: they are taken off it
         reserved: dict[str, float] = {}
-        for market, usd in self._in_flight.values():
+        for market, usd in self._in_flight.values() if self._venue_funds else ():
             reserved[market] = reserved.get(market, 0.0) + usd
-        return PortfolioView(self.nav, self.position_values(), proposed_usd, self._venue_funds, reserved)
+        return PortfolioView(self.nav, self.position_values(), proposed_usd, self._venue_funds, reserved,
+                             self.open_trades, self.marks, self.day_loss, self.returns)
 
     def set_available_funds(self, market: str, usd: float | None) -> None:
         """The available funds the market's venue reports, read by the margin filter in
@@ -185,6 +192,7 @@ class Portfolio:
         nav = self.nav
         self.peak = max(self.peak, nav)
         self.vol_estimator.observe(clock_ms, nav)
+        self.day_loss.observe(clock_ms, nav)
 
     def apply_fill(self, fill: Fill) -> None:
         """Cash, position and mark; opening and closing fills alike."""
@@ -264,6 +272,7 @@ class Portfolio:
         """Mark the symbol; return the open trades whose hard stop this price hits."""
         self._mark(symbol, price)
         self._observe(clock_ms)
+        self.returns.observe(symbol, price, clock_ms)
         ids = self._by_symbol.get(symbol, ())
         return [self.open_trades[sid] for sid in sorted(ids) if stop_hit(self.open_trades[sid], price)]
 

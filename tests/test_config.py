@@ -103,7 +103,8 @@ def test_unknown_filter_suggests_the_closest_name(tmp_path):
 def test_unknown_filter_with_nothing_close_lists_the_known_ones(tmp_path):
     errors = _errors(_stages("  - filter: zzz\n"), tmp_path / "pipeline.yaml")
     assert errors == ["stages[0].filter: unknown filter 'zzz'; known: confidence, regime_compatibility, "
-                      "symbol_universe, concentration, margin"]
+                      "symbol_universe, concentration, margin, position_risk, gross_exposure, "
+                      "sector_exposure, daily_loss, correlation_budget"]
 
 
 def test_wrong_type_is_reported_with_its_path(tmp_path):
