@@ -28,6 +28,7 @@ class Gateway:
         self.sessions: set[Session] = set()
         self.server: asyncio.base_events.Server | None = None
         self.refusing = False
+        self.clock_skew_s = 0.0  # reqCurrentTime's answer is this far from this machine's clock
 
     async def listen(self, host: str, port: int) -> int:
         self.server = await asyncio.start_server(self._connected, host, port, reuse_address=True)
@@ -143,6 +144,10 @@ class Control:
 
     def price(self, symbol: str) -> float | None:
         return self._gw.state.price(symbol)
+
+    def skew_clock(self, seconds: float) -> None:
+        """The gateway's clock set ``seconds`` from this machine's (reqCurrentTime says so)."""
+        self._gw.clock_skew_s = float(seconds)
 
     def refuse_connections(self, refusing: bool = True) -> None:
         """Stop listening (a client's connect is refused at once) and drop who is connected;
