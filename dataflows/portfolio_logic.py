@@ -49,8 +49,9 @@ class PortfolioLogic(StatefulBatchLogic):
             PROGRESS.beat(self._stage)
 
     def notify_at(self) -> datetime | None:
-        # an idle book is woken once a heartbeat period to say it is alive
-        return datetime.now(timezone.utc) + timedelta(seconds=PERIOD_S / 2)
+        # an idle book is woken twice a heartbeat period to say it is alive
+        period = self.step.p.watchdog.heartbeat_s if self.step is not None else PERIOD_S
+        return datetime.now(timezone.utc) + timedelta(seconds=period / 2)
 
     def on_notify(self) -> tuple[list[Outcome | Command], bool]:
         self._beat()

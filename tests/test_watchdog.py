@@ -235,3 +235,83 @@ def test_a_watchdog_that_cannot_reach_redis_says_so_and_does_not_act(redis_serve
         assert until(lambda: dog.look().act, 10)  # a real silence, after the allowance
     finally:
         dog.close()
+
+
+# ----- the heartbeats of a running dataflow -----
+
+FREEZE = '''
+import time
+from pathlib import Path
+
+FLAG = Path({flag!r})
+
+
+def hold(signal, portfolio):
+    """A stage stuck mid-step: a signal whose id starts with "freeze" holds the book's step
+    for as long as the flag file exists."""
+    while signal.signal_id.startswith("freeze") and FLAG.exists():
+        time.sleep(0.05)
+    return True
+'''
+
+
+def frozen_pipeline(tmp_path: Path, redis_url: str, extra: str = "") -> Path:
+    """A paper pipeline reading ``redis_url`` whose book's step a signal can freeze."""
+    flag = tmp_path / "frozen"
+    (tmp_path / "freeze_stage.py").write_text(FREEZE.format(flag=str(flag)))
+    from helpers import KELLY_AND_EXECUTE
+
+    text = (f"source: {redis_url}\nstate_dir: {tmp_path / 'state'}\n{extra}"
+            f"stages:\n  - filter: freeze_stage:hold\n{KELLY_AND_EXECUTE}")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_books_heartbeat_comes_from_its_own_step_and_stops_while_it_is_stuck(redis_server, tmp_path):
+    from bytewax.testing import run_main
+
+    from dataflows.apex import wire
+    from dataflows.config import load
+    from helpers import STREAM, payload, sig
+
+    path = frozen_pipeline(tmp_path, redis_server.url, "watchdog: {heartbeat_s: 0.2, silence_s: 5}\n")
+    flag = tmp_path / "frozen"
+    p = load(path)
+    flow, wiring = wire(p)
+    r = redis_server.client()
+    seen: dict = {}
+
+    def ts(stage: str) -> float | None:
+        raw = r.get(f"apex:hb:{stage}")
+        return json.loads(raw)["ts"] if raw else None
+
+    def drive() -> None:
+        try:
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            r.xadd(STREAM, {"payload": payload(sig("first", timestamp=now, ttl_seconds=3600))})
+            seen["beating"] = until(lambda: ts("book:main") is not None and ts("source") is not None, 30)
+            idle = ts("book:main")
+            seen["idle_beats"] = until(lambda: (ts("book:main") or 0) > idle, 10)  # nothing arrives: still beats
+            seen["shipper"] = ts("shipper") is not None
+            flag.touch()
+            r.xadd(STREAM, {"payload": payload(sig("freeze-1", timestamp=now, ttl_seconds=3600))})
+            # stuck: the keys stay (the publisher lives) but the times they carry stop
+            seen["stopped"] = until(lambda: ts("book:main") is not None and time.time() - ts("book:main") > 2
+                                    and time.time() - ts("source") > 2, 30)
+            seen["shipper_alive"] = time.time() - (ts("shipper") or 0) < 2
+            flag.unlink()
+            seen["again"] = until(lambda: time.time() - (ts("book:main") or 0) < 0.5, 30)
+        finally:
+            wiring.stop()
+
+    helper = threading.Thread(target=drive)
+    helper.start()
+    try:
+        run_main(flow)
+    finally:
+        flag.unlink(missing_ok=True)
+        helper.join(60)
+        wiring.close()
+    assert seen == {"beating": True, "idle_beats": True, "shipper": True, "stopped": True, "shipper_alive": True,
+                    "again": True}
