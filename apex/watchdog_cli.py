@@ -15,7 +15,8 @@ from apex.app import app, load_pipeline
 def watchdog(
     pipeline: Path = typer.Option(Path("pipeline.yaml"), help="the pipeline whose stages to watch"),
     state_dir: Optional[Path] = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)"),
-    redis_url: Optional[str] = typer.Option(None, help="default: the pipeline's redis.url"),
+    redis_url: Optional[str] = typer.Option(None, help="where the heartbeats are (default: the pipeline's source "
+                                                       "when it is Redis, else its redis.url)"),
 ) -> None:
     """Watch every stage's heartbeat; one silent for watchdog.silence_s runs `apex kill` (or
     `apex reduce`, watchdog.action), and says why. Runs until stopped."""
@@ -29,7 +30,8 @@ def watchdog(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    dog = Watchdog(redis_url or p.redis.url, pipeline.resolve(), p.state_dir,
+    live = p.source if p.source.startswith(("redis://", "rediss://", "unix://")) else p.redis.url
+    dog = Watchdog(redis_url or live, pipeline.resolve(), p.state_dir,
                    stream=p.redis.stream if cfg.producer else "", silence_s=cfg.silence_s, action=cfg.action,
                    check_s=cfg.check_s)
     try:

@@ -240,7 +240,9 @@ class LiveReconciler:
                     next_look = now + self.p.reconcile.every_s
                     self.once()
             except Exception as e:  # noqa: BLE001 - a failed look is said and tried again; it never stops trading
-                log.exception("reconciliation while running failed: %s", e)
+                if self._stop.is_set():
+                    return
+                log.warning("reconciliation while running could not look: %s: %s", type(e).__name__, e)
             self._stop.wait(max(0.05, min(next_clock, next_look) - time.monotonic()))
 
 
