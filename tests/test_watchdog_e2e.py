@@ -194,7 +194,8 @@ def test_a_frozen_worker_sets_off_the_watchdog_with_its_reason(tmp_path, redis_s
         _signals(r, 1, prefix="freeze")
         assert until(lambda: (state / "watchdog.jsonl").exists(), 30), (tmp_path / "watchdog.log").read_text()
         record = json.loads((state / "watchdog.jsonl").read_text().splitlines()[0])
-        assert record["action"] == "kill" and {"book:main", "source"} <= set(record["silent"]), record
+        # the book first: its step beat last before it stuck (the source may follow a moment later)
+        assert record["action"] == "kill" and "book:main" in record["silent"], record
         assert record["reason"].startswith("watchdog: book:main silent for 1"), record
         assert "venue:okx" not in record["silent"] and "shipper" not in record["silent"], record
         said = (tmp_path / "watchdog.log").read_text()
