@@ -132,8 +132,10 @@ class LiveReconciler:
             diffs = by_venue.get(venue, [])
             away = [d for d in diffs if d.reason == VENUE_UNREACHABLE]
             if away:
-                self._said(venue, "unreachable", f"reconciliation: venue {venue} could not be asked "
-                                                 f"({away[0].detail}); compared again in {self.p.reconcile.every_s:g} s")
+                line = (f"reconciliation: venue {venue} could not be asked ({away[0].detail}); "
+                        f"compared again in {self.p.reconcile.every_s:g} s")
+                self._status(venue, {"level": "unreachable", "line": line})
+                self._said(venue, "unreachable", line)
                 continue
             gap, unpriced = gap_usd(diffs, priced)
             cfg = self.p.reconcile
@@ -159,8 +161,8 @@ class LiveReconciler:
         doc = {"ts": round(time.time(), 3), "venue": venue, "level": drift.level, "ratio": drift.ratio,
                "gap_usd": round(drift.gap_usd, 2), "nav_usd": round(drift.nav_usd, 2), "line": line,
                "differences": len(diffs)}
+        self._status(venue, doc)
         try:
-            self.client.hset(STATUS_KEY, venue, json.dumps(doc))
             if drift.level != OK:
                 self.client.xadd(ALERTS_STREAM, {k: str(v) for k, v in doc.items()}, maxlen=ALERTS_KEPT,
                                  approximate=True)
@@ -174,6 +176,13 @@ class LiveReconciler:
             self._ask("kill", line)
         elif drift.level != KILL:
             self.killed.discard(venue)
+
+    def _status(self, venue: str, doc: dict) -> None:
+        """The venue's last look, for `apex status`."""
+        try:
+            self.client.hset(STATUS_KEY, venue, json.dumps({"ts": round(time.time(), 3), **doc}))
+        except redis.RedisError as e:
+            log.warning("reconciliation: could not record in Redis: %s", e)
 
     def _said(self, venue: str, level: str, line: str) -> None:
         """Each venue's change of level said once, and every alert and kill each time."""

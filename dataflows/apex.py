@@ -178,8 +178,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     if spec.startswith(("redis://", "rediss://", "unix://")):  # a live run: the watchdog may watch it
         from dataflows import safety
 
-        wiring.safety = safety.start(pipeline, spec, gateway=gateway, shipper=shipper,
-                                     venues=venue_factory(pipeline, venues, shared), remote=remote)
+        # the real venues start-up opened (the books share them), or the ones the caller gave
+        checked = (lambda: dict(shared)) if venues is None else venue_factory(pipeline, venues, shared)
+        wiring.safety = safety.start(pipeline, spec, gateway=gateway, shipper=shipper, venues=checked, remote=remote)
     return flow, wiring
 
 

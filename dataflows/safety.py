@@ -5,7 +5,6 @@ Both are threads of their own: neither is on the decision path."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,8 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
         probes.append(heartbeat.venues_probe(gateway))
     safety.parts.append(heartbeat.Publisher(redis_url, probes=probes, period_s=pipeline.watchdog.heartbeat_s).start())
     if remote and venues is not None:
-        built = functools.cache(lambda: {m: v for m, v in venues().items() if is_remote(v)})
+        def built() -> dict[str, Venue]:
+            return {market: v for market, v in venues().items() if is_remote(v)}
+
         safety.parts.append(LiveReconciler(pipeline, built, redis_url, control_stream=control_stream(pipeline)).start())
     return safety

@@ -4,8 +4,6 @@ ccxt and ib_async clients, with a real redis-server for the control stream and t
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +121,7 @@ def test_a_venue_that_cannot_be_asked_is_said_and_closes_nothing(okx_sim, redis_
         assert "okx" not in rec.once()
         assert any("could not be asked" in line for line in said)
         assert _controls(r) == []
+        assert safety_status(r)["reconciliation"]["okx"]["level"] == "unreachable"
     finally:
         rec.client.close()
 
