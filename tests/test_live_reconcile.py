@@ -152,3 +152,25 @@ def test_a_venue_clock_off_by_more_than_the_allowance_sends_the_books_reducing(
         assert [a["command"] for a in _controls(r)] == ["reduce", "reduce"]
     finally:
         rec.client.close()
+
+
+def test_one_venue_away_while_the_other_drifts_the_drift_is_still_acted_on(
+        okx_sim, gateway, connect, redis_server, tmp_path):  # noqa: F811
+    r = redis_server.client()
+    said: list[str] = []
+    ib = connect()
+    rec = LiveReconciler(_pipeline(tmp_path), lambda: {"okx": okx_sim.venue, "ibkr": ib}, redis_server.url,
+                         say=said.append)
+    try:
+        assert {v: d.level for v, d in rec.once().items()} == {"okx": OK, "ibkr": OK}
+        gateway.refuse_connections(True)
+        okx_sim.server.set_balance("BTC", 0.01 * NAV / PRICES["BTC-USDT"])
+        looked = rec.once()
+        assert "ibkr" not in looked and looked["okx"].level == KILL
+        assert any("venue ibkr could not be asked" in line for line in said)
+        assert [(c["command"], c["by"]) for c in _controls(r)] == [("kill", "reconciliation")]
+        status = safety_status(r)["reconciliation"]
+        assert (status["okx"]["level"], status["ibkr"]["level"]) == ("kill", "unreachable")
+    finally:
+        gateway.refuse_connections(False)
+        rec.client.close()

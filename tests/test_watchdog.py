@@ -69,7 +69,9 @@ def test_never_acts_on_its_own_silence(beats):
     now = 0.0
     for b in beats:
         now += 3
-        assert not w.step(now, None if b is None else {"s": b}).act or b is not None
+        verdict = w.step(now, None if b is None else {"s": b})
+        if b is None:
+            assert not verdict.act
 
 
 @given(st.lists(st.floats(0, 50), min_size=1, max_size=30), st.floats(1, 20))
@@ -133,8 +135,7 @@ def test_the_publisher_outlives_redis_going_away(redis_server, caplog):
         assert until(lambda: "cannot reach Redis" in caplog.text, 10)
         redis_server.start()  # same port
         progress.beat("source")
-        assert until(lambda: redis_server.client().get("apex:hb:source") is not None, 10)
-        assert pub._thread.is_alive()
+        assert until(lambda: redis_server.client().get("apex:hb:source") is not None, 10)  # it kept going
     finally:
         pub.stop()
 
