@@ -129,19 +129,21 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def test_a_running_worker_reconciles_alerts_at_a_tenth_percent_asks_to_close_at_one_percent_and_checks_the_clock(
         tmp_path, redis_server):
-    sims = Sims(tmp_path, PRICES)
+    sims = Sims(tmp_path, PRICES, ibkr_args=("--clock-skew-s", "-4"))  # IB's clock 4 s behind
     r = redis_server.client()
     proc = None
     try:
-        _okx(sims, "clock", {"skew_s": 3})  # OKX's clock 3 s ahead: the start's check says so
+        _okx(sims, "clock", {"skew_s": 3})  # OKX's 3 s ahead: the start's check says both
         pipeline = _pipeline_with(tmp_path, "reconcile: {every_s: 1}\n")
         state = tmp_path / "state"
         env = _env(sims) | {"APEX_SOURCE": redis_server.url}
         proc = _start(tmp_path, "run", pipeline, redis_server.url, env, state, idle_ms=None)
         log = tmp_path / "run.log"
-        assert until(lambda: any(c["command"] == "reduce" for c in _controls(r)), 60), log.read_text()[-3000:]
-        clock = _controls(r)[0]
-        assert clock["by"] == "reconciliation" and "clock: venue okx" in clock["reason"], clock
+        assert until(lambda: len(_controls(r)) == 2, 60), log.read_text()[-3000:]
+        clocks = sorted(c["reason"] for c in _controls(r))
+        assert all(c["command"] == "reduce" and c["by"] == "reconciliation" for c in _controls(r))
+        assert "clock: venue ibkr" in clocks[0] and "behind" in clocks[0], clocks
+        assert "clock: venue okx" in clocks[1] and "ahead of" in clocks[1], clocks
         assert until(lambda: (_reconciled(r, "okx") or {}).get("level") == "ok"
                      and (_reconciled(r, "ibkr") or {}).get("level") == "ok", 60), log.read_text()[-3000:]
         # heartbeats of the running stages
@@ -150,16 +152,17 @@ def test_a_running_worker_reconciles_alerts_at_a_tenth_percent_asks_to_close_at_
 
         _okx(sims, "balance", {"ccy": "BTC", "amount": 0.001 * NAV / _price("okx", BTC)})  # 0.1% of NAV
         assert until(lambda: (_reconciled(r, "okx") or {}).get("level") == "alert", 60), log.read_text()[-3000:]
-        assert [c["command"] for c in _controls(r)] == ["reduce"], "an alert asked for more"
+        assert [c["command"] for c in _controls(r)] == ["reduce", "reduce"], "an alert asked for more"
         status = subprocess.run([APEX, "status", "--redis", redis_server.url, "--pipeline", str(pipeline)],
-                                capture_output=True, text=True, check=True).stdout
+                                capture_output=True, text=True, check=True, env=env).stdout
         assert "reconciliation: venue okx and the books differ by" in status and "above the alert threshold" in status
         assert "heartbeat book:main" in status
         assert "above the alert threshold" in log.read_text()
 
         _okx(sims, "balance", {"ccy": "BTC", "amount": 0.01 * NAV / _price("okx", BTC)})  # 1% of NAV
-        assert until(lambda: [c["command"] for c in _controls(r)] == ["reduce", "kill"], 60), log.read_text()[-3000:]
-        kill = _controls(r)[1]
+        assert until(lambda: [c["command"] for c in _controls(r)] == ["reduce", "reduce", "kill"], 60), \
+            log.read_text()[-3000:]
+        kill = _controls(r)[2]
         assert kill["by"] == "reconciliation" and kill["book"] == "" and "above the kill threshold" in kill["reason"]
     finally:
         if proc is not None:
