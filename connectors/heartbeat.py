@@ -27,6 +27,7 @@ log = logging.getLogger("apex.heartbeat")
 
 PERIOD_S = 5.0
 PREFIX = "apex:hb:"
+STOPPED = "stopped"  # a stage's last word when its run ends on purpose
 
 Probe = Callable[[], Iterable[tuple[str, float, str]]]  # -> (stage, ts, state) each
 
@@ -78,6 +79,7 @@ class Publisher:
         self.progress, self.probes, self.period_s = progress, list(probes), period_s
         self._stop = threading.Event()
         self._down = False
+        self.published: set[str] = set()  # every stage written: each is told ``stopped`` at the end
         self._thread = threading.Thread(target=self._run, name="apex-heartbeat", daemon=True)
 
     def start(self) -> Publisher:
@@ -85,9 +87,18 @@ class Publisher:
         return self
 
     def stop(self) -> None:
+        """The run ends on purpose: each stage's last word is ``stopped``, so the watchdog
+        stops watching it rather than taking the end for a freeze (a crash says nothing)."""
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(2)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for stage in self.published | {stage for stage, _, _ in self.beats()}:
+                pipe.set(key(stage), encode(time.time(), STOPPED), ex=max(1, round(3 * self.period_s)))
+            pipe.execute()
+        except redis.RedisError as e:
+            log.warning("heartbeats: could not say the stages stopped (%s); the watchdog may take it for a freeze", e)
         self.client.close()
 
     def beats(self) -> list[tuple[str, float, str]]:
@@ -102,9 +113,11 @@ class Publisher:
     def publish(self) -> None:
         ttl = max(1, round(3 * self.period_s))
         pipe = self.client.pipeline(transaction=False)
-        for stage, ts, state in self.beats():
+        beats = self.beats()
+        for stage, ts, state in beats:
             pipe.set(key(stage), encode(ts, state), ex=ttl)
         pipe.execute()
+        self.published.update(stage for stage, _, _ in beats)
 
     def _run(self) -> None:
         while True:

@@ -48,7 +48,12 @@ class Watchdog:
     def beats(self) -> dict[str, float | None] | None:
         """What Redis says now of every stage; None when it cannot be asked."""
         try:
-            got: dict[str, float | None] = {stage: ts for stage, (ts, _) in heartbeat.present(self.client).items()}
+            got: dict[str, float | None] = {}
+            for stage, (ts, state) in heartbeat.present(self.client).items():
+                if state == heartbeat.STOPPED:
+                    self.watch.forget(stage)
+                else:
+                    got[stage] = ts
             if self.stream:
                 last = _last_entry_s(self.client, self.stream)
                 got[PRODUCER] = max(filter(None, (last, got.get(PRODUCER))), default=None)

@@ -5,7 +5,8 @@ entry): a worker not started yet is not a frozen one. Silence is measured from t
 time a stage was heard, and never from before the watchdog started: a stream whose last
 entry is a day old gives its producer the full allowance from the watchdog's start.
 Apex's stages run the kill switch on every book when any of them is silent: a stage stuck
-in its worker holds every book of that worker. A watchdog that cannot reach Redis
+in its worker holds every book of that worker. A stage that says it stopped (its run ended
+on purpose) is no longer watched: only a crash or a freeze falls silent without a word. A watchdog that cannot reach Redis
 hears nothing, and that silence is its own, not the stages': it never acts on it, and once
 Redis answers again every stage gets a full allowance before its silence counts (the
 stages could not publish while Redis was away either).
@@ -66,6 +67,10 @@ class Watch:
                 ts = max(ts, self.since)
                 if ts > self.heard.get(stage, float("-inf")):
                     self.heard[stage] = ts
+
+    def forget(self, stage: str) -> None:
+        """A stage that said it stopped on purpose: not watched until it is heard again."""
+        self.heard.pop(stage, None)
 
     def silences(self, now: float) -> list[Silence]:
         return [Silence(stage, now - ts) for stage, ts in sorted(self.heard.items()) if now - ts > self.silence_s]

@@ -316,3 +316,29 @@ def test_a_books_heartbeat_comes_from_its_own_step_and_stops_while_it_is_stuck(r
         wiring.close()
     assert seen == {"beating": True, "idle_beats": True, "shipper": True, "stopped": True, "shipper_alive": True,
                     "again": True}
+
+
+def test_a_run_that_ends_on_purpose_says_so_and_the_watchdog_lets_it_go(redis_server, tmp_path):
+    command, log = _stand_in(tmp_path)
+    progress = heartbeat.Progress()
+    shipping = [("shipper", time.time(), "shipping")]  # a probe's stage: gone before the run's end
+    pub = heartbeat.Publisher(redis_server.url, progress, probes=[lambda: list(shipping)], period_s=0.2).start()
+    r = redis_server.client()
+    dog = Watchdog(redis_server.url, tmp_path / "p.yaml", tmp_path / "s", silence_s=1.0, command=command,
+                   say=lambda _: None)
+    try:
+        progress.beat("book:a")
+        assert until(lambda: r.get("apex:hb:book:a") is not None, 10)
+        assert until(lambda: r.get("apex:hb:shipper") is not None, 10)
+        dog.look()
+        assert {"book:a", "shipper"} <= set(dog.watch.heard)
+        shipping.clear()  # the shipper has stopped first, as at a run's end
+        pub.stop()  # the run's end: SIGTERM, or a replay's last entry
+        assert json.loads(r.get("apex:hb:book:a"))["state"] == "stopped"
+        assert json.loads(r.get("apex:hb:shipper"))["state"] == "stopped"
+        deadline = time.monotonic() + 2.5  # past the allowance, and past the key's TTL
+        while time.monotonic() < deadline:
+            assert not dog.look().act
+        assert _asked(log) == [] and not dog.watch.heard
+    finally:
+        dog.close()
