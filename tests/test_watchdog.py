@@ -223,9 +223,7 @@ def test_a_watchdog_that_cannot_reach_redis_says_so_and_does_not_act(redis_serve
         r.set("apex:hb:book:a", heartbeat.encode(time.time(), "running"), ex=60)
         dog.look()
         redis_server.kill()
-        deadline = time.monotonic() + 1.5  # three allowances with nothing heard
-        while time.monotonic() < deadline:
-            assert not dog.look().act
+        assert not until(lambda: dog.look().act, 1.5)  # three allowances with nothing heard
         assert sum("cannot reach Redis" in line for line in said) == 1
         assert _asked(log) == []
         redis_server.start()  # back, the old beat still there (no persistence: a fresh server holds none)
@@ -336,9 +334,7 @@ def test_a_run_that_ends_on_purpose_says_so_and_the_watchdog_lets_it_go(redis_se
         pub.stop()  # the run's end: SIGTERM, or a replay's last entry
         assert json.loads(r.get("apex:hb:book:a"))["state"] == "stopped"
         assert json.loads(r.get("apex:hb:shipper"))["state"] == "stopped"
-        deadline = time.monotonic() + 2.5  # past the allowance, and past the key's TTL
-        while time.monotonic() < deadline:
-            assert not dog.look().act
+        assert not until(lambda: dog.look().act, 2.5)  # past the allowance, and past the key's TTL
         assert _asked(log) == [] and not dog.watch.heard
     finally:
         dog.close()
