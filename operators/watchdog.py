@@ -6,10 +6,12 @@ time a stage was heard, and never from before the watchdog started: a stream who
 entry is a day old gives its producer the full allowance from the watchdog's start.
 Apex's stages run the kill switch on every book when any of them is silent: a stage stuck
 in its worker holds every book of that worker. A stage that says it stopped (its run ended
-on purpose) is no longer watched: only a crash or a freeze falls silent without a word. A watchdog that cannot reach Redis
-hears nothing, and that silence is its own, not the stages': it never acts on it, and once
-Redis answers again every stage gets a full allowance before its silence counts (the
-stages could not publish while Redis was away either).
+on purpose) is no longer watched: only a crash or a freeze falls silent without a word.
+
+A watchdog that cannot reach Redis hears nothing, and that silence is its own, not the
+stages': it never acts on it, and once Redis answers again every stage gets a full
+allowance before its silence counts (the stages could not publish while Redis was away
+either).
 """
 
 from __future__ import annotations
