@@ -131,6 +131,7 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
             run_main(flow)
     else:
         run_main(flow)
+    wiring.close()
     elapsed = time.perf_counter() - started
     summary = stats.as_dict() | {"seconds": round(elapsed, 3),
                                   "entries_per_second": round(stats.entries / elapsed, 1) if elapsed else 0}
@@ -288,6 +289,7 @@ def main() -> None:
     import apex.sim_ibkr  # noqa: F401  (registers sim ibkr)
     import apex.sim_okx  # noqa: F401  (registers sim okx)
     import apex.reconcile_cli  # noqa: F401  (registers reconcile)
+    import apex.watchdog_cli  # noqa: F401  (registers watchdog)
     from apex.pipe_safe import PipeSafe
 
     sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]

@@ -77,6 +77,8 @@ def ibkr(
     error_103: str = typer.Option("0", "--error-103", metavar="N",
                                   help="fill the next N orders but answer each with error 103 (duplicate order id)"),
     reject: list[str] = typer.Option([], "--reject", metavar="SYMBOL", help="refuse orders for SYMBOL (error 201)"),
+    clock_skew_s: str = typer.Option("0", "--clock-skew-s", metavar="SECONDS",
+                                     help="reqCurrentTime answers this far from this machine's clock"),
 ) -> None:
     """Serve a simulated IB Gateway until Ctrl-C or SIGTERM."""
     from connectors.sims.ibkr.faults import Faults
@@ -100,6 +102,7 @@ def ibkr(
         serve(host, port_n, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=price_map,
               account=account, cash=_number("--cash", cash, 0, 1e15), faults=faults, redis_url=redis_url,
               prices_stream=prices_stream, stop_signals=(signal.SIGINT, signal.SIGTERM),
+              clock_skew_s=_number("--clock-skew-s", clock_skew_s, -1e9, 1e9),
               on_ready=lambda p: out.print(f"IBKR simulator listening on {host}:{p} (server version 178, "
                                            f"account {account})", highlight=False, soft_wrap=True))
     except KeyboardInterrupt:  # before the loop's own handlers were in place

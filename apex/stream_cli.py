@@ -183,8 +183,11 @@ def status(
     cfg = DEFAULTS
     if pipeline is not None:
         cfg = load_pipeline(pipeline).redis
+    from apex.safety_view import safety_lines, safety_status
+
     try:
-        s = group_status(client(redis_url), cfg)
+        r = client(redis_url)
+        s = group_status(r, cfg) | safety_status(r)
     except DOWN as e:
         err.print(f"redis unavailable at {redis_url}: {e}")
         raise typer.Exit(1)
@@ -210,3 +213,5 @@ def status(
               highlight=False)
     out.print(f"invalid market entries: {s['invalid_market_entries']} (refused ticks, in the audit trail "
               "with their reasons)", highlight=False)
+    for line in safety_lines(s):
+        out.print(line, highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from bytewax.inputs import (DynamicSource, FixedPartitionedSource, StatefulSourc
                             StatelessSourcePartition)
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors.heartbeat import PROGRESS
 from connectors.sender import Command, Gateway
 from operators.order_fsm import VenueEvent
 
@@ -97,6 +98,7 @@ class _Watched:
         gateway.input_started()
 
     def next_batch(self) -> list:
+        PROGRESS.beat("source")  # the source's heartbeat: its partition is asked, so its worker moves
         try:
             return self.inner.next_batch()
         except StopIteration:

@@ -120,6 +120,15 @@ class Sender:
         """Orders whose final fate has not come yet."""
         return len(self._tracked)
 
+    @property
+    def alive(self) -> bool:
+        return not self._stop.is_set() and any(t.is_alive() for t in self._threads)
+
+    @property
+    def down(self) -> bool:
+        """The venue could not take orders at the last try and has not taken one since."""
+        return self._down_since is not None
+
     def stop(self) -> None:
         """No more requests: the lanes end at their next step (one in a request ends with it)."""
         self._stop.set()
@@ -430,6 +439,10 @@ class Gateway:
 
     def live(self) -> int:
         return sum(s.live() for s in list(self._senders.values()))
+
+    def senders_health(self) -> list[tuple[str, bool, bool]]:
+        """(venue name, its lanes alive, the venue away) of each sender: the venues' heartbeats."""
+        return [(s.name, s.alive, s.down) for s in list(self._senders.values())]
 
     def instrument(self, venue: Venue, market: str, symbol: str) -> Instrument | None | Pending:
         """A remote venue's rules for an instrument without waiting on it: what it answered

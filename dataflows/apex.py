@@ -59,6 +59,7 @@ class Wiring:
     acker: Acker | None = None
     shipper: Shipper | None = None
     gateway: Gateway | None = None
+    safety: Any = None  # the heartbeats and reconciliation while running (dataflows/safety.py)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes,
@@ -66,6 +67,11 @@ class Wiring:
         if self.gateway is not None:
             self.gateway.stopping = True
         getattr(self.source, "stop", lambda: None)()
+
+    def close(self) -> None:
+        """After the run: the threads beside it stop (heartbeats, reconciliation while running)."""
+        if self.safety is not None:
+            self.safety.stop()
 
 
 def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
@@ -168,7 +174,14 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     if pipeline.books:
         outcomes = _gather(outcomes)
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
-    return flow, Wiring(pipeline, src, acker, shipper, gateway)
+    wiring = Wiring(pipeline, src, acker, shipper, gateway)
+    if spec.startswith(("redis://", "rediss://", "unix://")):  # a live run: the watchdog may watch it
+        from dataflows import safety
+
+        # the real venues start-up opened (the books share them), or the ones the caller gave
+        checked = (lambda: dict(shared)) if venues is None else venue_factory(pipeline, venues, shared)
+        wiring.safety = safety.start(pipeline, spec, gateway=gateway, shipper=shipper, venues=checked, remote=remote)
+    return flow, wiring
 
 
 def may_be_remote(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> bool:

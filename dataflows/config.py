@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectors.redis_config import RedisConfig
 from connectors.venues.settings import VenueSettings
 from dataflows.sector_file import read_sectors, uncovered_symbols
+from dataflows.safety_config import ClockConfig, ReconcileConfig, WatchdogConfig
 from operators.decide import SIZING_DROPS
 from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.risk_filters import SectorExposureParams
@@ -83,6 +84,9 @@ class Top(BaseModel):
     books: dict[str, BookConfig] | None = None
     # where each market's orders go; a market it leaves out trades on execute's paper venue
     venues: VenueSettings = Field(default_factory=VenueSettings)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     stages: list[Any]
 
 
@@ -105,6 +109,9 @@ class Pipeline:
     books: list["Pipeline"] = field(default_factory=list)  # one per book, in YAML order; [] for one book
     venues: VenueSettings = field(default_factory=VenueSettings)
     venue_lists: list[VenueList] = field(default_factory=list)  # every book's ``venue`` universes
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -414,6 +421,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None, source: str 
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
         stages=names, venues=top.venues, venue_lists=ctx.lists,
+        watchdog=top.watchdog, reconcile=top.reconcile, clock=top.clock,
     )
     for name, b, (f, k, x, n) in books:
         if b.initial_nav_usd is not None:

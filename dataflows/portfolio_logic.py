@@ -13,8 +13,11 @@ can send without it.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from bytewax.operators import StatefulBatchLogic
 
+from connectors.heartbeat import PERIOD_S, PROGRESS
 from connectors.sender import Command
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
@@ -37,6 +40,22 @@ class PortfolioLogic(StatefulBatchLogic):
         self.steps = steps
         self.step: PortfolioStep | None = None
         self.book = book
+        self._stage = ""
+
+    def _beat(self) -> None:
+        """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it."""
+        if self.step is not None:
+            self._stage = self._stage or f"book:{self.step.p.book or 'main'}"
+            PROGRESS.beat(self._stage)
+
+    def notify_at(self) -> datetime | None:
+        # an idle book is woken twice a heartbeat period to say it is alive
+        period = self.step.p.watchdog.heartbeat_s if self.step is not None else PERIOD_S
+        return datetime.now(timezone.utc) + timedelta(seconds=period / 2)
+
+    def on_notify(self) -> tuple[list[Outcome | Command], bool]:
+        self._beat()
+        return [], StatefulBatchLogic.RETAIN
 
     def on_batch(self, values: list[Received | VenueEvent]) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
@@ -64,6 +83,7 @@ class PortfolioLogic(StatefulBatchLogic):
             ledger.commit()
         # only now, the intents durable: what goes to remote venues leaves through the order sink
         out += step.desk.executor.take_commands()
+        self._beat()
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outcome | Command], bool]:

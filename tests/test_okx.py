@@ -524,7 +524,7 @@ def test_the_help_lists_every_fault_kind_and_every_control_it_answers(okx_sim):
         method, path = route.split()
         status, _ = raw(okx_sim.url, method, path, {"kind": "http_5xx", "times": 1, "instId": "BTC-USDT", "px": 1.0,
                                                       "ccy": "USDT", "amount": 1.0, "ratio": 1.0, "latency_ms": 0,
-                                                      "refuse": False} if method == "POST" else None)
+                                                      "refuse": False, "skew_s": 0} if method == "POST" else None)
         assert status == 200, route
 
 

@@ -484,6 +484,16 @@ class IbkrVenue:
     def positions(self) -> dict[tuple[str, str], float]:
         return self._call(self._positions(), self._up_bound + self.request_timeout + 1)
 
+    def server_time(self) -> float:
+        """IB's clock (``reqCurrentTime``), in unix seconds. It answers in whole seconds: the
+        middle of its second is the best guess, within half a second."""
+        return self._call(self._server_time(), self._up_bound + self.request_timeout + 1)
+
+    async def _server_time(self) -> float:
+        await self._wait_up()
+        when = await asyncio.wait_for(self._ib.reqCurrentTimeAsync(), self.request_timeout)
+        return when.timestamp() + 0.5
+
     async def _positions(self) -> dict[tuple[str, str], float]:
         await self._wait_up()
         held = await asyncio.wait_for(self._ib.reqPositionsAsync(), self.request_timeout)

@@ -531,6 +531,11 @@ class OkxVenue:
         ticker = self._read({}, lambda: link.ex.fetch_ticker(markets[inst]["symbol"]))
         return float(ticker.get("last") or 0) or None
 
+    def server_time(self) -> float:
+        """OKX's clock (``public/time``), in unix seconds."""
+        link = self._here()
+        return self._read({}, lambda: link.ex.fetch_time()) / 1000
+
     def instruments(self) -> list[Instrument]:
         return [self._instrument(inst, m) for inst, m in sorted(self._load().items())]
 

@@ -33,8 +33,9 @@ def managed_accounts(accounts: str) -> bytes:
     return encode(15, 1, accounts)
 
 
-def current_time() -> bytes:
-    return encode(49, 1, int(time.time()))
+def current_time(skew_s: float = 0.0) -> bytes:
+    """``skew_s``: how far the simulated gateway's clock is set from this machine's."""
+    return encode(49, 1, int(time.time() + skew_s))
 
 
 def error(req_id: int, code: int, message: str) -> bytes:

@@ -28,6 +28,7 @@ class Gateway:
         self.sessions: set[Session] = set()
         self.server: asyncio.base_events.Server | None = None
         self.refusing = False
+        self.clock_skew_s = 0.0  # reqCurrentTime's answer is this far from this machine's clock
 
     async def listen(self, host: str, port: int) -> int:
         self.server = await asyncio.start_server(self._connected, host, port, reuse_address=True)
@@ -111,13 +112,14 @@ def serve(host: str = "127.0.0.1", port: int = 4002, *, latency_ms: float = 0.0,
           prices: dict[str, float] | str | Path | None = None, account: str = DEFAULT_ACCOUNT,
           cash: float = DEFAULT_CASH, faults: Faults | None = None, redis_url: str | None = None,
           prices_stream: str = PRICES_STREAM, on_ready: Callable[[int], None] | None = None,
-          stop_signals: tuple[int, ...] = ()) -> None:
+          stop_signals: tuple[int, ...] = (), clock_skew_s: float = 0.0) -> None:
     """Serve until one of ``stop_signals`` arrives (then return) or until interrupted
     (KeyboardInterrupt propagates). ``on_ready`` is told the port once it listens."""
     faults = faults or Faults()
     faults.latency_ms = latency_ms
     gw = _gateway(account=account, cash=cash, orders_log=orders_log, state_file=state_file, prices=prices,
                   faults=faults)
+    gw.clock_skew_s = clock_skew_s
     feed = PriceFeed(gw.state, redis_url, prices_stream).start() if redis_url else None
     try:
         asyncio.run(_serve(gw, host, port, on_ready, asyncio.Event(), stop_signals))
@@ -143,6 +145,10 @@ class Control:
 
     def price(self, symbol: str) -> float | None:
         return self._gw.state.price(symbol)
+
+    def skew_clock(self, seconds: float) -> None:
+        """The gateway's clock set ``seconds`` from this machine's (reqCurrentTime says so)."""
+        self._gw.clock_skew_s = float(seconds)
 
     def refuse_connections(self, refusing: bool = True) -> None:
         """Stop listening (a client's connect is refused at once) and drop who is connected;

@@ -101,7 +101,7 @@ class Session:
         self.send(m.next_valid_id(self.gw.state.book.next_order_id))
 
     def current_time(self, f: list[str]) -> None:
-        self.send(m.current_time())
+        self.send(m.current_time(self.gw.clock_skew_s))
 
     def contract_details(self, f: list[str]) -> None:
         req_id, symbol, sec_type = int(f[2]), f[4], f[5]

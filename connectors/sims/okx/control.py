@@ -56,6 +56,8 @@ async def control(request: web.Request) -> web.Response:
             sim.book.set_fill_ratio(ratio)
         elif what == "drop-sockets":
             sim.sockets.drop(refuse=bool(doc.get("refuse", False)))
+        elif what == "clock":
+            sim.clock_skew_s = float(doc["skew_s"])
         elif what == "latency":
             sim.latency_ms = max(0.0, float(doc["latency_ms"]))
         else:

@@ -196,6 +196,9 @@ class SimServer:
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms
 
+    def skew_clock(self, seconds: float) -> None:
+        self.sim.clock_skew_s = float(seconds)
+
     def drop_sockets(self, refuse: bool = False) -> None:
         """Cuts every open WebSocket; new ones are refused while ``refuse`` holds (call
         again with False to let them in)."""

@@ -36,6 +36,7 @@ class Sim:
         self.sockets = Sockets(credentials)
         book.watchers.append(self.sockets.changed)
         self.latency_ms, self.hang_s = latency_ms, hang_s
+        self.clock_skew_s = 0.0  # public/time answers this far from this machine's clock
         self.stopping: asyncio.Event | None = None  # made in the server's loop; ends every hang
         self._requests: Counter[str] = Counter()  # "GET trade/order" -> how many arrived, refused or not
         self._placed: Counter[str] = Counter()  # clOrdId -> how many times it arrived in a placement request
@@ -181,7 +182,13 @@ def _fills(sim: Sim, q: dict) -> list[dict]:
     return sim.book.fills_of(q.get("instId", ""), q.get("ordId", ""))
 
 
+def server_time(sim: Sim, q: dict, body: object) -> web.Response:
+    """OKX's ``public/time``: the server's clock in ms, set off by ``clock_skew_s``."""
+    return reply([{"ts": str(int((time.time() + sim.clock_skew_s) * 1000))}])
+
+
 ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
+    ("GET", "public/time"): server_time,
     ("GET", "public/instruments"): instruments,
     ("GET", "market/ticker"): ticker,
     ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),

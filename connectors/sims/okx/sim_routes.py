@@ -14,6 +14,7 @@ CONTROLS = (
     ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0}: the last price orders fill at'),
     ("POST /sim/balance", '{"ccy": "USDT", "amount": 1000}: set a currency\'s balance'),
     ("POST /sim/fill-ratio", '{"ratio": 0.5}: the share of each order filled at once (0 to 1); the rest rests'),
+    ("POST /sim/clock", '{"skew_s": 2.5}: public/time answers this far from this machine\'s clock'),
     ("POST /sim/latency", '{"latency_ms": 20}: added to every /api/v5 answer from now on'),
     ("POST /sim/drop-sockets", '{"refuse": false}: close every WebSocket at once (refuse true: and new ones, '
                                'until called again with false)'),

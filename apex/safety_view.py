@@ -1,0 +1,34 @@
+"""What ``apex status`` says of the watchdog's side: each stage's heartbeat and each venue's
+last comparison with the books (reconciliation while running)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from connectors import heartbeat
+from connectors.live_reconcile import STATUS_KEY
+
+
+def safety_status(r: redis.Redis, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    beats = {stage: {"age_s": round(now - ts, 1), "state": state}
+             for stage, (ts, state) in heartbeat.present(r).items()}
+    checks = {}
+    for venue, raw in r.hgetall(STATUS_KEY).items():
+        try:
+            checks[venue.decode() if isinstance(venue, bytes) else venue] = json.loads(raw)
+        except ValueError:
+            continue
+    return {"heartbeats": beats, "reconciliation": checks}
+
+
+def safety_lines(s: dict, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    lines = [f"heartbeat {stage}: {b['state']}, {b['age_s']:.1f} s ago" for stage, b in sorted(s["heartbeats"].items())]
+    for venue, c in sorted(s["reconciliation"].items()):
+        ago = now - float(c.get("ts", now))
+        lines.append(f"{c.get('line', '')} ({c.get('level', '?')}, {ago:.0f} s ago)")
+    return lines

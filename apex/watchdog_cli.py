@@ -1,0 +1,40 @@
+"""``apex watchdog``: a process of its own that runs the kill switch when Apex or the signal
+producer falls silent (connectors/watchdog.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from apex.app import app, load_pipeline
+
+
+@app.command()
+def watchdog(
+    pipeline: Path = typer.Option(Path("pipeline.yaml"), help="the pipeline whose stages to watch"),
+    state_dir: Optional[Path] = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)"),
+    redis_url: Optional[str] = typer.Option(None, help="where the heartbeats are (default: the pipeline's source "
+                                                       "when it is Redis, else its redis.url)"),
+) -> None:
+    """Watch every stage's heartbeat; one silent for watchdog.silence_s runs `apex kill` (or
+    `apex reduce`, watchdog.action), and says why. Runs until stopped."""
+    import signal
+    import threading
+
+    from connectors.watchdog import Watchdog
+
+    p = load_pipeline(pipeline, state_dir)
+    cfg = p.watchdog
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    live = p.source if p.source.startswith(("redis://", "rediss://", "unix://")) else p.redis.url
+    dog = Watchdog(redis_url or live, pipeline.resolve(), p.state_dir,
+                   stream=p.redis.stream if cfg.producer else "", silence_s=cfg.silence_s, action=cfg.action,
+                   check_s=cfg.check_s)
+    try:
+        dog.run(stop)
+    finally:
+        dog.close()

@@ -1,0 +1,120 @@
+"""``apex watchdog``'s loop: read the heartbeats (and the producer's stream) from Redis,
+judge them (``operators/watchdog.py``), and when a stage is silent too long run the kill
+switch, ``apex kill`` (or ``apex reduce``), as a process of its own: it acts on the venues
+itself when the worker does not answer (a frozen worker cannot). Why it acted is said on
+stderr and appended to ``<state_dir>/watchdog.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from connectors import heartbeat
+from operators.watchdog import PRODUCER, Verdict, Watch
+
+log = logging.getLogger("apex.watchdog")
+APEX = str(Path(sys.executable).with_name("apex"))
+ACTION_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Watchdog:
+    """``command``: how the kill switch is run (default: the ``apex`` beside this Python)."""
+
+    redis_url: str
+    pipeline: Path
+    state_dir: Path
+    stream: str = ""  # the signal stream whose last entry says the producer is alive; "": not watched
+    silence_s: float = 30.0
+    action: str = "kill"
+    check_s: float = 1.0
+    command: Sequence[str] = (APEX,)
+    say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+
+    def __post_init__(self) -> None:
+        self.client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self.watch = Watch(self.silence_s, since=time.time())
+        self.actions: list[tuple[Verdict, int]] = []  # (why, the command's exit status)
+
+    def beats(self) -> dict[str, float | None] | None:
+        """What Redis says now of every stage; None when it cannot be asked."""
+        try:
+            got: dict[str, float | None] = {}
+            for stage, (ts, state) in heartbeat.present(self.client).items():
+                if state == heartbeat.STOPPED:
+                    self.watch.forget(stage)
+                else:
+                    got[stage] = ts
+            if self.stream:
+                last = _last_entry_s(self.client, self.stream)
+                got[PRODUCER] = max(filter(None, (last, got.get(PRODUCER))), default=None)
+            for stage in self.watch.heard:  # a stage heard before whose key is gone: no news of it
+                got.setdefault(stage, None)
+            return got
+        except redis.RedisError:
+            return None
+
+    def look(self, now: float | None = None) -> Verdict:
+        verdict = self.watch.step(time.time() if now is None else now, self.beats())
+        if verdict.line:
+            self.say(f"apex watchdog: {verdict.line}")
+        if verdict.act:
+            self.act(verdict)
+        return verdict
+
+    def act(self, verdict: Verdict) -> int:
+        reason = verdict.reason()
+        argv = [*self.command, self.action, "--pipeline", str(self.pipeline), "--state-dir", str(self.state_dir),
+                "--reason", reason]
+        self.say(f"apex watchdog: {reason}: running apex {self.action}")
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=ACTION_TIMEOUT_S)
+            status, said = done.returncode, (done.stdout + done.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            status, said = -1, f"{type(e).__name__}: {e}"
+        self.say(f"apex watchdog: apex {self.action} exited {status}" + (f": {said}" if said else ""))
+        self._record(verdict, reason, status, said)
+        self.actions.append((verdict, status))
+        return status
+
+    def _record(self, verdict: Verdict, reason: str, status: int, said: str) -> None:
+        doc = {"ts": round(time.time(), 3), "action": self.action, "reason": reason, "exit": status,
+               "silent": {s.stage: round(s.seconds, 1) for s in verdict.act}, "output": said[-2000:]}
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.state_dir / "watchdog.jsonl", "a") as f:
+                f.write(json.dumps(doc) + "\n")
+        except OSError as e:
+            self.say(f"apex watchdog: could not record to {self.state_dir / 'watchdog.jsonl'}: {e}")
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        self.say(f"apex watchdog: watching {self.redis_url} (silence {self.silence_s:g} s: apex {self.action})")
+        while not stop.is_set():
+            self.look()
+            stop.wait(self.check_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _last_entry_s(client: redis.Redis, stream: str) -> float | None:
+    """The time of the stream's last entry (its id's milliseconds); None for no stream."""
+    try:
+        info = client.xinfo_stream(stream)
+    except redis.ResponseError:  # no such stream yet
+        return None
+    if not info.get("length"):
+        return None
+    last = info.get("last-generated-id") or info.get(b"last-generated-id")
+    last = last.decode() if isinstance(last, bytes) else str(last)
+    return int(last.split("-")[0]) / 1000
