@@ -193,6 +193,10 @@ class SimServer:
     def set_fill_ratio(self, ratio: float) -> None:
         self.sim.book.set_fill_ratio(ratio)
 
+    def fund(self, rate: float, inst: str = "") -> list[dict]:
+        """Funding at ``rate`` for every open swap position (of ``inst`` only): the bills written."""
+        return self.sim.swaps.fund(rate, inst)
+
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms
 

@@ -1,0 +1,304 @@
+"""Shorts on OKX perpetual swaps (``venues.okx.market: swap``), through the real ccxt client
+against the simulator: swaps listed as OKX lists them, a short opened and closed in contracts
+in isolated margin, leverage set, margin refused for want of USDT, funding read as payments,
+reconciliation from positions, a whole run through ``apex run`` then ``apex reconcile``, and
+the invariant (the venue's position per instrument is the sum of the books' there, no order
+refused for want of holdings, every open trade's exit executable) as a hypothesis property."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import ccxt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from connectors.reconcile import reconcile
+from connectors.sims.okx import running
+from connectors.venues import Rejected
+from connectors.venues import okx_swap as swaps
+from connectors.venues.settings import OkxSettings
+from helpers import KELLY_AND_EXECUTE, entry, write_recording
+from okx_fixtures import okx_venue, order, raw
+from operators.fill import Fill
+from operators.reconcile import POSITION_MISMATCH
+from test_holdings import apex_run, reconcile as apex_reconcile
+
+PRICES = {"BTC-USDT": 100.0, "ETH-USDT": 50.0}
+
+
+@pytest.fixture
+def swap_sim(tmp_path):
+    log = tmp_path / "okx-orders.jsonl"
+    with running(orders_log=log, prices=PRICES) as server:
+        venue = okx_venue(server.url, swap=True, leverage=2)
+        server.log = log
+        yield server, venue
+        venue.close()
+
+
+def logged(server) -> list[dict]:
+    import json
+    return [json.loads(line) for line in Path(server.log).read_text().splitlines()] if server.log.exists() else []
+
+
+def position(server, inst: str) -> dict | None:
+    got = [p for p in server.sim.swaps.position_records() if p["instId"] == inst]
+    return got[0] if got else None
+
+
+# --- the simulator as OKX ------------------------------------------------------------------------
+
+
+def test_swaps_are_listed_and_read_by_ccxt_as_okx_lists_them(swap_sim):
+    server, _ = swap_sim
+    status, doc = raw(server.url, "GET", "/api/v5/public/instruments?instType=SWAP")
+    assert status == 200 and doc["code"] == "0"
+    btc = next(i for i in doc["data"] if i["instId"] == "BTC-USDT-SWAP")
+    assert {k: btc[k] for k in ("instType", "ctVal", "ctMult", "ctValCcy", "settleCcy", "lotSz", "minSz",
+                                "tickSz", "ctType")} == {
+        "instType": "SWAP", "ctVal": "0.01", "ctMult": "1", "ctValCcy": "BTC", "settleCcy": "USDT",
+        "lotSz": "0.01", "minSz": "0.01", "tickSz": "0.1", "ctType": "linear"}
+    assert isinstance(btc["instIdCode"], int)
+    _, config = raw(server.url, "GET", "/api/v5/account/config")
+    assert config["data"][0]["posMode"] == "net_mode"
+    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex.urls["api"]["rest"] = server.url
+    ex.options["fetchMarkets"] = {"types": ["swap"]}
+    ex.has["fetchCurrencies"] = False
+    market = ex.load_markets()["BTC/USDT:USDT"]
+    assert (market["id"], market["swap"], market["linear"], market["contractSize"], market["settle"]) == (
+        "BTC-USDT-SWAP", True, True, 0.01, "USDT")
+    assert ex.fetch_funding_rate("BTC/USDT:USDT")["fundingRate"] == pytest.approx(0.0001)
+
+
+def test_the_book_sees_the_swap_in_coins_under_the_signals_name(swap_sim):
+    _, venue = swap_sim
+    btc = venue.instrument("okx", "BTC-USDT")
+    # a lot of 0.01 contracts of 0.01 BTC each: the book sizes in coins, as on spot
+    assert (btc.symbol, btc.lot_size, btc.min_size) == ("BTC-USDT", pytest.approx(0.0001), pytest.approx(0.0001))
+    assert venue.instrument("okx", "BTC-USDT-SWAP") is None or venue.instrument("okx", "BTC-USDT-SWAP").symbol == \
+        "BTC-USDT"
+    assert venue.price("okx", "BTC-USDT") == 100.0
+
+
+# --- a short, opened and closed -------------------------------------------------------------------
+
+
+def test_a_short_opens_and_closes_in_contracts_in_isolated_margin(swap_sim):
+    server, venue = swap_sim
+    [opened] = venue.place_many([order("short-1", side="sell", quantity=0.03)])
+    assert isinstance(opened, Fill) and (opened.symbol, opened.side, opened.quantity) == ("BTC-USDT", "sell", 0.03)
+    assert opened.fee_usd == pytest.approx(0.03 * 100 * 0.0005)  # in USDT on the notional
+    [sent] = logged(server)
+    assert (sent["instId"], sent["sz"], sent["side"]) == ("BTC-USDT-SWAP", "3", "sell")  # 0.03 BTC = 3 contracts
+    pos = position(server, "BTC-USDT-SWAP")
+    assert (pos["pos"], pos["mgnMode"], pos["posSide"], pos["lever"]) == ("-3", "isolated", "net", "2")
+    assert Decimal(pos["margin"]) == Decimal("1.5")  # 3 USDT of notional at leverage 2
+    assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(-0.03)}
+    order_record = next(iter(server.sim.book.orders.values()))
+    assert (order_record["tdMode"], order_record["posSide"]) == ("isolated", "net")
+
+    [closed] = venue.place_many([order("short-1-close", side="buy", quantity=0.03)])
+    assert isinstance(closed, Fill) and closed.quantity == pytest.approx(0.03)
+    assert position(server, "BTC-USDT-SWAP") is None and venue.positions() == {}
+    # the margin came back; only the two fees are gone
+    assert float(server.sim.book.balances["USDT"]) == pytest.approx(1_000_000 - 2 * 0.0015)
+
+
+def test_a_sell_beyond_a_long_turns_it_short(swap_sim):
+    server, venue = swap_sim
+    venue.place_many([order("long-1", symbol="ETH-USDT", side="buy", quantity=0.5)])
+    venue.place_many([order("flip-1", symbol="ETH-USDT", side="sell", quantity=0.8)])
+    assert position(server, "ETH-USDT-SWAP")["pos"] == "-3"  # 0.3 ETH at 0.1 a contract
+    assert venue.positions() == {("okx", "ETH-USDT"): pytest.approx(-0.3)}
+
+
+def test_an_order_below_the_smallest_contract_is_refused_before_it_leaves(swap_sim):
+    server, venue = swap_sim
+    [got] = venue.place_many([order("tiny-1", symbol="ETH-USDT", side="sell", quantity=0.0005)])
+    assert isinstance(got, Rejected) and "smallest order" in str(got) and "contracts" in str(got)
+    assert server.placements() == {}
+
+
+def test_margin_short_of_usdt_is_refused_with_51008(swap_sim):
+    server, venue = swap_sim
+    server.set_balance("USDT", 1.0)
+    [got] = venue.place_many([order("big-1", side="sell", quantity=1.0)])  # 100 USDT notional, 50 margin
+    assert isinstance(got, Rejected) and "51008" in str(got)
+    assert position(server, "BTC-USDT-SWAP") is None
+
+
+def test_leverage_is_set_once_per_instrument_before_its_first_order(swap_sim):
+    server, venue = swap_sim
+    venue.place_many([order("lev-1", side="sell", quantity=0.01)])
+    venue.place_many([order("lev-2", side="sell", quantity=0.01)])
+    assert server.stats()["requests"].get("POST account/set-leverage") == 1
+    assert server.sim.swaps.lever_of("BTC-USDT-SWAP") == 2
+
+
+# --- funding -------------------------------------------------------------------------------------
+
+
+def test_funding_is_read_as_payments_by_the_signals_name(swap_sim):
+    server, venue = swap_sim
+    venue.place_many([order("f-short", side="sell", quantity=0.03),
+                      order("f-long", symbol="ETH-USDT", side="buy", quantity=0.2)])
+    bills = server.fund(0.001)
+    assert [b["type"] for b in bills] == ["8", "8"]
+    got = venue.funding()
+    # a positive rate: the short receives 0.03 × 100 × 0.001, the long pays 0.2 × 50 × 0.001
+    assert [(p.symbol, p.amount_usd) for p in got] == [("BTC-USDT", pytest.approx(0.003)),
+                                                        ("ETH-USDT", pytest.approx(-0.01))]
+    assert len({p.bill_id for p in got}) == 2
+    assert venue.funding(since_ms=max(p.ts_ms for p in got) + 1) == []
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields,error", [
+    ({"market": "swap", "leverage": 0}, "greater than or equal to 1"),
+    ({"market": "swap", "leverage": 500}, "less than or equal to 100"),
+    ({"leverage": 2}, "leverage applies to market: swap only"),
+])
+def test_leverage_is_validated(fields, error):
+    with pytest.raises(ValidationError, match=error):
+        OkxSettings(kind="okx", **fields)
+
+
+def test_leverage_defaults_to_one():
+    assert OkxSettings(kind="okx", market="swap").leverage == 1
+
+
+@given(coins=st.decimals(min_value=0, max_value=1000, places=6),
+       ct_val=st.sampled_from([Decimal("0.01"), Decimal("0.1"), Decimal("1"), Decimal("10")]),
+       lot=st.sampled_from([Decimal("0.01"), Decimal("0.1"), Decimal("1")]))
+def test_contracts_are_the_coins_rounded_down_to_the_lot(coins, ct_val, lot):
+    c = swaps.Contract(ct_val, lot, lot)
+    n = swaps.contracts(float(coins), c)
+    assert n % lot == 0 and n >= 0
+    assert n * ct_val <= coins + Decimal("1e-9") * ct_val * lot
+    assert coins - n * ct_val < lot * ct_val
+
+
+# --- reconciliation ------------------------------------------------------------------------------
+
+
+def test_reconciliation_reads_swap_positions_not_balances(swap_sim):
+    server, venue = swap_sim
+    [f] = venue.place_many([order("r-short", side="sell", quantity=0.05)])
+    report = reconcile({"okx": venue}, {("okx", "BTC-USDT"): -0.05}, {f.client_order_id})
+    assert not report.differences
+    wrong = reconcile({"okx": venue}, {}, {f.client_order_id})
+    assert [(d.reason, d.symbol, d.venue_qty) for d in wrong.differences] == [
+        (POSITION_MISMATCH, "BTC-USDT", pytest.approx(-0.05))]
+
+
+# --- the whole path: apex run, then apex reconcile ---------------------------------------------
+
+
+def _pipeline(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nvenues:\n  okx: {{kind: okx, url: '{url}', market: swap, "
+                    f"leverage: 2}}\nstages:\n{KELLY_AND_EXECUTE}")
+    return path
+
+
+def test_apex_run_shorts_the_swap_and_reconciles_clean(swap_sim, tmp_path):
+    server, _ = swap_sim
+    rec = write_recording(tmp_path / "rec.jsonl", [
+        entry("1767261600000-0", signal_id="short-btc", symbol="BTC-USDT", side="sell", reference_price=100.0),
+        entry("1767261600001-0", signal_id="long-eth", symbol="ETH-USDT", side="buy", reference_price=50.0)])
+    path = _pipeline(tmp_path, server.url)
+    res = apex_run(path, rec)
+    assert res.returncode == 0, res.stderr
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        held = dict(db.execute("SELECT symbol, SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END) "
+                               "FROM executions WHERE status IN ('filled', 'partially_filled', 'cancelled') "
+                               "GROUP BY symbol").fetchall())
+    finally:
+        db.close()
+    sent = {o["instId"]: o for o in logged(server)}
+    assert set(sent) == {"BTC-USDT-SWAP", "ETH-USDT-SWAP"}
+    assert sent["BTC-USDT-SWAP"]["side"] == "sell"
+    at_venue = {p["instId"]: float(p["pos"]) for p in server.sim.swaps.position_records()}
+    assert held["BTC-USDT"] < 0 and held["ETH-USDT"] > 0
+    assert at_venue["BTC-USDT-SWAP"] * 0.01 == pytest.approx(held["BTC-USDT"])
+    assert at_venue["ETH-USDT-SWAP"] * 0.1 == pytest.approx(held["ETH-USDT"])
+    again = apex_reconcile(path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "position_mismatch" not in again.stdout + again.stderr
+
+
+# --- the invariant --------------------------------------------------------------------------------
+
+BOOKS = ("alpha", "beta")
+SYMBOLS = ("BTC-USDT", "ETH-USDT")
+step = st.one_of(
+    st.tuples(st.just("open"), st.sampled_from(BOOKS), st.sampled_from(SYMBOLS), st.sampled_from(["buy", "sell"]),
+              st.integers(1, 40), st.sampled_from([1.0, 1.0, 0.5, 0.3])),
+    st.tuples(st.just("exit"), st.sampled_from(BOOKS), st.sampled_from(SYMBOLS)),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step, min_size=1, max_size=8))
+def test_the_venue_holds_the_sum_of_the_books_and_every_exit_executes(tmp_path_factory, steps):
+    """Books alpha and beta share the account; each opens (a buy or a sell, a whole or a part
+    filled) and exits its own position. After every step the venue's net position per
+    instrument is the sum of the books'; no order is refused for want of holdings (a sell
+    with nothing held opens a short); at the end every open trade's exit executes and leaves
+    the account flat."""
+    books: dict[tuple[str, str], float] = {}
+    with running(prices=PRICES) as server:
+        venue = okx_venue(server.url, swap=True)
+        try:
+            n = 0
+            for s in steps:
+                n += 1
+                if s[0] == "open":
+                    _, book, symbol, side, lots, ratio = s
+                    server.set_fill_ratio(ratio)
+                    qty = lots * venue.instrument("okx", symbol).lot_size * 10
+                    got = _trade(venue, f"{book}-{n}", symbol, side, qty)
+                    server.set_fill_ratio(1.0)
+                else:
+                    _, book, symbol = s
+                    held = books.get((book, symbol), 0.0)
+                    if not held:
+                        continue
+                    got = _trade(venue, f"{book}-x{n}", symbol, "sell" if held > 0 else "buy", abs(held))
+                    assert got is not None and got.quantity == pytest.approx(abs(held))  # the exit executed whole
+                if got is not None:
+                    books[(book, symbol)] = books.get((book, symbol), 0.0) + got.signed_qty
+                _assert_sum(venue, books)
+            for (book, symbol), held in sorted(books.items()):
+                if abs(held) > 1e-12:
+                    got = _trade(venue, f"{book}-end-{symbol}", symbol, "sell" if held > 0 else "buy", abs(held))
+                    assert got is not None and got.quantity == pytest.approx(abs(held))
+            assert venue.positions() == {}
+        finally:
+            venue.close()
+
+
+def _trade(venue, signal_id: str, symbol: str, side: str, qty: float) -> Fill | None:
+    [got] = venue.place_many([order(signal_id, symbol=symbol, side=side, quantity=qty)])
+    if isinstance(got, Rejected):
+        assert "51008" not in str(got), got  # never refused for want of holdings
+        return None
+    return got
+
+
+def _assert_sum(venue, books: dict[tuple[str, str], float]) -> None:
+    want: dict[tuple[str, str], float] = {}
+    for (_, symbol), qty in books.items():
+        want[("okx", symbol)] = want.get(("okx", symbol), 0.0) + qty
+    got = venue.positions()
+    for key in set(want) | set(got):
+        assert got.get(key, 0.0) == pytest.approx(want.get(key, 0.0), abs=1e-9), key
