@@ -22,8 +22,10 @@ from connectors.sims.okx import running
 from connectors.venues import Rejected
 from connectors.venues import okx_swap as swaps
 from connectors.venues.settings import OkxSettings
-from helpers import KELLY_AND_EXECUTE, entry, write_recording
+from dataflows.config import parse
+from helpers import KELLY_AND_EXECUTE, audit_query, entry, write_recording
 from okx_fixtures import okx_venue, order, raw
+from operators import funding
 from operators.fill import Fill
 from operators.reconcile import POSITION_MISMATCH
 from test_holdings import apex_run, reconcile as apex_reconcile
@@ -302,3 +304,96 @@ def _assert_sum(venue, books: dict[tuple[str, str], float]) -> None:
     got = venue.positions()
     for key in set(want) | set(got):
         assert got.get(key, 0.0) == pytest.approx(want.get(key, 0.0), abs=1e-9), key
+
+
+# --- funding, booked as a cost of the books that held the position ------------------------------
+
+
+@given(amount=st.floats(-1e4, 1e4, allow_nan=False),
+       held=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(-1e3, 1e3, allow_nan=False), max_size=3))
+def test_funding_shares_add_up_to_the_payment_by_position(amount, held):
+    shares = funding.attribute(amount, held)
+    net = sum(held.values())
+    if abs(net) < 1e-12:
+        assert shares == {}
+        return
+    assert sum(shares.values()) == pytest.approx(amount, rel=1e-6, abs=1e-6 * max(1.0, *map(abs, shares.values())))
+    for book, share in shares.items():
+        assert share == pytest.approx(amount * held[book] / net)
+    assert all(held[b] for b in shares)  # a book holding nothing pays nothing
+
+
+def _funding_rows(ledger: Path) -> list[tuple]:
+    db = sqlite3.connect(ledger)
+    try:
+        return db.execute("SELECT signal_id, symbol, quantity, fee_usd FROM executions WHERE kind='funding'"
+                          " ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+def _funding_events(ledger: Path) -> list[dict]:
+    from connectors import outbox
+    from operators.audit import EVENT_COLUMNS
+    db = sqlite3.connect(ledger)
+    try:
+        blobs = [b for (b,) in db.execute("SELECT rows FROM outbox ORDER BY seq")]
+    finally:
+        db.close()
+    events = [dict(zip(EVENT_COLUMNS, row)) for blob in blobs for row in outbox.decode(blob)["audit_events"]]
+    return [e for e in events if e["outcome"] == funding.FUNDING]
+
+
+TWO_BOOKS = "books:\n  fast: {takes: {source: [trend_following]}}\n  slow: {}\n"
+
+
+def test_funding_is_booked_once_as_a_cost_of_each_book_by_its_position(swap_sim, tmp_path):
+    """Two books short BTC (0.03 and 0.01 by their sizing: whatever each got), a long on ETH
+    in one of them; the venue books funding on the net positions; the next start reads the
+    bills before trading and books each book its share, once, with its audit event."""
+    server, _ = swap_sim
+    path = tmp_path / "p.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nvenues:\n  okx: {{kind: okx, url: '{server.url}', "
+                    f"market: swap}}\n{TWO_BOOKS}stages:\n{KELLY_AND_EXECUTE}")
+    rec = write_recording(tmp_path / "rec.jsonl", [
+        entry("1767261600000-0", signal_id="fast-btc", source="trend_following", symbol="BTC-USDT", side="sell"),
+        entry("1767261600001-0", signal_id="slow-btc", symbol="BTC-USDT", side="sell", suggested_kelly=0.005),
+        entry("1767261600002-0", signal_id="slow-eth", symbol="ETH-USDT", side="buy", reference_price=50.0)])
+    res = apex_run(path, rec)
+    assert res.returncode == 0, res.stderr
+    state = tmp_path / "state" / "books"
+    held = {book: _held(state / book / "ledger.sqlite") for book in ("fast", "slow")}
+    assert held["fast"]["BTC-USDT"] < 0 and held["slow"]["BTC-USDT"] < 0 and held["slow"]["ETH-USDT"] > 0
+    bills = {b["instId"]: float(b["balChg"]) for b in server.fund(0.001)}
+    assert bills["BTC-USDT-SWAP"] > 0 > bills["ETH-USDT-SWAP"]  # the shorts receive, the long pays
+
+    empty = write_recording(tmp_path / "none.jsonl", [])
+    for _ in range(2):  # the second start finds every bill booked already
+        res = apex_run(path, empty)
+        assert res.returncode == 0, res.stderr
+    btc_net = held["fast"]["BTC-USDT"] + held["slow"]["BTC-USDT"]
+    for book in ("fast", "slow"):
+        rows = _funding_rows(state / book / "ledger.sqlite")
+        want = {"BTC-USDT": bills["BTC-USDT-SWAP"] * held[book]["BTC-USDT"] / btc_net}
+        if book == "slow":
+            want["ETH-USDT"] = bills["ETH-USDT-SWAP"]
+        # a fill of nothing whose fee is the cost: a payment received is a negative fee
+        assert {sym: -fee for _, sym, _, fee in rows} == pytest.approx(want)
+        assert all(qty == 0 for _, _, qty, _ in rows) and len(rows) == len(want)
+    # one audit event a share, whether shipped to the audit store yet or still in a ledger's outbox
+    pipeline = parse(path.read_text(), path, {})
+    shipped = audit_query(pipeline, "SELECT symbol FROM audit_events WHERE outcome = 'funding'")
+    waiting = [e["symbol"] for book in ("fast", "slow") for e in _funding_events(state / book / "ledger.sqlite")]
+    assert sorted([s for (s,) in shipped] + waiting) == ["BTC-USDT", "BTC-USDT", "ETH-USDT"]
+    # what the venue booked is what the books booked, in all
+    booked = sum(-fee for book in ("fast", "slow") for *_, fee in _funding_rows(state / book / "ledger.sqlite"))
+    assert booked == pytest.approx(sum(bills.values()))
+
+
+def _held(ledger: Path) -> dict[str, float]:
+    db = sqlite3.connect(ledger)
+    try:
+        return dict(db.execute("SELECT symbol, SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END)"
+                               " FROM executions WHERE status='filled' GROUP BY symbol").fetchall())
+    finally:
+        db.close()

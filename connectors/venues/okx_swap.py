@@ -95,6 +95,7 @@ class FundingPayment:
     symbol: str  # the signal's name (BTC-USDT)
     amount_usd: float
     ts_ms: int
+    mark: float = 0.0  # the mark price it was charged at (the bill's px)
 
 
 def funding_payments(history: list[dict]) -> list[FundingPayment]:
@@ -106,7 +107,8 @@ def funding_payments(history: list[dict]) -> list[FundingPayment]:
         if str(info.get("type", FUNDING_BILL)) != FUNDING_BILL or h.get("code") not in ("USDT", "USDC", "USD"):
             continue
         out.append(FundingPayment(str(h.get("id") or info.get("billId")), symbol_of(str(info.get("instId", ""))),
-                                  float(h.get("amount") or 0), int(h.get("timestamp") or 0)))
+                                  float(h.get("amount") or 0), int(h.get("timestamp") or 0),
+                                  float(info.get("px") or 0)))
     return sorted(out, key=lambda f: (f.ts_ms, int(f.bill_id) if f.bill_id.isdigit() else 0))
 
 

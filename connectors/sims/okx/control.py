@@ -58,7 +58,8 @@ async def control(request: web.Request) -> web.Response:
         elif what == "drop-sockets":
             sim.sockets.drop(refuse=bool(doc.get("refuse", False)))
         elif what == "funding":
-            sim.swaps.fund(float(doc["rate"]), str(doc.get("instId", "")))
+            rate = doc.get("rate")
+            sim.swaps.fund(None if rate is None else float(rate), str(doc.get("instId", "")))
         elif what == "latency":
             sim.latency_ms = max(0.0, float(doc["latency_ms"]))
         else:

@@ -193,8 +193,9 @@ class SimServer:
     def set_fill_ratio(self, ratio: float) -> None:
         self.sim.book.set_fill_ratio(ratio)
 
-    def fund(self, rate: float, inst: str = "") -> list[dict]:
-        """Funding at ``rate`` for every open swap position (of ``inst`` only): the bills written."""
+    def fund(self, rate: float | None = None, inst: str = "") -> list[dict]:
+        """Funding at ``rate`` (None: the current one) for every open swap position (of ``inst``
+        only): the bills written."""
         return self.sim.swaps.fund(rate, inst)
 
     def set_latency(self, latency_ms: float) -> None:

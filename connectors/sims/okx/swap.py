@@ -301,16 +301,21 @@ class Swaps:
         for watcher in self.book.watchers:
             watcher(push)
 
-    def fund(self, rate: float, inst: str = "") -> list[dict]:
-        """Funding at ``rate`` for every open position (of ``inst`` only, if named): a long pays
-        a positive rate, a short receives it. Taken from or added to the position's margin,
-        as OKX does in isolated margin; one bill of type 8 each. Returns the bills."""
-        r = Decimal(str(rate))
+    def fund(self, rate: float | None = None, inst: str = "") -> list[dict]:
+        """Funding at ``rate`` (None: each instrument's current rate) for every open position
+        (of ``inst`` only, if named: the swap or its underlying, BTC-USDT): a long pays a
+        positive rate, a short receives it. Taken from or added to the position's margin, as
+        OKX does in isolated margin; one bill of type 8 each. Returns the bills."""
+        if inst and not is_swap(inst):
+            inst += SUFFIX
         made = []
         with self.book.lock:
+            if inst:
+                self._known(inst)
             for i, p in sorted(self.positions.items()):
                 if inst and i != inst:
                     continue
+                r = self.rates.get(i, DEFAULT_RATE) if rate is None else Decimal(str(rate))
                 self.rates[i] = r
                 mark = self.book.prices[spot_of(i)]
                 amount = -p.pos * spec_of(i).ct_val * mark * r
@@ -327,9 +332,8 @@ class Swaps:
                         "fillPxVol": "", "fillPxUsd": "", "fillMarkVol": "", "earnAmt": "", "earnApr": "", "ts": now}
                 self.bills.append(bill)
                 made.append(dict(bill))
-            if inst and inst not in self.positions:
-                self._known(inst)
-                self.rates[inst] = r
+            if inst and inst not in self.positions and rate is not None:
+                self.rates[inst] = Decimal(str(rate))
         return made
 
 
