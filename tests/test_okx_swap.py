@@ -481,3 +481,39 @@ def _refusals(ledger: Path) -> list[str]:
         return [r or "" for (r,) in db.execute("SELECT reason FROM executions WHERE status='rejected'")]
     finally:
         db.close()
+
+
+# --- both venues at once: a fault at OKX while IBKR trades ---------------------------------------
+
+
+def test_swaps_with_a_lost_answer_at_okx_while_ibkr_trades(swap_sim, tmp_path):
+    """OKX in swap mode loses its answer to the first placement (the venue took it) while
+    IBKR trades beside it: the short is asked about, never sent twice, and ends booked; IBKR's
+    order is untouched by it; the venue's swap positions equal the ledger's, and a reconcile
+    of both venues is clean."""
+    from connectors.sims.ibkr import running as ibkr_running
+
+    server, _ = swap_sim
+    server.arm("drop", times=1)  # taken, then the connection cut before the answer
+    with ibkr_running(orders_log=tmp_path / "ibkr-orders.jsonl", cash=1_000_000.0) as ibkr:
+        path = tmp_path / "p.yaml"
+        path.write_text(f"state_dir: {tmp_path / 'state'}\nvenues:\n"
+                        f"  okx: {{kind: okx, url: '{server.url}', market: swap}}\n"
+                        f"  ibkr: {{kind: ibkr, port: {ibkr.port}, account: DU1234567}}\n"
+                        f"stages:\n{KELLY_AND_EXECUTE}")
+        rec = write_recording(tmp_path / "rec.jsonl", [
+            entry("1767261600000-0", signal_id="short-btc", symbol="BTC-USDT", side="sell"),
+            entry("1767261600001-0", signal_id="long-aapl", venue="ibkr", symbol="AAPL", side="buy"),
+            entry("1767261600002-0", signal_id="short-eth", symbol="ETH-USDT", side="sell", reference_price=50.0)])
+        res = apex_run(path, rec)
+        assert res.returncode == 0, res.stderr
+        assert sorted(server.placements().values()) == [1, 1]  # each short sent once, lost answer or not
+        held = _held(tmp_path / "state" / "ledger.sqlite")
+        at_okx = {p["instId"]: float(p["pos"]) for p in server.sim.swaps.position_records()}
+        assert held["BTC-USDT"] < 0 and held["ETH-USDT"] < 0 and held["AAPL"] > 0
+        assert at_okx["BTC-USDT-SWAP"] * 0.01 == pytest.approx(held["BTC-USDT"])
+        assert at_okx["ETH-USDT-SWAP"] * 0.1 == pytest.approx(held["ETH-USDT"])
+        assert [o.symbol for o in ibkr.orders()] == ["AAPL"]
+        again = apex_reconcile(path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "position_mismatch" not in again.stdout + again.stderr
