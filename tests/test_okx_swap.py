@@ -7,7 +7,9 @@ refused for want of holdings, every open trade's exit executable) as a hypothesi
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,15 +19,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from connectors import outbox
 from connectors.reconcile import reconcile
+from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import running
 from connectors.venues import Rejected
 from connectors.venues import okx_swap as swaps
 from connectors.venues.settings import OkxSettings
 from dataflows.config import parse
 from helpers import KELLY_AND_EXECUTE, audit_query, entry, run_flow, sig, write_recording
-from okx_fixtures import okx_venue, order, raw
+from okx_fixtures import logged, okx_venue, order, raw
 from operators import funding
+from operators.audit import EVENT_COLUMNS
 from operators.fill import Fill
 from operators.reconcile import POSITION_MISMATCH
 from test_holdings import apex_run, reconcile as apex_reconcile
@@ -35,17 +40,17 @@ PRICES = {"BTC-USDT": 100.0, "ETH-USDT": 50.0}
 
 @pytest.fixture
 def swap_sim(tmp_path):
-    log = tmp_path / "okx-orders.jsonl"
-    with running(orders_log=log, prices=PRICES) as server:
+    """The simulator (its order log ``okx-orders.jsonl`` in tmp_path) and a venue trading its
+    swaps at leverage 2."""
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES) as server:
         venue = okx_venue(server.url, swap=True, leverage=2)
-        server.log = log
         yield server, venue
         venue.close()
 
 
-def logged(server) -> list[dict]:
-    import json
-    return [json.loads(line) for line in Path(server.log).read_text().splitlines()] if server.log.exists() else []
+def sent(tmp_path: Path) -> list[dict]:
+    """The orders the simulator took, from its order log."""
+    return logged(tmp_path / "okx-orders.jsonl")
 
 
 def position(server, inst: str) -> dict | None:
@@ -83,21 +88,21 @@ def test_the_book_sees_the_swap_in_coins_under_the_signals_name(swap_sim):
     btc = venue.instrument("okx", "BTC-USDT")
     # a lot of 0.01 contracts of 0.01 BTC each: the book sizes in coins, as on spot
     assert (btc.symbol, btc.lot_size, btc.min_size) == ("BTC-USDT", pytest.approx(0.0001), pytest.approx(0.0001))
-    assert venue.instrument("okx", "BTC-USDT-SWAP") is None or venue.instrument("okx", "BTC-USDT-SWAP").symbol == \
-        "BTC-USDT"
+    # the swap's own name is no signal's: one position, one name in books and reconciliation
+    assert venue.instrument("okx", "BTC-USDT-SWAP") is None
     assert venue.price("okx", "BTC-USDT") == 100.0
 
 
 # --- a short, opened and closed -------------------------------------------------------------------
 
 
-def test_a_short_opens_and_closes_in_contracts_in_isolated_margin(swap_sim):
+def test_a_short_opens_and_closes_in_contracts_in_isolated_margin(swap_sim, tmp_path):
     server, venue = swap_sim
     [opened] = venue.place_many([order("short-1", side="sell", quantity=0.03)])
     assert isinstance(opened, Fill) and (opened.symbol, opened.side, opened.quantity) == ("BTC-USDT", "sell", 0.03)
     assert opened.fee_usd == pytest.approx(0.03 * 100 * 0.0005)  # in USDT on the notional
-    [sent] = logged(server)
-    assert (sent["instId"], sent["sz"], sent["side"]) == ("BTC-USDT-SWAP", "3", "sell")  # 0.03 BTC = 3 contracts
+    [first] = sent(tmp_path)
+    assert (first["instId"], first["sz"], first["side"]) == ("BTC-USDT-SWAP", "3", "sell")  # 0.03 BTC = 3 contracts
     pos = position(server, "BTC-USDT-SWAP")
     assert (pos["pos"], pos["mgnMode"], pos["posSide"], pos["lever"]) == ("-3", "isolated", "net", "2")
     assert Decimal(pos["margin"]) == Decimal("1.5")  # 3 USDT of notional at leverage 2
@@ -118,6 +123,25 @@ def test_a_sell_beyond_a_long_turns_it_short(swap_sim):
     venue.place_many([order("flip-1", symbol="ETH-USDT", side="sell", quantity=0.8)])
     assert position(server, "ETH-USDT-SWAP")["pos"] == "-3"  # 0.3 ETH at 0.1 a contract
     assert venue.positions() == {("okx", "ETH-USDT"): pytest.approx(-0.3)}
+
+
+def test_a_restarted_simulator_still_holds_its_positions(tmp_path):
+    state = tmp_path / "okx-state.json"
+    with running(prices=PRICES, state_file=state) as server:
+        venue = okx_venue(server.url, swap=True, leverage=2)
+        try:
+            venue.place_many([order("kept-1", side="sell", quantity=0.05)])
+            server.fund(0.001)
+        finally:
+            venue.close()
+    with running(prices=PRICES, state_file=state) as server:
+        venue = okx_venue(server.url, swap=True, leverage=2)
+        try:
+            assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(-0.05)}
+            assert [p.symbol for p in venue.funding()] == ["BTC-USDT"]
+            assert position(server, "BTC-USDT-SWAP")["lever"] == "2"
+        finally:
+            venue.close()
 
 
 def test_an_order_below_the_smallest_contract_is_refused_before_it_leaves(swap_sim):
@@ -226,9 +250,9 @@ def test_apex_run_shorts_the_swap_and_reconciles_clean(swap_sim, tmp_path):
                                "GROUP BY symbol").fetchall())
     finally:
         db.close()
-    sent = {o["instId"]: o for o in logged(server)}
-    assert set(sent) == {"BTC-USDT-SWAP", "ETH-USDT-SWAP"}
-    assert sent["BTC-USDT-SWAP"]["side"] == "sell"
+    orders = {o["instId"]: o for o in sent(tmp_path)}
+    assert set(orders) == {"BTC-USDT-SWAP", "ETH-USDT-SWAP"}
+    assert orders["BTC-USDT-SWAP"]["side"] == "sell"
     at_venue = {p["instId"]: float(p["pos"]) for p in server.sim.swaps.position_records()}
     assert held["BTC-USDT"] < 0 and held["ETH-USDT"] > 0
     assert at_venue["BTC-USDT-SWAP"] * 0.01 == pytest.approx(held["BTC-USDT"])
@@ -333,8 +357,6 @@ def _funding_rows(ledger: Path) -> list[tuple]:
 
 
 def _funding_events(ledger: Path) -> list[dict]:
-    from connectors import outbox
-    from operators.audit import EVENT_COLUMNS
     db = sqlite3.connect(ledger)
     try:
         blobs = [b for (b,) in db.execute("SELECT rows FROM outbox ORDER BY seq")]
@@ -412,14 +434,12 @@ flow_step = st.one_of(
 
 
 def _signal_entry(n: int, ms: int, source: str, symbol: str, side: str, kelly: float) -> dict:
-    import json
     doc = sig(f"inv{n}", source=source, symbol=symbol, side=side, suggested_kelly=kelly,
               reference_price=PRICES[symbol], timestamp=_iso(ms - 5), ttl_seconds=60)
     return {"stream": SIGNALS_STREAM, "id": f"{ms}-0", "fields": {"payload": json.dumps(doc)}}
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
 
 
@@ -491,8 +511,6 @@ def test_swaps_with_a_lost_answer_at_okx_while_ibkr_trades(swap_sim, tmp_path):
     IBKR trades beside it: the short is asked about, never sent twice, and ends booked; IBKR's
     order is untouched by it; the venue's swap positions equal the ledger's, and a reconcile
     of both venues is clean."""
-    from connectors.sims.ibkr import running as ibkr_running
-
     server, _ = swap_sim
     server.arm("drop", times=1)  # taken, then the connection cut before the answer
     with ibkr_running(orders_log=tmp_path / "ibkr-orders.jsonl", cash=1_000_000.0) as ibkr:

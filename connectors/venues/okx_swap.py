@@ -42,7 +42,9 @@ class Contract:
 
 
 def inst_of(symbol: str) -> str:
-    return symbol if symbol.endswith(SUFFIX) else symbol + SUFFIX
+    """A signal names the underlying; a name that is a swap's own (BTC-USDT-SWAP) is listed
+    under none, so one position has one name in the books and in reconciliation."""
+    return symbol + SUFFIX
 
 
 def symbol_of(inst: str) -> str:

@@ -80,6 +80,7 @@ async def _stop(sim: Sim, runner: web.AppRunner) -> None:
     await sim.sockets.close_all()  # an open socket would hold the shutdown until its timeout
     await runner.cleanup()
     sim.book.save()
+    sim.swaps.save()
 
 
 def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Path | None = None,

@@ -235,6 +235,7 @@ async def api(request: web.Request) -> web.StreamResponse:
     answer = handler(sim, query, body)
     if method == "POST":
         sim.book.save()
+        sim.swaps.save()
     return answer if fault is None else await _fail(sim, request, fault, answer)
 
 

@@ -11,11 +11,13 @@ what only swaps have (positions, leverage, bills, funding rates) is kept here.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+import json
+from dataclasses import asdict, dataclass
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connectors.sims.okx.state import CLORD, Refusal, _dec, _public, _s, now_ms
+from connectors.sims.okx.state import CLORD, Refusal, now_ms
 
 if TYPE_CHECKING:
     from connectors.sims.okx.state import Book
@@ -73,11 +75,38 @@ class Position:
 
 class Swaps:
     def __init__(self, book: Book):
+        """Kept beside the book's state file, if it has one (``<file>.swaps``), so that a
+        restarted simulator still holds its positions."""
         self.book = book
         self.positions: dict[str, Position] = {}
         self.lever: dict[str, Decimal] = {}
         self.rates: dict[str, Decimal] = {}
         self.bills: list[dict] = []
+        self.state_file = Path(f"{book.state_file}.swaps") if book.state_file else None
+        if self.state_file and self.state_file.exists():
+            try:
+                self._load(json.loads(self.state_file.read_text()))
+            except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
+                raise ValueError("not a swaps state file of the OKX simulator") from None
+
+    def save(self) -> None:
+        if self.state_file is None:
+            return
+        with self.book.lock:
+            doc = {"positions": {i: {k: str(v) for k, v in asdict(p).items()} for i, p in self.positions.items()},
+                   "lever": {i: str(v) for i, v in self.lever.items()},
+                   "rates": {i: str(v) for i, v in self.rates.items()}, "bills": self.bills}
+        tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.state_file)  # a crash mid-write leaves the previous state
+
+    def _load(self, doc: dict) -> None:
+        decimals = ("pos", "avg", "margin", "fee", "funding", "realized")
+        self.positions = {i: Position(**{k: Decimal(v) if k in decimals else v for k, v in p.items()})
+                          for i, p in doc["positions"].items()}
+        self.lever = {i: Decimal(v) for i, v in doc["lever"].items()}
+        self.rates = {i: Decimal(v) for i, v in doc["rates"].items()}
+        self.bills = list(doc["bills"])
 
     # ----- what a request may ask -----
 
@@ -230,8 +259,8 @@ class Swaps:
             o = {"instType": "SWAP", "instId": inst, "ordId": str(book.next_id), "clOrdId": cl, "tag": "",
                  "px": _s(limit) if limit is not None else "", "sz": _s(sz), "ordType": kind, "side": side,
                  "posSide": "net", "tdMode": "isolated", "tgtCcy": "", "state": "live", "accFillSz": "0",
-                 "fillPx": "", "fillSz": "0", "avgPx": "", "fee": "0", "feeCcy": SETTLE, "lever": _s(self.lever_of(inst)),
-                 "reduceOnly": str(req.get("reduceOnly") or "false").lower(), "cTime": now, "uTime": now,
+                 "fillPx": "", "fillSz": "0", "avgPx": "", "fee": "0", "feeCcy": SETTLE,
+                 "lever": _s(self.lever_of(inst)), "reduceOnly": str(req.get("reduceOnly") or "false").lower(), "cTime": now, "uTime": now,
                  "fillTime": "", "cancelSource": "", "category": "normal", "tradeId": "", "pnl": "0",
                  "instIdCode": _code(inst)}
             book.orders[o["ordId"]] = o
@@ -344,3 +373,21 @@ def _lots(qty: Decimal, lot: Decimal) -> Decimal:
 def _code(inst: str) -> int:
     """A stable integer for the instrument, as OKX's ``instIdCode``."""
     return 10_000 + sum((i + 1) * ord(c) for i, c in enumerate(inst))
+
+
+def _dec(value: object, what: str) -> Decimal:
+    try:
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise Refusal("51000", f"Parameter {what} error") from None
+    if not d.is_finite() or d <= 0:
+        raise Refusal("51000", f"Parameter {what} error")
+    return d
+
+
+def _s(d: Decimal) -> str:
+    return format(d.normalize(), "f") if d else "0"
+
+
+def _public(o: dict) -> dict:
+    return {k: v for k, v in o.items() if not k.startswith("_")}
