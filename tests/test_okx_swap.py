@@ -23,11 +23,11 @@ from connectors import outbox
 from connectors.reconcile import reconcile
 from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import running
-from connectors.venues import Rejected
+from connectors.venues import FILLED, Rejected
 from connectors.venues import okx_swap as swaps
 from connectors.venues.settings import OkxSettings
 from dataflows.config import parse
-from helpers import KELLY_AND_EXECUTE, audit_query, entry, run_flow, sig, write_recording
+from helpers import KELLY_AND_EXECUTE, audit_query, entry, run_flow, sig, until, write_recording
 from okx_fixtures import logged, okx_venue, order, raw
 from operators import funding
 from operators.audit import EVENT_COLUMNS
@@ -115,6 +115,29 @@ def test_a_short_opens_and_closes_in_contracts_in_isolated_margin(swap_sim, tmp_
     assert position(server, "BTC-USDT-SWAP") is None and venue.positions() == {}
     # the margin came back; only the two fees are gone
     assert float(server.sim.book.balances["USDT"]) == pytest.approx(1_000_000 - 2 * 0.0015)
+
+
+def test_swap_fates_are_pushed_on_the_orders_channel(swap_sim):
+    server, venue = swap_sim
+    venue.listen()
+    assert until(lambda: venue.streaming, 10)
+    [ack] = venue.submit([order("ws-1", side="sell", quantity=0.02)])
+    assert ack.accepted
+    got: list = []
+    assert until(lambda: got.extend(venue.updates()) or any(u.status == FILLED for u in got), 10)
+    [filled] = [u for u in got if u.status == FILLED]
+    assert (filled.fill.side, filled.fill.quantity) == ("sell", pytest.approx(0.02))  # 2 contracts, in coins
+    assert filled.fill_id  # OKX's tradeId, from the push
+    assert "GET trade/order" not in server.stats()["requests"]  # learnt from the push, never asked
+
+
+def test_open_orders_are_listed_in_coins(swap_sim):
+    server, venue = swap_sim
+    server.set_fill_ratio(0.0)  # nothing fills: the order rests
+    [ack] = venue.submit([order("rest-1", symbol="ETH-USDT", side="sell", quantity=0.3)])
+    assert ack.accepted
+    [o] = venue.open_orders()
+    assert (o.symbol, o.side, o.quantity) == ("ETH-USDT", "sell", pytest.approx(0.3))
 
 
 def test_a_sell_beyond_a_long_turns_it_short(swap_sim):

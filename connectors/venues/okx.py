@@ -530,8 +530,8 @@ class OkxVenue:
     def open_orders(self) -> list[Order]:
         link = self._here()
         link.markets()
-        got = self._read(limits.PENDING_ORDERS, lambda: link.ex.fetch_open_orders(
-            None, None, None, {"instType": self.inst_type}))
+        params = {"instType": "SWAP"} if self.swap else {}
+        got = self._read(limits.PENDING_ORDERS, lambda: link.ex.fetch_open_orders(None, None, None, params))
         out = []
         for o in map(self._in_coins, got):
             info = o.get("info") or {}
