@@ -104,17 +104,20 @@ class FundingReader:
 
     def start(self) -> FundingReader:
         """The first look now, then one every ``every_s`` in a thread of its own."""
-        self.read_once()
+        self._look()
         self._thread = threading.Thread(target=self._run, name="funding", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s) and not self.done():
-            try:
-                self.read_once()
-            except Exception:  # noqa: BLE001 - a reader that died would book no funding again: logged, goes on
-                log.exception("funding: a look failed; the next is in %gs", self.every_s)
+            self._look()
+
+    def _look(self) -> None:
+        try:
+            self.read_once()
+        except Exception:  # noqa: BLE001 - a failed look must not stop trading nor the next look: logged
+            log.exception("funding: a look failed; the next is in %gs", self.every_s)
 
     def stop(self) -> None:
         self._stop.set()
