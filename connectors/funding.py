@@ -63,6 +63,9 @@ class FundingReader:
         self.venues, self.ledgers, self.put, self.every_s = venues, dict(ledgers), put, every_s
         self.done = done
         self._since: dict[str, int] = {}
+        # bills handed at the ``since`` instant: the venue lists from that instant on, so they
+        # come again at the next look and are left out then
+        self._at_since: dict[str, set[str]] = {}
         self._down: set[str] = set()  # markets whose venue could not be asked at the last look
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,7 +90,10 @@ class FundingReader:
                 self._down.add(market)
                 continue
             self._down.discard(market)
+            seen = self._at_since.get(market, set())
             for p in payments:
+                if p.ts_ms < since or (p.ts_ms == since and p.bill_id in seen):
+                    continue
                 held = {book: position_at(path, market, p.symbol, p.ts_ms) for book, path in self.ledgers.items()}
                 shares = attribute(p.amount_usd, held)
                 if not shares:
@@ -98,8 +104,10 @@ class FundingReader:
                     ev = FundingEvent(book, market, p.symbol, p.bill_id, amount, p.mark, p.ts_ms, held[book], net)
                     self.put(ev)
                     out.append(ev)
-                since = max(since, p.ts_ms)
-            self._since[market] = since
+                if p.ts_ms > since:
+                    since, seen = p.ts_ms, set()
+                seen.add(p.bill_id)
+            self._since[market], self._at_since[market] = since, seen
         return out
 
     def start(self) -> FundingReader:

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from connectors import outbox
+from connectors.funding import FundingReader
+from connectors.ledger import Ledger
 from connectors.reconcile import reconcile
 from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import running
@@ -32,6 +34,7 @@ from okx_fixtures import logged, okx_venue, order, raw
 from operators import funding
 from operators.audit import EVENT_COLUMNS
 from operators.fill import Fill
+from operators.orders import Order
 from operators.reconcile import POSITION_MISMATCH
 from test_holdings import apex_run, reconcile as apex_reconcile
 
@@ -558,3 +561,43 @@ def test_swaps_with_a_lost_answer_at_okx_while_ibkr_trades(swap_sim, tmp_path):
         again = apex_reconcile(path)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "position_mismatch" not in again.stdout + again.stderr
+
+
+# --- the funding reader while a run goes on ------------------------------------------------------
+
+
+def _ledger_with(path: Path, *fills: Fill) -> Path:
+    ledger = Ledger(path)
+    try:
+        ledger.begin()
+        for f in fills:
+            ledger.record_intent(Order(f.client_order_id, f.signal_id, "open", f.venue, f.symbol, f.side, f.quantity,
+                                       f.price, f.ts_ms))
+            ledger.record_fill(f)
+        ledger.commit()
+    finally:
+        ledger.close()
+    return path
+
+
+def test_the_reader_hands_each_book_its_share_as_funding_comes(swap_sim, tmp_path, caplog):
+    server, venue = swap_sim
+    fills = {}
+    for book, qty in (("a", 0.03), ("b", 0.01)):
+        [f] = venue.place_many([order(f"{book}-short", side="sell", quantity=qty)])
+        fills[book] = f
+    ledgers = {b: _ledger_with(tmp_path / f"{b}.sqlite", f) for b, f in fills.items()}
+    got: list[funding.FundingEvent] = []
+    reader = FundingReader(lambda: {"okx": venue}, ledgers, got.append, every_s=0.05).start()
+    try:
+        assert got == []  # nothing booked yet
+        [bill] = server.fund(0.001)  # the shorts receive 0.04 × 100 × 0.001
+        assert until(lambda: len(got) == 2, 10)
+        assert {e.book: e.amount_usd for e in got} == pytest.approx({"a": 0.003, "b": 0.001})
+        assert {e.bill_id for e in got} == {bill["billId"]} and all(e.venue_qty == pytest.approx(-0.04) for e in got)
+        venue.place_many([order("nobody", symbol="ETH-USDT", side="buy", quantity=0.1)])  # no book's position
+        server.fund(0.001, "ETH-USDT")
+        assert until(lambda: "on no book's position" in caplog.text, 10)
+        assert len(got) == 2
+    finally:
+        reader.stop()
