@@ -210,6 +210,14 @@ def test_funding_is_read_as_payments_by_the_signals_name(swap_sim):
     assert venue.funding(since_ms=max(p.ts_ms for p in got) + 1) == []
 
 
+def test_funding_is_read_page_after_page(swap_sim):
+    server, venue = swap_sim
+    venue.place_many([order("many", side="sell", quantity=0.01)])
+    bills = [b for _ in range(130) for b in server.fund(0.0001)]  # more than OKX's page of 100
+    got = venue.funding()
+    assert sorted(p.bill_id for p in got) == sorted(b["billId"] for b in bills)
+
+
 # --- settings ------------------------------------------------------------------------------------
 
 

@@ -594,8 +594,16 @@ class OkxVenue:
             return []
         link = self._here()
         link.markets()
-        got = self._read(limits.BILLS, lambda: link.ex.fetch_funding_history(
-            None, since_ms or None, None, {"type": "swap"}))
+        got: list[dict] = []
+        params: dict = {"type": "swap"}
+        for _ in range(limits.BILL_PAGES):  # newest first, a page at a time, back to ``since_ms``
+            page = self._read(limits.BILLS, lambda: link.ex.fetch_funding_history(
+                None, since_ms or None, limits.PAGE, dict(params)))
+            got += page
+            ids = [str(h.get("id") or "") for h in page]
+            if len(page) < limits.PAGE or not all(i.isdigit() for i in ids):
+                break
+            params["after"] = min(ids, key=int)
         return swaps.funding_payments(got)
 
     def price(self, market: str, symbol: str) -> float | None:

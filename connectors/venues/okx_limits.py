@@ -34,6 +34,7 @@ POSITIONS = 10
 INSTRUMENTS = 20
 SET_LEVERAGE_PER_USER = 20  # POST account/set-leverage
 BILLS_ARCHIVE = 5  # GET account/bills-archive (funding history)
+BILL_PAGES = 50  # pages one look at the funding bills reads at most
 
 Key = tuple[str, ...]
 Costs = dict[Key, tuple[int, int]]  # limit -> (units this request takes, the limit)

@@ -201,7 +201,8 @@ class Swaps:
             return [dict(b) for b in reversed(self.bills)
                     if (not q.get("type") or b["type"] == q["type"]) and (not q.get("instType")
                     or b["instType"] == q["instType"]) and (not q.get("ccy") or b["ccy"] == q["ccy"])
-                    and (not q.get("begin") or int(b["ts"]) >= int(q["begin"]))]
+                    and (not q.get("begin") or int(b["ts"]) >= int(q["begin"]))
+                    and (not q.get("after") or int(b["billId"]) < int(q["after"]))]
 
     def funding_rate(self, inst: str) -> dict:
         with self.book.lock:
