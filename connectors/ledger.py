@@ -428,6 +428,19 @@ class Ledger:
         outbox.enqueue(self.db, rows)
         self.db.execute("COMMIT")
 
+    def record_funding(self, fill: Fill, kind: str) -> bool:
+        """A funding payment as a filled execution of ``kind`` (operators/funding.py), in the
+        open transaction; False if this bill is booked already (its id is the signal id)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity,"
+            " status, intent_ms, order_id, price, fee_usd, filled_ms, seq, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'filled', ?, ?, ?, ?, ?, ?, 'funding')",
+            (fill.client_order_id, fill.signal_id, kind, fill.venue, fill.symbol, fill.side, fill.quantity,
+             fill.ts_ms, fill.order_id, fill.price, fill.fee_usd, fill.ts_ms, self._seq["fill"] + 1))
+        if cur.rowcount == 1:
+            self._next("fill")
+        return cur.rowcount == 1
+
     def adopted(self) -> list[Fill]:
         """The holdings ``apex reconcile --adopt`` took into this book, in the order it did."""
         return [Fill(*row) for row in self.db.execute(

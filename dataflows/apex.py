@@ -39,6 +39,7 @@ from connectors.sender import Command, Gateway, SenderSettings
 from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
+from dataflows.funding_step import start_reader
 from dataflows import gates
 from dataflows.config import Pipeline, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
@@ -164,6 +165,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = op.merge("entries_and_answers", s, answers)
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
+    if remote:  # funding on swaps, read off the decision path, reaches the books with the venues' answers
+        start_reader(pipeline, books, shared, gateway)
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])

@@ -19,9 +19,11 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors.heartbeat import PERIOD_S, PROGRESS
 from connectors.sender import Command
+from dataflows.funding_step import on_funding
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
 from operators.audit import Outcome
+from operators.funding import FundingEvent
 from operators.order_fsm import VenueEvent
 from operators.portfolio import Portfolio
 
@@ -72,6 +74,10 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     step.on_event(self.book, item, out)  # type: ignore[arg-type]
+                elif isinstance(item, FundingEvent):  # a swap's funding: a cost of the book's, off the decisions
+                    if self.book is None:
+                        self.book = step.new_book()
+                    on_funding(ledger, self.book, item)
                 else:
                     self.book = step(self.book, item, out)  # type: ignore[arg-type]
             if self.book is not None:

@@ -83,7 +83,12 @@ def _okx(settings: OkxSettings, env: Mapping[str, str], cls: Callable[..., Venue
     creds = okx_credentials(settings, env)
     return cls(url=settings.url or None, sandbox=settings.demo, api_key=creds.api_key.get_secret_value(),
                secret=creds.secret.get_secret_value(), passphrase=creds.passphrase.get_secret_value(),
-               timeout_ms=round(settings.timeout_s * 1000))
+               timeout_ms=round(settings.timeout_s * 1000), **_swap(settings))
+
+
+def _swap(settings: OkxSettings) -> dict:
+    """Swap mode's keywords; none on spot, so a venue class that knows only spot still builds."""
+    return {"swap": True, "leverage": settings.leverage} if settings.market == "swap" else {}
 
 
 def _ibkr(settings: IbkrSettings, cls: Callable[..., Venue] | None) -> Venue:

@@ -40,6 +40,7 @@ from connectors.venues import PENDING, REJECTED, Ack, Instrument, OrderUpdate, R
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
 from connectors.venues import okx_secrets
+from connectors.venues import okx_swap as swaps
 from connectors.venues.okx_io import Closed, Io, OnLoop
 from connectors.venues.okx_poller import Mailbox, Poller
 from connectors.venues.okx_records import MAYBE_PLACED, TERMINAL
@@ -116,7 +117,7 @@ class _Link:
         self.markets()
         out: list[dict] = []
         missing = set(wanted) if wanted is not None else None
-        query: dict = {"instType": "SPOT", "limit": str(limits.PAGE)}
+        query: dict = {"instType": self.venue.inst_type, "limit": str(limits.PAGE)}
         for _ in range(most):
             data = self.venue._read(costs, lambda: call(dict(query))).get("data") or []
             out.extend(self.ex.parse_orders(data))
@@ -157,13 +158,13 @@ class _Link:
 
     def update(self, order: Order, o: dict) -> OrderUpdate:
         # priced through the calling thread's own client: the stream's thread calls this too
-        return records.update(order, o, lambda ccy: self.venue._here().usd(ccy))
+        return records.update(order, self.venue._in_coins(o), lambda ccy: self.venue._here().usd(ccy))
 
     # ----- placing -----
 
     def send(self, chunk: list[Order]) -> list[Answer]:
         """One batch request; what became of each order, in the order given."""
-        requests_ = [{"symbol": self.symbol_of(o), "type": "market", "side": o.side, "amount": o.quantity,
+        requests_ = [{"symbol": self.symbol_of(o), "type": "market", "side": o.side, "amount": self.venue._amount(o),
                       "params": self.venue._params(o)} for o in chunk]
         costs = limits.batch([self.venue._inst(o.symbol) for o in chunk])
         pos = {o.client_order_id: i for i, o in enumerate(chunk)}
@@ -229,7 +230,8 @@ class OkxVenue:
                  passphrase: str = "", timeout_ms: int = 5000, fill_wait_s: float = 2.0,
                  poll_interval_s: float = 0.05, settle_timeout_s: float = 30.0, market: str = "okx",
                  market_map: Mapping[str, str] | None = None, quote: str = "USDT", rate_limit_retries: int = 3,
-                 pacer: limits.Pacer | None = None, stream_retry_s: float = 5.0):
+                 pacer: limits.Pacer | None = None, stream_retry_s: float = 5.0, swap: bool = False,
+                 leverage: float = 1.0):
         """``url``: None for OKX itself, else the base URL of a stand-in (a simulator), whose
         WebSocket is taken at ``/ws/v5`` under the same address. ``sandbox``: OKX's demo
         trading. ``fill_wait_s``: how long an order's fate is awaited before what is left
@@ -238,7 +240,9 @@ class OkxVenue:
         ``place_many`` awaits the final fates before VenueDown. ``market``: the market
         signals name for this venue; ``market_map``: a signal's symbol to OKX's instId where
         they differ. ``stream_retry_s``: the longest pause between attempts to reconnect the
-        WebSocket."""
+        WebSocket. ``swap``: trade the USDT perpetual swaps of the instruments signals name
+        (``okx_swap``), in isolated margin at ``leverage``, set once per instrument before
+        its first order."""
         options = {"apiKey": api_key, "secret": secret, "password": passphrase, "timeout": timeout_ms,
                    "enableRateLimit": False}  # the pacer keeps OKX's own limits instead
 
@@ -247,7 +251,7 @@ class OkxVenue:
                 ex.set_sandbox_mode(True)  # type: ignore[attr-defined]
             if url:
                 ex.urls["api"]["rest"] = url.rstrip("/")  # type: ignore[attr-defined] # after the sandbox switch
-            ex.options["fetchMarkets"] = {"types": ["spot"]}  # type: ignore[attr-defined]
+            ex.options["fetchMarkets"] = {"types": ["swap" if swap else "spot"]}  # type: ignore[attr-defined]
             ex.has["fetchCurrencies"] = False  # type: ignore[attr-defined] # a private call per load, not needed
             return ex
 
@@ -257,6 +261,9 @@ class OkxVenue:
         self._where = url or ("OKX demo trading" if sandbox else "OKX")
         self.fill_wait_s, self.settle_timeout_s = fill_wait_s, settle_timeout_s
         self.market, self.quote = market, quote
+        self.swap, self.leverage = swap, leverage
+        self.inst_type = "SWAP" if swap else "SPOT"
+        self._levered: set[str] = set()  # swaps whose leverage this run has set
         self._to_inst = dict(market_map or {})
         self._to_symbol = {v: k for k, v in self._to_inst.items()}
         self.rate_limit_retries = rate_limit_retries
@@ -270,7 +277,8 @@ class OkxVenue:
         self._closed = False
         self._poller = Poller(_LoopLink(self), fill_wait_s=fill_wait_s, interval_s=poll_interval_s)
         self._stream = Stream(options, self._poller, self._markets_client, self._scrub, self._io,
-                              ws_url=_ws_url(url), sandbox=sandbox, retry_max_s=stream_retry_s)
+                              ws_url=_ws_url(url), sandbox=sandbox, retry_max_s=stream_retry_s,
+                              inst_type=self.inst_type)
 
     def __repr__(self) -> str:
         return f"OkxVenue({self._where})"
@@ -401,8 +409,11 @@ class OkxVenue:
         sendable: list[int] = []
         for i, order in enumerate(orders):
             reason = self._unsendable(link, order, markets)
+            unlevered = "" if reason else self._lever(link, self._inst(order.symbol))
             if reason:
                 out[i] = Answer(REFUSED, reason=reason, left=False)
+            elif unlevered:  # not sent without its leverage: handed over again later
+                out[i] = Answer(UNSENT, reason=unlevered, left=False)
             else:
                 sendable.append(i)
         stop = ""
@@ -442,16 +453,54 @@ class OkxVenue:
         inst = self._inst(order.symbol)
         if inst not in markets:
             return f"unknown instrument {inst}"
+        if self.swap and self._amount(order) < float(swaps.contract_of(markets[inst]).min_sz):
+            c = swaps.contract_of(markets[inst])
+            return (f"{order.quantity:g} {order.symbol} is below {inst}'s smallest order, "
+                    f"{c.min_sz} contracts of {c.ct_val}")
         try:  # ccxt's own checks (amount precision), which would refuse the whole batch
-            link.ex.create_order_request(markets[inst]["symbol"], "market", order.side, order.quantity, None,
+            link.ex.create_order_request(markets[inst]["symbol"], "market", order.side, self._amount(order), None,
                                          self._params(order))
         except ccxt.BaseError as e:
             return self._scrub(f"{type(e).__name__}: {e}")
         return ""
 
     def _params(self, order: Order) -> dict:
+        if self.swap:  # net mode: a sell opens or adds to a short, a buy reduces it
+            return {"clientOrderId": order.client_order_id, "tdMode": swaps.TD_MODE, "posSide": swaps.POS_SIDE}
         # a market buy is sized in the base currency, as the order is
         return {"clientOrderId": order.client_order_id, "tgtCcy": "base_ccy"}
+
+    def _amount(self, order: Order) -> float:
+        """What the order asks of OKX: coins on spot, contracts on a swap."""
+        if not self.swap:
+            return order.quantity
+        return float(swaps.contracts(order.quantity, self._contract(order.symbol)))
+
+    def _contract(self, symbol: str) -> swaps.Contract:
+        return swaps.contract_of(self._load()[self._inst(symbol)])
+
+    def _in_coins(self, o: dict) -> dict:
+        """A ccxt order record with its amounts in coins (a swap's are in contracts)."""
+        if not self.swap:
+            return o
+        inst = str((o.get("info") or {}).get("instId") or "")
+        market = self._load().get(inst)
+        return swaps.in_coins(o, swaps.contract_of(market)) if market is not None else o
+
+    def _lever(self, link: _Link, inst: str) -> str:
+        """Sets the swap's leverage, once a run, before its first order: "" once set, else why not."""
+        if not self.swap or inst in self._levered:
+            return ""
+        symbol = self._load()[inst]["symbol"]
+        try:
+            self._paced(limits.SET_LEVERAGE, lambda: link.ex.set_leverage(
+                self.leverage, symbol, {"mgnMode": swaps.TD_MODE, "posSide": swaps.POS_SIDE}))
+        except VenueDown as e:
+            return str(e)
+        except ccxt.BaseError as e:
+            return self._scrub(f"{self._where} refused leverage {self.leverage:g} on {inst}: {e}")
+        self._levered.add(inst)
+        return ""
 
     # ----- asking after one order -----
 
@@ -462,7 +511,8 @@ class OkxVenue:
         o = link.one(order)
         if o is None:
             return None
-        fate = records.fate(order, o, link.usd) if o.get("status") in TERMINAL else self._finish(link, order)
+        fate = (records.fate(order, self._in_coins(o), link.usd) if o.get("status") in TERMINAL
+                else self._finish(link, order))
         if isinstance(fate, Rejected):
             raise fate
         return fate
@@ -473,16 +523,17 @@ class OkxVenue:
         o = link.one(order)
         if o is None or o.get("status") not in TERMINAL:
             raise VenueDown(f"order {order.client_order_id} is still open at {self._where}")
-        return records.fate(order, o, link.usd)
+        return records.fate(order, self._in_coins(o), link.usd)
 
     # ----- what the account holds -----
 
     def open_orders(self) -> list[Order]:
         link = self._here()
         link.markets()
-        got = self._read(limits.PENDING_ORDERS, lambda: link.ex.fetch_open_orders())
+        params = {"instType": "SWAP"} if self.swap else {}
+        got = self._read(limits.PENDING_ORDERS, lambda: link.ex.fetch_open_orders(None, None, None, params))
         out = []
-        for o in got:
+        for o in map(self._in_coins, got):
             info = o.get("info") or {}
             cid = o.get("clientOrderId") or ""
             watched = self._poller.tracked.get(cid)  # an order of ours still working: what it was for
@@ -508,6 +559,8 @@ class OkxVenue:
     def holdings(self) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]:
         """``positions`` and, from the same answer, what the account holds that is not a
         position: (market, symbol, quantity, why) each, for start-up to say it left them alone."""
+        if self.swap:
+            return self.swap_positions(), []
         held, aside = {}, []
         for ccy, qty in self.balances().items():
             if ccy == self.quote or not qty:
@@ -518,6 +571,40 @@ class OkxVenue:
             else:
                 held[key] = qty
         return held, aside
+
+    def swap_positions(self) -> dict[tuple[str, str], float]:
+        """Each swap's net position in coins (a short below zero), by the signal's name."""
+        link = self._here()
+        markets = link.markets()
+        got = self._read(limits.POSITIONS_READ, lambda: link.ex.fetch_positions(None, {"instType": "SWAP"}))
+        out: dict[tuple[str, str], float] = {}
+        for p in got:
+            inst = str((p.get("info") or {}).get("instId") or "")
+            if inst in markets:
+                qty = swaps.position(p, swaps.contract_of(markets[inst]))
+                if qty:
+                    key = (self.market, self._symbol(inst))
+                    out[key] = out.get(key, 0.0) + qty
+        return out
+
+    def funding(self, since_ms: int = 0) -> list[swaps.FundingPayment]:
+        """The funding OKX booked to the account since ``since_ms`` (its bills of type 8),
+        oldest first; nothing on spot."""
+        if not self.swap:
+            return []
+        link = self._here()
+        link.markets()
+        got: list[dict] = []
+        params: dict = {"type": "swap"}
+        for _ in range(limits.BILL_PAGES):  # newest first, a page at a time, back to ``since_ms``
+            page = self._read(limits.BILLS, lambda: link.ex.fetch_funding_history(
+                None, since_ms or None, limits.PAGE, dict(params)))
+            got += page
+            ids = [str(h.get("id") or "") for h in page]
+            if len(page) < limits.PAGE or not all(i.isdigit() for i in ids):
+                break
+            params["after"] = min(ids, key=int)
+        return swaps.funding_payments(got)
 
     def price(self, market: str, symbol: str) -> float | None:
         """The instrument's last price at OKX; None where OKX lists no such instrument."""
@@ -555,6 +642,10 @@ class OkxVenue:
 
     def _instrument(self, inst: str, m: dict) -> Instrument:
         info = m.get("info") or {}
+        if self.swap:  # the book sizes in coins: the swap's lot and minimum in coins
+            c = swaps.contract_of(m)
+            return Instrument(self.market, self._symbol(inst), c.lot_coins,
+                              float(info.get("tickSz") or m["precision"]["price"]), c.min_coins)
         return Instrument(self.market, self._symbol(inst), float(info.get("lotSz") or m["precision"]["amount"]),
                           float(info.get("tickSz") or m["precision"]["price"]),
                           float(info.get("minSz") or m["limits"]["amount"]["min"] or 0))
@@ -574,7 +665,8 @@ class OkxVenue:
             if self._markets is None:
                 ex = self._here().ex
                 got = self._read(limits.MARKETS, lambda: ex.load_markets())
-                self._markets = {m["id"]: m for m in got.values() if m.get("spot") and m.get("active") is not False}
+                self._markets = {m["id"]: m for m in got.values() if (
+                    swaps.tradable(m, self.quote) if self.swap else m.get("spot") and m.get("active") is not False)}
                 self._markets_ex = ex
         return self._markets
 
@@ -590,10 +682,14 @@ class OkxVenue:
         return okx_secrets.scrub(text)
 
     def _inst(self, symbol: str) -> str:
-        return self._to_inst.get(symbol, symbol)
+        if symbol in self._to_inst:
+            return self._to_inst[symbol]
+        return swaps.inst_of(symbol) if self.swap else symbol
 
     def _symbol(self, inst: str) -> str:
-        return self._to_symbol.get(inst, inst)
+        if inst in self._to_symbol:
+            return self._to_symbol[inst]
+        return swaps.symbol_of(inst) if self.swap else inst
 
     def _paced(self, costs: limits.Costs, call: Callable[[], T]) -> T:
         """One request inside OKX's limits. A refusal for the rate (someone else sharing the

@@ -32,6 +32,9 @@ CANCEL_PER_INSTRUMENT = 60
 BALANCE = 10
 POSITIONS = 10
 INSTRUMENTS = 20
+SET_LEVERAGE_PER_USER = 20  # POST account/set-leverage
+BILLS_ARCHIVE = 5  # GET account/bills-archive (funding history)
+BILL_PAGES = 50  # pages one look at the funding bills reads at most
 
 Key = tuple[str, ...]
 Costs = dict[Key, tuple[int, int]]  # limit -> (units this request takes, the limit)
@@ -56,6 +59,9 @@ PENDING_ORDERS: Costs = {("pending",): (1, PENDING)}
 ORDERS_HISTORY: Costs = {("history",): (1, HISTORY)}
 BALANCES: Costs = {("balance",): (1, BALANCE)}
 MARKETS: Costs = {("instruments",): (1, INSTRUMENTS)}
+POSITIONS_READ: Costs = {("positions",): (1, POSITIONS)}
+SET_LEVERAGE: Costs = {("set-leverage",): (1, SET_LEVERAGE_PER_USER)}
+BILLS: Costs = {("bills",): (1, BILLS_ARCHIVE)}
 
 
 class Pacer:

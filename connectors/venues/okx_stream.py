@@ -54,13 +54,15 @@ class _Client(ccxt.pro.okx):
 
 class Stream:
     def __init__(self, options: dict, sink: Sink, markets: Callable[[], object], scrub: Callable[[str], str],
-                 io: Callable[[], Io], *, ws_url: str | None, sandbox: bool, retry_max_s: float = 5.0):
+                 io: Callable[[], Io], *, ws_url: str | None, sandbox: bool, retry_max_s: float = 5.0,
+                 inst_type: str = "SPOT"):
         """``options``: the ccxt client's options (credentials, timeout). ``markets``: a
         ccxt client whose markets are loaded, lent to each new client (which then asks
         for none). ``io``: the venue's loop, where the conversation runs. ``ws_url``: OKX's
         WebSocket base (``…/ws/v5``), None for OKX's own."""
         self.options, self.sink, self.markets, self.scrub, self.io = options, sink, markets, scrub, io
         self.ws_url, self.sandbox, self.retry_max_s = ws_url, sandbox, retry_max_s
+        self.inst_type = inst_type  # the orders channel's instType: SPOT, or SWAP in swap mode
         self.lock = threading.Lock()
         self.running: concurrent.futures.Future | None = None
         self.stopping = False
@@ -88,7 +90,7 @@ class Stream:
             ex.set_sandbox_mode(True)
         if self.ws_url:
             ex.urls["api"]["ws"] = self.ws_url  # after the sandbox switch, which replaces the URLs
-        ex.options["watchOrders"] = {"type": "SPOT"}
+        ex.options["watchOrders"] = {"type": self.inst_type}
         ex.set_markets_from_exchange(self.markets())
         return ex
 

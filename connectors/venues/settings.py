@@ -93,6 +93,8 @@ class OkxSettings(_Strict):
     market: Literal["spot", "swap"] = Field(
         "spot", description="spot: coins bought and sold, never shorted; swap: USDT perpetual swaps "
         "(BTC-USDT-SWAP), isolated margin, net positions, so a sell may open a short")
+    leverage: float = Field(1.0, ge=1, le=100, description="swap only: the isolated leverage set on each "
+                            "swap before its first order (1: margin is the whole notional)")
 
     def ignored(self) -> frozenset[str]:
         """What Apex leaves alone here: the listed instruments and the fee coin's."""
@@ -114,6 +116,10 @@ class OkxSettings(_Strict):
     @model_validator(mode="after")
     def _paper_takes_nothing_else(self) -> OkxSettings:
         _only_kind(self)
+        if "leverage" in self.model_fields_set and self.market != "swap":
+            # spot has no leverage: a value here would be silently ignored
+            raise PydanticCustomError("leverage", "leverage applies to market: swap only (remove it, or set "
+                                      "market: swap)")
         return self
 
 

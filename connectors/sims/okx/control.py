@@ -10,6 +10,7 @@ import json
 from aiohttp import web
 
 from connectors.sims.okx.server import SIM, Sim
+from connectors.sims.okx.state import Refusal
 
 
 def stats(sim: Sim) -> dict:
@@ -58,10 +59,15 @@ async def control(request: web.Request) -> web.Response:
             sim.sockets.drop(refuse=bool(doc.get("refuse", False)))
         elif what == "clock":
             sim.clock_skew_s = float(doc["skew_s"])
+        elif what == "funding":
+            rate = doc.get("rate")
+            sim.swaps.fund(None if rate is None else float(rate), str(doc.get("instId", "")))
         elif what == "latency":
             sim.latency_ms = max(0.0, float(doc["latency_ms"]))
         else:
             raise web.HTTPNotFound(text=f"no control {what!r}")
+    except Refusal as r:
+        raise web.HTTPBadRequest(text=f"{what}: {r.msg}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise web.HTTPBadRequest(text=f"{what}: {e}") from None
     return web.json_response({"ok": True})

@@ -80,6 +80,7 @@ async def _stop(sim: Sim, runner: web.AppRunner) -> None:
     await sim.sockets.close_all()  # an open socket would hold the shutdown until its timeout
     await runner.cleanup()
     sim.book.save()
+    sim.swaps.save()
 
 
 def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Path | None = None,
@@ -192,6 +193,11 @@ class SimServer:
 
     def set_fill_ratio(self, ratio: float) -> None:
         self.sim.book.set_fill_ratio(ratio)
+
+    def fund(self, rate: float | None = None, inst: str = "") -> list[dict]:
+        """Funding at ``rate`` (None: the current one) for every open swap position (of ``inst``
+        only): the bills written."""
+        return self.sim.swaps.fund(rate, inst)
 
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms

@@ -22,6 +22,8 @@ from aiohttp import web
 from connectors.sims.okx.faults import Fault, Faults
 from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
 from connectors.sims.okx.state import Book, Refusal, now_ms
+from connectors.sims.okx.swap import Swaps, is_swap
+from connectors.sims.okx.swap_routes import ROUTES as SWAP_ROUTES
 from connectors.sims.okx.ws import Credentials, Sockets
 
 TIMED_OUT = "Endpoint request timeout. Does not indicate success or failure of order, please check order status."
@@ -33,6 +35,7 @@ class Sim:
     def __init__(self, book: Book, *, latency_ms: float = 0.0, hang_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, credentials: Credentials | None = None):
         self.book, self.windows, self.faults = book, Windows(clock), Faults()
+        self.swaps = Swaps(book)  # perpetual swaps: positions, leverage, funding beside the book's spot
         self.sockets = Sockets(credentials)
         book.watchers.append(self.sockets.changed)
         self.latency_ms, self.hang_s = latency_ms, hang_s
@@ -79,14 +82,14 @@ def _refused(req: object, r: Refusal) -> dict:
     return {"clOrdId": cl, "ordId": "", "tag": "", "ts": now_ms(), "sCode": r.code, "sMsg": r.msg}
 
 
-def _orders(book: Book, reqs: list) -> web.Response:
+def _orders(sim: Sim, reqs: list) -> web.Response:
     """Each order taken or refused on its own: code 0 all taken, 1 none, 2 some."""
     out = []
     for req in reqs:
         try:
             if not isinstance(req, dict):
                 raise Refusal("51000", "Parameter error")
-            out.append(_ack(book.place(req)))
+            out.append(_ack(sim.swaps.place(req) if is_swap(req.get("instId")) else sim.book.place(req)))
         except Refusal as r:
             out.append(_refused(req, r))
     failed = sum(1 for o in out if o["sCode"] != "0")
@@ -98,13 +101,13 @@ def _orders(book: Book, reqs: list) -> web.Response:
 
 
 def place(sim: Sim, q: dict, body: object) -> web.Response:
-    return _orders(sim.book, [body])
+    return _orders(sim, [body])
 
 
 def batch(sim: Sim, q: dict, body: object) -> web.Response:
     if not isinstance(body, list) or not 1 <= len(body) <= BATCH_MAX:
         return reply([], "51000", f"Parameter error: 1 to {BATCH_MAX} orders a request")
-    return _orders(sim.book, body)
+    return _orders(sim, body)
 
 
 def get_order(sim: Sim, q: dict, body: object) -> web.Response:
@@ -125,12 +128,15 @@ def cancel(sim: Sim, q: dict, body: object) -> web.Response:
 
 
 def instruments(sim: Sim, q: dict, body: object) -> web.Response:
+    if q.get("instType") == "SWAP":
+        return reply(sim.swaps.instruments())
     return reply(sim.book.instruments() if q.get("instType", "SPOT") == "SPOT" else [])
 
 
 def ticker(sim: Sim, q: dict, body: object) -> web.Response:
     try:
-        return reply([sim.book.ticker(q.get("instId", ""))])
+        inst = q.get("instId", "")
+        return reply([sim.swaps.ticker(inst) if is_swap(inst) else sim.book.ticker(inst)])
     except Refusal as r:
         return reply([], r.code, r.msg)
 
@@ -193,7 +199,6 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "market/ticker"): ticker,
     ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),
     ("GET", "account/balance"): lambda sim, q, b: reply(sim.book.balance()),
-    ("GET", "account/positions"): lambda sim, q, b: reply([]),  # a cash account holds balances, not positions
     ("POST", "trade/order"): place,
     ("POST", "trade/batch-orders"): batch,
     ("GET", "trade/order"): get_order,
@@ -203,6 +208,7 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("POST", "trade/cancel-order"): cancel,
     ("GET", "trade/fills"): paged(_fills, "billId"),
     ("GET", "trade/fills-history"): paged(_fills, "billId"),
+    **SWAP_ROUTES,
 }
 
 
@@ -236,6 +242,7 @@ async def api(request: web.Request) -> web.StreamResponse:
     answer = handler(sim, query, body)
     if method == "POST":
         sim.book.save()
+        sim.swaps.save()
     return answer if fault is None else await _fail(sim, request, fault, answer)
 
 

@@ -15,6 +15,9 @@ CONTROLS = (
     ("POST /sim/balance", '{"ccy": "USDT", "amount": 1000}: set a currency\'s balance'),
     ("POST /sim/fill-ratio", '{"ratio": 0.5}: the share of each order filled at once (0 to 1); the rest rests'),
     ("POST /sim/clock", '{"skew_s": 2.5}: public/time answers this far from this machine\'s clock'),
+    ("POST /sim/funding", '{"rate": 0.0001, "instId": "BTC-USDT-SWAP"}: funding at that rate (left out: the '
+                          'current one) for every open swap position (of instId only, if given: the swap or '
+                          'BTC-USDT); a long pays a positive rate; bills of type 8'),
     ("POST /sim/latency", '{"latency_ms": 20}: added to every /api/v5 answer from now on'),
     ("POST /sim/drop-sockets", '{"refuse": false}: close every WebSocket at once (refuse true: and new ones, '
                                'until called again with false)'),
