@@ -156,6 +156,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
         answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
         s = op.merge("entries_and_answers", s, answers)
+    control = control_source(pipeline, spec, [b.book for b in books], gateway)
+    if control is not None:  # apex kill / reduce / resume, each to its book (connectors/control.py)
+        s = op.merge("entries_and_controls", s, op.input("control", flow, control))
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
@@ -169,6 +172,19 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         outcomes = _gather(outcomes)
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
     return flow, Wiring(pipeline, src, acker, shipper, gateway)
+
+
+def control_source(pipeline: Pipeline, spec: str, books: list[str], gateway: Gateway) -> Any:
+    """The control stream's source, on the Redis the signals come from (none for a
+    recording); where it is is written in the state dir, for `apex kill` to find."""
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    from connectors.control import ControlSource
+    from dataflows.kill import write_control_target
+
+    stream = pipeline.redis.control_stream
+    write_control_target(pipeline.state_dir, spec, stream)
+    return ControlSource(spec, stream, books, gateway)
 
 
 def may_be_remote(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> bool:

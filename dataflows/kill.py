@@ -39,12 +39,11 @@ from connectors.venues import Rejected, Venue, VenueDown
 from dataflows.config import Pipeline
 from operators.audit import Chain, Outcome
 from operators.orders import Order, client_order_id
-from operators.trading_state import ACTIVE, COMMANDS, HALTED, KILL, REDUCING
+from operators.trading_state import ACTIVE, COMMANDS, HALTED, KILL, REDUCING, TRADING_STATE
 
 CONFIRM_S = 30.0  # how long a running worker is given to confirm a command
 FLAT_S = 60.0  # how long a confirmed kill then waits for the worker's closes to fill
 CONTROL_FILE = "control.json"  # where a running worker says which control stream it reads
-TRADING_STATE = "TRADING_STATE"  # the audit stage of a state change and of the kill switch's cancels
 
 
 @dataclass
@@ -180,6 +179,7 @@ def control_target(p: Pipeline) -> tuple[str, str] | None:
 
 def write_control_target(state_dir: Path, url: str, stream: str) -> None:
     """For the worker: where ``apex kill`` finds it (written once its state dir is held)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
     (Path(state_dir) / CONTROL_FILE).write_text(json.dumps({"redis": url, "stream": stream}))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bytewax.operators import StatefulBatchLogic
 
+from connectors.control import Control
 from connectors.sender import Command
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
@@ -38,7 +39,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self.step: PortfolioStep | None = None
         self.book = book
 
-    def on_batch(self, values: list[Received | VenueEvent]) -> tuple[list[Outcome | Command], bool]:
+    def on_batch(self, values: list[Received | VenueEvent | Control]) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
         step = self.step
@@ -53,6 +54,10 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     step.on_event(self.book, item, out)  # type: ignore[arg-type]
+                elif isinstance(item, Control):  # a kill, reduce or resume (dataflows/control_step.py)
+                    if self.book is None:
+                        self.book = step.new_book()
+                    step.on_control(self.book, item, out)
                 else:
                     self.book = step(self.book, item, out)  # type: ignore[arg-type]
             if self.book is not None:

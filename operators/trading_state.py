@@ -18,6 +18,7 @@ from operators.orders import Order
 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 STATES = (ACTIVE, REDUCING, HALTED)
+TRADING_STATE = "TRADING_STATE"  # the audit stage of a state change and of the kill switch's own actions
 KILL = "kill"  # the reason of the kill switch's closes: the one kind of order HALTED lets out
 
 # control commands and the state each sets
