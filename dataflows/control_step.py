@@ -61,7 +61,9 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
             chain = Chain(trigger, f.order.signal_id, now_ms, venue=f.order.venue, symbol=f.order.symbol)
             chain.add(TRADING_STATE, "cancel", KILL, client_order_id=cid)
             _audit(ledger, chain, now_ms)
-        for terms in list(book.open_trades.values()):
+        # instrument by instrument, buy-backs first (a spot short was sold out of coins other
+        # trades bought): one instrument's orders leave in the order decided
+        for terms in sorted(book.open_trades.values(), key=lambda t: (t.venue, t.symbol, t.exit_side != "buy")):
             cid = client_order_id(terms.signal_id, "close")
             if cid in step.exits.closing or terms.signal_id in step.exits.deferred:
                 continue  # on its way already

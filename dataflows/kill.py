@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from decimal import Decimal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from connectors import state_lock, trading_state_store
@@ -63,9 +64,9 @@ class VenueReport:
         if self.cancelled:
             parts.append(f"cancelled {len(self.cancelled)} order(s)")
         if self.closed:
-            parts.append(f"closed {'; '.join(self.closed)}")
+            parts.append(f"closed {len(self.closed)} position(s) ({summed(self.closed)})")
         if self.dust:
-            parts.append(f"dust left: {', '.join(self.dust)}")
+            parts.append(f"dust left: {summed(self.dust)}")
         parts += [f"error: {e}" for e in self.errors]
         return f"{name}: " + ", ".join(parts)
 
@@ -75,6 +76,15 @@ class VenueReport:
     def add(self, other: Mapping) -> None:
         for key in ("cancelled", "closed", "dust", "errors"):
             getattr(self, key).extend(x for x in other.get(key, ()) if x not in getattr(self, key))
+
+
+def summed(items: list[str]) -> str:
+    """"SYMBOL [side] qty" items added up by symbol and side, for one line a venue."""
+    total: dict[tuple[str, ...], float] = {}
+    for item in items:
+        *key, qty = item.split()
+        total[tuple(key)] = total.get(tuple(key), 0.0) + float(qty)
+    return ", ".join(f"{' '.join(k)} {q:g}" for k, q in sorted(total.items()))
 
 
 @dataclass
@@ -370,12 +380,34 @@ def _close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: K
     try:
         book = step.new_book()  # the crash window settled: orders just cancelled are asked about here
         outs: list[Outcome] = list(step.recovered)
-        for terms in list(book.open_trades.values()):
-            price = book.marks.get(terms.symbol, terms.entry_price)
-            try:
-                step.exits.close(book, terms, KILL, price, f"control:{report.command_id}", now_ms, outs)
-            except (VenueDown, Rejected) as e:
-                report.venue(_venue_name(venues, terms.venue)).errors.append(f"{terms.symbol} not closed: {e}")
+        spot = {m for m, v in venues.items() if getattr(v, "holdings", None) is not None}
+        trigger = f"control:{report.command_id}"
+        by_instrument: dict[tuple[str, str], list] = {}
+        for terms in book.open_trades.values():
+            by_instrument.setdefault((terms.venue, terms.symbol), []).append(terms)
+        for key, trades in sorted(by_instrument.items()):
+            # instrument by instrument, buying back first: on a spot account a short was sold
+            # out of coins other trades bought, and its buy-back leaves the sales something to sell
+            for terms in [t for t in trades if t.exit_side == "buy"]:
+                _close_one(step, book, terms, venues, report, trigger, now_ms, outs)
+            sales = [t for t in trades if t.exit_side == "sell"]
+            if sales and key[0] in spot:  # never more than the account holds: fees are paid in the coin
+                venue = venues[key[0]]
+                held = _spot_holdings({key[0]: venue}, report).get(key, 0.0)
+                inst = venue.instrument(*key)
+                capped = []
+                for terms in sales:
+                    qty = lots_of(min(terms.quantity, max(held, 0.0)), inst.lot_size if inst else 0.0)
+                    if qty <= 0 or (inst is not None and qty < inst.min_size):
+                        report.venue(_name(venue)).errors.append(
+                            f"{terms.signal_id} not closed: the book holds {terms.symbol} {terms.quantity:g} for it, "
+                            f"the account {max(held, 0.0):g}")
+                        continue
+                    held -= qty
+                    capped.append(replace(terms, quantity=qty))
+                sales = capped
+            for terms in sales:
+                _close_one(step, book, terms, venues, report, trigger, now_ms, outs)
         for out in outs:
             for ex in out.executions:
                 if ex.get("kind") == "close":
@@ -388,6 +420,28 @@ def _close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: K
     finally:
         ledger.commit()
         ledger.close()
+
+
+def _close_one(step, book, terms, venues: Mapping[str, Venue], report: KillReport, trigger: str, now_ms: int,
+               outs: list[Outcome]) -> None:
+    try:
+        step.exits.close(book, terms, KILL, book.marks.get(terms.symbol, terms.entry_price), trigger, now_ms, outs)
+    except (VenueDown, Rejected) as e:
+        report.venue(_venue_name(venues, terms.venue)).errors.append(f"{terms.symbol} not closed: {e}")
+
+
+def _spot_holdings(venues: Mapping[str, Venue], report: KillReport) -> dict[tuple[str, str], float]:
+    """What each spot account holds (a venue that lists ``holdings``), by (market, symbol)."""
+    out: dict[tuple[str, str], float] = {}
+    for venue, _ in _distinct(venues):
+        holdings = getattr(venue, "holdings", None)
+        if holdings is None:
+            continue
+        try:
+            out.update(holdings()[0])
+        except (VenueDown, OSError, TimeoutError) as e:
+            report.venue(_name(venue)).errors.append(f"holdings not read: {e}")
+    return out
 
 
 def _venue_name(venues: Mapping[str, Venue], market: str) -> str:
@@ -419,15 +473,14 @@ def _flatten_rest(p: Pipeline, books: list[Pipeline], shared: Mapping[str, Venue
             if market not in markets or symbol in left_alone.get(market, ()) or not qty:
                 continue
             inst = venue.instrument(market, symbol)
-            lot = inst.lot_size if inst is not None and inst.lot_size > 0 else 0.0
-            size = abs(qty) if not lot else (abs(qty) // lot) * lot
+            size = lots_of(abs(qty), inst.lot_size if inst is not None else 0.0)
             if inst is not None and (size < inst.min_size or size <= 0):
                 r.dust.append(f"{symbol} {qty:g}")
                 continue
             price = getattr(venue, "price", lambda *_: None)(market, symbol) or 0.0
             sid = f"kill:{report.command_id}:{market}:{symbol}"
             order = Order(client_order_id(sid, "close"), sid, "close", market, symbol, "sell" if qty > 0 else "buy",
-                          float(f"{size:.12g}"), price, now_ms)
+                          size, price, now_ms)
             try:
                 (result,) = venue.place_many([order])
             except (VenueDown, OSError, TimeoutError) as e:
@@ -438,6 +491,15 @@ def _flatten_rest(p: Pipeline, books: list[Pipeline], shared: Mapping[str, Venue
             else:
                 r.closed.append(f"{symbol} {order.side} {result.quantity:g}")
                 _audit(books[0], report, order, "flattened", now_ms, quantity=result.quantity, price=result.price)
+
+
+def lots_of(quantity: float, lot: float) -> float:
+    """``quantity`` rounded down to whole lots, in decimal: a float's floor division can land
+    a hair above what is held, and a venue refuses a sale of more than it holds."""
+    if lot <= 0:
+        return quantity
+    step = Decimal(repr(lot))
+    return float((Decimal(repr(quantity)) // step) * step)
 
 
 def _audit(b: Pipeline, report: KillReport, order: Order, outcome: str, now_ms: int, **details: object) -> None:
