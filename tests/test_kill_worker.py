@@ -68,7 +68,7 @@ def test_a_kill_reaches_a_running_worker_twice_and_the_book_stays_halted_until_r
         first = _kill(pipeline, "--reason", "test")
         assert first.returncode == 0, first.stdout + first.stderr
         assert "control stream" in first.stdout and "now HALTED" in first.stdout
-        assert "paper: closed BTC-USDT sell" in first.stdout and "ETH-USDT buy" in first.stdout
+        assert "paper: closed 2 position(s) (BTC-USDT sell 100, ETH-USDT buy 1000)" in first.stdout
         assert _rows(ledger, "SELECT 1 FROM trades WHERE status = 'open'") == []
         fills = _rows(ledger, "SELECT client_order_id FROM executions")
         second = _kill(pipeline, "--reason", "test")
