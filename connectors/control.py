@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -27,6 +28,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from connectors.order_flow import NATURAL_WAIT_S, STOP_WAIT_S
 from connectors.sender import Gateway
+from connectors.venues.okx_dead_man import Pulse
 from operators.trading_state import COMMANDS
 
 log = logging.getLogger("apex.control")
@@ -107,11 +109,13 @@ class _Reader:
 
 
 class _ControlPartition(StatelessSourcePartition[Control]):
-    def __init__(self, reader: _Reader, gateway: Gateway):
-        self.reader, self.gateway = reader, gateway
+    def __init__(self, reader: _Reader, gateway: Gateway, pulse: Pulse | None, on_close: list[Callable[[], None]]):
+        self.reader, self.gateway, self.pulse, self.on_close = reader, gateway, pulse, on_close
         self._awake: datetime | None = None
 
     def next_batch(self) -> list[Control]:
+        if self.pulse is not None:  # Bytewax's loop is turning: the worker is alive
+            self.pulse.beat()
         q = self.reader.queue
         if q:
             out = []
@@ -128,18 +132,25 @@ class _ControlPartition(StatelessSourcePartition[Control]):
 
     def close(self) -> None:
         self.reader.stop()
+        for done in self.on_close:
+            done()
 
 
 class ControlSource(DynamicSource[Control]):
-    """The control stream's commands, each routed to its book (``books``: their names)."""
+    """The control stream's commands, each routed to its book (``books``: their names).
+    ``pulse``: beaten each time Bytewax polls it, the sign of life OKX's dead man's switch
+    is refreshed on (``connectors/venues/okx_dead_man.py``); ``on_close``: called when the
+    run ends (the switches stopped)."""
 
-    def __init__(self, url: str, stream: str, books: list[str], gateway: Gateway):
+    def __init__(self, url: str, stream: str, books: list[str], gateway: Gateway, pulse: Pulse | None = None,
+                 on_close: list[Callable[[], None]] | None = None):
         self.url, self.stream, self.books, self.gateway = url, stream, list(books), gateway
+        self.pulse, self.on_close = pulse, list(on_close or [])
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSourcePartition:
         if worker_index != 0:  # one reader for the whole dataflow: each command reaches its book once
             return _Idle(self.gateway)
-        return _ControlPartition(_Reader(self.url, self.stream, self.books), self.gateway)
+        return _ControlPartition(_Reader(self.url, self.stream, self.books), self.gateway, self.pulse, self.on_close)
 
 
 class _Idle(StatelessSourcePartition[Control]):
