@@ -26,8 +26,9 @@ PER_SECOND = 1
 
 
 class DeadMan:
-    def __init__(self, book: Book):
-        self.book = book
+    def __init__(self, book: Book, clock=time.monotonic):
+        """``clock``: what the one-a-second limit counts time by (the simulator's limits' own)."""
+        self.book, self.clock = book, clock
         self.trigger_ms = 0  # when the countdown runs out (0: off)
         self.fired = 0  # how many times it ran out
         self._handle: asyncio.TimerHandle | None = None
@@ -61,7 +62,7 @@ class DeadMan:
         return cancelled
 
     def admit(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         self._calls = [t for t in self._calls if now - t < 1.0]
         if len(self._calls) >= PER_SECOND:
             return False
@@ -76,7 +77,7 @@ def of(sim) -> DeadMan:
     """The simulator's switch, made on first use."""
     switch = _SWITCHES.get(sim)
     if switch is None:
-        switch = _SWITCHES[sim] = DeadMan(sim.book)
+        switch = _SWITCHES[sim] = DeadMan(sim.book, sim.windows.clock)
     return switch
 
 
