@@ -67,6 +67,8 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
             cid = client_order_id(terms.signal_id, "close")
             if cid in step.exits.closing or terms.signal_id in step.exits.deferred:
                 continue  # on its way already
+            if ledger.status(cid) is not None:
+                continue  # its close was sent once and ended (refused): never sent again
             first = len(outs)
             step.exits.close(book, terms, KILL, book.marks.get(terms.symbol, terms.entry_price), trigger, now_ms,
                              outs)

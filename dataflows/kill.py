@@ -229,16 +229,46 @@ def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, comm
     if pending:
         return False
     if command == "kill":
-        say("the worker has it: waiting for its closes to fill")
-        flat = _until_flat(books, FLAT_S)
-        if not flat:
-            report.notes.append(f"the worker's closes had not all filled within {FLAT_S:.0f} s: "
+        say("the worker has it: waiting for its cancels and closes to reach their end")
+        if not _until_settled(books, FLAT_S):
+            report.notes.append(f"the worker's orders had not all reached their end within {FLAT_S:.0f} s: "
                                 "see `apex audit` and `apex reconcile`")
+        # what the books' closes could not reach (a spot sale short of its fee, a holding no
+        # book explains) is sold here, as a kill with no worker would: it sells only what the
+        # venue holds now, so doing it beside the worker sends nothing twice
+        _flatten_beside(p, books, report)
     return True
 
 
-def _until_flat(books: list[Pipeline], timeout_s: float) -> bool:
-    """Until no book holds an open trade or a live order (read beside the worker)."""
+def _flatten_beside(p: Pipeline, books: list[Pipeline], report: KillReport) -> None:
+    from dataflows.apex import make_venues
+    from dataflows.gates import close_venues
+
+    shared: dict[str, Venue] = {}
+    try:
+        make_venues(beside_worker(p), shared=shared)
+        _flatten_rest(p, books, shared, report, int(time.time() * 1000))
+    except ValueError as e:  # a venue that cannot be set up as configured
+        report.notes.append(f"the venues could not be opened here: {e}")
+    finally:
+        close_venues(shared)
+
+
+def beside_worker(p: Pipeline) -> Pipeline:
+    """The pipeline as this command may open its venues while a worker holds them: IB takes
+    one connection per client id, so this one uses the next (positions are the account's,
+    whichever client asks; an order can be cancelled only by the client that placed it)."""
+    from dataclasses import replace as copy
+
+    ibkr = p.venues.ibkr
+    if ibkr is None or ibkr.kind != "ibkr":
+        return p
+    venues = p.venues.model_copy(update={"ibkr": ibkr.model_copy(update={"client_id": ibkr.client_id + 1})})
+    return copy(p, venues=venues)
+
+
+def _until_settled(books: list[Pipeline], timeout_s: float) -> bool:
+    """Until no book has an order still live (read beside the worker)."""
     import sqlite3
 
     deadline = time.monotonic() + timeout_s
@@ -249,7 +279,6 @@ def _until_flat(books: list[Pipeline], timeout_s: float) -> bool:
                 continue
             db = sqlite3.connect(f"file:{b.ledger_path}?mode=ro", uri=True, timeout=5)
             try:
-                busy += db.execute("SELECT COUNT(*) FROM trades WHERE status = 'open'").fetchone()[0]
                 busy += db.execute("SELECT COUNT(*) FROM executions WHERE status IN "
                                    "('intent', 'submitted', 'accepted', 'partially_filled', 'unknown')").fetchone()[0]
             finally:
@@ -299,7 +328,7 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
         ledgers = {}
         shared: dict[str, Venue] = {}
         try:
-            venues = make_venues(p, shared=shared)
+            venues = make_venues(p if locked else beside_worker(p), shared=shared)
             _cancel_everywhere(venues, report, books[0], now_ms)
             for b in books:
                 _close_book(p, b, venues, report, now_ms, locked)
@@ -424,6 +453,11 @@ def _close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: K
 
 def _close_one(step, book, terms, venues: Mapping[str, Venue], report: KillReport, trigger: str, now_ms: int,
                outs: list[Outcome]) -> None:
+    before = step.ledger.status(client_order_id(terms.signal_id, "close"))
+    if before is not None:  # its close was sent once already and ended so: never sent again
+        report.venue(_venue_name(venues, terms.venue)).errors.append(
+            f"{terms.signal_id} left open: its close ended {before} before; see `apex reconcile`")
+        return
     try:
         step.exits.close(book, terms, KILL, book.marks.get(terms.symbol, terms.entry_price), trigger, now_ms, outs)
     except (VenueDown, Rejected) as e:
