@@ -26,6 +26,7 @@ second pass finds nothing left to sell.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from decimal import Decimal
@@ -121,25 +122,28 @@ class KillReport:
 
 
 def kill(settings_path: str | Path, state_dir: str | Path | None, *, book: str | None = None, reason: str = "",
-         by: str = "cli", say: Callable[[str], None] = lambda line: None) -> KillReport:
+         by: str = "cli", say: Callable[[str], None] = lambda line: None,
+         confirm_s: float = CONFIRM_S) -> KillReport:
     """HALTED, every open Apex order cancelled and every position closed, on every venue."""
-    return _command("kill", settings_path, state_dir, book, reason, by, say)
+    return _command("kill", settings_path, state_dir, book, reason, by, say, confirm_s)
 
 
 def reduce(settings_path: str | Path, state_dir: str | Path | None, *, book: str | None = None, reason: str = "",
-           by: str = "cli", say: Callable[[str], None] = lambda line: None) -> KillReport:
+           by: str = "cli", say: Callable[[str], None] = lambda line: None,
+           confirm_s: float = CONFIRM_S) -> KillReport:
     """REDUCING: from now on only orders that bring a position toward zero."""
-    return _command("reduce", settings_path, state_dir, book, reason, by, say)
+    return _command("reduce", settings_path, state_dir, book, reason, by, say, confirm_s)
 
 
 def resume(settings_path: str | Path, state_dir: str | Path | None, *, book: str | None = None, reason: str = "",
-           by: str = "cli", say: Callable[[str], None] = lambda line: None) -> KillReport:
+           by: str = "cli", say: Callable[[str], None] = lambda line: None,
+           confirm_s: float = CONFIRM_S) -> KillReport:
     """ACTIVE again; the report says what each book was found in."""
-    return _command("resume", settings_path, state_dir, book, reason, by, say)
+    return _command("resume", settings_path, state_dir, book, reason, by, say, confirm_s)
 
 
 def _command(command: str, settings_path: str | Path, state_dir: str | Path | None, book: str | None,
-             reason: str, by: str, say: Callable[[str], None]) -> KillReport:
+             reason: str, by: str, say: Callable[[str], None], confirm_s: float) -> KillReport:
     from dataflows.gates import load_pipeline
 
     p = load_pipeline(settings_path, state_dir)
@@ -150,10 +154,10 @@ def _command(command: str, settings_path: str | Path, state_dir: str | Path | No
     except state_lock.StateDirInUse as busy:
         report.via = "worker"
         say(f"a worker holds {p.state_dir} ({state_lock.describe(busy.holder)}): sent through its control stream")
-        if _through_worker(p, books, report, command, reason, by, say):
+        if _through_worker(p, books, report, command, reason, by, say, confirm_s):
             return report
         report.via = "here: the worker did not confirm"
-        report.notes.append(f"the worker did not confirm within {CONFIRM_S:.0f} s: acted on the venues here")
+        report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
         _here(p, books, report, command, reason, by, locked=False)
         return report
     try:
@@ -194,7 +198,7 @@ def write_control_target(state_dir: Path, url: str, stream: str) -> None:
 
 
 def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
-                    say: Callable[[str], None]) -> bool:
+                    say: Callable[[str], None], confirm_s: float) -> bool:
     """Sent on the control stream; True once every book's ledger says it was carried out."""
     import redis
 
@@ -214,7 +218,7 @@ def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, comm
     except redis.RedisError as e:
         report.notes.append(f"the control stream at {stream} could not be written: {e}")
         return False
-    deadline = time.monotonic() + CONFIRM_S
+    deadline = time.monotonic() + confirm_s
     pending = {b.book: b for b in books}
     while pending and time.monotonic() < deadline:
         for name, b in list(pending.items()):
@@ -312,17 +316,24 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
 
     state = COMMANDS[command]
     now_ms = int(time.time() * 1000)
-    ledgers = {b.book: Ledger(b.ledger_path) for b in books}
-    try:
+    if locked:
+        ledgers = {b.book: Ledger(b.ledger_path) for b in books}
+    else:  # a frozen worker's ledgers are its own: read beside it, written by it once it wakes
+        ledgers = {}
         for b in books:
-            trading_state_store.ensure(ledgers[b.book].db)
-            report.before.setdefault(b.book, trading_state_store.read(ledgers[b.book].db))
+            report.before.setdefault(b.book, trading_state_store.read_file(b.ledger_path) or TradingState())
+            report.after[b.book] = state
+        report.notes.append("the books' state is set by the worker when it reads the control stream again")
         if command != "kill":
-            for b in books:
-                _set_state(ledgers[b.book], report, b.book, state, reason, by, now_ms, locked)
             return
-        for b in books:  # halted first: nothing new leaves while the rest is done
-            _set_state(ledgers[b.book], report, b.book, HALTED, reason, by, now_ms, locked)
+    try:
+        for b, ledger in ((b, ledgers[b.book]) for b in books if b.book in ledgers):
+            trading_state_store.ensure(ledger.db)
+            report.before.setdefault(b.book, trading_state_store.read(ledger.db))
+            # halted first: nothing new leaves while the rest is done
+            _set_state(ledger, report, b.book, state, reason, by, now_ms)
+        if command != "kill":
+            return
         for ledger in ledgers.values():
             ledger.close()
         ledgers = {}
@@ -335,6 +346,8 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
             _flatten_rest(p, books, shared, report, now_ms)
         finally:
             close_venues(shared)
+        if not locked:
+            return
         summary = {name: v.as_dict() for name, v in report.venues.items()}
         for b in books:  # the command's own record, for a later `apex resume` to read
             ledger = Ledger(b.ledger_path)
@@ -344,19 +357,16 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
                 trading_state_store.write(ledger.db, s)
             finally:
                 ledger.close()
-        if locked:
-            _ship(p, books)
+        _ship(p, books)
     finally:
         for ledger in ledgers.values():
             ledger.close()
 
 
-def _set_state(ledger: Ledger, report: KillReport, book: str, state: str, reason: str, by: str, now_ms: int,
-               locked: bool) -> None:
+def _set_state(ledger: Ledger, report: KillReport, book: str, state: str, reason: str, by: str,
+               now_ms: int) -> None:
     before = report.before[book]
     report.after[book] = state
-    if not locked:  # a frozen worker writes this ledger: it is told through the control stream
-        return
     ledger.begin()
     if before.state != state:  # said once: a command that changes nothing records nothing
         chain = Chain(f"control:{report.command_id}", "", now_ms)
@@ -538,8 +548,13 @@ def lots_of(quantity: float, lot: float) -> float:
 
 def _audit(b: Pipeline, report: KillReport, order: Order, outcome: str, now_ms: int, **details: object) -> None:
     """One audit event for one action of the kill switch at a venue (an order cancelled, a
-    holding no book held sold), in the first book's outbox."""
-    ledger = Ledger(b.ledger_path)
+    holding no book held sold), in the first book's outbox. Beside a frozen worker caught in
+    the middle of a batch its ledger is locked: the action is said, not recorded."""
+    try:
+        ledger = Ledger(b.ledger_path)
+    except sqlite3.OperationalError as e:
+        report.notes.append(f"{order.client_order_id} {outcome} but not in the audit trail: {e}")
+        return
     try:
         ledger.begin()
         chain = Chain(f"control:{report.command_id}", order.signal_id, now_ms, venue=order.venue, symbol=order.symbol)
@@ -547,6 +562,8 @@ def _audit(b: Pipeline, report: KillReport, order: Order, outcome: str, now_ms: 
                   **({"quantity": order.quantity} | details))
         ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in chain.events]
         ledger.commit()
+    except sqlite3.OperationalError as e:
+        report.notes.append(f"{order.client_order_id} {outcome} but not in the audit trail: {e}")
     finally:
         ledger.close()
 

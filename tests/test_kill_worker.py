@@ -106,3 +106,64 @@ def test_a_kill_reaches_a_running_worker_twice_and_the_book_stays_halted_until_r
     assert [e["outcome"] for e in events if e["stage"] == "TRADING_STATE"] == [HALTED, ACTIVE]
     kill_attempts = [e["signal_id"] for e in events if e["stage"] == "EXECUTION_ATTEMPT" and e["reason"] == "kill"]
     assert sorted(kill_attempts) == ["t1", "t2"]
+
+
+FROZEN = """
+state_dir: {state}
+venues:
+  okx: {{kind: okx, url: "{url}"}}
+stages:
+  - filter: confidence
+  - size: kelly
+  - execute: {{venue: paper, initial_nav_usd: 1000000, slippage_bps: 0, fee_bps: 0}}
+"""
+
+
+def test_a_kill_beside_a_frozen_worker_acts_on_the_venue_itself_and_sells_nothing_twice(tmp_path, redis_server,
+                                                                                       monkeypatch):
+    from collections import Counter
+
+    from connectors.sims.okx import running
+    from dataflows import kill as switch
+    from okx_fixtures import PRICES, logged, okx_venue
+
+    env = {"PATH": "/usr/bin:/bin", "APEX_ENV": "paper", "OKX_API_KEY": "k", "OKX_API_SECRET": "s",
+           "OKX_API_PASSPHRASE": "p"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with running(orders_log=tmp_path / "okx.jsonl", prices=PRICES) as server:
+        pipeline = tmp_path / "pipeline.yaml"
+        pipeline.write_text(FROZEN.format(state=tmp_path / "state", url=server.url))
+        ledger = tmp_path / "state" / "ledger.sqlite"
+        worker = subprocess.Popen([APEX, "run", str(pipeline), "--source", redis_server.url, "--no-progress"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"))
+        try:
+            _publish(tmp_path, redis_server.url, "opens", [signal(1, T0, "BTC-USDT", "buy", 100.0)])
+            assert until(lambda: _rows(ledger, "SELECT 1 FROM trades WHERE status = 'open'"), 120), \
+                (tmp_path / "run.log").read_text()[-2000:]
+            assert until(lambda: not _rows(ledger, "SELECT 1 FROM executions WHERE status NOT IN "
+                                                   "('filled', 'rejected', 'cancelled', 'denied')"), 60)
+            worker.send_signal(signals.SIGSTOP)  # frozen: it holds its state dir and reads nothing
+            report = switch.kill(pipeline, None, reason="frozen", confirm_s=2)
+            assert report.via == "here: the worker did not confirm"
+            assert any("did not confirm" in note for note in report.notes)
+            assert report.venues["okx"].closed and not report.venues["okx"].errors, report.lines()
+            venue = okx_venue(server.url)
+            try:
+                def flat() -> bool:
+                    return all(q < venue.instrument(*k).min_size for k, q in venue.holdings()[0].items())
+
+                assert flat()
+                worker.send_signal(signals.SIGCONT)  # it wakes, reads the kill and carries it out too
+                assert until(lambda: [c for (c,) in _rows(ledger, "SELECT command_id FROM trading_state")] ==
+                             [report.command_id], 60), (tmp_path / "run.log").read_text()[-2000:]
+                assert until(lambda: not _rows(ledger, "SELECT 1 FROM executions WHERE status NOT IN "
+                                                       "('filled', 'rejected', 'cancelled', 'denied')"), 60)
+                assert flat()  # its close found nothing left to sell: nothing was sold twice
+            finally:
+                venue.close()
+            assert max(Counter(o["clOrdId"] for o in logged(tmp_path / "okx.jsonl")).values()) == 1
+            assert _rows(ledger, "SELECT state FROM trading_state") == [(HALTED,)]
+        finally:
+            worker.send_signal(signals.SIGCONT)
+            _stop(worker)
