@@ -72,8 +72,8 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
             first = len(outs)
             step.exits.close(book, terms, KILL, book.marks.get(terms.symbol, terms.entry_price), trigger, now_ms,
                              outs)
-            if cid in step.exits.closing or terms.signal_id in step.exits.deferred or any(
-                    o.outcome == "closed" for o in outs[first:]):
+            # a close waiting for its open's end (just asked to cancel) is said with the cancel
+            if cid in step.exits.closing or any(o.outcome == "closed" for o in outs[first:]):
                 name = executor.venue_for(terms.venue).name
                 summary.setdefault(name, {}).setdefault("closed", []).append(
                     f"{terms.symbol} {terms.exit_side} {terms.quantity:g}")
