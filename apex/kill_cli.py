@@ -36,6 +36,10 @@ def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional
     except ValueError as e:  # a book that is not in the pipeline, a venue that cannot be set up
         err.print(f"apex {command}: {e}", soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(2)
+    except OSError as e:  # a state dir that cannot be made or written
+        err.print(f"apex {command}: {e.strerror or e}: {e.filename or ''}", soft_wrap=True, highlight=False,
+                  markup=False)
+        raise typer.Exit(1)
     for line in report.lines():
         _say(line)
     if not report.ok:

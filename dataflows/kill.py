@@ -34,7 +34,7 @@ from pathlib import Path
 from connectors import state_lock, trading_state_store
 from connectors.ledger import Ledger
 from connectors.trading_state_store import TradingState
-from connectors.venues import Venue
+from connectors.venues import Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport, VenueReport
 from dataflows.kill_venues import cancel_everywhere, close_book, flatten_rest
@@ -43,6 +43,7 @@ from operators.trading_state import ACTIVE, COMMANDS, HALTED, REDUCING, TRADING_
 
 CONFIRM_S = 30.0  # how long a running worker is given to confirm a command
 FLAT_S = 60.0  # how long a confirmed kill then waits for the worker's closes to fill
+CONTROL_KEPT = 10_000  # control stream entries kept (MAXLEN ~)
 CONTROL_FILE = "control.json"  # where a running worker says which control stream it reads
 
 
@@ -137,9 +138,10 @@ def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, comm
     single = len(p.each_book()) == 1
     try:
         client = redis.Redis.from_url(url, socket_timeout=5)
+        # the stream is kept short: a command is carried out within seconds or not at all
         client.xadd(stream, {"id": report.command_id, "command": command,
                              "book": "" if single or len(books) > 1 else books[0].book,
-                             "reason": reason, "by": by})
+                             "reason": reason, "by": by}, maxlen=CONTROL_KEPT, approximate=True)
     except redis.RedisError as e:
         report.notes.append(f"the control stream at {stream} could not be written: {e}")
         return False
@@ -254,7 +256,11 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
             venues = make_venues(p if locked else beside_worker(p), shared=shared)
             cancel_everywhere(venues, report, books[0], now_ms)
             for b in books:
-                close_book(p, b, venues, report, now_ms, locked)
+                try:
+                    close_book(p, b, venues, report, now_ms, locked)
+                except (VenueDown, OSError, TimeoutError) as e:  # a venue gone while its book was settled
+                    report.notes.append(f"book {b.book or '(one)'}: trades not closed: {e}")
+                    report.venue("(venues)").errors.append(str(e))
             flatten_rest(p, books, shared, report, now_ms)
         finally:
             close_venues(shared)
