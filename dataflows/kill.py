@@ -26,6 +26,7 @@ second pass finds nothing left to sell.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -200,8 +201,6 @@ def beside_worker(p: Pipeline) -> Pipeline:
 
 def _until_settled(books: list[Pipeline], timeout_s: float) -> bool:
     """Until no book has an order still live (read beside the worker)."""
-    import sqlite3
-
     deadline = time.monotonic() + timeout_s
     while True:
         busy = 0
@@ -218,7 +217,7 @@ def _until_settled(books: list[Pipeline], timeout_s: float) -> bool:
             return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.2)
+        time.sleep(0.2)  # another process's ledger: there is nothing to wait on but reading it again
 
 
 # ----- here, the state dir held (or a frozen worker's) -----
