@@ -290,6 +290,7 @@ def main() -> None:
     import apex.sim_okx  # noqa: F401  (registers sim okx)
     import apex.reconcile_cli  # noqa: F401  (registers reconcile)
     import apex.watchdog_cli  # noqa: F401  (registers watchdog)
+    import apex.kill_cli  # noqa: F401  (registers kill, reduce, resume)
     from apex.pipe_safe import PipeSafe
 
     sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]

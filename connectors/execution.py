@@ -7,7 +7,9 @@ writes the intent row before anything is sent; on an intent with no fill, the cr
 window between sending and recording, asks the venue what became of it and sends only
 if the venue never saw it), and ``send`` is the only place an order reaches a venue,
 one commit for a batch's intents before they leave. ``resolve`` answers what became of
-an order without ever sending it. A trading-state gate belongs in ``send``.
+an order without ever sending it. The book's trading state (``operators/trading_state.py``)
+is checked in ``prepare``, before a new order's intent is written: a refused order leaves
+no intent behind, so once the book is ACTIVE again the same order may still go.
 
 A venue across a network (``asynchronous``) is never called from here: its orders
 become ``Command``s (``take_commands``), which the book's step emits after its commit
@@ -27,6 +29,7 @@ from connectors.sender import CANCEL, CHECK, SUBMIT, Command, Gateway
 from connectors.venues import Rejected, Venue
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
+from operators.trading_state import ACTIVE, refusal
 from operators.fill import Fill
 from operators.signal import VENUES
 
@@ -40,6 +43,10 @@ class Working:
 
 
 WORKING = Working()
+
+
+class TradingRefused(Rejected):
+    """A new order the book's trading state does not let out: ``halted`` or ``reducing``."""
 
 
 class NotCleared(Exception):
@@ -71,6 +78,7 @@ class Executor:
                 self.has_remote = True
         self._cleared: set[str] = set()  # client order ids ``prepare`` left to send
         self._commands: list[Command] = []  # for the step to emit after its commit
+        self.trading = ACTIVE  # the book's trading state, as its ledger holds it
 
     def venue_for(self, market: str) -> Venue:
         if self._only is not None:
@@ -92,15 +100,20 @@ class Executor:
         return out
 
     def prepare(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None,
-                wait: bool = True) -> Fill | Working | None:
+                wait: bool = True, held: float = 0.0) -> Fill | Working | None:
         """The fill if this order was already resolved (by the ledger, or by asking the venue
         about an intent a crash left behind); None when it must be sent, its intent now
         recorded. Raises ``Rejected`` for an order the venue refused before. In the dataflow
         (``wait`` False) a remote venue is not asked here: ``WORKING``, and the in-flight
-        checker is asked instead (its fate comes as an event)."""
+        checker is asked instead (its fate comes as an event). A new order the trading state
+        refuses raises ``TradingRefused`` (``held``: the book's position in its instrument);
+        one already under way (an intent a crash left) is followed whatever the state."""
         row = self.ledger.execution(order)
         step = next_step(row[0] if row is not None else None, row[5] if row is not None else None)
         if step == SEND:
+            why = refusal(self.trading, order, held, reason)
+            if why is not None:
+                raise TradingRefused(why)
             self.ledger.record_intent(order, reason, trade)
         elif step == REFUSED:
             raise Rejected(row[1] or row[0])  # type: ignore[index]

@@ -21,5 +21,6 @@ class RedisConfig(BaseModel):
     claim_idle_ms: int = Field(5000, ge=1, description="claim a dead consumer's entries idle this long")
     max_deliveries: int = Field(5, ge=1, description="past this, an entry goes to the dead-letter stream")
     dead_letter_stream: str = "argus:signals:dead"
+    control_stream: str = "apex:control"  # apex kill / reduce / resume reach a running worker here (docs/operating.md)
     stop_when_idle_ms: int | None = Field(
         None, ge=1, description="end the run after this long with nothing new and nothing of ours pending")

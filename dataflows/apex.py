@@ -163,6 +163,9 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
         answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
         s = op.merge("entries_and_answers", s, answers)
+    control = control_source(pipeline, spec, [b.book for b in books], gateway, shared_venues or {})
+    if control is not None:  # apex kill / reduce / resume, each to its book (connectors/control.py)
+        s = op.merge("entries_and_controls", s, op.input("control", flow, control))
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
     if remote:  # funding on swaps, read off the decision path, reaches the books with the venues' answers
@@ -185,6 +188,26 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         checked = (lambda: dict(shared)) if venues is None else venue_factory(pipeline, venues, shared)
         wiring.safety = safety.start(pipeline, spec, gateway=gateway, shipper=shipper, venues=checked, remote=remote)
     return flow, wiring
+
+
+def control_source(pipeline: Pipeline, spec: str, books: list[str], gateway: Gateway,
+                   shared: Mapping[str, Venue]) -> Any:
+    """The control stream's source, on the Redis the signals come from (none for a
+    recording); where it is is written in the state dir, for `apex kill` to find. With it,
+    OKX's dead man's switch, armed while the source shows the dataflow alive."""
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    from connectors.control import ControlSource
+    from connectors.venues.okx_dead_man import DeadMansSwitch, Pulse
+    from dataflows.kill import write_control_target
+
+    stream = pipeline.redis.control_stream
+    write_control_target(pipeline.state_dir, spec, stream)
+    pulse, stops = Pulse(), []
+    okx = pipeline.venues.okx
+    if okx is not None and okx.kind == "okx" and okx.cancel_all_after_s and "okx" in shared:
+        stops.append(DeadMansSwitch(shared["okx"], okx.cancel_all_after_s, pulse).stop)
+    return ControlSource(spec, stream, books, gateway, pulse, stops)
 
 
 def may_be_remote(pipeline: Pipeline, venues: Venue | Venues | VenueFactory | None) -> bool:

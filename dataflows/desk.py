@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from connectors import trading_state_store
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.sender import Gateway
@@ -29,6 +30,8 @@ class Desk:
         """Ledger and venue together."""
         self._ledger = Ledger(self.p.ledger_path, keep_wal=True)
         self._executor = Executor(self._ledger, self._venues(), self.gateway, self.p.book)
+        trading_state_store.ensure(self._ledger.db)
+        self._executor.trading = trading_state_store.read(self._ledger.db).state  # as the last run left it
 
     @property
     def ledger(self) -> Ledger:

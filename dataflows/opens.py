@@ -21,12 +21,12 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from connectors.execution import WORKING, as_ours
+from connectors.execution import WORKING, TradingRefused, as_ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
 from operators import audit_rows as R
 from operators import order_fsm as fsm
-from operators.audit import Chain, Outcome
+from operators.audit import FILTER_CHECK, Chain, Outcome
 from operators.exits import TradeTerms, booked, terms_for
 from operators.fill import Fill
 from operators.orders import Order, expected_fill
@@ -72,7 +72,10 @@ class Opens:
         expected = expected_fill(order, execute.slippage_bps, execute.fee_bps)
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
-            known = desk.executor.prepare(order, trade=(terms, exits), wait=False)
+            known = desk.executor.prepare(order, trade=(terms, exits), wait=False,
+                                          held=book.positions.get((order.venue, order.symbol), 0.0))
+        except TradingRefused as why:
+            return self.refused(out, chain, sig, str(why))
         except Rejected as err:
             return self.rejected(out, chain, err)
         if known is WORKING:  # at its venue (or maybe): its fate comes as an event
@@ -193,6 +196,15 @@ class Opens:
                      book.open_trades[fill.signal_id].deadline_ms)
         out.outcome = "filled"
         out.executions.append(R.execution_row(fill, "open"))
+        return self.desk.record(out)
+
+    def refused(self, out: Outcome, chain: Chain, sig: Signal, why: str) -> Outcome:
+        """A signal the book's trading state refuses (``halted``, ``reducing``): dropped with
+        that reason, recorded and acknowledged like a filter's drop; no intent was written."""
+        chain.add(FILTER_CHECK, "dropped", why, trading_state=self.desk.executor.trading)
+        out.outcome, out.reason = "dropped", why
+        out.drop = [sig.signal_id, out.stream_id, why, chain.ts_ms, sig.source, sig.venue, sig.symbol,
+                    sig.confidence, sig.regime]
         return self.desk.record(out)
 
     def rejected(self, out: Outcome, chain: Chain, err: Rejected) -> Outcome:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.heartbeat import PERIOD_S, PROGRESS
+from connectors.control import Control
 from connectors.sender import Command
 from dataflows.funding_step import on_funding
 from dataflows.portfolio_step import PortfolioStep
@@ -59,7 +60,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self._beat()
         return [], StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Received | VenueEvent]) -> tuple[list[Outcome | Command], bool]:
+    def on_batch(self, values: list[Received | VenueEvent | Control]) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
         step = self.step
@@ -78,6 +79,10 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     on_funding(ledger, self.book, item)
+                elif isinstance(item, Control):  # a kill, reduce or resume (dataflows/control_step.py)
+                    if self.book is None:
+                        self.book = step.new_book()
+                    step.on_control(self.book, item, out)
                 else:
                     self.book = step(self.book, item, out)  # type: ignore[arg-type]
             if self.book is not None:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 
+from connectors.control import Control
 from connectors.ledger import Decided, Ledger
 from connectors.outbox import Shipper
 from connectors.sender import PENDING, Gateway
@@ -59,6 +60,7 @@ class PortfolioStep:
         # orders that reached their end lately: a venue's word about one is still judged (a repeat,
         # or an illegal change to count), not taken for an order of someone else's
         self._done: OrderedDict[str, fsm.OrderState] = OrderedDict()
+        self.cancels_asked: set[str] = set()  # by a kill: never asked twice (dataflows/control_step.py)
 
     @property
     def ledger(self) -> Ledger:
@@ -134,6 +136,12 @@ class PortfolioStep:
             self._done[ev.client_order_id] = state
             if len(self._done) > DONE_KEPT:
                 self._done.popitem(last=False)
+
+    def on_control(self, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
+        """A command from the control stream (kill, reduce, resume): ``control_step``."""
+        from dataflows.control_step import carry_out
+
+        carry_out(self, book, c, outs)
 
     def _invalid(self, item: Received) -> Outcome:
         e, err = item.entry, item.invalid

@@ -502,6 +502,17 @@ class OkxVenue:
         self._levered.add(inst)
         return ""
 
+    def cancel_all_after(self, timeout_s: int) -> None:
+        """Arms (or, with 0, disarms) OKX's dead man's switch: unless called again within
+        ``timeout_s``, OKX cancels every working order of the account
+        (``connectors/venues/okx_dead_man.py`` keeps it armed). VenueDown when OKX cannot be asked."""
+        link = self._here()
+        link.markets()
+        try:
+            link.ex.cancel_all_orders_after(timeout_s * 1000)
+        except ccxt.BaseError as e:
+            raise VenueDown(self._scrub(f"{self._where} could not arm cancel-all-after: {e}")) from None
+
     # ----- asking after one order -----
 
     def lookup(self, order: Order) -> Fill | None:

@@ -95,6 +95,16 @@ class OkxSettings(_Strict):
         "(BTC-USDT-SWAP), isolated margin, net positions, so a sell may open a short")
     leverage: float = Field(1.0, ge=1, le=100, description="swap only: the isolated leverage set on each "
                             "swap before its first order (1: margin is the whole notional)")
+    cancel_all_after_s: int = Field(
+        0, description="OKX's dead man's switch: 0 off, or 10 to 120 s, kept armed while a worker runs "
+        "(docs/operating.md); if the worker freezes, OKX cancels every working order this long after")
+
+    @field_validator("cancel_all_after_s")
+    @classmethod
+    def _cancel_all_after(cls, value: int) -> int:
+        if value != 0 and not 10 <= value <= 120:
+            raise PydanticCustomError("cancel_all_after", "must be 0 (off) or 10 to 120 seconds, as OKX takes it")
+        return value
 
     def ignored(self) -> frozenset[str]:
         """What Apex leaves alone here: the listed instruments and the fee coin's."""

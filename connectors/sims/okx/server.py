@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from connectors.sims.okx import dead_man
 from connectors.sims.okx.faults import Fault, Faults
 from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
 from connectors.sims.okx.state import Book, Refusal, now_ms
@@ -206,6 +207,7 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
                                                                            q.get("instType", "")), "ordId"),
     ("GET", "trade/orders-history"): history,
     ("POST", "trade/cancel-order"): cancel,
+    ("POST", "trade/cancel-all-after"): dead_man.route,  # the dead man's switch (dead_man.py)
     ("GET", "trade/fills"): paged(_fills, "billId"),
     ("GET", "trade/fills-history"): paged(_fills, "billId"),
     **SWAP_ROUTES,

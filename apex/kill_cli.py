@@ -1,0 +1,68 @@
+"""``apex kill``, ``apex reduce``, ``apex resume`` (dataflows/kill.py; docs/operating.md).
+
+The options mirror ``apex reconcile``'s. Each prints what it found and did, per book and
+per venue; exit 1 when something could not be done (a venue that could not be reached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from apex.app import app, err, out
+
+PIPELINE = typer.Option(Path("pipeline.yaml"), help="the pipeline whose books and venues to act on")
+STATE_DIR = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)")
+BOOK = typer.Option(None, help="only this book (default: every book)")
+REASON = typer.Option("", help="why, for the ledger and the audit trail")
+
+
+def _say(line: str) -> None:
+    out.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional[str], reason: str) -> None:
+    from dataflows import kill as switch
+    from dataflows.gates import Refused
+
+    act = {"kill": switch.kill, "reduce": switch.reduce, "resume": switch.resume}[command]
+    try:
+        report = act(pipeline, state_dir.resolve() if state_dir else None, book=book, reason=reason, say=_say)
+    except Refused as e:
+        for line in e.lines:
+            err.print(line, soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(1)
+    except ValueError as e:  # a book that is not in the pipeline, a venue that cannot be set up
+        err.print(f"apex {command}: {e}", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(2)
+    except OSError as e:  # a state dir that cannot be made or written
+        err.print(f"apex {command}: {e.strerror or e}: {e.filename or ''}", soft_wrap=True, highlight=False,
+                  markup=False)
+        raise typer.Exit(1)
+    for line in report.lines():
+        _say(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def kill(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
+         reason: str = REASON) -> None:
+    """HALTED, then every open Apex order cancelled and every position closed, on every venue.
+    Through a running worker if there is one; running it twice does nothing more."""
+    _act("kill", pipeline, state_dir, book, reason)
+
+
+@app.command()
+def reduce(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
+           reason: str = REASON) -> None:
+    """REDUCING: only orders that bring a position toward zero go out."""
+    _act("reduce", pipeline, state_dir, book, reason)
+
+
+@app.command()
+def resume(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
+           reason: str = REASON) -> None:
+    """ACTIVE again, after saying what state each book was found in and why."""
+    _act("resume", pipeline, state_dir, book, reason)
