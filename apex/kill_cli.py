@@ -16,19 +16,27 @@ PIPELINE = typer.Option(Path("pipeline.yaml"), help="the pipeline whose books an
 STATE_DIR = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)")
 BOOK = typer.Option(None, help="only this book (default: every book)")
 REASON = typer.Option("", help="why, for the ledger and the audit trail")
+CONFIRM = typer.Option(30.0, "--confirm-within", metavar="S", min=0, max=600,
+                       help="how long a running worker is given to confirm before this command acts at the "
+                            "venues itself (the watchdog, which knows the worker is silent, gives it little)")
 
 
 def _say(line: str) -> None:
     out.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
-def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional[str], reason: str) -> None:
+BY = typer.Option("cli", hidden=True, help="who asks: cli, watchdog or reconciliation (the audit trail says)")
+
+
+def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional[str], reason: str,
+         confirm_s: float, by: str) -> None:
     from dataflows import kill as switch
     from dataflows.gates import Refused
 
     act = {"kill": switch.kill, "reduce": switch.reduce, "resume": switch.resume}[command]
     try:
-        report = act(pipeline, state_dir.resolve() if state_dir else None, book=book, reason=reason, say=_say)
+        report = act(pipeline, state_dir.resolve() if state_dir else None, book=book, reason=reason, say=_say,
+                     confirm_s=confirm_s, by=by if by in ("cli", "watchdog", "reconciliation") else "cli")
     except Refused as e:
         for line in e.lines:
             err.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -48,21 +56,21 @@ def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional
 
 @app.command()
 def kill(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
-         reason: str = REASON) -> None:
+         reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY) -> None:
     """HALTED, then every open Apex order cancelled and every position closed, on every venue.
     Through a running worker if there is one; running it twice does nothing more."""
-    _act("kill", pipeline, state_dir, book, reason)
+    _act("kill", pipeline, state_dir, book, reason, confirm_s, by)
 
 
 @app.command()
 def reduce(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
-           reason: str = REASON) -> None:
+           reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY) -> None:
     """REDUCING: only orders that bring a position toward zero go out."""
-    _act("reduce", pipeline, state_dir, book, reason)
+    _act("reduce", pipeline, state_dir, book, reason, confirm_s, by)
 
 
 @app.command()
 def resume(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
-           reason: str = REASON) -> None:
+           reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY) -> None:
     """ACTIVE again, after saying what state each book was found in and why."""
-    _act("resume", pipeline, state_dir, book, reason)
+    _act("resume", pipeline, state_dir, book, reason, confirm_s, by)

@@ -24,6 +24,7 @@ from operators.watchdog import PRODUCER, Verdict, Watch
 log = logging.getLogger("apex.watchdog")
 APEX = str(Path(sys.executable).with_name("apex"))
 ACTION_TIMEOUT_S = 120.0
+CONFIRM_S = 3.0  # what a running worker is given to confirm the kill before it is done at the venues
 
 
 @dataclass
@@ -73,9 +74,13 @@ class Watchdog:
 
     def act(self, verdict: Verdict) -> int:
         reason = verdict.reason()
+        # the worker is silent, so it is given little time to confirm before the command acts
+        # at the venues itself; only a silent producer leaves a live worker, which confirms at once
         argv = [*self.command, self.action, "--pipeline", str(self.pipeline), "--state-dir", str(self.state_dir),
-                "--reason", reason]
+                "--reason", reason, "--confirm-within", str(CONFIRM_S), "--by", "watchdog"]
         self.say(f"apex watchdog: {reason}: running apex {self.action}")
+        # why is on record before acting: a kill that hangs or is killed leaves its reason behind
+        self._record(verdict, reason, None, "")
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=ACTION_TIMEOUT_S)
             status, said = done.returncode, (done.stdout + done.stderr).strip()
@@ -86,7 +91,7 @@ class Watchdog:
         self.actions.append((verdict, status))
         return status
 
-    def _record(self, verdict: Verdict, reason: str, status: int, said: str) -> None:
+    def _record(self, verdict: Verdict, reason: str, status: int | None, said: str) -> None:
         doc = {"ts": round(time.time(), 3), "action": self.action, "reason": reason, "exit": status,
                "silent": {s.stage: round(s.seconds, 1) for s in verdict.act}, "output": said[-2000:]}
         try:

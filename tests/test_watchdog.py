@@ -182,7 +182,9 @@ def test_a_stage_that_stops_beating_sets_off_the_kill_switch_with_its_reason(red
 
         threading.Thread(target=beat, daemon=True).start()
         recorded = tmp_path / "state" / "watchdog.jsonl"
-        assert until(lambda: _asked(log) and recorded.exists(), 20), said
+        # why is recorded before the kill switch runs, and what it answered after
+        assert until(lambda: _asked(log) and recorded.exists() and len(recorded.read_text().splitlines()) == 2,
+                     20), said
         asked = _asked(log)
         assert len(asked) == 1
         kill, *rest = asked[0]
@@ -190,8 +192,9 @@ def test_a_stage_that_stops_beating_sets_off_the_kill_switch_with_its_reason(red
         assert rest[:4] == ["--pipeline", str(tmp_path / "pipeline.yaml"), "--state-dir", str(tmp_path / "state")]
         assert rest[4] == "--reason" and rest[5].startswith("watchdog: book:a silent for ")
         assert "source" not in rest[5]
-        record = json.loads(recorded.read_text().splitlines()[0])
-        assert record["action"] == "kill" and list(record["silent"]) == ["book:a"] and record["exit"] == 0
+        before, after = (json.loads(line) for line in recorded.read_text().splitlines())
+        assert before["action"] == "kill" and list(before["silent"]) == ["book:a"] and before["exit"] is None
+        assert after["reason"] == before["reason"] and after["exit"] == 0
         assert not until(lambda: len(_asked(log)) > 1, 1.5), "acted twice on one silence"
     finally:
         stop.set()
@@ -208,7 +211,8 @@ def test_the_producers_silence_is_read_from_its_stream(redis_server, tmp_path):
         r.xadd("signals", {"payload": "{}"})
         assert not dog.look().act
         assert until(lambda: dog.look().act, 10)
-        assert _asked(log)[0][0] == "reduce" and "producer silent" in _asked(log)[0][-1]
+        asked = _asked(log)[0]
+        assert asked[0] == "reduce" and "producer silent" in asked[asked.index("--reason") + 1]
     finally:
         dog.close()
 
