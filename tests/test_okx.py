@@ -78,11 +78,12 @@ def test_venue_down_then_up_the_order_is_sent_once(tmp_path):
     assert ex.prepare(o) is None
     with pytest.raises(VenueDown):
         ex.send([o])
-    with running(port=port, orders_log=log, prices=PRICES, credentials=CREDENTIALS):
+    with running(port=port, orders_log=log, prices=PRICES, credentials=CREDENTIALS) as sim:
         assert ex.prepare(o) is None  # asked first: the venue never saw it, so it may go
         (fill,) = ex.send([o])
         assert isinstance(fill, Fill)
         assert ex.prepare(o) == fill  # filled: answered from the ledger, never sent again
+        assert sim.placements() == {o.client_order_id: 1}
     assert [line["clOrdId"] for line in logged(log)] == [o.client_order_id]
 
 
@@ -96,6 +97,7 @@ def test_an_order_taken_without_an_answer_is_looked_up_not_sent_again(okx_sim, f
     (fill,) = venue.place_many([o])
     assert isinstance(fill, Fill) and fill.quantity == pytest.approx(held(0.5))
     assert [line["ordId"] for line in okx_sim.logged()] == [fill.order_id]
+    assert okx_sim.server.placements() == {o.client_order_id: 1}  # asked about, never sent again
 
 
 def test_duplicated_client_order_id_of_an_open_order_is_looked_up_not_placed_again(okx_sim):
@@ -126,6 +128,8 @@ def test_a_5xx_takes_nothing_and_the_retry_asks_before_sending(okx_sim, tmp_path
     assert ex.prepare(o) is None
     (fill,) = ex.send([o])
     assert isinstance(fill, Fill) and len(okx_sim.logged()) == 1
+    # sent twice: the 5xx took nothing, and the retry went only once the venue said it had none
+    assert okx_sim.server.placements() == {o.client_order_id: 2}
 
 
 def test_a_partial_fill_has_its_remainder_cancelled(okx_sim):

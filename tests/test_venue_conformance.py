@@ -51,6 +51,12 @@ class Case:
     sent: Callable[[], list[str]]  # client order ids of every order that reached the venue, in order
 
 
+def _sent(server) -> list[str]:
+    """Every client order id the OKX simulator was sent to place, once per time it came
+    (taken or not): what reached the venue, not only what it took."""
+    return [cid for cid, n in server.placements().items() for _ in range(n)]
+
+
 def _logged(path: Path, key: str) -> list[str]:
     return [json.loads(line)[key] for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -79,7 +85,7 @@ def case(request, tmp_path) -> Iterator[Case]:
             # the fill says, the quantity less the fee; the fee's worth is its USD cost; a
             # market buy pays the ask
             yield Case(venue, _okx_order, lambda sid: _okx_order(sid, "NOPE-USDT"), held, ask("BTC-USDT"),
-                       0.5 * 0.001 * ask("BTC-USDT"), False, lambda: _logged(log, "clOrdId"))
+                       0.5 * 0.001 * ask("BTC-USDT"), False, lambda: _sent(server))
             venue.close()
     else:
         log = tmp_path / "ibkr-orders.jsonl"
