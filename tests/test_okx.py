@@ -22,7 +22,8 @@ from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, RE
                                Venue, VenueDown)
 from connectors.venues import okx_limits as limits
 from helpers import until
-from okx_fixtures import CREDENTIALS, KEY, PASSPHRASE, PRICES, SECRET, free_port, held, logged, okx_sim, okx_venue, order, raw  # noqa: F401
+from okx_fixtures import (CREDENTIALS, KEY, PASSPHRASE, PRICES, SECRET, free_port, held, logged,  # noqa: F401
+                          okx_sim, okx_venue, order, raw)
 from operators.fill import Fill
 
 APEX = str(Path(sys.executable).with_name("apex"))

@@ -70,7 +70,8 @@ def _legal_path(statuses: list[str]) -> bool:
 
 @pytest.fixture
 def sim(tmp_path):
-    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=5, credentials=CREDENTIALS) as server:
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=5,
+                 credentials=CREDENTIALS) as server:
         server.log = tmp_path / "okx-orders.jsonl"
         yield server
 
@@ -224,7 +225,8 @@ def test_a_check_of_an_order_the_venue_never_had_sends_it_once(sim):
 def test_close_returns_while_a_request_hangs(tmp_path):
     """A venue that holds its answer far longer than the run may wait: ``close`` does not wait
     for it (the rest is the next start's to ask)."""
-    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=600, credentials=CREDENTIALS) as server:
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=600,
+                 credentials=CREDENTIALS) as server:
         server.arm("hang")
         flow = Flow(server.url, timeout_ms=300_000)  # the client would wait five minutes
         order = _order("hung")

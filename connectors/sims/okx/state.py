@@ -386,6 +386,12 @@ class Book:
         self.ticks.update({k: Decimal(v) for k, v in doc.get("ticks", {}).items()})
         self.balances = {k: Decimal(v) for k, v in doc.get("balances", {}).items()}
         for o in doc.get("orders", []):
+            o = {**records.ORDER_BLANKS, **o}  # a file an older simulator wrote lacks some of OKX's fields
+            left = Decimal(o["sz"]) - (Decimal(o["accFillSz"]) if o["tgtCcy"] != "quote_ccy" else 0)
+            o.setdefault("_left", _s(max(left, Decimal(0))))
+            o.setdefault("_reserve_px", o["px"] or o["avgPx"] or "1")
+            o.setdefault("_frozen_ccy", o["instId"].split("-")[1 if o["side"] == "buy" else 0])
+            o.setdefault("_frozen", "0")
             self.orders[o["ordId"]] = o
             if o["clOrdId"]:
                 self.by_clord[o["clOrdId"]] = o["ordId"]
