@@ -27,9 +27,9 @@ def _number(option: str, text: str, *, whole: bool, low: float, high: float | No
 
 
 def _credentials():
-    """What a WebSocket login must show: the OKX credentials in the environment when all three
-    are set (read there, never from the command line, where any process can see them);
-    otherwise None, and any login is taken."""
+    """What a WebSocket login and a private REST request must show: the OKX credentials in the
+    environment when all three are set (read there, never from the command line, where any
+    process can see them); otherwise None, and any key is taken (every header still wanted)."""
     import os
 
     from connectors.sims.okx import Credentials
@@ -67,8 +67,9 @@ def okx(
     price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
 ) -> None:
     """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT' (and
-    ccxt pro's ex.urls['api']['ws'] = 'ws://HOST:PORT/ws/v5'). WebSocket logins are checked
-    against OKX_API_KEY, OKX_API_SECRET and OKX_API_PASSPHRASE when all three are set."""
+    ccxt pro's ex.urls['api']['ws'] = 'ws://HOST:PORT/ws/v5'). Private requests and WebSocket
+    logins are checked against OKX_API_KEY, OKX_API_SECRET and OKX_API_PASSPHRASE when all
+    three are set. See docs/okx-simulator.md."""
     from connectors.sims.okx.run import load_prices, serve
 
     number = int(_number("--port", port, whole=True, low=0, high=65535))

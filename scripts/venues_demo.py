@@ -97,18 +97,20 @@ def main() -> int:
         rport, oport, iport = free_port(), free_port(), free_port()
         redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                        "--dir", str(work)], "redis.log")
+        # throwaway credentials, made up for this run only: the OKX simulator checks every
+        # request's signature against them
+        creds = {k: secrets.token_hex(8) for k in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_API_PASSPHRASE")}
         okx = start([APEX, "sim", "okx", "--port", str(oport), "--latency-ms", a.latency_ms, "--prices",
-                     str(work / "okx-prices.json"), "--orders-log", str(work / "okx-orders.jsonl")], "okx-sim.log")
+                     str(work / "okx-prices.json"), "--orders-log", str(work / "okx-orders.jsonl")], "okx-sim.log",
+                    env=os.environ | creds)
         ibkr = start([APEX, "sim", "ibkr", "--port", str(iport), "--latency-ms", a.latency_ms, "--prices",
                       str(work / "ibkr-prices.json"), "--orders-log", str(work / "ibkr-orders.jsonl")], "ibkr-sim.log")
         for port, proc, what in ((rport, redis, "redis-server"), (oport, okx, "apex sim okx"),
                                  (iport, ibkr, "apex sim ibkr")):
             wait_for_port(port, proc, what)
         redis_url = f"redis://127.0.0.1:{rport}/0"
-        # a simulator checks no signature: throwaway credentials, made up for this run only
         env = os.environ | {"APEX_ENV": "paper", "APEX_OKX_URL": f"http://127.0.0.1:{oport}",
-                            "APEX_IBKR_PORT": str(iport), "APEX_STATE_DIR": str(work / "state"),
-                            **{k: secrets.token_hex(8) for k in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_API_PASSPHRASE")}}
+                            "APEX_IBKR_PORT": str(iport), "APEX_STATE_DIR": str(work / "state"), **creds}
         print(f"simulators: okx http://127.0.0.1:{oport}, ibkr 127.0.0.1:{iport}; redis {redis_url}", flush=True)
         apex = start([APEX, "run", str(PIPELINE), "--source", redis_url, "--no-progress"], "apex-run.log", env=env)
         deadline = time.monotonic() + 60

@@ -21,7 +21,7 @@ import pytest
 from connectors import state_lock
 from dataflows.gates import Refused, admit
 from helpers import APEX, KELLY_AND_EXECUTE, entry, until, write_recording
-from okx_fixtures import PRICES, held, okx_sim, order  # noqa: F401 - the fixture
+from okx_fixtures import CREDENTIAL_ENV, PRICES, held, okx_sim, order  # noqa: F401 - the fixture
 from test_live_gate import shipped_with
 from test_redis_live import pipeline_yaml
 
@@ -112,7 +112,8 @@ def test_bytewax_run_will_not_trade_on_a_ledger_the_okx_simulator_contradicts(ok
     # a signal the venue would take, were the run let in
     rec = write_recording(tmp_path / "rec.jsonl", [entry("1767261600000-0", signal_id="would-trade",
                                                          symbol="ETH-USDT", reference_price=PRICES["ETH-USDT"])])
-    res = bytewax_run(path, cwd=tmp_path, env=clean_env(APEX_ENV="paper"), source=f"recording:{rec}")
+    res = bytewax_run(path, cwd=tmp_path, env=clean_env(APEX_ENV="paper", **CREDENTIAL_ENV),
+                      source=f"recording:{rec}")
     no_traceback(res)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()

@@ -16,7 +16,7 @@ import pytest
 from connectors import outbox
 from dataflows.config import ConfigError, parse
 from helpers import APEX, KELLY_AND_EXECUTE, entry, write_recording
-from okx_fixtures import PRICES, okx_sim, raw  # noqa: F401 - the fixture
+from okx_fixtures import CREDENTIAL_ENV, PRICES, okx_sim, raw  # noqa: F401 - the fixture
 from operators.audit import EVENT_COLUMNS
 from test_gates import clean_env, no_traceback
 
@@ -44,14 +44,14 @@ def recording(tmp_path: Path, *symbols: str) -> Path:
 
 def apex_run(path: Path, rec: Path) -> subprocess.CompletedProcess:
     res = subprocess.run([APEX, "run", str(path), "--source", f"recording:{rec}", "--no-progress"],
-                         capture_output=True, text=True, timeout=300, env=clean_env(APEX_ENV="paper"))
+                         capture_output=True, text=True, timeout=300, env=clean_env(APEX_ENV="paper", **CREDENTIAL_ENV))
     no_traceback(res)
     return res
 
 
 def reconcile(path: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess:
     res = subprocess.run([APEX, "reconcile", "--pipeline", str(path), *args], capture_output=True, text=True,
-                         timeout=120, input=answer, env=clean_env(APEX_ENV="paper"))
+                         timeout=120, input=answer, env=clean_env(APEX_ENV="paper", **CREDENTIAL_ENV))
     no_traceback(res)
     return res
 
@@ -150,7 +150,7 @@ def test_an_ignore_list_is_validated_with_its_yaml_path(tmp_path, ignore, error)
         parse(path.read_text(), path, {})
     assert e.value.errors == [error]
     res = subprocess.run([APEX, "validate", str(path)], capture_output=True, text=True, timeout=60,
-                         env=clean_env(APEX_ENV="paper", COLUMNS="400"))
+                         env=clean_env(APEX_ENV="paper", COLUMNS="400", **CREDENTIAL_ENV))
     no_traceback(res)
     assert res.returncode == 1 and f"error {path}: {error}" in res.stderr
 
@@ -201,7 +201,7 @@ def test_reconcile_reports_and_adopt_takes_the_holding_into_the_book_once(okx_si
     assert sent_symbols(okx_sim) == ["ETH-USDT"]
     # the audit trail has it as an open position beside the trade the run opened
     shown = subprocess.run([APEX, "report", "--pipeline", str(path)], capture_output=True, text=True, timeout=300,
-                           env=clean_env(APEX_ENV="paper"))
+                           env=clean_env(APEX_ENV="paper", **CREDENTIAL_ENV))
     no_traceback(shown)
     assert shown.returncode == 0, shown.stderr
     assert "open positions (2)" in shown.stdout
@@ -264,6 +264,8 @@ def test_an_open_order_that_is_not_apexs_is_said_and_does_not_stop_the_start(okx
     from dataflows.gates import admit, load_pipeline
 
     monkeypatch.setenv("APEX_ENV", "paper")
+    for name, value in CREDENTIAL_ENV.items():
+        monkeypatch.setenv(name, value)
     ex = okx_sim.venue._here().ex
     okx_sim.venue._here().markets()
     ex.create_order("ETH/USDT", "limit", "buy", 1, 10, {"clientOrderId": "manual1", "tdMode": "cash"})

@@ -24,7 +24,7 @@ from operators.fill import Fill
 from operators.kelly import KellyParams
 from operators.portfolio import Portfolio
 from tests.helpers import APEX, KELLY_AND_EXECUTE, entry, run_entries, write_recording
-from tests.okx_fixtures import PRICES, free_port, okx_sim, okx_venue  # noqa: F401  (fixtures)
+from tests.okx_fixtures import CREDENTIAL_ENV, PRICES, free_port, okx_sim, okx_venue  # noqa: F401  (fixtures)
 
 NOW = 1_780_000_000.0  # an instant in 2026; every refresh below is told the time, never waits for it
 DAY = 86_400.0
@@ -48,7 +48,8 @@ def test_the_cache_is_written_from_okx_with_each_instruments_rules(okx_sim, tmp_
     doc = json.loads((directory / "okx.json").read_text())
     assert doc["fetched_at_s"] == NOW
     assert doc["instruments"]["BTC-USDT"] == {"lot_size": 1e-8, "tick_size": 0.01, "min_size": 1e-5}
-    assert cache.read_rules(directory, "okx")["ETH-USDT"] == Instrument("okx", "ETH-USDT", 1e-8, 0.01, 1e-5)
+    # the simulator's tick is about a ten-thousandth of the price: 0.001 for ETH at 50
+    assert cache.read_rules(directory, "okx")["ETH-USDT"] == Instrument("okx", "ETH-USDT", 1e-8, 0.001, 1e-5)
     assert sorted(p.name for p in directory.iterdir()) == ["okx.json", "okx.txt"]  # no temporary file left
 
 
@@ -133,7 +134,8 @@ def test_apex_run_fetches_the_list_before_the_flow_reads_it(okx_sim, tmp_path):
     rec = write_recording(tmp_path / "rec.jsonl", [entry("1767261600000-0", signal_id="unlisted",
                                                          symbol="DOGE-USDT")])
     res = subprocess.run([APEX, "run", str(path), "--source", f"recording:{rec}", "--no-progress"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "APEX_ENV": "paper"})
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "APEX_ENV": "paper", **CREDENTIAL_ENV})
     assert res.returncode == 0, res.stderr
     assert cache.read_symbols(state / "instruments", "okx") == sorted(PRICES)
     assert okx_sim.logged() == []  # the one signal was not in the venue's list: nothing sent

@@ -22,7 +22,8 @@ from connectors.venues import (ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, RE
                                Venue, VenueDown)
 from connectors.venues import okx_limits as limits
 from helpers import until
-from okx_fixtures import KEY, PASSPHRASE, PRICES, SECRET, free_port, held, logged, okx_sim, okx_venue, order, raw  # noqa: F401
+from okx_fixtures import (CREDENTIALS, KEY, PASSPHRASE, PRICES, SECRET, free_port, held, logged,  # noqa: F401
+                          okx_sim, okx_venue, order, raw)
 from operators.fill import Fill
 
 APEX = str(Path(sys.executable).with_name("apex"))
@@ -39,13 +40,15 @@ def test_fills_carry_okx_order_ids_and_fees_in_usd(okx_sim):
     fills = okx_sim.venue.place_many([buy, sell])
     log = okx_sim.logged()
     assert [f.order_id for f in fills] == [line["ordId"] for line in log]
-    assert all(isinstance(f, Fill) and f.price == 100.0 for f in fills)
+    # a market order takes the best level: the buy the ask, the sell the bid, a tick (1 bp) from 100
+    assert [isinstance(f, Fill) and f.price for f in fills] == [100.01, 99.99]
     # OKX takes a buy's fee in the coin bought (0.1% of 0.5 BTC at 100) and a sell's in USDT:
     # the buy's position is what the account holds, the fill less the fee's coins
     assert [(f.client_order_id, f.side) for f in fills] == [(buy.client_order_id, "buy"),
                                                           (sell.client_order_id, "sell")]
     assert [f.quantity for f in fills] == pytest.approx([held(0.5), 0.2])
-    assert fills[0].fee_usd == pytest.approx(0.05) and fills[1].fee_usd == pytest.approx(0.02)
+    assert fills[0].fee_usd == pytest.approx(0.5 * 0.001 * 100.01)
+    assert fills[1].fee_usd == pytest.approx(0.2 * 0.001 * 99.99)
     # a market buy is sized in the base currency, and the venue read it so
     assert [(line["tgtCcy"], line["sz"], line["accFillSz"]) for line in log] == [
         ("base_ccy", "0.5", "0.5"), ("base_ccy", "0.2", "0.2")]
@@ -76,11 +79,12 @@ def test_venue_down_then_up_the_order_is_sent_once(tmp_path):
     assert ex.prepare(o) is None
     with pytest.raises(VenueDown):
         ex.send([o])
-    with running(port=port, orders_log=log, prices=PRICES):
+    with running(port=port, orders_log=log, prices=PRICES, credentials=CREDENTIALS) as sim:
         assert ex.prepare(o) is None  # asked first: the venue never saw it, so it may go
         (fill,) = ex.send([o])
         assert isinstance(fill, Fill)
         assert ex.prepare(o) == fill  # filled: answered from the ledger, never sent again
+        assert sim.placements() == {o.client_order_id: 1}
     assert [line["clOrdId"] for line in logged(log)] == [o.client_order_id]
 
 
@@ -94,14 +98,23 @@ def test_an_order_taken_without_an_answer_is_looked_up_not_sent_again(okx_sim, f
     (fill,) = venue.place_many([o])
     assert isinstance(fill, Fill) and fill.quantity == pytest.approx(held(0.5))
     assert [line["ordId"] for line in okx_sim.logged()] == [fill.order_id]
+    assert okx_sim.server.placements() == {o.client_order_id: 1}  # asked about, never sent again
 
 
-def test_duplicated_client_order_id_is_looked_up_not_sent_again(okx_sim):
-    """51016: another process (or a lost answer) placed it already; OKX's record is the answer."""
+def test_duplicated_client_order_id_of_an_open_order_is_looked_up_not_placed_again(okx_sim):
+    """51016: another process (or a lost answer) placed it already and it is still open; OKX's
+    record is the answer. OKX keeps a clOrdId unique among open orders only: that a finished
+    order is never sent again is the sender's to make sure (it asks first)."""
+    okx_sim.server.set_fill_ratio(0)  # the first rests open
     o = order("dup")
-    (first,) = okx_venue(okx_sim.url).place_many([o])
-    (again,) = okx_sim.venue.place_many([o])
-    assert again == first
+    other = okx_venue(okx_sim.url)
+    try:
+        (first,) = other.submit([o])
+        (again,) = okx_sim.venue.submit([o])
+    finally:
+        other.close()
+    assert first.accepted and again.accepted and not again.unknown
+    assert okx_sim.server.placements() == {o.client_order_id: 2}  # sent twice, placed once
     assert len(okx_sim.logged()) == 1
 
 
@@ -116,6 +129,8 @@ def test_a_5xx_takes_nothing_and_the_retry_asks_before_sending(okx_sim, tmp_path
     assert ex.prepare(o) is None
     (fill,) = ex.send([o])
     assert isinstance(fill, Fill) and len(okx_sim.logged()) == 1
+    # sent twice: the 5xx took nothing, and the retry went only once the venue said it had none
+    assert okx_sim.server.placements() == {o.client_order_id: 2}
 
 
 def test_a_partial_fill_has_its_remainder_cancelled(okx_sim):
@@ -142,9 +157,9 @@ def test_lookup_unknown_is_none_and_cancelled_unfilled_is_rejected(okx_sim):
 
 def test_lookup_finds_what_a_restarted_simulator_kept(tmp_path):
     state, o = tmp_path / "okx-state.json", order("kept")
-    with running(state_file=state, prices=PRICES) as sim:
+    with running(state_file=state, prices=PRICES, credentials=CREDENTIALS) as sim:
         (fill,) = okx_venue(sim.url).place_many([o])
-    with running(state_file=state, prices=PRICES) as sim:
+    with running(state_file=state, prices=PRICES, credentials=CREDENTIALS) as sim:
         venue = okx_venue(sim.url)
         assert venue.lookup(o).order_id == fill.order_id
         assert venue.balances()["BTC"] == pytest.approx(0.4995)
@@ -164,7 +179,7 @@ def test_a_burst_across_instruments_draws_no_rate_limit_refusal(okx_sim):
 
 def test_the_simulator_refuses_requests_beyond_okx_limits():
     """Sent raw, with the simulator's clock stopped so that every request falls in one window."""
-    with running(prices=PRICES, clock=lambda: 0.0) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS, clock=lambda: 0.0) as sim:
         url = sim.url
         codes = [raw(url, "GET", "/api/v5/trade/order?instId=BTC-USDT&clOrdId=x")[1]["code"] for _ in range(61)]
         assert codes == ["51603"] * 60 + ["50011"]
@@ -175,7 +190,8 @@ def test_the_simulator_refuses_requests_beyond_okx_limits():
         assert [a[1]["code"] for a in answers] == ["0"] * 15 + ["50011"]
         assert answers[-1][0] == 429
         assert _counts(sim.stats()) == {"accepted": 300, "rate_limited": 2}
-    with running(prices=PRICES, clock=lambda: 0.0) as sim:  # account-wide: 1,000 orders, each counted
+    # account-wide: 1,000 orders, each counted
+    with running(prices=PRICES, credentials=CREDENTIALS, clock=lambda: 0.0) as sim:
         symbols = sorted(PRICES)
         batches = [[{"instId": symbols[n % 10], "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
                      "tgtCcy": "base_ccy", "clOrdId": f"a{n}x{i}"} for i in range(20)] for n in range(51)]
@@ -184,32 +200,35 @@ def test_the_simulator_refuses_requests_beyond_okx_limits():
 
 
 def test_the_simulator_honours_tgtccy_and_answers_okx_codes():
-    with running(prices=PRICES) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS) as sim:
         url = sim.url
-        spend = {"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "100",
+        spend = {"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "100.01",
                  "clOrdId": "q1"}
         status, body = raw(url, "POST", "/api/v5/trade/order", spend)
         assert (status, body["code"], body["data"][0]["sCode"]) == (200, "0", "0")
         _, got = raw(url, "GET", "/api/v5/trade/order?instId=BTC-USDT&clOrdId=q1")
-        assert (got["data"][0]["accFillSz"], got["data"][0]["tgtCcy"]) == ("1", "quote_ccy")  # 100 USDT at 100
+        assert (got["data"][0]["accFillSz"], got["data"][0]["tgtCcy"]) == ("1", "quote_ccy")  # 100.01 USDT at the ask
         refused = {**spend, "instId": "NOPE-USDT", "clOrdId": "q2"}
         assert raw(url, "POST", "/api/v5/trade/order", refused)[1]["data"][0]["sCode"] == "51001"
-        assert raw(url, "POST", "/api/v5/trade/order", spend)[1]["data"][0]["sCode"] == "51016"
+        sim.set_fill_ratio(0)
+        rests = {**spend, "clOrdId": "q3"}
+        assert raw(url, "POST", "/api/v5/trade/order", rests)[1]["data"][0]["sCode"] == "0"
+        assert raw(url, "POST", "/api/v5/trade/order", rests)[1]["data"][0]["sCode"] == "51016"  # q3 is open
 
 
 def test_an_unmodified_ccxt_client_trades_with_the_simulator(okx_sim):
     """Default options but the URL: every market type and the currency table are asked for."""
-    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex = ccxt.okx({"apiKey": KEY, "secret": SECRET, "password": PASSPHRASE})
     ex.urls["api"]["rest"] = okx_sim.url
     assert "BTC/USDT" in ex.load_markets() and "USDT" in ex.currencies
     placed = ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "plain1"})
     got = ex.fetch_order(None, "ETH/USDT", {"clientOrderId": "plain1"})
-    assert (got["id"], got["status"], got["filled"], got["average"]) == (placed["id"], "closed", 2.0, 50.0)
+    assert (got["id"], got["status"], got["filled"], got["average"]) == (placed["id"], "closed", 2.0, 50.005)
     assert okx_sim.logged()[0]["tgtCcy"] == "base_ccy"  # ccxt's own default for spot orders
 
 
 def test_the_simulator_is_steered_through_its_control_routes():
-    with running(prices=PRICES) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS) as sim:
         url = sim.url
         assert raw(url, "POST", "/sim/price", {"instId": "BTC-USDT", "px": 250})[0] == 200
         assert raw(url, "GET", "/api/v5/market/ticker?instId=BTC-USDT")[1]["data"][0]["last"] == "250"
@@ -361,7 +380,7 @@ def test_a_batch_that_cannot_have_left_is_venue_down_and_a_lost_one_unknown(tmp_
     VenueDown. A request lost on the way (the connection cut before an answer, the venue
     taking nothing) may have arrived for all the client knows: unknown, never VenueDown."""
     port = free_port()
-    with running(port=port, prices=PRICES) as sim:
+    with running(port=port, prices=PRICES, credentials=CREDENTIALS) as sim:
         venue = okx_venue(sim.url)
         assert venue.instruments()  # the markets are known: only the placement fails below
         sim.arm("drop", paths="trade/batch-orders", accept=False)
@@ -374,7 +393,7 @@ def test_a_batch_that_cannot_have_left_is_venue_down_and_a_lost_one_unknown(tmp_
 
 
 def test_the_simulator_pages_completed_orders_newest_first():
-    with running(prices=PRICES, clock=lambda: 0.0) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS, clock=lambda: 0.0) as sim:
         url = sim.url
         for n in range(8):
             batch = [{"instId": "BTC-USDT", "tdMode": "cash", "side": "buy", "ordType": "market", "sz": "0.01",
@@ -402,7 +421,7 @@ def test_the_simulator_pages_completed_orders_newest_first():
 
 
 def test_ccxt_reads_the_simulators_order_history(okx_sim):
-    ex = ccxt.okx({"apiKey": "k", "secret": "s", "password": "p"})
+    ex = ccxt.okx({"apiKey": KEY, "secret": SECRET, "password": PASSPHRASE})
     ex.urls["api"]["rest"] = okx_sim.url
     ex.options["fetchMarkets"] = {"types": ["spot"]}
     ex.create_order("ETH/USDT", "market", "buy", 2, None, {"clientOrderId": "hist1"})
@@ -419,7 +438,7 @@ def test_holdings_balances_and_instruments(okx_sim):
     venue: Venue = okx_sim.venue
     venue.place_many([order("h1", quantity=0.5)])
     assert venue.positions() == {("okx", "BTC-USDT"): pytest.approx(held(0.5))}
-    assert venue.balances()["USDT"] == pytest.approx(1_000_000 - 50)
+    assert venue.balances()["USDT"] == pytest.approx(1_000_000 - 0.5 * 100.01)  # bought at the ask
     assert venue.instrument("okx", "BTC-USDT") == Instrument("okx", "BTC-USDT", 1e-8, 0.01, 1e-5)
     assert venue.instrument("ibkr", "BTC-USDT") is None and venue.instrument("okx", "FOO-USDT") is None
     assert {i.symbol for i in venue.instruments()} == set(PRICES)
@@ -431,7 +450,7 @@ def test_credentials_stay_out_of_reprs_errors_and_log_lines(caplog):
     failing to connect. No error and no log line (ccxt's own, at DEBUG, included) shows
     the API key, the secret or the passphrase."""
     caplog.set_level(logging.DEBUG)
-    with running(prices=PRICES) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS) as sim:
         venue = okx_venue(sim.url)
         venue.listen()
         assert venue.instruments() and until(lambda: venue.streaming, 10)
@@ -473,12 +492,12 @@ def test_apex_sim_okx_on_the_command_line(tmp_path):
 def test_market_orders_fill_at_the_last_price_on_the_redis_price_stream(redis_server):
     r = redis_server.client()
     r.xadd("argus:prices:stream", {"symbol": "ETH-USDT", "price": "61.5", "ts": "2026-01-01T10:00:00Z"})
-    with running(prices=PRICES, redis_url=redis_server.url) as sim:
+    with running(prices=PRICES, credentials=CREDENTIALS, redis_url=redis_server.url) as sim:
         venue = okx_venue(sim.url)
         assert until(lambda: raw(sim.url, "GET", "/api/v5/market/ticker?instId=ETH-USDT")[1]["data"][0]["last"]
                      == "61.5", 10)
         (fill,) = venue.place_many([order("px", symbol="ETH-USDT", quantity=1.0)])
-        assert fill.price == 61.5
+        assert fill.price == 61.507  # the ask: 1 bp above the last price, rounded up to the tick (0.001)
 
 
 def test_the_pacer_waits_exactly_until_a_limit_has_room():

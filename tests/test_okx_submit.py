@@ -14,10 +14,13 @@ from okx_fixtures import PRICES, held, okx_sim, okx_venue, order, raw  # noqa: F
 from operators.fill import Fill
 
 
-def _place_elsewhere(url: str, o) -> str:
-    """The order placed by someone else (another process, or an answer this one lost)."""
+def _place_elsewhere(url: str, o, px: float | None = None) -> str:
+    """The order placed by someone else (another process, or an answer this one lost); a
+    limit order resting at ``px`` if given."""
     body = {"instId": o.symbol, "tdMode": "cash", "side": o.side, "ordType": "market", "sz": str(o.quantity),
             "tgtCcy": "base_ccy", "clOrdId": o.client_order_id}
+    if px is not None:
+        body |= {"ordType": "limit", "px": str(px)}
     _, answer = raw(url, "POST", "/api/v5/trade/order", body)
     assert answer["code"] == "0"
     return answer["data"][0]["ordId"]
@@ -26,28 +29,30 @@ def _place_elsewhere(url: str, o) -> str:
 def test_a_duplicated_client_order_id_in_a_mixed_batch_is_what_okx_holds(okx_sim):
     """OKX answers the batch with code 2: two orders placed, one refused 51016 (an order under
     its clOrdId is there already). ccxt raises nothing: that order comes back as a parsed
-    order marked rejected. It is looked up and told as OKX holds it, filled; it is never
-    refused, and never sent a third time."""
-    venue = okx_sim.venue
+    order marked rejected. It is looked up and told as OKX holds it; it is never refused,
+    and never sent a third time. OKX refuses a clOrdId only while an order under it is open:
+    the one placed elsewhere rests (a limit buy below the ask) until the price comes to it."""
+    venue = okx_venue(okx_sim.url, fill_wait_s=60)  # the resting order is not cancelled meanwhile
     dup, new1, new2 = order("dup-held"), order("dup-new1", symbol="ETH-USDT"), order("dup-new2")
-    ord_id = _place_elsewhere(okx_sim.url, dup)
+    ord_id = _place_elsewhere(okx_sim.url, dup, px=100.0)
     told: list[OrderUpdate] = []
     venue.on_update = told.append
-    acks = venue.submit([new1, dup, new2])
-    assert [(a.client_order_id, a.accepted, a.unknown) for a in acks] == [
-        (new1.client_order_id, True, False), (dup.client_order_id, True, False), (new2.client_order_id, True, False)]
-    assert until(lambda: {u.client_order_id for u in told if u.status == FILLED} == {
-        o.client_order_id for o in (new1, dup, new2)}, 10)
+    try:
+        acks = venue.submit([new1, dup, new2])
+        assert [(a.client_order_id, a.accepted, a.unknown) for a in acks] == [
+            (new1.client_order_id, True, False), (dup.client_order_id, True, False),
+            (new2.client_order_id, True, False)]
+        okx_sim.server.set_price("BTC-USDT", 99.9)  # the ask falls to 99.91: the resting buy fills at 100
+        assert until(lambda: {u.client_order_id for u in told if u.status == FILLED} == {
+            o.client_order_id for o in (new1, dup, new2)}, 10)
+    finally:
+        venue.close()
     (dup_fill,) = [u for u in told if u.client_order_id == dup.client_order_id and u.status == FILLED]
-    assert dup_fill.fill.order_id == ord_id and dup_fill.fill.quantity == pytest.approx(held(0.5))
+    assert dup_fill.fill.order_id == ord_id and dup_fill.fill.quantity == pytest.approx(0.5 * (1 - 0.0008))
+    assert dup_fill.fill.price == 100.0  # a maker's fill, at its own price
     assert REJECTED not in {u.status for u in told}
     assert okx_sim.server.placements()[dup.client_order_id] == 2  # elsewhere, then in the batch: refused
     assert [line["clOrdId"] for line in okx_sim.logged()].count(dup.client_order_id) == 1
-    # place_many answers the same: the fill OKX holds
-    again = order("dup-new3")
-    results = okx_venue(okx_sim.url).place_many([dup, again])
-    assert isinstance(results[0], Fill) and results[0].order_id == ord_id
-    assert isinstance(results[1], Fill)
 
 
 @pytest.mark.parametrize("fault", ["drop", "code_50004", "hang"])

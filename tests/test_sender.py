@@ -19,7 +19,7 @@ from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import SimServer, running
 from connectors.venues.ibkr import IbkrVenue
 from helpers import until
-from okx_fixtures import PRICES, free_port, held, logged, okx_venue, raw
+from okx_fixtures import CREDENTIALS, PRICES, ask, free_port, held, logged, okx_venue, raw
 from operators.order_fsm import ACCEPTED, DENIED, FILLED, UNKNOWN, VenueEvent, legal
 from operators.orders import Order, client_order_id
 
@@ -70,7 +70,8 @@ def _legal_path(statuses: list[str]) -> bool:
 
 @pytest.fixture
 def sim(tmp_path):
-    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=5) as server:
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=5,
+                 credentials=CREDENTIALS) as server:
         server.log = tmp_path / "okx-orders.jsonl"
         yield server
 
@@ -86,7 +87,7 @@ def test_commands_in_events_out_accepted_then_filled_across_instruments(sim):
             assert flow.statuses(o) == [ACCEPTED, FILLED]
             done = flow.of(o)[-1]
             assert done.book == "book-a" and done.fill is not None
-            assert (done.fill.quantity, done.fill.price) == pytest.approx((held(0.5), PRICES[o.symbol]))
+            assert (done.fill.quantity, done.fill.price) == pytest.approx((held(0.5), ask(o.symbol)))
         assert flow.gateway.live() == 0  # every fate told: nothing left to follow
     finally:
         flow.close()
@@ -125,7 +126,7 @@ def test_orders_wait_for_a_simulator_not_started_yet_and_go_once_it_is_up(tmp_pa
             # the sender found the venue away and holds its orders; the short one's TTL runs out
             assert until(lambda: "went away" in caplog.text, 30), caplog.text
             assert until(lambda: time.time() > deadline, 30)
-            server = SimServer(port=port, orders_log=log, prices=PRICES).start()
+            server = SimServer(port=port, orders_log=log, prices=PRICES, credentials=CREDENTIALS).start()
             assert flow.ended(*orders), {o.signal_id: flow.statuses(o) for o in orders}
             assert flow.ended(short, status=DENIED)
             assert until(lambda: "is back after" in caplog.text, 30)
@@ -224,7 +225,8 @@ def test_a_check_of_an_order_the_venue_never_had_sends_it_once(sim):
 def test_close_returns_while_a_request_hangs(tmp_path):
     """A venue that holds its answer far longer than the run may wait: ``close`` does not wait
     for it (the rest is the next start's to ask)."""
-    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=600) as server:
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES, hang_s=600,
+                 credentials=CREDENTIALS) as server:
         server.arm("hang")
         flow = Flow(server.url, timeout_ms=300_000)  # the client would wait five minutes
         order = _order("hung")

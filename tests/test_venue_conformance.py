@@ -30,7 +30,7 @@ from connectors.venues import ACCEPTED, FILLED, PARTIALLY_FILLED, Ack, OrderUpda
 from connectors.venues.ibkr import IbkrVenue
 from connectors.venues.paper import PaperVenue
 from helpers import until
-from okx_fixtures import PRICES, held, okx_venue
+from okx_fixtures import CREDENTIALS, PRICES, ask, held, okx_venue
 from operators.orders import Order, client_order_id
 
 PAPER_FEE_BPS = 5.0
@@ -49,6 +49,12 @@ class Case:
     fee: float  # the fee in USD of ``good``
     answers_at_once: bool  # the fate is known when submit returns
     sent: Callable[[], list[str]]  # client order ids of every order that reached the venue, in order
+
+
+def _sent(server) -> list[str]:
+    """Every client order id the OKX simulator was sent to place, once per time it came
+    (taken or not): what reached the venue, not only what it took."""
+    return [cid for cid, n in server.placements().items() for _ in range(n)]
 
 
 def _logged(path: Path, key: str) -> list[str]:
@@ -73,12 +79,13 @@ def case(request, tmp_path) -> Iterator[Case]:
         venue.db.close()
     elif request.param == "okx":
         log = tmp_path / "okx-orders.jsonl"
-        with okx_running(orders_log=log, prices=PRICES) as server:
+        with okx_running(orders_log=log, prices=PRICES, credentials=CREDENTIALS) as server:
             venue = okx_venue(server.url)
             # OKX keeps a buy's taker fee (0.1 %) in the coin bought: the account holds, and
-            # the fill says, the quantity less the fee; the fee's worth is its USD cost
-            yield Case(venue, _okx_order, lambda sid: _okx_order(sid, "NOPE-USDT"), held, 100.0,
-                       0.5 * 0.001 * 100.0, False, lambda: _logged(log, "clOrdId"))
+            # the fill says, the quantity less the fee; the fee's worth is its USD cost; a
+            # market buy pays the ask
+            yield Case(venue, _okx_order, lambda sid: _okx_order(sid, "NOPE-USDT"), held, ask("BTC-USDT"),
+                       0.5 * 0.001 * ask("BTC-USDT"), False, lambda: _sent(server))
             venue.close()
     else:
         log = tmp_path / "ibkr-orders.jsonl"

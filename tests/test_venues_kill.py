@@ -13,7 +13,7 @@ import subprocess
 from collections import Counter
 
 from connectors.sims import prices_from_recording
-from connectors.sims.okx import running
+from connectors.sims.okx import Credentials, running
 from helpers import APEX, until
 from test_venues_run import PIPELINE, SAMPLE, simulators  # noqa: F401 - the fixture (its IBKR simulator)
 
@@ -48,7 +48,8 @@ def test_a_kill_while_the_venue_holds_its_answer_sends_nothing_twice(tmp_path, s
     # orders the venue takes, not refusals
     buys = tmp_path / "okx-buys.jsonl"
     buys.write_text("".join(line + "\n" for line in SAMPLE.read_text().splitlines() if _okx_buy(line)))
-    with running(orders_log=okx_log, prices=prices_from_recording(SAMPLE)["okx"], hang_s=600) as okx:
+    with running(orders_log=okx_log, prices=prices_from_recording(SAMPLE)["okx"], hang_s=600,
+                 credentials=Credentials("k", "s", "p")) as okx:
         env = {"PATH": "/usr/bin:/bin", "APEX_ENV": "paper", "APEX_OKX_URL": okx.url,
                "APEX_IBKR_PORT": str(simulators["ibkr"]), "OKX_API_KEY": "k", "OKX_API_SECRET": "s",
                "OKX_API_PASSPHRASE": "p"}

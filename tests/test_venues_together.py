@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
 PRICES = REPO / "recordings" / "argus-prices.jsonl"
 PIPELINE = REPO / "docs" / "pipeline-venues.example.yaml"
+OKX_CREDENTIALS = {"OKX_API_KEY": "k", "OKX_API_SECRET": "s", "OKX_API_PASSPHRASE": "p"}
 LIVE = ("intent", "submitted", "accepted", "partially_filled", "unknown")
 
 
@@ -43,7 +44,8 @@ class Sims:
             self.procs.append(subprocess.Popen(
                 [APEX, "sim", venue, "--port", str(port), "--prices", str(prices),
                  "--orders-log", str(tmp / f"{venue}-orders.jsonl"), *extra],
-                stdout=open(tmp / f"{venue}-sim.log", "w"), stderr=subprocess.STDOUT))
+                stdout=open(tmp / f"{venue}-sim.log", "w"), stderr=subprocess.STDOUT,
+                env=os.environ | OKX_CREDENTIALS))  # the OKX simulator checks every signature against them
             assert until(lambda: listening(port), 30), f"apex sim {venue} did not listen"
 
     @property
@@ -81,9 +83,8 @@ def _pipeline(tmp: Path, venues: bool = True) -> Path:
 
 def _env(sims: Sims | None) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "APEX_ENV": "paper"}
-    if sims is not None:  # a simulator checks no signature: made-up credentials
-        env |= {"APEX_OKX_URL": sims.okx_url, "APEX_IBKR_PORT": str(sims.ports["ibkr"]), "OKX_API_KEY": "k",
-                "OKX_API_SECRET": "s", "OKX_API_PASSPHRASE": "p"}
+    if sims is not None:  # made-up credentials, the ones the simulator was started with
+        env |= {"APEX_OKX_URL": sims.okx_url, "APEX_IBKR_PORT": str(sims.ports["ibkr"]), **OKX_CREDENTIALS}
     return env
 
 

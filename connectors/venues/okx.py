@@ -16,8 +16,10 @@ order leaves unfilled after ``fill_wait_s`` is cancelled, and what filled is its
 
 An order whose outcome is unknown (a timeout, a dropped connection, OKX's 50004) may
 have been placed: it is never sent again, only asked about by client order id
-(``lookup``). OKX's 51016 ("duplicated clOrdId") means OKX holds an order under that id:
-it is looked up at once and reported as what OKX holds, never as a refusal.
+(``lookup``). OKX's 51016 ("duplicated clOrdId") means OKX holds an open order under that
+id: it is looked up at once and reported as what OKX holds, never as a refusal. OKX keeps a
+clOrdId unique among open orders only (a finished order's clOrdId places a new order), so an
+order this venue has sent before is asked about, never sent again.
 ``place_many`` (send, then wait for each final fate) stays for tests and tools.
 
 Everything it needs is passed in; it reads no environment, and neither its repr nor its
@@ -275,6 +277,8 @@ class OkxVenue:
         self._io_lock = threading.Lock()
         self._io_now: Io | None = None
         self._closed = False
+        self._sent_lock = threading.Lock()
+        self._sent: set[str] = set()  # client order ids that may have left: asked about, never sent again
         self._poller = Poller(_LoopLink(self), fill_wait_s=fill_wait_s, interval_s=poll_interval_s)
         self._stream = Stream(options, self._poller, self._markets_client, self._scrub, self._io,
                               ws_url=_ws_url(url), sandbox=sandbox, retry_max_s=stream_retry_s,
@@ -414,6 +418,8 @@ class OkxVenue:
                 out[i] = Answer(REFUSED, reason=reason, left=False)
             elif unlevered:  # not sent without its leverage: handed over again later
                 out[i] = Answer(UNSENT, reason=unlevered, left=False)
+            elif not self._first_send(order.client_order_id):
+                out[i] = self._asked(link, order, Answer(MAYBE, reason=f"{order.client_order_id} was sent before"))
             else:
                 sendable.append(i)
         stop = ""
@@ -421,10 +427,14 @@ class OkxVenue:
             chunk = sendable[start:start + limits.BATCH_MAX]
             if stop:
                 out.update({i: Answer(UNSENT, reason=stop, left=False) for i in chunk})
+                for i in chunk:
+                    self._unsent(orders[i].client_order_id)
                 continue
             answers = link.send([orders[i] for i in chunk])
             acked = time.monotonic()
             for i, a in zip(chunk, answers):
+                if a.kind == REFUSED or (a.kind == UNSENT and not a.left):
+                    self._unsent(orders[i].client_order_id)  # OKX holds nothing under it
                 out[i] = a = replace(a, acked=acked)
                 if a.kind == MAYBE and (ask_now or a.reason.startswith(f"okx {MAYBE_PLACED}")):
                     out[i] = self._asked(link, orders[i], a)
@@ -434,6 +444,19 @@ class OkxVenue:
                 if all(a.kind == UNSENT for a in unsettled):
                     stop = unsettled[0].reason
         return [out[i] for i in range(len(orders))]
+
+    def _first_send(self, client_order_id: str) -> bool:
+        """Whether this order has not left before (and is noted as leaving now)."""
+        with self._sent_lock:
+            if client_order_id in self._sent:
+                return False
+            self._sent.add(client_order_id)
+            return True
+
+    def _unsent(self, client_order_id: str) -> None:
+        """It did not leave after all, or OKX refused it: it may be handed over again."""
+        with self._sent_lock:
+            self._sent.discard(client_order_id)
 
     def _asked(self, link: _Link, order: Order, a: Answer) -> Answer:
         """An order that may be at OKX, asked about by client order id: TAKEN with OKX's
@@ -517,10 +540,12 @@ class OkxVenue:
 
     def lookup(self, order: Order) -> Fill | None:
         """Asked by client order id under the order's instrument (OKX asks for one). An
-        order still open is finished first, as ``place_many`` would have after its bound."""
+        order still open is finished first, as ``place_many`` would have after its bound.
+        None: OKX holds no order under it, so it may be sent (again)."""
         link = self._here()
         o = link.one(order)
         if o is None:
+            self._unsent(order.client_order_id)
             return None
         fate = (records.fate(order, self._in_coins(o), link.usd) if o.get("status") in TERMINAL
                 else self._finish(link, order))

@@ -9,6 +9,7 @@ import json
 
 from aiohttp import web
 
+from connectors.sims.okx.matching import Depth
 from connectors.sims.okx.server import SIM, Sim
 from connectors.sims.okx.state import Refusal
 
@@ -16,6 +17,17 @@ from connectors.sims.okx.state import Refusal
 def stats(sim: Sim) -> dict:
     return {"accepted": sim.book.accepted(), "rate_limited": sim.windows.refused,
             "requests": sim.requests()}
+
+
+def depth(doc: dict) -> Depth:
+    """The market drawn around each last price, from a /sim/depth body (omitted keys: the defaults)."""
+    from decimal import Decimal
+
+    plain = Depth()
+    return Depth(half_spread_bps=Decimal(str(doc.get("half_spread_bps", plain.half_spread_bps))),
+                 step_bps=Decimal(str(doc.get("step_bps", plain.step_bps))),
+                 levels=int(doc.get("levels", plain.levels)),
+                 level_notional=Decimal(str(doc.get("level_notional", plain.level_notional))))
 
 
 async def _body(request: web.Request) -> dict:
@@ -55,6 +67,8 @@ async def control(request: web.Request) -> web.Response:
             if not 0 <= ratio <= 1:
                 raise ValueError("ratio must be from 0 to 1")
             sim.book.set_fill_ratio(ratio)
+        elif what == "depth":
+            sim.book.set_depth(depth(doc))
         elif what == "drop-sockets":
             sim.sockets.drop(refuse=bool(doc.get("refuse", False)))
         elif what == "clock":
@@ -68,7 +82,7 @@ async def control(request: web.Request) -> web.Response:
             raise web.HTTPNotFound(text=f"no control {what!r}")
     except Refusal as r:
         raise web.HTTPBadRequest(text=f"{what}: {r.msg}") from None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise web.HTTPBadRequest(text=f"{what}: {e}") from None
     return web.json_response({"ok": True})
 

@@ -41,6 +41,12 @@ def costs(method: str, path: str, query: dict, body: object) -> Costs:
         return out
     if method == "POST" and path == "trade/cancel-order":
         return {("cancel", str(orders[0].get("instId", "")) if orders else ""): (1, CANCEL_PER_INSTRUMENT)}
+    if method == "POST" and path == "trade/cancel-batch-orders":
+        out = {}
+        for o in orders:
+            key = ("cancel-batch", str(o.get("instId", "")) if isinstance(o, dict) else "")
+            out[key] = (out.get(key, (0, 0))[0] + 1, BATCH_PER_INSTRUMENT)
+        return out
     if method == "GET" and path == "trade/order":
         return {("get", query.get("instId", "")): (1, GET_ORDER_PER_INSTRUMENT)}
     if method == "GET" and path == "trade/orders-pending":

@@ -89,7 +89,8 @@ def serve(host: str, port: int, *, latency_ms: float = 0.0, orders_log: str | Pa
           ready: Callable[[str], None] | None = None, credentials: Credentials | None = None) -> None:
     """Runs until SIGINT or SIGTERM, then stops cleanly (state saved). ``ready`` is told the
     base URL once it listens. ``redis_url``: follow last prices on that Redis's
-    ``price_stream``. ``credentials``: what a WebSocket login must show (None: any).
+    ``price_stream``. ``credentials``: what a WebSocket login and a private REST request must
+    show (None: any key, passphrase and signature, every header still required).
     Raises OSError if it cannot listen, ValueError for bad prices, and redis's errors if
     Redis does not answer."""
     sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, credentials=credentials)
@@ -126,7 +127,7 @@ class SimServer:
         """``clock``: what the rate limits count time by (a test may stop it, to send more than
         a limit allows in one window however slowly its requests go). ``redis_url``: follow
         last prices on that Redis's ``price_stream``. ``credentials``: what a WebSocket login
-        must show (None: any)."""
+        and a private REST request must show (None: any, every header still required)."""
         self.sim = _sim(latency_ms, orders_log, state_file, prices, balances, hang_s, clock, credentials)
         self.redis_url, self.price_stream = redis_url, price_stream
         self._follower: PriceFollower | None = None
@@ -198,6 +199,13 @@ class SimServer:
         """Funding at ``rate`` (None: the current one) for every open swap position (of ``inst``
         only): the bills written."""
         return self.sim.swaps.fund(rate, inst)
+
+    def set_depth(self, **depth: float) -> None:
+        """The book drawn around each last price (``Depth``'s fields: half_spread_bps,
+        step_bps, levels, level_notional; those omitted keep their defaults)."""
+        from connectors.sims.okx.control import depth as parse
+
+        self.sim.book.set_depth(parse(depth))
 
     def set_latency(self, latency_ms: float) -> None:
         self.sim.latency_ms = latency_ms

@@ -2,8 +2,9 @@
 (``{"code": "0", "msg": "", "data": [...]}``, per-order ``sCode``/``sMsg``), behind the
 simulated latency, the armed faults and OKX's rate limits, in that order.
 
-REST request signatures are not checked: the simulator stands in for the venue's matching
-and bookkeeping there. The private WebSocket (``ws``) checks its login as OKX does.
+Private routes check the request's OK-ACCESS headers and signature as OKX does (``auth``);
+public ones (``public/``, ``market/``) are open. Every envelope carries the gateway's
+``inTime`` and ``outTime`` (microseconds), as OKX's do.
 
 Every order in every placement request (``trade/order``, ``trade/batch-orders``) is counted
 by clOrdId as it arrives, before faults and limits: what was sent, taken or not."""
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from connectors.sims.okx import dead_man
+from connectors.sims.okx import auth
 from connectors.sims.okx.faults import Fault, Faults
 from connectors.sims.okx.limits import BATCH_MAX, Windows, costs
 from connectors.sims.okx.state import Book, Refusal, now_ms
@@ -38,6 +40,7 @@ class Sim:
         self.book, self.windows, self.faults = book, Windows(clock), Faults()
         self.swaps = Swaps(book)  # perpetual swaps: positions, leverage, funding beside the book's spot
         self.sockets = Sockets(credentials)
+        self.credentials = credentials
         book.watchers.append(self.sockets.changed)
         self.latency_ms, self.hang_s = latency_ms, hang_s
         self.clock_skew_s = 0.0  # public/time answers this far from this machine's clock
@@ -69,18 +72,33 @@ class Sim:
 SIM = web.AppKey("sim", Sim)
 
 
+def _us() -> str:
+    return str(time.time_ns() // 1000)
+
+
 def reply(data: list, code: str = "0", msg: str = "", status: int = 200) -> web.Response:
-    return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+    """OKX's envelope; ``inTime`` is filled in when the request arrived (see ``api``)."""
+    return web.json_response({"code": code, "msg": msg, "data": data, "inTime": "", "outTime": _us()},
+                             status=status)
+
+
+def bare(code: str, msg: str, status: int) -> web.Response:
+    """OKX's answer refusing a request before any route: code and message, no data."""
+    return web.json_response({"msg": msg, "code": code}, status=status)
+
+
+NOT_FOUND = {"code": 404, "data": {}, "detailMsg": "", "error_code": "404", "error_message": "Not Found",
+             "msg": "Not Found"}  # OKX's answer for a path it does not serve, code a number
 
 
 def _ack(o: dict) -> dict:
-    return {"clOrdId": o["clOrdId"], "ordId": o["ordId"], "tag": "", "ts": now_ms(), "sCode": "0",
+    return {"clOrdId": o["clOrdId"], "ordId": o["ordId"], "tag": o["tag"], "ts": now_ms(), "sCode": "0",
             "sMsg": "Order placed"}
 
 
 def _refused(req: object, r: Refusal) -> dict:
-    cl = req.get("clOrdId", "") if isinstance(req, dict) else ""
-    return {"clOrdId": cl, "ordId": "", "tag": "", "ts": now_ms(), "sCode": r.code, "sMsg": r.msg}
+    cl, tag = (str(req.get(k) or "") for k in ("clOrdId", "tag")) if isinstance(req, dict) else ("", "")
+    return {"clOrdId": cl, "ordId": "", "tag": tag, "ts": now_ms(), "sCode": r.code, "sMsg": r.msg}
 
 
 def _orders(sim: Sim, reqs: list) -> web.Response:
@@ -93,12 +111,7 @@ def _orders(sim: Sim, reqs: list) -> web.Response:
             out.append(_ack(sim.swaps.place(req) if is_swap(req.get("instId")) else sim.book.place(req)))
         except Refusal as r:
             out.append(_refused(req, r))
-    failed = sum(1 for o in out if o["sCode"] != "0")
-    if failed == 0:
-        return reply(out)
-    if failed == len(out):
-        return reply(out, "1", "All operations failed")
-    return reply(out, "2", "Bulk operation partially succeeded")
+    return _each(out)
 
 
 def place(sim: Sim, q: dict, body: object) -> web.Response:
@@ -118,14 +131,34 @@ def get_order(sim: Sim, q: dict, body: object) -> web.Response:
     return reply([o]) if o is not None else reply([], "51603", "Order does not exist")
 
 
-def cancel(sim: Sim, q: dict, body: object) -> web.Response:
-    req = body if isinstance(body, dict) else {}
+def _cancel_one(book: Book, req: object) -> dict:
+    req = req if isinstance(req, dict) else {}
     try:
-        o = sim.book.cancel(str(req.get("instId", "")), str(req.get("ordId", "")), str(req.get("clOrdId", "")))
+        o = book.cancel(str(req.get("instId", "")), str(req.get("ordId", "")), str(req.get("clOrdId", "")))
     except Refusal as r:
-        return reply([{"clOrdId": req.get("clOrdId", ""), "ordId": req.get("ordId", ""), "sCode": r.code,
-                       "sMsg": r.msg}], "1", "")
-    return reply([{"clOrdId": o["clOrdId"], "ordId": o["ordId"], "sCode": "0", "sMsg": ""}])
+        return {"clOrdId": str(req.get("clOrdId", "")), "ordId": str(req.get("ordId", "")), "sCode": r.code,
+                "sMsg": r.msg, "ts": now_ms()}
+    return {"clOrdId": o["clOrdId"], "ordId": o["ordId"], "sCode": "0", "sMsg": "", "ts": now_ms()}
+
+
+def _each(out: list[dict]) -> web.Response:
+    """Per-order answers in OKX's envelope: code 0 all done, 1 none, 2 some."""
+    failed = sum(1 for o in out if o["sCode"] != "0")
+    if failed == 0:
+        return reply(out)
+    if failed == len(out):
+        return reply(out, "1", "All operations failed")
+    return reply(out, "2", "Bulk operation partially successful")
+
+
+def cancel(sim: Sim, q: dict, body: object) -> web.Response:
+    return _each([_cancel_one(sim.book, body)])
+
+
+def cancel_batch(sim: Sim, q: dict, body: object) -> web.Response:
+    if not isinstance(body, list) or not 1 <= len(body) <= BATCH_MAX:
+        return reply([], "51000", f"Parameter error: 1 to {BATCH_MAX} orders a request")
+    return _each([_cancel_one(sim.book, req) for req in body])
 
 
 def instruments(sim: Sim, q: dict, body: object) -> web.Response:
@@ -138,6 +171,18 @@ def ticker(sim: Sim, q: dict, body: object) -> web.Response:
     try:
         inst = q.get("instId", "")
         return reply([sim.swaps.ticker(inst) if is_swap(inst) else sim.book.ticker(inst)])
+    except Refusal as r:
+        return reply([], r.code, r.msg)
+
+
+def trades(sim: Sim, q: dict, body: object) -> web.Response:
+    """The latest public trades of an instrument (at most ``limit``, 100 unless told, 500 at most)."""
+    try:
+        limit = min(500, max(1, int(q.get("limit", 100))))
+    except ValueError:
+        return reply([], "51000", "Parameter limit error")
+    try:
+        return reply(sim.book.trades(q.get("instId", ""), limit))
     except Refusal as r:
         return reply([], r.code, r.msg)
 
@@ -198,6 +243,7 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "public/time"): server_time,
     ("GET", "public/instruments"): instruments,
     ("GET", "market/ticker"): ticker,
+    ("GET", "market/trades"): trades,
     ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),
     ("GET", "account/balance"): lambda sim, q, b: reply(sim.book.balance()),
     ("POST", "trade/order"): place,
@@ -208,6 +254,7 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "trade/orders-history"): history,
     ("POST", "trade/cancel-order"): cancel,
     ("POST", "trade/cancel-all-after"): dead_man.route,  # the dead man's switch (dead_man.py)
+    ("POST", "trade/cancel-batch-orders"): cancel_batch,
     ("GET", "trade/fills"): paged(_fills, "billId"),
     ("GET", "trade/fills-history"): paged(_fills, "billId"),
     **SWAP_ROUTES,
@@ -215,6 +262,17 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
 
 
 async def api(request: web.Request) -> web.StreamResponse:
+    arrived = _us()
+    answer = await _api(request)
+    if isinstance(answer, web.Response) and answer.body and answer.content_type == "application/json":
+        doc = json.loads(answer.body)
+        if isinstance(doc, dict) and doc.get("inTime") == "":
+            doc["inTime"] = arrived  # when the gateway took the request, as OKX stamps it
+            answer.body = json.dumps(doc).encode()
+    return answer
+
+
+async def _api(request: web.Request) -> web.StreamResponse:
     sim: Sim = request.app[SIM]
     path, method = request.match_info["path"], request.method
     handler = ROUTES.get((method, path))
@@ -222,25 +280,29 @@ async def api(request: web.Request) -> web.StreamResponse:
     if sim.latency_ms > 0:
         await asyncio.sleep(sim.latency_ms / 1000)
     if handler is None:
-        return web.json_response({"code": "50030", "msg": "Not found", "data": []}, status=404)
+        return web.json_response(NOT_FOUND, status=404)
+    text = await request.text() if method == "POST" else ""
     body: object = None
     if method == "POST":
         try:
-            body = json.loads(await request.text() or "null")
+            body = json.loads(text or "null")
         except ValueError:
             return reply([], "50002", "Invalid JSON")
         if path in ("trade/order", "trade/batch-orders"):
-            sim.count_placements(body)
+            sim.count_placements(body)  # what was sent, whether or not the venue takes it
+    if auth.is_private(path):
+        refused = auth.refusal(request.headers, method, request.raw_path, text, sim.credentials, time.time())
+        if refused is not None:
+            return bare(*refused, status=401)
     query = dict(request.query)
     fault = sim.faults.take(path)
     if fault is not None and fault.kind == "reject":
         orders = body if isinstance(body, list) else [body]
-        refused = [_refused(o, Refusal(fault.code, fault.msg)) for o in orders]
-        return reply(refused, "1", "All operations failed")
+        return reply([_refused(o, Refusal(fault.code, fault.msg)) for o in orders], "1", "All operations failed")
     if fault is not None and (fault.kind == "http_5xx" or not fault.accept):
         return await _fail(sim, request, fault, None)
     if not sim.windows.admit(costs(method, path, query, body)):
-        return reply([], "50011", "Too Many Requests", status=429)
+        return bare("50011", "Too Many Requests", status=429)
     answer = handler(sim, query, body)
     if method == "POST":
         sim.book.save()

@@ -11,7 +11,11 @@ CONTROLS = (
                         '"accept": true, "status": 503, "code": "51008"}: arm a fault for the next '
                         '`times` requests to those paths (accept false: drop, hang and 50004 take nothing)'),
     ("POST /sim/clear-faults", "disarm every fault"),
-    ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0}: the last price orders fill at'),
+    ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0}: the last price, the bid and ask drawn around it; '
+                        'resting limit orders it crosses fill at their price'),
+    ("POST /sim/depth", '{"half_spread_bps": 1, "step_bps": 1, "levels": 20, "level_notional": 50000}: the '
+                        'book around each last price that market orders walk (levels each step_bps further, '
+                        'each holding level_notional of the quote currency)'),
     ("POST /sim/balance", '{"ccy": "USDT", "amount": 1000}: set a currency\'s balance'),
     ("POST /sim/fill-ratio", '{"ratio": 0.5}: the share of each order filled at once (0 to 1); the rest rests'),
     ("POST /sim/clock", '{"skew_s": 2.5}: public/time answers this far from this machine\'s clock'),
