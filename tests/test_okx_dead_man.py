@@ -42,7 +42,8 @@ def test_cancel_all_after_takes_what_okx_takes_and_cancels_every_working_order(t
             server.set_fill_ratio(0)  # orders rest: working at the venue
             for o in (order("s1"), order("s2", "ETH-USDT")):  # placed by hand: no client of ours follows them
                 server.sim.book.place({"clOrdId": o.client_order_id, "instId": o.symbol, "side": "buy",
-                                       "ordType": "market", "sz": "0.5", "tgtCcy": "base_ccy"})
+                                       "ordType": "market", "sz": "0.5", "tgtCcy": "base_ccy",
+                                       "tdMode": "cash"})
             assert len(server.sim.book.pending()) == 2
             venue.cancel_all_after(10)  # through ccxt's cancel_all_orders_after
             switch = dead_man.of(server.sim)
