@@ -17,6 +17,7 @@ from operators.kelly import KellyParams, Sizing, size
 from operators.limits import PRICE_BAND
 from operators.portfolio import Portfolio
 from operators.signal import Signal
+from operators.spot import SPOT_CANNOT_SHORT, sell_on_spot
 
 
 NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
@@ -26,7 +27,9 @@ NOT_LISTED = "not_listed"  # the market's venue does not list the instrument: it
 # the instrument, so it is kept apart from not_listed (the next signal may well be sized)
 INSTRUMENT_PENDING = "instrument_pending"
 # PRICE_BAND: a reference price the book cannot believe (far from the mark, or absurd)
-SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING)  # after every filter passed
+# SPOT_CANNOT_SHORT: a sell signal where its market is spot (operators/spot.py)
+SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING,
+                SPOT_CANNOT_SHORT)  # after every filter passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +103,12 @@ def judge(
     kelly: KellyParams,
     lot_size: float | None,
     emitted_ms: int | None = None,
+    spot: str | None = None,
 ) -> Verdict:
     """``lot_size``: the instrument's, as its venue lists it (0: the venue does not
     trade it; None: a remote venue has not said yet). ``emitted_ms``: the signal's emit time if the caller has it already
-    (validation computes it to check the clock), else it is computed here."""
+    (validation computes it to check the clock), else it is computed here. ``spot``: where
+    the signal's market is spot, what a sell does to the book's longs (``operators/spot.py``)."""
     age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
@@ -134,6 +139,8 @@ def judge(
     if sizing is None:
         price, refused = sizing_price(signal, book)
         sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
+    if spot is not None and signal.side == "sell":  # whatever its size: no short trade is opened
+        return Verdict("dropped", SPOT_CANNOT_SHORT, checked, sizing, age, sell_on_spot(signal, book, spot))
     instrument = f"{signal.venue} {signal.symbol}"
     if lot_size is None:
         return Verdict("dropped", INSTRUMENT_PENDING, checked, sizing, age,

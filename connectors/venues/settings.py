@@ -93,6 +93,15 @@ class OkxSettings(_Strict):
     market: Literal["spot", "swap"] = Field(
         "spot", description="spot: coins bought and sold, never shorted; swap: USDT perpetual swaps "
         "(BTC-USDT-SWAP), isolated margin, net positions, so a sell may open a short")
+    sell_on_long: Literal["keep", "close"] = Field(
+        "keep", description="spot only: what a sell signal does where the book holds the coin long. keep: "
+        "the sell is dropped (spot_cannot_short) and the longs run to their own exits; close: the book's "
+        "longs in it are closed (exit reason sell_signal). A sell never opens a short on spot")
+
+    def spot(self) -> str | None:
+        """``sell_on_long`` where orders go to OKX's spot market; None where a sell may open a
+        short (swap) or the market trades on the paper venue."""
+        return self.sell_on_long if self.kind == "okx" and self.market == "spot" else None
 
     def ignored(self) -> frozenset[str]:
         """What Apex leaves alone here: the listed instruments and the fee coin's."""
@@ -114,6 +123,10 @@ class OkxSettings(_Strict):
     @model_validator(mode="after")
     def _paper_takes_nothing_else(self) -> OkxSettings:
         _only_kind(self)
+        if self.market != "spot" and "sell_on_long" in self.model_fields_set:
+            # set but never read: the mistake of which market was meant would stay hidden
+            raise PydanticCustomError("spot_only", "sell_on_long is a rule of market: spot (on swap a sell "
+                                      "opens or adds to a short); remove it, or trade spot")
         return self
 
 
@@ -174,6 +187,13 @@ class VenueSettings(_Strict):
         traded (a signal for one is dropped as ``ignored_asset``)."""
         chosen = getattr(self, market, None)
         return chosen.ignored() if chosen is not None else frozenset()
+
+    def spot(self, market: str) -> str | None:
+        """What a sell does to a long where the market's venue is a spot market (``keep`` or
+        ``close``); None where a sell may open a short."""
+        chosen = getattr(self, market, None)
+        spot = getattr(chosen, "spot", None)
+        return spot() if spot is not None else None
 
     def kind(self, market: str) -> str:
         """``paper`` or the name of the market's own venue."""
