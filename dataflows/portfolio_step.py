@@ -54,6 +54,7 @@ class PortfolioStep:
         self.opens = Opens(self.desk)
         self.exits = Exits(self.desk, self.opens)
         self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
+        self._mins: dict[str, dict[str, float]] = {}  # market -> symbol -> the smallest quantity it takes
         self._funds: VenueFunds | None = None  # made once the desk has its venues (in the worker)
         self.recovered: list[Outcome] = []  # orders finished at start, emitted with the first batch
         self.illegal: Counter = Counter()  # venue events refused by the order state machine, by (from, to)
@@ -169,7 +170,8 @@ class PortfolioStep:
         self._funds.update(book)  # the margin filter reads a venue's own figure where it has one
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
                   filters=self.p.filters, early=item.early, kelly=self.p.kelly, lot_size=lot,
-                  emitted_ms=item.emitted_ms, spot=self.p.venues.spot(sig.venue))
+                  emitted_ms=item.emitted_ms, spot=self.p.venues.spot(sig.venue),
+                  min_size=self._mins.get(sig.venue, _NONE).get(sig.symbol, 0.0))
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
         audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
@@ -226,6 +228,7 @@ class PortfolioStep:
             except Rejected:
                 instrument = None
         lot = instrument.lot_size if instrument is not None else 0.0
+        self._mins.setdefault(market, {})[symbol] = instrument.min_size if instrument is not None else 0.0
         if lot <= 0:  # said once: the instrument's later signals are dropped from the cache
             log.warning("%s %s: its venue does not list it: its signals are dropped as not_listed", market, symbol)
         self._lots.setdefault(market, {})[symbol] = lot

@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
 SPOT_CANNOT_SHORT = "spot_cannot_short"  # the drop: a sell signal on a spot market
 SELL_SIGNAL = "sell_signal"  # the exit: a long closed by a sell signal (sell_on_long: close)
+# the exit of a trade holding less than the venue's minimum order (a partial fill's few coins):
+# no order could sell it, so its record is closed at the mark and the coins stay held as dust
+DUST_EXIT = "dust"
 KEEP, CLOSE = "keep", "close"
+# OKX keeps a spot buy's fee in the coin bought (0.1 % at its highest regular taker rate):
+# the account holds the fill less it, and that is what the trade's exit will sell. Twice
+# the rate, so that a tier's rounding never leaves an exit below the minimum.
+FEE_IN_COIN_BOUND = 0.002
 
 
 def longs_met(signal: Signal, book: Portfolio) -> list[TradeTerms]:
@@ -50,3 +57,16 @@ def sell_on_spot(signal: Signal, book: Portfolio, on_long: str) -> dict:
         why = (f"a spot market holds no short, and the coins held are this book's {len(longs)} long(s)', "
                "left to their own exits (sell_on_long: keep)")
     return {"why": why, "held": held, "longs": [t.signal_id for t in longs], "closes": closes}
+
+
+def exit_below_min(quantity: float, min_size: float) -> bool:
+    """Whether a buy of ``quantity`` would leave the account holding, once the fee is kept
+    in the coin, less than the venue's minimum order (``min_size``): its exit would be
+    refused for ever (OKX 51020), the coins stranded."""
+    return quantity * (1 - FEE_IN_COIN_BOUND) < min_size
+
+
+def stranded(quantity: float, min_size: float) -> bool:
+    """Whether a trade holding ``quantity`` is below the venue's minimum order: its exit
+    would be refused (OKX 51020), and sent again at every entry."""
+    return 0 < quantity < min_size

@@ -103,3 +103,19 @@ def test_a_wrong_choice_or_one_swap_would_ignore_is_refused_with_its_path(tmp_pa
     assert swap.startswith("venues.okx: ") and "sell_on_long is a rule of market: spot" in swap
     (paper,) = errors(tmp_path, "{kind: paper, sell_on_long: keep}")
     assert "kind: paper takes no other settings (remove sell_on_long" in paper
+
+
+@pytest.mark.parametrize("cap_coins, dropped", [(1.0, True), (1.001, True), (1.003, False)])
+def test_a_spot_buy_whose_coins_less_the_fee_would_be_below_the_minimum_is_dropped(cap_coins, dropped):
+    """OKX keeps the fee in the coin bought: a buy of the minimum holds less than the minimum,
+    and its exit would be refused for ever."""
+    min_size = 0.00001
+    v = judge(model("s", side="buy", max_position_usd=100.0 * min_size * cap_coins), clock_ms=1_767_261_600_000,
+              already_decided=False, book=book_with(), filters=[], early=None, kelly=KELLY, lot_size=1e-8,
+              spot="keep", min_size=min_size)
+    assert (v.outcome, v.reason) == (("dropped", "min_size") if dropped else ("order", None))
+    paper = judge(model("s", side="buy", max_position_usd=100.0 * min_size), clock_ms=1_767_261_600_000,
+                  already_decided=False, book=book_with(), filters=[], early=None, kelly=KELLY, lot_size=1e-8,
+                  min_size=min_size)
+    assert paper.outcome == "order"  # no spot rule: the venue's own minimum is not this rule's business
+

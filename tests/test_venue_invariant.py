@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from connectors.ledger import Ledger
 from connectors.sims.okx import running
+from connectors.sims.okx.state import MIN_SIZE
 from connectors.venues.paper import PaperVenue
 from dataflows.config import parse
 from helpers import KELLY_AND_EXECUTE, payload, run_entries, sig
@@ -51,9 +52,9 @@ def _iso(ms: int) -> str:
 
 
 def signal(ms: int, n: int, symbol: str, side: str, kelly: float = 0.01, hold_h: float = 8,
-           book: str = "macro") -> dict:
+           book: str = "macro", cap_usd: float = 5000.0) -> dict:
     doc = sig(f"s{ms}-{n}", timestamp=_iso(ms), symbol=symbol, side=side, reference_price=PRICES[symbol],
-              suggested_kelly=kelly, max_position_usd=5000.0, source=BOOKS[book])
+              suggested_kelly=kelly, max_position_usd=cap_usd, source=BOOKS[book])
     doc["exit_rules"]["max_holding_hours"] = hold_h
     return {"stream": SIGNALS, "id": f"{ms}-0", "fields": {"payload": payload(doc)}}
 
@@ -151,11 +152,14 @@ def check_invariant(acc: Account, mode: str) -> None:
         assert qty <= venue.get(sym, 0.0) + DUST, (sym, qty, venue.get(sym))
 
 
-# one operation of a random sequence: a buy, a sell, a price move (a hard stop may fire), time
-# passing (maximum holding may fire)
+# one operation of a random sequence: a buy, a buy near the venue's minimum size (its cap a
+# multiple of the minimum's worth), a sell, a price move (a hard stop may fire), time passing
+# (maximum holding may fire)
 OPS = st.one_of(
-    st.tuples(st.just("buy"), st.sampled_from(SYMBOLS), st.sampled_from([0.002, 0.01, 0.03]), st.sampled_from(BOOKS)),
-    st.tuples(st.just("sell"), st.sampled_from(SYMBOLS), st.just(0.01), st.sampled_from(BOOKS)),
+    st.tuples(st.just("buy"), st.sampled_from(SYMBOLS), st.sampled_from([0.002, 0.01, 0.03]), st.sampled_from(sorted(BOOKS))),
+    st.tuples(st.just("tiny"), st.sampled_from(SYMBOLS), st.sampled_from([1.0, 1.001, 1.01, 3.0]),
+              st.sampled_from(sorted(BOOKS))),
+    st.tuples(st.just("sell"), st.sampled_from(SYMBOLS), st.just(0.01), st.sampled_from(sorted(BOOKS))),
     st.tuples(st.just("move"), st.sampled_from(SYMBOLS), st.sampled_from([0.9, 1.0, 1.02]), st.just("")),
     st.tuples(st.just("wait"), st.just(""), st.sampled_from([1, 5]), st.just("")),
 )
@@ -169,6 +173,9 @@ def entries_of(acc: Account, ops: list[tuple]) -> list[dict]:
         acc.ms += 60_000
         if kind in ("buy", "sell"):
             out.append(signal(acc.ms, n, symbol, kind, kelly=x, hold_h=2, book=book))
+        elif kind == "tiny":
+            cap = float(MIN_SIZE) * PRICES[symbol] * x
+            out.append(signal(acc.ms, n, symbol, "buy", kelly=0.03, hold_h=2, book=book, cap_usd=cap))
         elif kind == "move":
             out.append(tick(acc.ms, symbol, PRICES[symbol] * x))
         else:
@@ -179,7 +186,7 @@ def entries_of(acc: Account, ops: list[tuple]) -> list[dict]:
 
 @pytest.mark.parametrize("mode", MARKETS)
 @pytest.mark.parametrize("on_long", ["keep", "close"])
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(phases=PHASES)
 def test_the_venue_holds_what_the_books_hold_and_every_exit_can_be_executed(tmp_path_factory, mode, on_long,
                                                                               phases):
@@ -263,4 +270,22 @@ def test_a_partial_fill_leaves_the_book_holding_what_the_account_holds(tmp_path)
         acc.ms += 24 * HOUR_MS
         acc.run([tick(acc.ms, "SOL-USDT", PRICES["SOL-USDT"])])
         assert acc.open_trades() == [] and acc.venue_holds() == {}
+        check_invariant(acc, "spot")
+
+
+def test_a_trade_below_the_minimum_order_is_closed_as_dust_and_no_order_is_sent(tmp_path):
+    """Half of a buy just above the minimum fills: the coins held are fewer than OKX takes in
+    an order, so its exit would be refused at every entry. Its record is closed (``dust``),
+    nothing is sent, and the book and the account both hold the coins."""
+    with running(orders_log=tmp_path / "okx-orders.jsonl", prices=PRICES) as server:
+        acc = Account(tmp_path, server.url, "spot", "keep")
+        sim_post(server.url, "fill-ratio", {"ratio": 0.5})
+        acc.run(entries_of(acc, [("tiny", "BTC-USDT", 1.01, "macro")]))
+        (trade,) = acc.open_trades()
+        assert 0 < trade.quantity < float(MIN_SIZE)
+        acc.ms += 24 * HOUR_MS
+        col = acc.run([tick(acc.ms, "BTC-USDT", PRICES["BTC-USDT"])])
+        assert [(o.outcome, o.reason) for o in col.outcomes if o.signal_id == trade.signal_id] == [("closed", "dust")]
+        assert acc.open_trades() == [] and acc.rows("SELECT kind FROM executions") == [("open",)]
+        assert acc.venue_holds() == {"BTC-USDT": pytest.approx(trade.quantity, abs=DUST)}
         check_invariant(acc, "spot")
