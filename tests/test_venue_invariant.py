@@ -156,7 +156,8 @@ def check_invariant(acc: Account, mode: str) -> None:
 # multiple of the minimum's worth), a sell, a price move (a hard stop may fire), time passing
 # (maximum holding may fire)
 OPS = st.one_of(
-    st.tuples(st.just("buy"), st.sampled_from(SYMBOLS), st.sampled_from([0.002, 0.01, 0.03]), st.sampled_from(sorted(BOOKS))),
+    st.tuples(st.just("buy"), st.sampled_from(SYMBOLS), st.sampled_from([0.002, 0.01, 0.03]),
+              st.sampled_from(sorted(BOOKS))),
     st.tuples(st.just("tiny"), st.sampled_from(SYMBOLS), st.sampled_from([1.0, 1.001, 1.01, 3.0]),
               st.sampled_from(sorted(BOOKS))),
     st.tuples(st.just("sell"), st.sampled_from(SYMBOLS), st.just(0.01), st.sampled_from(sorted(BOOKS))),
