@@ -29,6 +29,7 @@ from operators.audit import INVALID_TICK, Chain, Outcome
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, close_leaves_rest
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
+from operators.spot import DUST_EXIT, stranded
 
 
 log = logging.getLogger("apex.exits")
@@ -101,6 +102,10 @@ class Exits:
         if self.desk.executor.remote(terms.venue) and self._opening(sid):
             self.deferred[sid] = (reason, trigger, clock_ms)
             return
+        min_size = self._spot_min(terms)
+        if stranded(terms.quantity, min_size):
+            self._dust(book, terms, reason, min_size, trigger, clock_ms, outs)
+            return
         order = Order(client_order_id(terms.signal_id, "close"), terms.signal_id, "close", terms.venue,
                       terms.symbol, terms.exit_side, terms.quantity, price, clock_ms)
         try:
@@ -129,6 +134,32 @@ class Exits:
             outs.append(desk.emit(out))
             return
         self._closed(book, terms, fill, sent, reason, chain, out, outs)
+
+    def _spot_min(self, terms: TradeTerms) -> float:
+        """On a spot market, the smallest order its venue takes of the trade's instrument, as the
+        venue already holds it (no network); 0 elsewhere, or not known."""
+        if self.desk.p.venues.spot(terms.venue) is None:
+            return 0.0
+        now = getattr(self.desk.executor.venue_for(terms.venue), "instrument_now", None)
+        got = now(terms.venue, terms.symbol) if now is not None else None
+        return float(getattr(got, "min_size", 0.0) or 0.0)
+
+    def _dust(self, book: Portfolio, terms: TradeTerms, reason: str, min_size: float, trigger: str,
+              clock_ms: int, outs: list[Outcome]) -> None:
+        """A trade too small for any order to sell (``stranded``): its record closed at the mark,
+        nothing sent; the coins stay held, outside any trade, as dust the venue holds too."""
+        price = book.marks.get(terms.symbol, terms.entry_price)
+        none = Fill(terms.signal_id, "", "", terms.venue, terms.symbol, terms.exit_side, 0.0, price, 0.0, clock_ms)
+        closed = book.close(terms.signal_id, none, DUST_EXIT)
+        self.desk.ledger.record_close(closed)
+        chain = Chain(trigger, terms.signal_id, clock_ms, terms.source, terms.venue, terms.symbol)
+        R.trade_closed(chain, DUST_EXIT, none, closed, terms, book.tracker.multiplier(), book.nav)
+        log.warning("%s %s: %s exit of %s not sent: %g held is below the venue's minimum order %g; "
+                    "its record is closed, the coins stay held as dust", terms.venue, terms.symbol, reason,
+                    terms.signal_id, terms.quantity, min_size)
+        out = Outcome("", "", terms.signal_id, "closed", DUST_EXIT, chain.events)
+        out.trades.append(closed.row())
+        outs.append(self.desk.emit(out))
 
     def _opening(self, signal_id: str) -> bool:
         """Whether the trade's opening order has not reached its end yet."""

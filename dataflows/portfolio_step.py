@@ -34,6 +34,7 @@ from operators.audit import Chain, Outcome
 from operators.decide import audit_verdict, drop_row, judge, ttl_left_ms
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
+from operators.spot import SELL_SIGNAL, SPOT_CANNOT_SHORT
 
 
 _NONE: dict[str, float] = {}  # a market not seen yet: read, never written
@@ -54,6 +55,7 @@ class PortfolioStep:
         self.opens = Opens(self.desk)
         self.exits = Exits(self.desk, self.opens)
         self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
+        self._mins: dict[str, dict[str, float]] = {}  # market -> symbol -> the smallest quantity it takes
         self._funds: VenueFunds | None = None  # made once the desk has its venues (in the worker)
         self.recovered: list[Outcome] = []  # orders finished at start, emitted with the first batch
         self.illegal: Counter = Counter()  # venue events refused by the order state machine, by (from, to)
@@ -91,7 +93,7 @@ class PortfolioStep:
             elif item.signal is None:
                 outs.append(self._invalid(item))
             else:
-                outs.append(self._decide(book, item))
+                outs.append(self._decide(book, item, outs))
         except Exception as err:  # noqa: BLE001 - any failure leaves the entry pending
             sid = item.signal.signal_id if item.signal else ""
             outs.append(Outcome(e.stream, e.stream_id, sid, "error", f"{type(err).__name__}: {err}",
@@ -153,7 +155,8 @@ class PortfolioStep:
         return self.desk.emit(Outcome(e.stream, e.stream_id, sid, "invalid", chain.events[0].reason,
                                       chain.events, fields=e.fields))
 
-    def _decide(self, book: Portfolio, item: Received) -> Outcome:
+    def _decide(self, book: Portfolio, item: Received, outs: list[Outcome]) -> Outcome:
+        """``outs``: where the closes a sell makes on spot go (``sell_on_long: close``)."""
         e, sig = item.entry, item.signal
         assert sig is not None
         desk = self.desk
@@ -175,7 +178,8 @@ class PortfolioStep:
         self._funds.update(book)  # the margin filter reads a venue's own figure where it has one
         v = judge(sig, clock_ms=e.clock_ms, already_decided=prior is not None, book=book,
                   filters=self.p.filters, early=item.early, kelly=self.p.kelly, lot_size=lot,
-                  emitted_ms=item.emitted_ms)
+                  emitted_ms=item.emitted_ms, spot=self.p.venues.spot(sig.venue),
+                  min_size=self._mins.get(sig.venue, _NONE).get(sig.symbol, 0.0))
         chain = Chain(e.stream_id, sig.signal_id, e.clock_ms, sig.source, sig.venue, sig.symbol)
         audit_verdict(v, sig, chain, f"{prior.stream_id} as {prior.outcome}" if prior is not None else "")
         out = Outcome(e.stream, e.stream_id, sig.signal_id, v.outcome, v.reason or "", chain.events)
@@ -184,6 +188,10 @@ class PortfolioStep:
             return desk.emit(out)
         if v.outcome != "order":
             out.drop = drop_row(v, sig, e.stream_id, e.clock_ms)
+            for sid in v.details.get("closes", ()) if v.reason == SPOT_CANNOT_SHORT else ():
+                terms = book.open_trades[sid]
+                self.exits.close(book, terms, SELL_SIGNAL, book.marks.get(terms.symbol, terms.entry_price),
+                                 e.stream_id, e.clock_ms, outs)
             return desk.record(out)
         sz = v.sizing
         assert sz is not None
@@ -228,6 +236,7 @@ class PortfolioStep:
             except Rejected:
                 instrument = None
         lot = instrument.lot_size if instrument is not None else 0.0
+        self._mins.setdefault(market, {})[symbol] = instrument.min_size if instrument is not None else 0.0
         if lot <= 0:  # said once: the instrument's later signals are dropped from the cache
             log.warning("%s %s: its venue does not list it: its signals are dropped as not_listed", market, symbol)
         self._lots.setdefault(market, {})[symbol] = lot

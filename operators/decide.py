@@ -17,16 +17,19 @@ from operators.kelly import KellyParams, Sizing, size
 from operators.limits import PRICE_BAND
 from operators.portfolio import Portfolio
 from operators.signal import Signal
+from operators.spot import SPOT_CANNOT_SHORT, exit_below_min, sell_on_spot
 
 
 NO_PRICE = "no_price"  # no reference price and no mark: nothing to size with
-MIN_SIZE = "min_size"  # sized below the venue's smallest lot
+MIN_SIZE = "min_size"  # sized below the venue's smallest lot (on spot: a buy whose exit could not be sold)
 NOT_LISTED = "not_listed"  # the market's venue does not list the instrument: it trades no lot of it
 # a remote venue still being asked in what lots it trades the instrument: not a refusal of
 # the instrument, so it is kept apart from not_listed (the next signal may well be sized)
 INSTRUMENT_PENDING = "instrument_pending"
 # PRICE_BAND: a reference price the book cannot believe (far from the mark, or absurd)
-SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING)  # after every filter passed
+# SPOT_CANNOT_SHORT: a sell signal where its market is spot (operators/spot.py)
+SIZING_DROPS = (NO_PRICE, PRICE_BAND, MIN_SIZE, NOT_LISTED, INSTRUMENT_PENDING,
+                SPOT_CANNOT_SHORT)  # after every filter passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +103,14 @@ def judge(
     kelly: KellyParams,
     lot_size: float | None,
     emitted_ms: int | None = None,
+    spot: str | None = None,
+    min_size: float = 0.0,
 ) -> Verdict:
     """``lot_size``: the instrument's, as its venue lists it (0: the venue does not
     trade it; None: a remote venue has not said yet). ``emitted_ms``: the signal's emit time if the caller has it already
-    (validation computes it to check the clock), else it is computed here."""
+    (validation computes it to check the clock), else it is computed here. ``spot``: where
+    the signal's market is spot, what a sell does to the book's longs (``operators/spot.py``);
+    ``min_size``: the smallest quantity the venue takes of the instrument (0: not known)."""
     age = clock_ms - (signal.emitted_ms if emitted_ms is None else emitted_ms)
     if already_decided:
         return Verdict("duplicate", "signal_id already decided", age_ms=age)
@@ -135,6 +142,8 @@ def judge(
     if sizing is None:
         price, refused = sizing_price(signal, book)
         sizing = proposed_sizing(signal, book, kelly, price, lot_size or 0.0)
+    if spot is not None and signal.side == "sell":  # whatever its size: no short trade is opened
+        return Verdict("dropped", SPOT_CANNOT_SHORT, checked, sizing, age, sell_on_spot(signal, book, spot))
     instrument = f"{signal.venue} {signal.symbol}"
     if lot_size is None:
         return Verdict("dropped", INSTRUMENT_PENDING, checked, sizing, age,
@@ -148,6 +157,10 @@ def judge(
         return Verdict("dropped", NO_PRICE, checked, sizing, age)
     if sizing.quantity <= 0:
         return Verdict("dropped", MIN_SIZE, checked, sizing, age)
+    if spot is not None and exit_below_min(sizing.quantity, min_size):
+        return Verdict("dropped", MIN_SIZE, checked, sizing, age,
+                       {"why": f"{instrument}: {sizing.quantity:g} bought holds, less the fee kept in the coin, "
+                               f"less than the {min_size:g} its venue takes: its exit could never be sold"})
     return Verdict("order", None, checked, sizing, age)
 
 

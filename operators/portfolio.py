@@ -256,6 +256,10 @@ class Portfolio:
         terms = self.open_trades.pop(expected.signal_id)
         self._by_symbol.get(terms.symbol, set()).discard(expected.signal_id)
 
+    def trades_in(self, symbol: str) -> list[str]:
+        """The signal ids of the open trades in ``symbol``, in order."""
+        return sorted(self._by_symbol.get(symbol, ()))
+
     def open(self, terms: TradeTerms) -> None:
         self.open_trades[terms.signal_id] = terms
         self._by_symbol.setdefault(terms.symbol, set()).add(terms.signal_id)

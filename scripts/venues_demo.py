@@ -4,8 +4,10 @@ Starts a private redis-server, `apex sim okx` and `apex sim ibkr` on free loopba
 and `apex run docs/pipeline-venues.example.yaml` reading Redis; publishes the sample
 recording as Argus would; waits until every entry is acknowledged; stops Apex gracefully;
 then checks what really reached each venue against the ledger (each simulator's order log
-holds exactly one order per executed signal, none twice) and shows one audit trail per
-venue with that venue's order id. Exit 0 only if every check holds.
+holds exactly one order per executed signal, none twice), counts every refusal by its
+reason (Apex's own drops, each named, and the venues' refusals: no fault is armed, so a
+venue refusing an order is one Apex should have foreseen, and fails the demo) and shows one
+audit trail per venue with that venue's order id. Exit 0 only if every check holds.
 
     python scripts/venues_demo.py [--dir .apex-venues-demo] [--latency-ms 0]
 """
@@ -152,9 +154,47 @@ def live_orders(path: Path) -> int:
         db.close()
 
 
+def refusals(state: Path) -> tuple[Counter, Counter]:
+    """What was not traded, by reason: the entries Apex itself refused at receipt (invalid,
+    duplicate: by kind, from the audit store), dropped or let expire (each with its named
+    reason), and the orders a venue refused ((market, kind, reason) each)."""
+    from connectors.clickhouse import AuditStore
+
+    store = AuditStore(f"chdb://{state / 'clickhouse'}")
+    try:
+        received = store.query("SELECT outcome, reason, count() FROM audit_events WHERE stage = 'SIGNAL_RECEIVED'"
+                               " AND outcome IN ('invalid', 'duplicate') GROUP BY outcome, reason")
+    finally:
+        store.close()
+    drops: Counter = Counter()
+    for outcome, reason, n in received:  # the kind of each: "schema", "not_json", "signal_id decided"
+        drops[(outcome, reason.split(":")[0] if outcome == "invalid" else "signal_id already decided")] += n
+    db = sqlite3.connect(f"file:{state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        drops.update({(outcome, reason or "(none)"): n for outcome, reason, n in db.execute(
+            "SELECT outcome, reason, COUNT(*) FROM decisions WHERE outcome IN ('dropped', 'expired')"
+            " GROUP BY 1, 2")})
+        # a refused order's row keeps the venue's reason where a filled one keeps its order id
+        refused = Counter({(venue, kind, reason or "(none)"): n for venue, kind, reason, n in db.execute(
+            "SELECT venue, kind, order_id, COUNT(*) FROM executions WHERE status = 'rejected' GROUP BY 1, 2, 3")})
+        return drops, refused
+    finally:
+        db.close()
+
+
 def check(work: Path, env: dict) -> int:
     ledger = executed(work / "state" / "ledger.sqlite")
     failures = []
+    drops, refused = refusals(work / "state")
+    print("not traded, by reason (Apex's own, each named):", flush=True)
+    for (outcome, reason), n in sorted(drops.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:6d}  {outcome}: {reason}", flush=True)
+    print(f"refused by a venue: {sum(refused.values())}", flush=True)
+    for (market, kind, reason), n in sorted(refused.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:6d}  {market} {kind}: {reason}", flush=True)
+    if refused:
+        failures.append(f"{sum(refused.values())} order(s) refused by a venue with no fault armed: "
+                        "a refusal Apex should have foreseen")
     for market, log, key in (("okx", "okx-orders.jsonl", "clOrdId"), ("ibkr", "ibkr-orders.jsonl", "orderRef")):
         sent = logged(work / log, key)
         twice = [cid for cid, n in Counter(sent).items() if n > 1]

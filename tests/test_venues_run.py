@@ -60,11 +60,14 @@ def test_apex_run_on_both_simulators_sends_each_order_once_and_shows_no_secret(t
     db = sqlite3.connect(state / "ledger.sqlite")
     filled = db.execute("SELECT venue, client_order_id, order_id, signal_id FROM executions WHERE status = 'filled'"
                         ).fetchall()
-    # spot sells of coins the account does not hold: OKX refuses them (51008), and they are rejected, not retried
+    # OKX is spot: a sell signal is dropped before it is sent (spot_cannot_short), never refused there
     refused = db.execute("SELECT client_order_id, order_id FROM executions WHERE status = 'rejected'"
                          " AND venue = 'okx'").fetchall()
+    spot = db.execute("SELECT COUNT(*) FROM decisions WHERE reason = 'spot_cannot_short'").fetchone()[0]
+    sold = db.execute("SELECT COUNT(*) FROM executions WHERE venue = 'okx' AND kind = 'open' AND side = 'sell'"
+                      ).fetchone()[0]
     db.close()
-    assert refused and all("Insufficient" in why for _, why in refused), refused[:3]
+    assert refused == [] and spot > 0 and sold == 0, (refused[:3], spot, sold)
     for venue, key in (("okx", "clOrdId"), ("ibkr", "orderRef")):
         log = tmp_path / f"{venue}-orders.jsonl"
         sent = [json.loads(line)[key] for line in log.read_text().splitlines()]

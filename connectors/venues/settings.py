@@ -106,6 +106,16 @@ class OkxSettings(_Strict):
             raise PydanticCustomError("cancel_all_after", "must be 0 (off) or 10 to 120 seconds, as OKX takes it")
         return value
 
+    sell_on_long: Literal["keep", "close"] = Field(
+        "keep", description="spot only: what a sell signal does where the book holds the coin long. keep: "
+        "the sell is dropped (spot_cannot_short) and the longs run to their own exits; close: the book's "
+        "longs in it are closed (exit reason sell_signal). A sell never opens a short on spot")
+
+    def spot(self) -> str | None:
+        """``sell_on_long`` where orders go to OKX's spot market; None where a sell may open a
+        short (swap) or the market trades on the paper venue."""
+        return self.sell_on_long if self.kind == "okx" and self.market == "spot" else None
+
     def ignored(self) -> frozenset[str]:
         """What Apex leaves alone here: the listed instruments and the fee coin's."""
         if self.kind != "okx":
@@ -130,6 +140,10 @@ class OkxSettings(_Strict):
             # spot has no leverage: a value here would be silently ignored
             raise PydanticCustomError("leverage", "leverage applies to market: swap only (remove it, or set "
                                       "market: swap)")
+        if self.market != "spot" and "sell_on_long" in self.model_fields_set:
+            # set but never read: the mistake of which market was meant would stay hidden
+            raise PydanticCustomError("spot_only", "sell_on_long is a rule of market: spot (on swap a sell "
+                                      "opens or adds to a short); remove it, or trade spot")
         return self
 
 
@@ -190,6 +204,13 @@ class VenueSettings(_Strict):
         traded (a signal for one is dropped as ``ignored_asset``)."""
         chosen = getattr(self, market, None)
         return chosen.ignored() if chosen is not None else frozenset()
+
+    def spot(self, market: str) -> str | None:
+        """What a sell does to a long where the market's venue is a spot market (``keep`` or
+        ``close``); None where a sell may open a short."""
+        chosen = getattr(self, market, None)
+        spot = getattr(chosen, "spot", None)
+        return spot() if spot is not None else None
 
     def kind(self, market: str) -> str:
         """``paper`` or the name of the market's own venue."""
