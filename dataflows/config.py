@@ -81,6 +81,7 @@ class Top(BaseModel):
     books: dict[str, BookConfig] | None = None
     # where each market's orders go; a market it leaves out trades on execute's paper venue
     venues: VenueSettings = Field(default_factory=VenueSettings)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 or absent: off")
     stages: list[Any]
 
 
@@ -103,6 +104,7 @@ class Pipeline:
     books: list["Pipeline"] = field(default_factory=list)  # one per book, in YAML order; [] for one book
     venues: VenueSettings = field(default_factory=VenueSettings)
     venue_lists: list[VenueList] = field(default_factory=list)  # every book's ``venue`` universes
+    metrics_port: int | None = None  # docs/service.md
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -409,7 +411,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None, source: str 
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names, venues=top.venues, venue_lists=ctx.lists,
+        stages=names, venues=top.venues, venue_lists=ctx.lists, metrics_port=top.metrics_port,
     )
     for name, b, (f, k, x, n) in books:
         if b.initial_nav_usd is not None:

@@ -13,9 +13,12 @@ can send without it.
 
 from __future__ import annotations
 
+import time
+
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.sender import Command
+from dataflows import batch_metrics, reload
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
 from operators.audit import Outcome
@@ -37,11 +40,15 @@ class PortfolioLogic(StatefulBatchLogic):
         self.steps = steps
         self.step: PortfolioStep | None = None
         self.book = book
+        self.metrics: batch_metrics.BatchMetrics | None = None
 
     def on_batch(self, values: list[Received | VenueEvent]) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
+            self.metrics = batch_metrics.for_book(self.step.p)
         step = self.step
+        reload.at_batch(step.p)  # a SIGHUP's settings, between two batches
+        started = time.perf_counter()
         ledger = step.ledger
         shipper = step.shipper
         ledger.begin()
@@ -64,6 +71,8 @@ class PortfolioLogic(StatefulBatchLogic):
             ledger.commit()
         # only now, the intents durable: what goes to remote venues leaves through the order sink
         out += step.desk.executor.take_commands()
+        if self.metrics is not None:
+            self.metrics.done(out, time.perf_counter() - started, self.book)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outcome | Command], bool]:
