@@ -83,7 +83,7 @@ def run(
         0, metavar="S", min=0, help="a venue unreachable at start is asked again for up to S seconds"),
 ) -> None:
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
-    from apex import logs
+    from connectors import logs
     from dataflows.gates import Refused
     from dataflows.service import admit_waiting
 

@@ -55,9 +55,12 @@ def not_live(old: Pipeline, new: Pipeline) -> list[str]:
     if out:
         return out
     for a, b in zip(old.each_book(), new.each_book()):
-        out += [f"{_where(a)} {name}: changed; it cannot change while the run goes on (restart to apply it)"
-                for name, read in _BOOK_FIXED if read(a) != read(b)]
-        for i, (fa, fb) in enumerate(zip(a.filters, b.filters)):
+        fixed = [f"{_where(a)} {name}: changed; it cannot change while the run goes on (restart to apply it)"
+                 for name, read in _BOOK_FIXED if read(a) != read(b)]
+        out += fixed
+        if a.stages != b.stages:
+            continue  # filters added, removed or moved: said once, as the stages' change
+        for fa, fb in zip(a.filters, b.filters):
             if fa.fn is not fb.fn and getattr(fa.fn, "__qualname__", "") != getattr(fb.fn, "__qualname__", ""):
                 out.append(f"{_where(a)} filter {fa.name!r}: its function changed; restart to apply it")
     return out

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import TextIO
 
 FORMATS = ("json", "human")
+ENV = "APEX_LOG_FORMAT"  # how a parent's choice reaches its children
 CONTEXT = ("book", "signal_id", "stage")  # fields a record may carry with ``extra=``
 THIRD_PARTY = ("ccxt", "ib_async", "aiohttp", "bytewax", "asyncio", "urllib3", "clickhouse_connect", "chdb",
                "redis", "websockets")
@@ -71,4 +73,5 @@ def setup(fmt: str | None = None, level: int = logging.INFO, stream: TextIO | No
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # a library's warnings.warn: a log line too, not raw stderr
+    os.environ[ENV] = fmt  # the audit shipper, a child process, logs in the same format
     return fmt
