@@ -139,7 +139,8 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
     spec = source or p.source
     said = logging.getLogger("apex.run")
     try:
-        flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides, shared_venues=shared)
+        flow, wiring = wire(p, source=source, observer=service.Observed(stats) if metrics_port else stats,
+                            redis_overrides=overrides, shared_venues=shared)
     except ValueError as e:
         refuse(err, str(e))
     pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it

@@ -199,3 +199,20 @@ def admit_waiting(pipeline: Pipeline, say: Callable[[str], None], wait_s: float,
                 said = True
         sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+class Observed:
+    """The sink's observer, with one sample a batch for ``apex_stage_seconds{stage="durable"}``:
+    the batch's first entry from its receipt to durable and acknowledged. One per batch keeps
+    the sink's cost flat; over many batches the samples follow the entries' distribution."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self._durable = m.STAGE_SECONDS.labels(stage="durable")
+
+    def observe(self, outcomes: list, done_ns: int) -> None:
+        self.inner.observe(outcomes, done_ns)
+        for o in outcomes:
+            if o.stream_id and o.received_ns and not o.late:
+                self._durable.observe((done_ns - o.received_ns) / 1e9)
+                break

@@ -110,7 +110,11 @@ def test_metrics_health_sighup_reload_and_sigterm_under_load(tmp_path, redis_ser
         status, text = get(port, "/metrics")
         found = samples(text)
         assert any(k.startswith('apex_filter_drops_total{book="",filter=') for k in found), text[:2000]
-        assert any(k.startswith('apex_stage_seconds_count{stage="portfolio"}') for k in found)
+        assert found['apex_stage_seconds_count{stage="portfolio"}'] > 0
+        assert found['apex_stage_seconds_count{stage="durable"}'] > 0
+        assert found['apex_orders_total{status="submitted",venue="paper"}'] > 0
+        assert found['apex_orders_total{status="filled",venue="paper"}'] > 0
+        assert found['apex_nav{book=""}'] > 0
         assert found['apex_trading_state{book="",state="ACTIVE"}'] == 1
         assert found['apex_trading_state{book="",state="HALTED"}'] == 0
         # lag and pending are sampled from Redis every few seconds
