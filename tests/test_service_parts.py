@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from connectors import logs
 from connectors import metrics as m
 from connectors.sims.okx import running
-from dataflows import reload
+from dataflows import reload, service
 from dataflows.config import load
-from helpers import APEX, KELLY_AND_EXECUTE, entry, messages, write_recording
+from helpers import (APEX, KELLY_AND_EXECUTE, dies_on_send, entry, make_pipeline, messages, run_entries,
+                     write_recording)
 from okx_fixtures import PRICES, free_port
 from operators import masking
 from test_gates import clean_env, no_traceback
@@ -221,3 +222,58 @@ def test_config_show_masks_secrets_and_shows_the_effective_settings(tmp_path):
     assert broken.returncode == 1 and "stages[0].min" in broken.stderr and "Traceback" not in broken.stderr
 
 
+
+
+def test_a_restart_says_what_became_of_the_order_in_the_crash_window(tmp_path, caplog):
+    """The venue took the order and the worker died before recording it: the next start
+    counts it in the crash window, and the book says it finished it (filled, nothing sent)."""
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    venue = dies_on_send(p, accept=True)
+    first = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-crash")], venues=venue)
+    assert [o.outcome for o in first.outcomes] == ["error"]
+    assert service.crash_window(p) == 1
+    assert service.start_line(7, service.crash_window(p), "clean") == (
+        "recovered 7 pending entries, 1 order found in the crash window (settled as the books start), "
+        "reconciliation clean")
+    with caplog.at_level(logging.INFO, "apex.portfolio"):
+        run_entries(tmp_path, p, [entry("1767261700000-0", signal_id="sig-other", symbol="ETH-USDT")],
+                    name="later.jsonl", venues=venue)
+    said = [r for r in caplog.records if "crash window" in r.getMessage()]
+    assert [r.getMessage() for r in said] == ["1 order(s) found in the crash window: finished: sig-crash filled at okx"]
+    assert (said[0].stage, said[0].book) == ("recovery", "")
+    assert service.crash_window(p) == 0
+
+
+BOOKS = """
+books:
+  fast:
+    takes: {{source: macro}}
+    stages:
+      - filter: confidence
+        min: {fast}
+      - size: kelly
+      - execute: {{venue: paper}}
+  rest: {{}}
+stages:
+  - filter: confidence
+    min: 0.65
+  - size: kelly
+  - execute: {{venue: paper}}
+"""
+
+
+def test_a_reload_of_one_books_stages_swaps_that_books_filter_only(tmp_path, caplog):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\n" + BOOKS.format(fast=0.7))
+    running_p = load(path)
+    fast, rest = (b.filters[0] for b in running_p.each_book())
+    r = reload.Reloader(running_p, lambda: load(path))
+    path.write_text(f"state_dir: {tmp_path / 'state'}\n" + BOOKS.format(fast=0.8))
+    with caplog.at_level(logging.INFO, "apex.reload"):
+        assert r.request()
+    assert "books.fast filter confidence.min: 0.7 → 0.8" in caplog.text and "books.rest" not in caplog.text
+    r.at_ingress()
+    assert (fast.params["min"], rest.params["min"]) == (0.8, 0.65)
+    for book in running_p.each_book():
+        r.at_batch(book)
+    assert not r.waiting
