@@ -126,14 +126,14 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
          json_out: Optional[Path], progress: bool, metrics_port: Optional[int] = None,
          load_again: Optional[Callable[[], Pipeline]] = None) -> None:
     """The run itself, once every gate has let it in (``shared``: the venues they checked)."""
-    from dataflows import service
-    from operators import masking
     from bytewax.testing import run_main
 
     from apex.gc_policy import quiet_gc
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
+    from dataflows import service
     from dataflows.apex import wire
+    from operators import masking
 
     stats = RunStats()
     spec = source or p.source
