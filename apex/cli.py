@@ -145,7 +145,11 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
         refuse(err, str(e))
     pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it
     said.info(service.start_line(pending, service.crash_window(p), "clean"), extra={"stage": "start"})
-    running = service.start(p, spec, wiring, load_again or (lambda: p), metrics_port)
+    try:
+        running = service.start(p, spec, wiring, load_again or (lambda: p), metrics_port)
+    except OSError as e:  # the port taken, or not ours to bind
+        refuse(err, f"apex run: cannot serve metrics on 127.0.0.1:{metrics_port}: {e.strerror or e} "
+                    "(choose another --metrics-port, or 0 for none)")
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
     # a replay stops as a live run does: no more reading, in-flight work decided and recorded

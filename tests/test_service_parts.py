@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -277,3 +278,20 @@ def test_a_reload_of_one_books_stages_swaps_that_books_filter_only(tmp_path, cap
     for book in running_p.each_book():
         r.at_batch(book)
     assert not r.waiting
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
+    path = _pipeline(tmp_path)
+    rec = write_recording(tmp_path / "rec.jsonl", [entry("1767261600000-0", signal_id="s-0")])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([APEX, "run", str(path), "--source", f"recording:{rec}", "--no-progress",
+                              "--metrics-port", str(port)], capture_output=True, text=True, timeout=300,
+                             env=clean_env(APEX_ENV="paper"))
+    no_traceback(res)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"apex run: cannot serve metrics on 127.0.0.1:{port}: Address already in use (choose another "
+        "--metrics-port, or 0 for none)")
