@@ -205,6 +205,8 @@ def test_a_venue_down_at_start_is_waited_for_said_once_then_the_run_goes_on(tmp_
     said = messages(text)
     assert sum("asking again for up to 120 s (--wait-for-venues)" in line for line in said) == 1, said
     assert any(line.startswith("venue_unreachable: venue okx") for line in said)
+    # ccxt and aiohttp under it: nothing of theirs written raw, every line one JSON object
+    assert [line for line in text.splitlines() if line.strip() and not line.startswith("{")] == []
     no_traceback(subprocess.CompletedProcess([], code, "", text))
 
 
@@ -295,3 +297,16 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert res.stderr.strip().splitlines()[-1] == (
         f"apex run: cannot serve metrics on 127.0.0.1:{port}: Address already in use (choose another "
         "--metrics-port, or 0 for none)")
+
+
+def test_the_default_log_format_is_human_in_a_terminal_and_json_elsewhere():
+    import os
+
+    main, other = os.openpty()
+    try:
+        with open(other, "w", closefd=False) as tty:
+            assert logs.chosen(None, tty) == "human"
+    finally:
+        os.close(main)
+        os.close(other)
+    assert logs.chosen(None, io.StringIO()) == "json"
