@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal as signals
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
@@ -74,63 +75,103 @@ def run(
         None, metavar="MS", help="Redis sources: end after MS ms with nothing new and nothing of ours pending"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON"),
     progress: bool = typer.Option(True, help="show progress in a terminal"),
+    metrics_port: Optional[int] = typer.Option(
+        None, min=0, max=65535, help="serve /metrics, /healthz, /readyz here (default: pipeline.yaml's "
+        "metrics_port; 0: off)"),
+    log_format: Optional[str] = typer.Option(None, help="json or human (default: human in a terminal, else json)"),
+    wait_for_venues: float = typer.Option(
+        0, metavar="S", min=0, help="a venue unreachable at start is asked again for up to S seconds"),
 ) -> None:
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
-    from dataflows.gates import Refused, admit
+    from connectors import logs
+    from dataflows.gates import Refused
+    from dataflows.service import admit_waiting
 
+    try:
+        logs.setup(log_format)
+    except ValueError as e:
+        refuse(err, str(e))
     env = _env()
     p = load_pipeline(pipeline, state_dir, mode_check=True, source=source)
+    said = logging.getLogger("apex.run")
     try:
         # the gates `bytewax.run` passes too (one function, dataflows/gates.py): paper or live,
         # one worker per state dir, the venues agreeing with the books
-        admitted = admit(p, lambda line: err.print(f"apex run: {line}", soft_wrap=True, highlight=False,
-                                                   markup=False))
+        admitted = admit_waiting(p, said.info, wait_for_venues)
     except Refused as e:
         for line in e.lines:
             err.print(line, soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(e.code)
     overrides = {k: v for k, v in (("consumer", consumer), ("stop_when_idle_ms", stop_when_idle)) if v} or None
+    port = p.metrics_port if metrics_port is None else metrics_port
+
+    def load_again() -> Pipeline:  # SIGHUP: the file again, with this command line's overrides
+        from dataflows.config import load
+
+        again = load(pipeline, source=source)
+        if state_dir is not None:
+            again.state_dir = state_dir.resolve()
+        if overrides:
+            again.redis = again.redis.model_copy(update=overrides)
+        return again
+
     try:
-        _run(p, env, source, overrides, admitted.venues, json_out, progress)
+        _run(p, env, source, overrides, admitted.venues, json_out, progress, port, load_again)
     finally:
         # the state dir is free again for the next run, in this process too (a restart)
         admitted.release()
 
 
 def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict], shared: dict,
-         json_out: Optional[Path], progress: bool) -> None:
+         json_out: Optional[Path], progress: bool, metrics_port: Optional[int] = None,
+         load_again: Optional[Callable[[], Pipeline]] = None) -> None:
     """The run itself, once every gate has let it in (``shared``: the venues they checked)."""
     from bytewax.testing import run_main
 
     from apex.gc_policy import quiet_gc
     from apex.summary import RunStats
     from connectors.recording import RecordingSource, count_entries
+    from dataflows import service
     from dataflows.apex import wire
+    from operators import masking
 
     stats = RunStats()
+    spec = source or p.source
+    said = logging.getLogger("apex.run")
     try:
-        flow, wiring = wire(p, source=source, observer=stats, redis_overrides=overrides, shared_venues=shared)
+        flow, wiring = wire(p, source=source, observer=service.Observed(stats) if metrics_port else stats,
+                            redis_overrides=overrides, shared_venues=shared)
     except ValueError as e:
         refuse(err, str(e))
+    pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it
+    said.info(service.start_line(pending, service.crash_window(p), "clean"), extra={"stage": "start"})
+    try:
+        running = service.start(p, spec, wiring, load_again or (lambda: p), metrics_port)
+    except OSError as e:  # the port taken, or not ours to bind
+        refuse(err, f"apex run: cannot serve metrics on 127.0.0.1:{metrics_port}: {e.strerror or e} "
+                    "(choose another --metrics-port, or 0 for none)")
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
     # a replay stops as a live run does: no more reading, in-flight work decided and recorded
     signals.signal(signals.SIGTERM, lambda *_: wiring.stop())
     signals.signal(signals.SIGINT, lambda *_: wiring.stop())
-    err.print(f"apex run: env={env} source={source or p.source} state_dir={p.state_dir} "
-              f"clickhouse={p.clickhouse_dsn}", highlight=False)
+    said.info(f"env={env} source={spec} state_dir={p.state_dir} clickhouse={masking.url(p.clickhouse_dsn)}",
+              extra={"stage": "start"})
     quiet_gc()
     started = time.perf_counter()
-    if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    try:
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("decided"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=True) as bar:
-            task = bar.add_task("run", total=total)
-            stats.on_batch = lambda n: bar.advance(task, n)
+            with Progress(TextColumn("decided"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err, transient=True) as bar:
+                task = bar.add_task("run", total=total)
+                stats.on_batch = lambda n: bar.advance(task, n)
+                run_main(flow)
+        else:
             run_main(flow)
-    else:
-        run_main(flow)
+    finally:
+        running.close()
     wiring.close()
     elapsed = time.perf_counter() - started
     summary = stats.as_dict() | {"seconds": round(elapsed, 3),
@@ -291,6 +332,7 @@ def main() -> None:
     import apex.reconcile_cli  # noqa: F401  (registers reconcile)
     import apex.watchdog_cli  # noqa: F401  (registers watchdog)
     import apex.kill_cli  # noqa: F401  (registers kill, reduce, resume)
+    import apex.config_cli  # noqa: F401  (registers config show)
     from apex.pipe_safe import PipeSafe
 
     sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]

@@ -380,16 +380,21 @@ def watch_parent(closing: threading.Event, finished: threading.Event) -> None:
     sys.stdin.read()
     closing.set()
     if not finished.wait(DRAIN_LIMIT_S):
-        print(f"apex shipper: still draining after {DRAIN_LIMIT_S:.0f} s; the rest stays in the outbox "
-              "for the next start", file=sys.stderr, flush=True)
+        log.error("apex shipper: still draining after %.0f s; the rest stays in the outbox for the next start",
+                  DRAIN_LIMIT_S)
+        logging.shutdown()
         os._exit(1)
 
 
 if __name__ == "__main__":
+    from connectors import logs
+
+    logs.setup(os.environ.get(logs.ENV, "json"))
     try:
         main(sys.argv[1], sys.argv[2:])
     except Exception as err:  # noqa: BLE001 - one line for the worker's log; the worker reports it
-        print(f"apex shipper: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        log.error("apex shipper: %s: %s", type(err).__name__, err)
+        logging.shutdown()
         os._exit(1)
     # Everything is written and closed: skip the interpreter's and embedded ClickHouse's
     # teardown, which the end of every run would wait for.

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connectors import metrics
 from connectors.venues import FILLED, Instrument, Rejected, Venue, VenueDown
 from operators.order_fsm import ACCEPTED, CANCELLED, DENIED, PARTIALLY_FILLED, REJECTED, UNKNOWN, VenueEvent
 from operators.orders import Order
@@ -197,13 +198,16 @@ class Sender:
                 sendable.append(c)
         if not sendable:
             return
+        asked = time.perf_counter()
         try:
             acks = self.venue.submit([c.order for c in sendable])
         except VenueDown as err:
+            metrics.VENUE_ERRORS.labels(venue=self.name, kind="down").inc()
             self._sent(sendable)
             # which of them left is not known: each is asked first, and sent only if absent
             self._away(q, [Command(CHECK, c.book, c.order, c.deadline) for c in sendable], str(err))
             return
+        metrics.VENUE_ROUND_TRIP.labels(venue=self.name).observe(time.perf_counter() - asked)
         self._sent(sendable)
         held = []
         for c, ack in zip(sendable, acks, strict=True):
@@ -443,6 +447,10 @@ class Gateway:
     def senders_health(self) -> list[tuple[str, bool, bool]]:
         """(venue name, its lanes alive, the venue away) of each sender: the venues' heartbeats."""
         return [(s.name, s.alive, s.down) for s in list(self._senders.values())]
+
+    def away(self) -> list[str]:
+        """The venues whose sender waits for them to come back (for /readyz)."""
+        return [s.name for s in list(self._senders.values()) if s._down_since is not None]
 
     def instrument(self, venue: Venue, market: str, symbol: str) -> Instrument | None | Pending:
         """A remote venue's rules for an instrument without waiting on it: what it answered

@@ -87,6 +87,7 @@ class Top(BaseModel):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 or absent: off")
     stages: list[Any]
 
 
@@ -112,6 +113,7 @@ class Pipeline:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    metrics_port: int | None = None  # docs/service.md
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -420,7 +422,7 @@ def parse(text: str, path: Path, env: dict[str, str] | None = None, source: str 
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         clickhouse=_embedded_beside(top.clickhouse, base), redis=top.redis, filters=filters,
         kelly=kelly, execute=execute, prices=top.prices, exits=top.exits, limits=top.limits,  # type: ignore[arg-type]
-        stages=names, venues=top.venues, venue_lists=ctx.lists,
+        stages=names, venues=top.venues, venue_lists=ctx.lists, metrics_port=top.metrics_port,
         watchdog=top.watchdog, reconcile=top.reconcile, clock=top.clock,
     )
     for name, b, (f, k, x, n) in books:

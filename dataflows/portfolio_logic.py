@@ -14,6 +14,7 @@ can send without it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+import time
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -21,6 +22,7 @@ from connectors.heartbeat import PERIOD_S, PROGRESS
 from connectors.control import Control
 from connectors.sender import Command
 from dataflows.funding_step import on_funding
+from dataflows import batch_metrics, reload
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.steps import Received
 from operators.audit import Outcome
@@ -44,6 +46,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self.step: PortfolioStep | None = None
         self.book = book
         self._stage = ""
+        self.metrics: batch_metrics.BatchMetrics | None = None
 
     def _beat(self) -> None:
         """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it."""
@@ -63,7 +66,10 @@ class PortfolioLogic(StatefulBatchLogic):
     def on_batch(self, values: list[Received | VenueEvent | Control]) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
+            self.metrics = batch_metrics.for_book(self.step.p)
         step = self.step
+        reload.at_batch(step.p)  # a SIGHUP's settings, between two batches
+        started = time.perf_counter()
         ledger = step.ledger
         shipper = step.shipper
         ledger.begin()
@@ -95,6 +101,8 @@ class PortfolioLogic(StatefulBatchLogic):
         # only now, the intents durable: what goes to remote venues leaves through the order sink
         out += step.desk.executor.take_commands()
         self._beat()
+        if self.metrics is not None:
+            self.metrics.done(out, time.perf_counter() - started, self.book)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outcome | Command], bool]:

@@ -51,10 +51,12 @@ def recover(desk: Desk, opens: Opens, exits: Exits) -> tuple[Portfolio, list[Out
         book.restore_market(market)
     recovered: list[Outcome] = []
     executor = desk.executor
+    followed: list[str] = []
     for order, _, trade, status in ledger.live("open"):
         if trade is None or order.signal_id in book.open_trades:
             continue
         if executor.remote(order.venue):
+            followed.append(f"{order.client_order_id} {status} at {order.venue}")
             _follow_open(desk, opens, book, order, *trade, status)
         else:
             _recover_open(desk, opens, book, order, *trade, recovered)
@@ -63,10 +65,24 @@ def recover(desk: Desk, opens: Opens, exits: Exits) -> tuple[Portfolio, list[Out
         if terms is None:
             continue
         if executor.remote(order.venue):
+            followed.append(f"{order.client_order_id} {status} at {order.venue}")
             _follow_close(desk, exits, book, terms, order, reason, status)
         else:
             exits.finish_close(book, terms, order, reason, "", recovered)
+    _say(p.book, recovered, followed)
     return book, recovered
+
+
+def _say(book: str, recovered: list[Outcome], followed: list[str]) -> None:
+    """What the crash window held, one line: the restart says what it did."""
+    if not recovered and not followed:
+        return
+    done = [f"{o.signal_id} {o.outcome}" + (f" at {o.events[-1].venue}" if o.events and o.events[-1].venue else "")
+            for o in recovered]
+    log.info("%d order(s) found in the crash window%s%s", len(done) + len(followed),
+             f": finished: {', '.join(done)}" if done else "",
+             f"; followed until their venue answers: {', '.join(followed)}" if followed else "",
+             extra={"book": book, "stage": "recovery"})
 
 
 def _state(desk: Desk, order: Order, status: str) -> fsm.OrderState:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from connectors.entry import Entry
+from dataflows import reload
 from operators.decide import EarlyDrop
 from operators.filters import Filter
 from operators.market import Tick, parse_tick
@@ -35,6 +36,8 @@ def validator(market_streams: frozenset[str], limits: Limits) -> Callable[[Entry
     skew = limits.clock_skew_ms
 
     def validate(entry: Entry) -> Received:
+        if reload.RELOADER is not None and reload.RELOADER.waiting:
+            reload.at_ingress()  # a SIGHUP's filter settings, before this entry meets a filter
         market = entry.stream in market_streams
         try:
             if market:

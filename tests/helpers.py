@@ -229,3 +229,16 @@ def record_until(out: Path, lines: int, *args: str, timeout: float = 60) -> list
     # Ctrl-C ends a capture cleanly, the file whole, with what it recorded said
     assert code == 0 and "recorded " in proc.stderr.read(), f"apex record stopped with {code}"
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def messages(text: str) -> list[str]:
+    """The messages of the JSON log lines in a run's output (`apex run` logs JSON when its
+    stderr is not a terminal)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line)["msg"])
+            except (ValueError, KeyError):
+                continue
+    return out

@@ -20,7 +20,7 @@ import pytest
 
 from connectors import state_lock
 from dataflows.gates import Refused, admit
-from helpers import APEX, KELLY_AND_EXECUTE, entry, until, write_recording
+from helpers import APEX, KELLY_AND_EXECUTE, entry, messages, until, write_recording
 from okx_fixtures import CREDENTIAL_ENV, PRICES, held, okx_sim, order  # noqa: F401 - the fixture
 from test_live_gate import shipped_with
 from test_redis_live import pipeline_yaml
@@ -187,7 +187,7 @@ def test_a_second_run_on_a_state_dir_in_use_is_refused_at_once_and_a_killed_hold
     # the kernel dropped the lock with the killed process: nothing stale to clean up
     again = subprocess.run([*run, "--stop-when-idle", "200"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "apex run: env=paper" in again.stderr
+    assert any(m.startswith("env=paper ") for m in messages(again.stderr)), again.stderr
     assert state_lock.holder(state) is None  # and a run that ends lets go of it
 
 

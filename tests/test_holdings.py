@@ -15,7 +15,7 @@ import pytest
 
 from connectors import outbox
 from dataflows.config import ConfigError, parse
-from helpers import APEX, KELLY_AND_EXECUTE, entry, write_recording
+from helpers import APEX, KELLY_AND_EXECUTE, entry, messages, write_recording
 from okx_fixtures import CREDENTIAL_ENV, PRICES, okx_sim, raw  # noqa: F401 - the fixture
 from operators.audit import EVENT_COLUMNS
 from test_gates import clean_env, no_traceback
@@ -99,10 +99,11 @@ def test_an_account_holding_the_fee_coin_the_quote_and_dust_starts_trading(okx_s
     res = apex_run(path, recording(tmp_path, "OKB-USDT", "ETH-USDT"))
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
-    assert ("apex run: ignored: venue okx, okx OKB-USDT: 0.5 held, OKX's fee currency; "
-            "not a position of any book") in lines
-    assert ("apex run: ignored: venue okx, okx BTC-USDT: 4e-06 held, dust below the minimum size 1e-05; "
-            "not a position of any book") in lines
+    said = messages(res.stderr)
+    assert ("ignored: venue okx, okx OKB-USDT: 0.5 held, OKX's fee currency; "
+            "not a position of any book") in said
+    assert ("ignored: venue okx, okx BTC-USDT: 4e-06 held, dust below the minimum size 1e-05; "
+            "not a position of any book") in said
     assert not any("USDT:" in line and "okx USDT" in line for line in lines)  # the quote is cash, not said
     assert sent_symbols(okx_sim) == ["ETH-USDT"]  # it traded
     got = decisions(tmp_path / "state" / "ledger.sqlite")
@@ -129,8 +130,8 @@ def test_an_ignored_instrument_lets_the_start_through_and_its_signals_are_droppe
     path = write_pipeline(tmp_path, okx_sim.url, ", ignore: [SOL-USDT]")
     res = apex_run(path, recording(tmp_path, "SOL-USDT", "ETH-USDT"))
     assert res.returncode == 0, res.stderr
-    assert ("apex run: ignored: venue okx, okx SOL-USDT: 5000 held, listed in venues.okx.ignore; "
-            "not a position of any book") in res.stderr.splitlines()
+    assert ("ignored: venue okx, okx SOL-USDT: 5000 held, listed in venues.okx.ignore; "
+            "not a position of any book") in messages(res.stderr)
     got = decisions(tmp_path / "state" / "ledger.sqlite")
     assert got["sol-usdt-0"] == ("dropped", "ignored_asset")  # never traded against
     assert got["eth-usdt-1"][0] == "filled"
@@ -193,8 +194,8 @@ def test_reconcile_reports_and_adopt_takes_the_holding_into_the_book_once(okx_si
     # the start: the book holds it (said in one line), and the next signal's concentration sees it
     res = apex_run(path, recording(tmp_path, "SOL-USDT", "ETH-USDT"))
     assert res.returncode == 0, res.stderr
-    assert any(line.startswith("apex run: adopted: okx SOL-USDT: 5000 held since ") and
-               line.endswith("(apex reconcile --adopt, at 20)") for line in res.stderr.splitlines()), res.stderr
+    assert any(line.startswith("adopted: okx SOL-USDT: 5000 held since ") and
+               line.endswith("(apex reconcile --adopt, at 20)") for line in messages(res.stderr)), res.stderr
     got = decisions(ledger)
     assert got["sol-usdt-0"] == ("dropped", "concentration")  # 100,000 held already: no room for more
     assert got["eth-usdt-1"][0] == "filled"
