@@ -132,9 +132,12 @@ def test_dashboard_is_current_and_queries_only_exported_metrics() -> None:
     assert used <= exported_metrics(), sorted(used - exported_metrics())
 
 
+
 def exported_metrics() -> set[str]:
-    # PLACEHOLDER until the metrics module lands: the names agreed for it
-    return {"apex_entries_total", "apex_filter_drops_total", "apex_stream_lag_entries", "apex_pending_entries",
-            "apex_stage_seconds", "apex_orders_total", "apex_venue_round_trip_seconds", "apex_venue_errors_total",
-            "apex_heartbeat_age_seconds", "apex_trading_state", "apex_reconciliation_difference_ratio", "apex_nav",
-            "apex_drawdown_ratio"}
+    """Every metric name Apex's registry exposes (a counter's ``_total`` as Prometheus reads it)."""
+    from connectors.metrics import REGISTRY
+
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
