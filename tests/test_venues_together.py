@@ -20,14 +20,14 @@ from pathlib import Path
 
 from connectors.sims import listening, prices_from_recording, stop_all
 from helpers import APEX, until
-from okx_fixtures import free_port
+from okx_fixtures import CREDENTIAL_ENV, free_port
 from operators.signal import Invalid, Signal, parse_signal
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "argus-sample.jsonl"
 PRICES = REPO / "recordings" / "argus-prices.jsonl"
 PIPELINE = REPO / "docs" / "pipeline-venues.example.yaml"
-OKX_CREDENTIALS = {"OKX_API_KEY": "k", "OKX_API_SECRET": "s", "OKX_API_PASSPHRASE": "p"}
+OKX_CREDENTIALS = CREDENTIAL_ENV  # made up; the OKX simulator checks every signature against them
 LIVE = ("intent", "submitted", "accepted", "partially_filled", "unknown")
 
 
