@@ -20,6 +20,7 @@ import redis
 import typer
 from rich.table import Table
 
+from apex import price_alerts_view
 from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
 from connectors.entry import id_ms
@@ -180,14 +181,17 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Stream length, group lag, pending entries per consumer with idle time, oldest pending age."""
-    cfg = DEFAULTS
+    cfg, loaded = DEFAULTS, None
     if pipeline is not None:
-        cfg = load_pipeline(pipeline).redis
+        loaded = load_pipeline(pipeline)
+        cfg = loaded.redis
     try:
         s = group_status(client(redis_url), cfg)
     except DOWN as e:
         err.print(f"redis unavailable at {redis_url}: {e}")
         raise typer.Exit(1)
+    if loaded is not None:  # its books' ledgers say what price protection saw
+        s["price_alerts"] = price_alerts_view.alerts(loaded)
     if as_json:
         print(json.dumps(s))
         return
@@ -210,3 +214,5 @@ def status(
               highlight=False)
     out.print(f"invalid market entries: {s['invalid_market_entries']} (refused ticks, in the audit trail "
               "with their reasons)", highlight=False)
+    for line in price_alerts_view.lines(s["price_alerts"]) if "price_alerts" in s else ():
+        out.print(line, highlight=False)

@@ -16,7 +16,9 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_PRICES = {"BTC-USDT": 100.0, "ETH-USDT": 50.0, "SOL-USDT": 20.0}
+# listed whatever prices it is given; it trades an instrument only once it has a price for it
+DEFAULT_INSTRUMENTS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+NO_PRICE = "the simulator has no price for {inst}: start it with --prices or --redis"
 DEFAULT_BALANCES = {"USDT": 1_000_000.0}
 LOT, TICK, MIN_SIZE = Decimal("0.00000001"), Decimal("0.01"), Decimal("0.00001")
 TAKER_FEE = Decimal("0.001")
@@ -62,7 +64,8 @@ class Book:
     def __init__(self, prices: dict[str, float] | None = None, balances: dict[str, float] | None = None, *,
                  orders_log: str | Path | None = None, state_file: str | Path | None = None):
         self.lock = threading.RLock()  # the server's loop and a test's thread both reach in
-        self.prices = {k: Decimal(str(v)) for k, v in (prices or DEFAULT_PRICES).items()}
+        self.prices = {k: Decimal(str(v)) for k, v in (prices or {}).items()}
+        self.listed = set(DEFAULT_INSTRUMENTS) | set(self.prices)
         self.balances = {k: Decimal(str(v)) for k, v in (balances or DEFAULT_BALANCES).items()}
         self.orders: dict[str, dict] = {}  # by ordId, OKX's own record of each
         self.by_clord: dict[str, str] = {}  # clOrdId -> the latest ordId under it
@@ -87,20 +90,22 @@ class Book:
                      "minSz": _s(MIN_SIZE), "maxLmtSz": "1000000000", "maxMktSz": "1000000000",
                      "listTime": "1548133413000", "category": "1", "settleCcy": "", "ctVal": "",
                      "ctMult": "", "ctValCcy": "", "uly": "", "lever": "", "alias": "", "expTime": ""}
-                    for inst in sorted(self.prices)]
+                    for inst in sorted(self.listed)]
 
     def currencies(self) -> list[dict]:
         """One chain per currency traded, enough for ccxt's currency table."""
         with self.lock:
-            ccys = sorted({c for inst in self.prices for c in inst.split("-")} | set(self.balances))
+            ccys = sorted({c for inst in self.listed for c in inst.split("-")} | set(self.balances))
         return [{"ccy": c, "name": c, "chain": f"{c}-{c}", "canDep": True, "canWd": True, "canInternal": True,
                  "minWd": "0.0001", "maxWd": "1000000", "fee": "0", "minFee": "0", "maxFee": "0",
                  "wdTickSz": "8", "mainNet": True} for c in ccys]
 
     def ticker(self, inst: str) -> dict:
         with self.lock:
-            if inst not in self.prices:
+            if inst not in self.listed:
                 raise Refusal("51001", "Instrument ID does not exist")
+            if inst not in self.prices:
+                raise Refusal("51000", NO_PRICE.format(inst=inst))
             px = _s(self.prices[inst])
             return {"instType": "SPOT", "instId": inst, "last": px, "lastSz": "1", "askPx": px, "askSz": "1",
                     "bidPx": px, "bidSz": "1", "open24h": px, "high24h": px, "low24h": px, "vol24h": "0",
@@ -149,18 +154,20 @@ class Book:
             if cl and not CLORD.fullmatch(cl):
                 raise Refusal("51000", "Parameter clOrdId error")
             inst = str(req.get("instId") or "")
-            if inst not in self.prices:
+            if inst not in self.listed:
                 raise Refusal("51001", "Instrument ID does not exist")
+            if inst not in self.prices:  # never an invented price: the order is refused, and says why
+                raise Refusal("51000", NO_PRICE.format(inst=inst))
             side, kind = req.get("side"), req.get("ordType")
             if side not in ("buy", "sell"):
                 raise Refusal("51000", "Parameter side error")
-            if kind not in ("market", "limit"):
+            if kind not in ("market", "limit", "ioc"):
                 raise Refusal("51000", "Parameter ordType error")
             sz = _dec(req.get("sz"), "sz")
             if cl and cl in self.by_clord:
                 raise Refusal("51016", "Duplicated clOrdId")
             last = self.prices[inst]
-            limit = _dec(req.get("px"), "px") if kind == "limit" else None
+            limit = _dec(req.get("px"), "px") if kind in ("limit", "ioc") else None
             # OKX sizes a spot market buy in the quote currency unless told base_ccy
             tgt = req.get("tgtCcy") or ("quote_ccy" if side == "buy" and kind == "market" else "base_ccy")
             base_sz = sz if tgt == "base_ccy" else _lots(sz / last)
@@ -188,6 +195,9 @@ class Book:
             self._changed(o, None)  # OKX pushes "live" first for every order it takes
             if filled:
                 self._fill(o, filled, last, base, quote)
+            if kind == "ioc" and o["state"] in OPEN_STATES:  # what did not fill at once is cancelled
+                o["state"], o["uTime"] = "canceled", now_ms()
+                self._changed(o, None)
             self._log(o)
             return _public(o)
 
@@ -207,6 +217,7 @@ class Book:
     def set_price(self, inst: str, price: float) -> None:
         with self.lock:
             self.prices[inst] = Decimal(str(price))
+            self.listed.add(inst)
 
     def set_balance(self, ccy: str, amount: float) -> None:
         with self.lock:
@@ -280,6 +291,7 @@ class Book:
 
     def _load(self, doc: dict) -> None:
         self.prices.update({k: Decimal(v) for k, v in doc.get("prices", {}).items()})
+        self.listed |= set(self.prices)
         self.balances = {k: Decimal(v) for k, v in doc.get("balances", {}).items()}
         for o in doc.get("orders", []):
             self.orders[o["ordId"]] = o
