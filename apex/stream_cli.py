@@ -177,10 +177,12 @@ def group_status(r: redis.Redis, cfg: RedisConfig) -> dict:
 @app.command()
 def status(
     redis_url: str = REDIS_OPT,
-    pipeline: Optional[Path] = typer.Option(None, help="take stream, group and dead-letter names from this file"),
+    pipeline: Optional[Path] = typer.Option(
+        None, help="take stream, group and dead-letter names from this file, and show its books' price alerts"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Stream length, group lag, pending entries per consumer with idle time, oldest pending age."""
+    """Stream length, group lag, pending entries per consumer with idle time, oldest pending age;
+    with --pipeline, fills booked beyond their price band (docs/price-protection.md)."""
     cfg, loaded = DEFAULTS, None
     if pipeline is not None:
         loaded = load_pipeline(pipeline)

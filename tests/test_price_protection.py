@@ -194,4 +194,6 @@ def test_the_paper_venue_applies_the_same_band_to_its_own_fills(tmp_path):
                     + KELLY_AND_EXECUTE.replace("slippage_bps: 0", "slippage_bps: 80") + "      max_slippage_bps: 50\n")
     _run(path, _recording(tmp_path, ("btc", "okx", "BTC-USDT", "buy")))
     outcome, reason = _decisions(tmp_path)["btc"]
-    assert outcome == "price_protection" and "reference 95000, limit 95475" in reason, reason
+    assert outcome == "price_protection" and "reference 95000, limit 95475, venue price 95760" in reason, reason
+    assert _orders(tmp_path)["btc"][0] == "rejected"  # the paper venue answers at once: nothing rests
+    assert not _ledger(tmp_path, "SELECT signal_id FROM trades")

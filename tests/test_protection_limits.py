@@ -87,3 +87,24 @@ def test_the_limit_never_lies_outside_the_band_and_is_on_the_grid(side, ref, ban
             assert lim < edge + t or lim == t
     if lim > 0:
         assert (lim / t) == (lim / t).to_integral_value()  # on the tick grid
+
+
+def test_the_limit_is_kept_with_the_intent_and_a_ledger_written_before_it_gains_the_column(tmp_path):
+    """An order resumed after a restart leaves with its limit, never as a market order."""
+    import sqlite3
+
+    from connectors.ledger import Ledger
+    from operators.orders import Order, client_order_id
+
+    path = tmp_path / "ledger.sqlite"
+    old = Ledger(path)
+    old.db.execute("ALTER TABLE executions DROP COLUMN limit_px")  # as a ledger written before limits were kept
+    old.db.close()
+    ledger = Ledger(path)
+    order = Order(client_order_id("s1"), "s1", "open", "okx", "BTC-USDT", "buy", 0.5, 95_000.0, 1, 95_475.0)
+    ledger.record_intent(order)
+    assert ledger.intent("s1") == order
+    assert [o for o, _, _, _ in ledger.live("open")] == [order]
+    ledger.db.close()
+    cols = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(executions)")]
+    assert cols.count("limit_px") == 1

@@ -130,10 +130,15 @@ class Session:
         if order_type == "LMT" and not (price <= limit if action == "BUY" else price >= limit):
             shares = 0  # an IOC not marketable at its limit: nothing fills, all of it is cancelled
         ex = gw.state.execute(o, shares, price) if shares > 0 else None
+        ioc_rest = order_type == "LMT" and not o.done  # an IOC's unfilled rest: cancelled at once, answered or not
         if gw.faults.take("drop_orders"):
+            if ioc_rest:
+                gw.state.cancel(o)
             self.drop()
             return
         if gw.faults.take("error_103"):
+            if ioc_rest:
+                gw.state.cancel(o)
             self.send(m.error(order_id, 103, "Duplicate order id"))
             return
         self.send(m.open_order(o))
@@ -142,7 +147,7 @@ class Session:
         else:
             self.send(m.order_status(o, price), m.exec_details(-1, ex), m.commission_report(ex))
             gw.push_account(symbol)
-        if order_type == "LMT" and not o.done:  # an IOC: the rest is cancelled at once, saying at what price
+        if ioc_rest:  # said after its fills, with the venue's price
             gw.state.cancel(o)
             self.send(m.error(order_id, 202, f"Order Canceled - reason:IOC not marketable at limit {limit:g}; "
                                              f"venue price {price:g}"), m.order_status(o, 0.0))
