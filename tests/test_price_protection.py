@@ -197,3 +197,27 @@ def test_the_paper_venue_applies_the_same_band_to_its_own_fills(tmp_path):
     assert outcome == "price_protection" and "reference 95000, limit 95475, venue price 95760" in reason, reason
     assert _orders(tmp_path)["btc"][0] == "rejected"  # the paper venue answers at once: nothing rests
     assert not _ledger(tmp_path, "SELECT signal_id FROM trades")
+
+
+def test_okx_asked_after_an_ioc_it_cancelled_says_price_protection_with_its_price(tmp_path):
+    """The in-flight checker's question (after a restart, or an answer lost): an IOC OKX
+    cancelled with nothing filled is told as not marketable at its limit, with OKX's price,
+    never as a plain refusal."""
+    from connectors.venues import Rejected
+    from operators.orders import Order, client_order_id
+    from operators.protection import is_protection, venue_price_in
+    from okx_fixtures import okx_venue
+
+    with okx_running(prices={"BTC-USDT": 10 * REF["BTC-USDT"]}) as okx:
+        venue = okx_venue(okx.url)
+        try:
+            o = Order(client_order_id("asked"), "asked", "open", "okx", "BTC-USDT", "buy", 0.01, 95_000.0, 1,
+                      95_475.0)
+            venue.place_many([o])
+            with pytest.raises(Rejected) as said:
+                venue.lookup(o)
+        finally:
+            venue.close()
+        (record,) = okx.sim.book.orders.values()
+    assert record["ordType"] == "ioc" and record["px"] == "95475" and record["state"] == "canceled"
+    assert is_protection(str(said.value)) and venue_price_in(str(said.value)) == 950_000.0

@@ -481,6 +481,8 @@ class OkxVenue:
             return None
         fate = records.fate(order, o, link.usd) if o.get("status") in TERMINAL else self._finish(link, order)
         if isinstance(fate, Rejected):
+            if order.limit > 0:  # an IOC that ended with nothing filled: not marketable at its limit
+                raise Rejected(not_marketable(order.limit, link.last(order)))
             raise fate
         return fate
 
