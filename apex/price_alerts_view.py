@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from connectors import price_alerts
 from dataflows.config import Pipeline
+from operators.protection import num
 
 
 def alerts(p: Pipeline) -> list[dict]:
@@ -23,6 +24,6 @@ def lines(found: list[dict]) -> list[str]:
         when = datetime.fromtimestamp(a["ts_ms"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         off = (a["price"] - a["reference"]) / a["reference"] * 10_000
         book = f"{a['book']}: " if a["book"] else ""
-        out.append(f"  {when} {book}{a['venue']} {a['symbol']} {a['side']} filled at {a['price']:g}, reference "
-                   f"{a['reference']:g} ({off:+.0f} bps, band {a['band_bps']:g}) order {a['client_order_id']}")
+        out.append(f"  {when} {book}{a['venue']} {a['symbol']} {a['side']} filled at {num(a['price'])}, reference "
+                   f"{num(a['reference'])} ({off:+.0f} bps, band {a['band_bps']:g}) order {a['client_order_id']}")
     return out

@@ -12,7 +12,7 @@ from dataflows.desk import Desk
 from operators.audit import EXECUTION_CONFIRMED, Chain, Outcome
 from operators.fill import Fill
 from operators.orders import Order
-from operators.protection import PRICE_AWAY, PRICE_PROTECTION, beyond_band, protected_reason, venue_price_in
+from operators.protection import PRICE_AWAY, PRICE_PROTECTION, beyond_band, num, protected_reason, venue_price_in
 
 log = logging.getLogger("apex.orders")
 
@@ -35,7 +35,7 @@ def check_fill(desk: Desk, chain: Chain, order: Order, fill: Fill) -> None:
     if not beyond_band(order.side, order.price, fill.price, band):
         return
     off = (fill.price - order.price) / order.price * 10_000
-    log.error("PRICE ALERT %s %s %s %s: filled at %g, %+.0f bps from its reference %g (band %g bps)",
+    log.error("PRICE ALERT %s %s %s %s: filled at %.15g, %+.0f bps from its reference %.15g (band %g bps)",
               order.venue, order.symbol, order.side, order.client_order_id, fill.price, off, order.price, band)
     chain.add(EXECUTION_CONFIRMED, PRICE_AWAY, f"filled {off:+.0f} bps from its reference, band {band:g} bps",
               reference=order.price, price=fill.price, limit=order.limit, band_bps=band)
@@ -45,7 +45,8 @@ def check_fill(desk: Desk, chain: Chain, order: Order, fill: Fill) -> None:
 def cut_short(desk: Desk, chain: Chain, order: Order, filled: float) -> str:
     """An order filled in part, the rest cancelled at its limit: said in the log and the
     audit trail; the outcome's reason."""
-    reason = f"{filled:g} of {order.quantity:g} filled; the rest was cancelled, not marketable at limit {order.limit:g}"
+    reason = (f"{num(filled)} of {num(order.quantity)} filled; the rest was cancelled, not marketable at limit "
+              f"{num(order.limit)}")
     log.warning("%s %s %s %s: %s", order.venue, order.symbol, order.side, order.client_order_id, reason)
     chain.add(EXECUTION_CONFIRMED, PRICE_PROTECTION, reason, reference=order.price, limit=order.limit,
               filled=filled, quantity=order.quantity)

@@ -20,20 +20,22 @@ PRICE_AWAY = "price_away"  # the alert: a fill booked beyond the band
 
 def limit_price(side: str, reference: float, band_bps: float, tick: float) -> float:
     """The worst price the order may fill at: ``reference`` moved against ``side`` by
-    ``band_bps``, on the tick grid and inside the band. 0.0 when no positive price on the
-    grid lies inside it (a sell whose band reaches below one tick is still given one tick:
-    the grid's least price)."""
+    ``band_bps``, on the tick grid and inside the band. A buy whose band ends below one tick
+    gets the band's edge itself, off the grid: a venue refuses such a price rather than
+    fill away from the reference. A sell whose band reaches below zero gets one tick. 0.0
+    (no limit) only without a reference."""
     if reference <= 0 or band_bps < 0:
         return 0.0
     ref, band = Decimal(repr(reference)), Decimal(repr(band_bps)) / 10_000
     step = Decimal(repr(tick)) if tick > 0 else None
     edge = ref * (1 + band) if side == "buy" else ref * (1 - band)
-    if step is None:
+    if step is None:  # no tick known: the venue rounds it (to its own grid, or refuses it)
         return float(edge) if edge > 0 else 0.0
     # towards the reference: down for a buy's ceiling, up for a sell's floor
     ticks = (edge / step).to_integral_value(ROUND_FLOOR if side == "buy" else ROUND_CEILING)
-    if ticks <= 0:
-        ticks = Decimal(1) if side == "sell" else Decimal(0)
+    if ticks <= 0:  # the edge to 15 digits, towards the reference: a float carries it exactly
+        return float(step) if side == "sell" else float(edge.quantize(Decimal(10) ** (edge.adjusted() - 14),
+                                                                        ROUND_FLOOR))
     return float(ticks * step)
 
 
@@ -45,11 +47,15 @@ def beyond_band(side: str, reference: float, price: float, band_bps: float) -> b
     return abs(price - reference) / reference > band_bps / 10_000 * (1 + 1e-9)
 
 
-def protected_reason(reference: float, limit: float, venue_price: float | None, why: str = "") -> str:
+def num(x: float) -> str:
+    """A price as the reasons write it: every digit a float carries, no trailing zeros."""
+    return format(x, ".15g")
+
+
+def protected_reason(reference: float, limit: float, venue_price: float | None) -> str:
     """The outcome's reason for an order nothing of which was marketable at its limit."""
-    venue = f"{venue_price:g}" if venue_price else "unknown"
-    text = f"reference {reference:g}, limit {limit:g}, venue price {venue}"
-    return f"{text} ({why})" if why else text
+    venue = num(venue_price) if venue_price else "unknown"
+    return f"reference {num(reference)}, limit {num(limit)}, venue price {venue}"
 
 
 def venue_price_in(reason: str) -> float | None:
@@ -69,8 +75,8 @@ def venue_price_in(reason: str) -> float | None:
 def not_marketable(limit: float, venue_price: float | None) -> str:
     """How a venue says it cancelled an IOC with nothing filled: the words every venue
     adapter uses, so the book knows the order from any other cancel."""
-    venue = f"{venue_price:g}" if venue_price else "unknown"
-    return f"{PRICE_PROTECTION}: not marketable at limit {limit:g}; venue price {venue}"
+    venue = num(venue_price) if venue_price else "unknown"
+    return f"{PRICE_PROTECTION}: not marketable at limit {num(limit)}; venue price {venue}"
 
 
 def is_protection(reason: str) -> bool:

@@ -50,6 +50,13 @@ def test_no_reference_no_limit():
     assert limit_price("buy", 0.0, 50, 0.01) == 0.0
 
 
+def test_a_band_that_ends_below_one_tick_is_never_widened_to_the_tick():
+    """A buy of a coin priced under the tick: the grid's first price (0.01) would pay 500x the
+    reference; its limit is the edge, off the grid, which a venue refuses rather than fills."""
+    assert limit_price("buy", 1.8e-5, 50, 0.01) == pytest.approx(1.8e-5 * 1.005)
+    assert limit_price("sell", 100.0, 10_000, 0.01) == 0.01  # a band of 100%: the least price on the grid
+
+
 def test_a_fill_beyond_the_band_either_way_is_an_alert_and_one_at_the_edge_is_not():
     assert not beyond_band("buy", 100.0, 100.5, 50)
     assert beyond_band("buy", 100.0, 100.51, 50)
@@ -64,6 +71,8 @@ def test_the_venue_price_travels_in_the_cancel_reason():
     assert venue_price_in(not_marketable(3417.0, None)) is None
     assert venue_price_in("Order Canceled - reason:IOC not marketable at limit 101.5; venue price 1000") == 1000
     assert protected_reason(3400.0, 3417.0, 34_000.0) == "reference 3400, limit 3417, venue price 34000"
+    # every digit kept: the venue's price is read back from the reason
+    assert venue_price_in(not_marketable(95_475.12, 95_123.456789)) == 95_123.456789
 
 
 # up to 15 significant digits on the grid: what a float carries exactly to the venue
@@ -85,7 +94,7 @@ def test_the_limit_never_lies_outside_the_band_and_is_on_the_grid(side, ref, ban
         if lim > 0:
             assert lim >= edge  # never sells for less than the band allows
             assert lim < edge + t or lim == t
-    if lim > 0:
+    if lim >= t:  # below one tick, a buy's limit is the edge itself, off the grid (the venue refuses it)
         assert (lim / t) == (lim / t).to_integral_value()  # on the tick grid
 
 

@@ -149,8 +149,8 @@ class Session:
             gw.push_account(symbol)
         if ioc_rest:  # said after its fills, with the venue's price
             gw.state.cancel(o)
-            self.send(m.error(order_id, 202, f"Order Canceled - reason:IOC not marketable at limit {limit:g}; "
-                                             f"venue price {price:g}"), m.order_status(o, 0.0))
+            self.send(m.error(order_id, 202, f"Order Canceled - reason:IOC not marketable at limit {limit:.15g}; "
+                                             f"venue price {price:.15g}"), m.order_status(o, 0.0))
 
     def _refusal(self, symbol: str, action: str, quantity: float, order_type: str, tif: str, limit: float,
                  price: float | None) -> str:
