@@ -1,7 +1,8 @@
 """The paper venue: fills market orders at the order's reference price with
-configurable slippage and fee (nothing, when that lies beyond the order's protection limit), and remembers every client order id in its own
-SQLite file, as a real exchange does, so a crash between sending and
-recording can be resolved by asking it (``lookup``) rather than sending twice.
+configurable slippage and fee (nothing, when that lies beyond the order's protection
+limit), and remembers every client order id in its own SQLite file, as a real exchange
+does, so a crash between sending and recording can be resolved by asking it (``lookup``)
+rather than sending twice.
 
 It simulates every market a signal may name, each with its own lot rules (crypto
 to 1e-8 of a coin, equities in whole shares). It lists the bundled universe, and
