@@ -17,6 +17,7 @@ import pytest
 from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import running as okx_running
 from helpers import APEX, KELLY_AND_EXECUTE, entry, write_recording
+from okx_fixtures import raw
 from test_gates import clean_env, no_traceback
 
 REF = {"BTC-USDT": 95_000.0, "ETH-USDT": 3_400.0, "AAPL": 230.0, "MSFT": 430.0}
@@ -86,28 +87,33 @@ def test_a_venue_price_ten_times_the_reference_fills_nothing_at_either_venue_whi
     price_protection with the reference and the venue's price, the book and the venue's
     balances are untouched, and a line is logged; meanwhile in-band orders fill at both
     venues, and MSFT 10x at IBKR is protected the same way."""
-    okx_prices = {"BTC-USDT": 10 * REF["BTC-USDT"], "ETH-USDT": REF["ETH-USDT"] * 1.001}
+    okx_prices = {"BTC-USDT": REF["BTC-USDT"], "ETH-USDT": REF["ETH-USDT"] * 1.001}
     ibkr_prices = {"AAPL": REF["AAPL"] * 0.999, "MSFT": 10 * REF["MSFT"]}
     with okx_running(prices=okx_prices, orders_log=tmp_path / "okx-orders.jsonl") as okx, \
             ibkr_running(prices=ibkr_prices, cash=100_000.0, orders_log=tmp_path / "ibkr-orders.jsonl") as ib:
+        # as the issue did it: the venue's BTC moved 10x through its control route, half of each order filling
+        assert raw(okx.url, "POST", "/sim/price", {"instId": "BTC-USDT", "px": 10 * REF["BTC-USDT"]})[0] == 200
+        assert raw(okx.url, "POST", "/sim/fill-ratio", {"ratio": 0.5})[0] == 200
         path = _pipeline(tmp_path, okx.url, ib.port)
         rec = _recording(tmp_path, ("btc", "okx", "BTC-USDT", "buy"), ("eth", "okx", "ETH-USDT", "buy"),
-                         ("aapl", "ibkr", "AAPL", "buy"), ("msft", "ibkr", "MSFT", "buy"))
+                         ("aapl", "ibkr", "AAPL", "buy"), ("msft", "ibkr", "MSFT", "buy"),
+                         ("btc-later", "okx", "BTC-USDT", "buy"))
         res = _run(path, rec)
         btc_held = okx.sim.book.balances.get("BTC")
         usdt_left = float(okx.sim.book.balances["USDT"])
         okx_fills = [(f["instId"], float(f["fillPx"]) * float(f["fillSz"])) for f in okx.sim.book.fills]
 
     decided = _decisions(tmp_path)
-    for sid, venue_px in (("btc", 950_000), ("msft", 4_300)):
+    # a later BTC signal is judged on its own reference, not on a phantom mark: protected, never price_band
+    for sid, venue_px in (("btc", 950_000), ("msft", 4_300), ("btc-later", 950_000)):
         outcome, reason = decided[sid]
         assert outcome == "price_protection", (sid, decided[sid])
-        assert f"reference {REF['BTC-USDT' if sid == 'btc' else 'MSFT']:g}" in reason
+        assert f"reference {REF['MSFT' if sid == 'msft' else 'BTC-USDT']:g}" in reason
         assert f"venue price {venue_px:g}" in reason, reason
-    assert decided["eth"][0] == decided["aapl"][0] == "filled", decided
+    assert decided["eth"][0] == decided["aapl"][0] == "filled", decided  # ETH half filled: the rest cancelled
     orders = _orders(tmp_path)
     assert orders["btc"] == ("cancelled", 0.0) and orders["msft"] == ("cancelled", 0.0), orders
-    assert orders["eth"][0] == orders["aapl"][0] == "filled"
+    assert orders["eth"][0] == "cancelled" and orders["eth"][1] > 0 and orders["aapl"][0] == "filled"
 
     # nothing of BTC was bought: no BTC at the venue, no trade in the book, USDT spent on ETH alone
     assert not btc_held
@@ -117,7 +123,7 @@ def test_a_venue_price_ten_times_the_reference_fills_nothing_at_either_venue_whi
     assert trades == {"eth", "aapl"}
     # said in the log, once per protected order
     said = [line for line in res.stderr.splitlines() if "nothing filled within the price band" in line]
-    assert len(said) == 2 and any("BTC-USDT" in line for line in said) and any("MSFT" in line for line in said)
+    assert len(said) == 3 and sum("BTC-USDT" in line for line in said) == 2 and any("MSFT" in line for line in said)
 
     audit = _audit(tmp_path)
     (protected,) = _events(audit, "btc", "price_protection")
