@@ -98,6 +98,9 @@ def ibkr(
     price_map = _prices(prices)
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         refuse(err, f"--redis must be a redis:// URL, not {redis_url!r}")
+    if not price_map and redis_url is None:
+        from connectors.sims import NO_PRICES
+        err.print(NO_PRICES, highlight=False, soft_wrap=True)
     try:
         serve(host, port_n, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=price_map,
               account=account, cash=_number("--cash", cash, 0, 1e15), faults=faults, redis_url=redis_url,

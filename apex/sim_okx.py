@@ -71,6 +71,7 @@ def okx(
     logins are checked against OKX_API_KEY, OKX_API_SECRET and OKX_API_PASSPHRASE when all
     three are set. See docs/okx-simulator.md."""
     from connectors.sims.okx.run import load_prices, serve
+    from connectors.sims import NO_PRICES
 
     number = int(_number("--port", port, whole=True, low=0, high=65535))
     latency = _number("--latency-ms", latency_ms, whole=False, low=0)
@@ -88,6 +89,8 @@ def okx(
             redis.Redis.from_url(redis_url)
         except ValueError as e:
             refuse(err, f"--redis {redis_url!r}: {e}")
+    if not table and redis_url is None:
+        err.print(NO_PRICES, highlight=False, soft_wrap=True)
     try:
         serve(host, number, latency_ms=latency, orders_log=orders_log, state_file=state_file, prices=table,
               redis_url=redis_url, price_stream=price_stream, credentials=_credentials(),

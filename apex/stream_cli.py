@@ -20,6 +20,7 @@ import redis
 import typer
 from rich.table import Table
 
+from apex import price_alerts_view
 from apex.app import app, err, load_pipeline, out
 from apex.refuse import refuse
 from connectors.entry import id_ms
@@ -176,13 +177,16 @@ def group_status(r: redis.Redis, cfg: RedisConfig) -> dict:
 @app.command()
 def status(
     redis_url: str = REDIS_OPT,
-    pipeline: Optional[Path] = typer.Option(None, help="take stream, group and dead-letter names from this file"),
+    pipeline: Optional[Path] = typer.Option(
+        None, help="take stream, group and dead-letter names from this file, and show its books' price alerts"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Stream length, group lag, pending entries per consumer with idle time, oldest pending age."""
-    cfg = DEFAULTS
+    """Stream length, group lag, pending entries per consumer with idle time, oldest pending age;
+    with --pipeline, fills booked beyond their price band (docs/price-protection.md)."""
+    cfg, loaded = DEFAULTS, None
     if pipeline is not None:
-        cfg = load_pipeline(pipeline).redis
+        loaded = load_pipeline(pipeline)
+        cfg = loaded.redis
     from apex.safety_view import safety_lines, safety_status
 
     try:
@@ -191,6 +195,8 @@ def status(
     except DOWN as e:
         err.print(f"redis unavailable at {redis_url}: {e}")
         raise typer.Exit(1)
+    if loaded is not None:  # its books' ledgers say what price protection saw
+        s["price_alerts"] = price_alerts_view.alerts(loaded)
     if as_json:
         print(json.dumps(s))
         return
@@ -215,3 +221,5 @@ def status(
               "with their reasons)", highlight=False)
     for line in safety_lines(s):
         out.print(line, highlight=False, soft_wrap=True)
+    for line in price_alerts_view.lines(s["price_alerts"]) if "price_alerts" in s else ():
+        out.print(line, highlight=False)

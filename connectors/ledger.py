@@ -90,7 +90,7 @@ log = logging.getLogger("apex.ledger")
 
 BUSY_TIMEOUT_MS = 5000
 EXECUTION = "status, order_id, price, fee_usd, filled_ms, quantity"  # what an idempotency check reads of an order
-ORDER = "client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms"  # an ``Order``'s fields
+ORDER = "client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, limit_px"  # an ``Order``'s
 PREFETCH = 500  # ids a lookup query: under SQLite's smallest default limit of bound variables (999)
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``) at the latest
 WAL_LIMIT_BYTES = 64 << 20  # ...or sooner, once the ``WalKeeper`` sees the WAL this large
@@ -152,6 +152,7 @@ class Ledger:
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
+        _add_limit_column(self.db)
         self._pruned = 0
         self._commits = 0
         self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # as the file was created
@@ -324,7 +325,7 @@ class Ledger:
         redelivered "sent" decision resumes."""
         row = self.db.execute(f"SELECT {ORDER} FROM executions WHERE signal_id = ? AND kind = ?",
                               (signal_id, kind)).fetchone()
-        return Order(*row) if row else None
+        return _order(row) if row else None
 
     def record_intent(self, order: Order, reason: str = "", trade: tuple[TradeTerms, str] | None = None) -> None:
         """``price`` holds the intended price until the fill overwrites it, so a
@@ -335,11 +336,11 @@ class Ledger:
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
-            " quantity, status, intent_ms, price, reason, trade)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?)",
+            " quantity, status, intent_ms, price, reason, trade, limit_px)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
              order.quantity, order.ts_ms, order.price, reason,
-             orjson.dumps((_TERMS(trade[0]), trade[1])) if trade is not None else None),
+             orjson.dumps((_TERMS(trade[0]), trade[1])) if trade is not None else None, order.limit),
         )
 
     def record_fill(self, fill: Fill) -> None:
@@ -492,7 +493,7 @@ class Ledger:
         rows = self.db.execute(
             f"SELECT {ORDER}, reason, trade, status FROM executions WHERE status IN {_LIVE} AND kind=?"
             " ORDER BY intent_ms", (kind,)).fetchall()
-        return [(Order(*r[:9]), r[9] or "", _trade(orjson.loads(r[10])) if r[10] else None, r[11]) for r in rows]
+        return [(_order(r[:10]), r[10] or "", _trade(orjson.loads(r[11])) if r[11] else None, r[12]) for r in rows]
 
     def prune(self, shipped_seq: int) -> None:
         """Drop outbox rows the shipper has written to ClickHouse."""
@@ -502,6 +503,17 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome").fetchall())
+
+
+def _order(row: tuple) -> Order:
+    return Order(*row[:9], limit=row[9] or 0.0)
+
+
+def _add_limit_column(db: sqlite3.Connection) -> None:
+    """An order's protection limit (``operators/protection.py``), kept with its intent so an
+    order sent after a restart leaves with it; added to a ledger written before it was kept."""
+    if not any(r[1] == "limit_px" for r in db.execute("PRAGMA table_info(executions)")):
+        db.execute("ALTER TABLE executions ADD COLUMN limit_px REAL")
 
 
 def _sql_set(statuses) -> str:

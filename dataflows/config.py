@@ -29,6 +29,7 @@ from operators.filters import BUILTINS, Filter, UniverseParams
 from operators.risk_filters import SectorExposureParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
+from operators.protection import DEFAULT_MAX_SLIPPAGE_BPS
 from operators.books import Takes
 from operators.signal import VENUES
 
@@ -49,6 +50,9 @@ class ExecuteConfig(BaseModel):
     initial_nav_usd: float = Field(1_000_000, gt=0)
     slippage_bps: float = Field(0.0, ge=0)
     fee_bps: float = Field(0.0, ge=0)
+    max_slippage_bps: float = Field(
+        DEFAULT_MAX_SLIPPAGE_BPS, gt=0, le=10_000,
+        description="every order's protection band around its reference price: nothing fills beyond it")
 
 
 class PricesConfig(BaseModel):

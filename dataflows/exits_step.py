@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from connectors.execution import as_ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
+from dataflows.protect import check_fill
 from dataflows.opens import Opens
 from dataflows.steps import Received
 from operators import audit_rows as R
@@ -133,7 +134,7 @@ class Exits:
             out.outcome, out.reason = "rejected", str(err)
             outs.append(desk.emit(out))
             return
-        self._closed(book, terms, fill, sent, reason, chain, out, outs)
+        self._closed(book, terms, fill, sent, reason, chain, out, outs, order=order)
 
     def _spot_min(self, terms: TradeTerms) -> float:
         """On a spot market, the smallest order its venue takes of the trade's instrument, as the
@@ -172,7 +173,7 @@ class Exits:
         executor = self.desk.executor
         known = executor.prepare(order, reason, wait=False)
         if isinstance(known, Fill):  # it was done before a crash: settled now
-            self._closed(book, terms, known, False, reason, chain, out, outs)
+            self._closed(book, terms, known, False, reason, chain, out, outs, order=order)
             return
         if known is None:
             executor.send([order], wait=False)
@@ -220,14 +221,17 @@ class Exits:
         if close_leaves_rest(c.terms, fill.quantity):
             log.warning("close of %s filled %g of %g: the rest stays held, outside any trade",
                         c.terms.signal_id, fill.quantity, c.terms.quantity)
-        self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True)
+        self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True, order=order)
 
     def _closed(self, book: Portfolio, terms: TradeTerms, fill: Fill, sent: bool, reason: str, chain: Chain,
-                out: Outcome, outs: list[Outcome], applied: bool = False) -> None:
+                out: Outcome, outs: list[Outcome], applied: bool = False, order: Order | None = None) -> None:
         """A close's fill settled in the book, the ledger and its chain. ``applied``: the book
-        has its position change already (booked part by part as it filled)."""
+        has its position change already (booked part by part as it filled). ``order``: the
+        close, whose reference (the mark it was decided at) a fill far from is an alert."""
         desk = self.desk
         R.confirmed(chain, fill, sent)
+        if order is not None:
+            check_fill(desk, chain, order, fill)
         if not applied:
             book.apply_fill(fill)
         closed = book.close(terms.signal_id, fill, reason)

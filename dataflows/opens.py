@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from connectors.execution import WORKING, TradingRefused, as_ours
 from connectors.venues import Rejected
 from dataflows.desk import Desk
+from dataflows.protect import check_fill, cut_short, protected
 from operators import audit_rows as R
 from operators import order_fsm as fsm
 from operators.audit import FILTER_CHECK, Chain, Outcome
@@ -31,6 +32,7 @@ from operators.exits import TradeTerms, booked, terms_for
 from operators.fill import Fill
 from operators.orders import Order, expected_fill
 from operators.portfolio import Portfolio
+from operators.protection import is_protection
 from operators.signal import Signal
 
 log = logging.getLogger("apex.orders")
@@ -140,13 +142,14 @@ class Opens:
                 self.track(f)
             elif isinstance(result, Rejected):
                 book.release(f.expected)
-                self.rejected(f.out, f.chain, result)
+                self.rejected(f.out, f.chain, result, f.order)
             else:
                 before = book.nav
                 terms = booked(f.terms, result)
                 book.settle(f.expected, result, terms)
                 ledger.record_open(terms)
                 R.confirmed(f.chain, result, True)
+                check_fill(self.desk, f.chain, f.order, result)
                 self.opened(f.out, f.chain, result, f.exits, book, f.nav_after + (book.nav - before))
             f.out.step_us += (now - t0) / 1000  # each waited for the whole send
             f.out.stamp((now - f.out.received_ns) // 1000)
@@ -179,14 +182,19 @@ class Opens:
                 R.rejected(f.chain, ev.reason)
                 out.outcome, out.reason = "expired", ev.reason
                 outs.append(self.desk.record(out))
+            elif state.status == fsm.CANCELLED and f.order.limit > 0:  # an IOC nothing of which was marketable
+                outs.append(protected(self.desk, out, f.chain, f.order, ev.reason))
             else:
-                outs.append(self.rejected(out, f.chain, Rejected(ev.reason or state.status)))
+                outs.append(self.rejected(out, f.chain, Rejected(ev.reason or state.status), f.order))
             return True
         fill = as_ours(f.order, total)
         terms = booked(f.terms, fill)
         book.settle(f.booked, fill, terms)
         self.desk.ledger.record_open(terms)
         R.confirmed(f.chain, fill, True)
+        check_fill(self.desk, f.chain, f.order, fill)
+        if state.status == fsm.CANCELLED and f.order.limit > 0 and state.filled < f.order.quantity:
+            out.reason = cut_short(self.desk, f.chain, f.order, state.filled)
         outs.append(self.opened(out, f.chain, fill, f.exits, book))
         return True
 
@@ -207,7 +215,9 @@ class Opens:
                     sig.confidence, sig.regime]
         return self.desk.record(out)
 
-    def rejected(self, out: Outcome, chain: Chain, err: Rejected) -> Outcome:
+    def rejected(self, out: Outcome, chain: Chain, err: Rejected, order: Order | None = None) -> Outcome:
+        if order is not None and is_protection(str(err)):  # a paper venue's band, or a venue's own word
+            return protected(self.desk, out, chain, order, str(err))
         R.rejected(chain, str(err))
         out.outcome, out.reason = "rejected", str(err)
         return self.desk.record(out)

@@ -35,6 +35,7 @@ from operators.decide import audit_verdict, drop_row, judge, ttl_left_ms
 from operators.orders import Order, client_order_id
 from operators.portfolio import Portfolio
 from operators.spot import SELL_SIGNAL, SPOT_CANNOT_SHORT
+from operators.protection import limit_price
 
 
 _NONE: dict[str, float] = {}  # a market not seen yet: read, never written
@@ -56,6 +57,7 @@ class PortfolioStep:
         self.exits = Exits(self.desk, self.opens)
         self._lots: dict[str, dict[str, float]] = {}  # market -> symbol -> lot size, as the venues list them
         self._mins: dict[str, dict[str, float]] = {}  # market -> symbol -> the smallest quantity it takes
+        self._ticks: dict[str, dict[str, float]] = {}  # market -> symbol -> tick size, listed with the lot
         self._funds: VenueFunds | None = None  # made once the desk has its venues (in the worker)
         self.recovered: list[Outcome] = []  # orders finished at start, emitted with the first batch
         self.illegal: Counter = Counter()  # venue events refused by the order state machine, by (from, to)
@@ -195,8 +197,10 @@ class PortfolioStep:
             return desk.record(out)
         sz = v.sizing
         assert sz is not None
+        tick = self._ticks.get(sig.venue, _NONE).get(sig.symbol, 0.0)
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
-                      sig.side, sz.quantity, sz.price, e.clock_ms)
+                      sig.side, sz.quantity, sz.price, e.clock_ms,
+                      limit_price(sig.side, sz.price, self.p.execute.max_slippage_bps, tick))
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
         emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it
@@ -240,6 +244,7 @@ class PortfolioStep:
         if lot <= 0:  # said once: the instrument's later signals are dropped from the cache
             log.warning("%s %s: its venue does not list it: its signals are dropped as not_listed", market, symbol)
         self._lots.setdefault(market, {})[symbol] = lot
+        self._ticks.setdefault(market, {})[symbol] = instrument.tick_size if instrument is not None else 0.0
         return lot
 
     def _resume(self, book: Portfolio, item: Received, prior: Decided) -> Outcome:

@@ -55,7 +55,9 @@ SENT_EVENTS = 4
 # Terminal outcomes: a signal that reached one of these is decided and its
 # stream entry may be acknowledged once the record of it is durable.
 INVALID_TICK = "invalid_tick"  # a market entry refused (malformed, or a price the book cannot believe)
-TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", INVALID_TICK, "closed")
+PRICE_PROTECTION = "price_protection"  # nothing filled within the order's price band (operators/protection.py)
+TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", INVALID_TICK, "closed",
+            PRICE_PROTECTION)
 
 
 @dataclass(slots=True)

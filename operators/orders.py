@@ -25,8 +25,11 @@ class Order:
     symbol: str
     side: str
     quantity: float
-    price: float  # reference for the paper venue and for market-order checks
+    price: float  # the reference: the price the decision sized with
     ts_ms: int
+    # the worst price it may fill at (``operators/protection.py``), sent as an IOC limit;
+    # 0.0: none (an order recorded before orders carried one)
+    limit: float = 0.0
 
 
 # What the ledger's record of an order means for sending it: the idempotency rule.

@@ -224,7 +224,7 @@ class Portfolio:
         (and the reservation no longer in flight: it is settled or released)."""
         self._in_flight.pop(expected.signal_id, None)
         before = self._marks_before.pop(expected.signal_id, None)
-        now = self.marks[expected.symbol]
+        now = self.marks.get(expected.symbol)  # None: another order's release unmarked it
         return before if now == expected.price else now
 
     def settle(self, expected: Fill, actual: Fill, terms: TradeTerms) -> None:
@@ -251,10 +251,11 @@ class Portfolio:
         """The order never filled (refused, or its fate unknown until a retry asks the venue)."""
         before = self._mark_before(expected)
         self._unapply(expected, expected.price if before is None else before)
-        if before is None:  # no price but the order's own: the symbol is unmarked again
-            del self.marks[expected.symbol]
         terms = self.open_trades.pop(expected.signal_id)
-        self._by_symbol.get(terms.symbol, set()).discard(expected.signal_id)
+        held = self._by_symbol.get(terms.symbol, set())
+        held.discard(expected.signal_id)
+        if before is None and not held:  # no price but the order's own, and no other order on it: unmarked again
+            self.marks.pop(expected.symbol, None)
 
     def trades_in(self, symbol: str) -> list[str]:
         """The signal ids of the open trades in ``symbol``, in order."""

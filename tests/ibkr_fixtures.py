@@ -13,9 +13,14 @@ from connectors.venues.ibkr import IbkrVenue
 from operators.orders import Order, client_order_id
 
 
+# what the simulator trades at: it has no prices of its own (a user passes --prices or --redis)
+PRICES = {"AAPL": 100.0, "MSFT": 300.0, "NVDA": 120.0, "AMZN": 180.0, "GOOGL": 150.0, "META": 500.0,
+          "TSLA": 250.0, "JPM": 200.0, "SPY": 450.0, "QQQ": 400.0}
+
+
 @pytest.fixture
 def gateway(tmp_path):
-    with running(orders_log=tmp_path / "orders.jsonl", cash=100_000.0) as control:
+    with running(orders_log=tmp_path / "orders.jsonl", cash=100_000.0, prices=PRICES) as control:
         yield control
 
 

@@ -19,6 +19,7 @@ from connectors.venues import CANCELLED, FILLED, PARTIALLY_FILLED, Instrument, R
 from connectors.venues.ibkr import IbkrVenue
 from operators.fill import Fill
 from tests.helpers import APEX, until
+from tests.ibkr_fixtures import PRICES as IBKR_PRICES
 from tests.ibkr_fixtures import accepted, connect, gateway, order  # noqa: F401  (fixtures)
 
 
@@ -178,13 +179,13 @@ def test_lookup_of_an_order_ib_never_saw_is_none(connect):
 def test_a_restarted_client_and_gateway_find_the_earlier_order(tmp_path):
     state = tmp_path / "gateway.json"
     o = order("r1")
-    with running(state_file=state, latency_ms=5) as gw:
+    with running(state_file=state, latency_ms=5, prices=IBKR_PRICES) as gw:
         first = IbkrVenue("127.0.0.1", gw.port, 3, connect_timeout=2.0, request_timeout=2.0)
         try:
             (fill,) = first.place_many([o])
         finally:
             first.close()
-    with running(state_file=state) as gw:
+    with running(state_file=state, prices=IBKR_PRICES) as gw:
         second = IbkrVenue("127.0.0.1", gw.port, 3, connect_timeout=2.0, request_timeout=2.0)
         try:
             found = second.lookup(o)

@@ -6,6 +6,7 @@ sent again. ib_async's own log lines never reach the operator."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from operators import order_fsm as fsm
 from connectors.venues import ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED, Rejected, VenueDown
 from connectors.venues.ibkr import IbkrVenue
 from tests.helpers import APEX, until
+from tests.ibkr_fixtures import PRICES as IBKR_PRICES
 from tests.ibkr_fixtures import accepted, connect, gateway, order  # noqa: F401  (fixtures)
 
 
@@ -163,8 +165,11 @@ def test_no_ib_async_line_reaches_the_log_and_a_refusal_is_one_line_of_apex(tmp_
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
     logging.getLogger().addHandler(handler)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(IBKR_PRICES))  # as a user would: it has no prices of its own
     proc = subprocess.Popen([APEX, "sim", "ibkr", "--port", "0", "--drop-orders", "1", "--partial", "0.5",
-                             "--reject", "TSLA"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--reject", "TSLA", "--prices", str(prices)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     venue = None
     try:
         port = int(proc.stdout.readline().split(" on ")[1].split(" ")[0].rsplit(":", 1)[1])

@@ -67,6 +67,22 @@ def test_release_undoes_a_reservation_and_settle_leaves_the_book_as_the_actual_f
     assert [t.signal_id for t in book.due(actual.ts_ms + 8 * 3_600_000)] == ["sig-a"]
 
 
+@pytest.mark.parametrize("first", ["sig-a", "sig-b"])
+def test_two_orders_in_flight_on_an_unmarked_symbol_both_released_leave_no_position_and_no_trade(first):
+    """Two buys of a symbol no price has come for, both refused (an IOC beyond its band, say):
+    the first release once unmarked the symbol under the second, whose release then raised
+    a KeyError in the book's step."""
+    book = Portfolio(1_000_000, KellyParams())
+    fills = {sid: expected_fill(_order(sid, 95_000.0), slippage_bps=0, fee_bps=0) for sid in ("sig-a", "sig-b")}
+    for sid, f in fills.items():
+        book.reserve(f, terms_for(model(sid), f))
+    book.release(fills[first])
+    assert book.marks == {"BTC-USDT": 95_000.0}  # still held by the other order's reservation
+    book.release(fills["sig-b" if first == "sig-a" else "sig-a"])
+    assert book.open_trades == {} and not book.positions.get(("okx", "BTC-USDT"))
+    assert book.nav == pytest.approx(1_000_000)
+
+
 def test_a_later_signal_in_the_batch_sees_the_exposure_of_an_order_still_in_flight(tmp_path):
     p = make_pipeline(tmp_path, CONCENTRATED)
     col = run_entries(tmp_path, p, [entry("1767261601000-0", signal_id="sig-1"),

@@ -24,6 +24,7 @@ from operators.fill import Fill
 from operators.kelly import KellyParams
 from operators.portfolio import Portfolio
 from tests.helpers import APEX, KELLY_AND_EXECUTE, entry, run_entries, write_recording
+from tests.ibkr_fixtures import PRICES as IBKR_PRICES
 from tests.okx_fixtures import CREDENTIAL_ENV, PRICES, free_port, okx_sim, okx_venue  # noqa: F401  (fixtures)
 
 NOW = 1_780_000_000.0  # an instant in 2026; every refresh below is told the time, never waits for it
@@ -96,7 +97,7 @@ def test_a_market_on_the_paper_venue_is_never_cached(tmp_path):
 
 
 def test_ibkr_lists_the_symbols_it_is_asked_about_and_knows(tmp_path):
-    with ibkr_running(cash=100_000.0) as gw:
+    with ibkr_running(cash=100_000.0, prices=IBKR_PRICES) as gw:
         venue = IbkrVenue("127.0.0.1", gw.port, 9, "DU1234567", connect_timeout=2.0, request_timeout=2.0)
         try:
             p = parse(pipeline_text(tmp_path / "state", "{okx: [BTC-USDT], ibkr: [MSFT, NOPE, AAPL]}"),
@@ -171,7 +172,7 @@ def test_the_book_alone_passes_the_signal(tmp_path):
 
 
 def test_margin_reads_ibkrs_available_funds_and_drops_what_they_cannot_cover(tmp_path):
-    with ibkr_running(cash=1_000.0, orders_log=tmp_path / "orders.jsonl") as gw:
+    with ibkr_running(cash=1_000.0, orders_log=tmp_path / "orders.jsonl", prices=IBKR_PRICES) as gw:
         ib = IbkrVenue("127.0.0.1", gw.port, 8, "DU1234567", connect_timeout=2.0, request_timeout=2.0)
         try:
             assert ib.available_funds_now() == 1_000.0  # pushed by IB on connect, read without asking

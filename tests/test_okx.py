@@ -4,6 +4,7 @@ kept by the client and enforced by the simulator, and ``apex sim okx`` on the co
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -475,8 +476,9 @@ def test_apex_sim_okx_on_the_command_line(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == ["--port must be a whole number from 0 to 65535, not '70000'"]
 
-    log = tmp_path / "orders.jsonl"
-    proc = subprocess.Popen([APEX, "sim", "okx", "--port", "0", "--orders-log", str(log)],
+    log, prices = tmp_path / "orders.jsonl", tmp_path / "prices.json"
+    prices.write_text(json.dumps({"BTC-USDT": 100.0}))  # as a user would: it has no prices of its own
+    proc = subprocess.Popen([APEX, "sim", "okx", "--port", "0", "--orders-log", str(log), "--prices", str(prices)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().split()[-1]  # "okx simulator listening on URL"
@@ -557,7 +559,8 @@ def test_the_example_pipelines_header_gives_commands_that_start(tmp_path):
     assert (REPO / run.split()[-1]).is_file()
     for cmd in sims:  # as written, but on a free port: the one written may be taken on this machine
         args = cmd[1:cmd.index("--port") + 1] + ["0"] + cmd[cmd.index("--port") + 2:]
-        proc = subprocess.Popen([APEX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([APEX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO)  # its paths are the repository's, as a user runs them
         try:
             said = proc.stdout.readline()
         finally:

@@ -19,6 +19,7 @@ from connectors.sims.ibkr import running as ibkr_running
 from connectors.sims.okx import SimServer, running
 from connectors.venues.ibkr import IbkrVenue
 from helpers import until
+from ibkr_fixtures import PRICES as IBKR_PRICES
 from okx_fixtures import CREDENTIALS, PRICES, ask, free_port, held, logged, okx_venue, raw
 from operators.order_fsm import ACCEPTED, DENIED, FILLED, UNKNOWN, VenueEvent, legal
 from operators.orders import Order, client_order_id
@@ -246,7 +247,7 @@ def test_an_answer_lost_at_ibkr_is_unknown_then_filled_and_placed_once(tmp_path)
     resync after reconnecting, whichever is first; IB has it once. (That the checker alone
     finds a fate the venue never tells is an OKX test above.)"""
     log = tmp_path / "ibkr-orders.jsonl"
-    with ibkr_running(orders_log=log, cash=100_000.0) as gateway:
+    with ibkr_running(orders_log=log, cash=100_000.0, prices=IBKR_PRICES) as gateway:
         gateway.faults.drop_orders = 1
         venue = IbkrVenue("127.0.0.1", gateway.port, 7, "DU1234567", connect_timeout=2.0, request_timeout=2.0,
                           fill_timeout=2.0, backoff=(0.02, 0.2))

@@ -30,6 +30,7 @@ from connectors.venues import ACCEPTED, FILLED, PARTIALLY_FILLED, Ack, OrderUpda
 from connectors.venues.ibkr import IbkrVenue
 from connectors.venues.paper import PaperVenue
 from helpers import until
+from ibkr_fixtures import PRICES as IBKR_PRICES
 from okx_fixtures import CREDENTIALS, PRICES, ask, held, okx_venue
 from operators.orders import Order, client_order_id
 
@@ -89,7 +90,7 @@ def case(request, tmp_path) -> Iterator[Case]:
             venue.close()
     else:
         log = tmp_path / "ibkr-orders.jsonl"
-        with ibkr_running(orders_log=log, cash=100_000.0) as gateway:
+        with ibkr_running(orders_log=log, cash=100_000.0, prices=IBKR_PRICES) as gateway:
             gateway.set_price("AAPL", IBKR_PRICE)
             venue = IbkrVenue("127.0.0.1", gateway.port, 7, "DU1234567", connect_timeout=2.0,
                               request_timeout=2.0, fill_timeout=2.0, backoff=(0.02, 0.2))

@@ -69,10 +69,14 @@ class Sims:
         stop_all(list(reversed(self.procs)))  # in the order they were started, as before
 
 
-def _pipeline(tmp: Path, venues: bool = True) -> Path:
+def _pipeline(tmp: Path, venues: bool = True, band_bps: int | None = None) -> Path:
     """The venues example with its paths made absolute; ``venues`` False: the same pipeline on
-    the built-in paper venue (its ``venues:`` section left out)."""
+    the built-in paper venue (its ``venues:`` section left out); ``band_bps``: its price
+    protection band instead of the example's."""
     text = PIPELINE.read_text().replace("../", f"{REPO}/")
+    if band_bps is not None:
+        text, n = re.subn(r"max_slippage_bps: \d+", f"max_slippage_bps: {band_bps}", text)
+        assert n == 1
     if not venues:
         text = re.sub(r"\nvenues:.*?\n(?=stages:)", "\n", text, flags=re.S)
         assert "kind:" not in text
@@ -153,6 +157,17 @@ def _filled(state: Path, venue: str) -> set[str]:
                                              " AND status = 'filled'", venue)}
 
 
+def _taken(state: Path, venue: str) -> set[str]:
+    """The orders a venue took: those that filled, and the IOCs it cancelled with nothing filled,
+    its price beyond their band (price_protection: the simulators fill at each symbol's first
+    reference price, which a later reference may be far from). Such an order is `cancelled` in
+    the ledger, or `rejected` when the in-flight checker found it so after a restart."""
+    protected = {cid for (cid,) in _ledger(
+        state, "SELECT e.client_order_id FROM executions e JOIN decisions d ON d.signal_id = e.signal_id"
+               " WHERE e.venue = ? AND e.kind = 'open' AND d.outcome = 'price_protection'", venue)}
+    return _filled(state, venue) | protected
+
+
 def _live(state: Path) -> list[tuple]:
     marks = ",".join("?" * len(LIVE))
     return _ledger(state, f"SELECT client_order_id, venue, status FROM executions WHERE status IN ({marks})", *LIVE)
@@ -196,7 +211,10 @@ def test_the_price_recording_through_both_slow_simulators_runs_to_its_end_and_cl
             # the simulators fill at the last price on the same Redis price stream the book marks from
             sims = Sims(work, recording, "--latency-ms", "20", "--redis", redis.url)
         try:
-            pipeline = _pipeline(work, venues=sims is not None)
+            # published at full speed, the simulators' prices (the stream's last) run ahead of the
+            # signals' references, up to 13% from them: a band that wide lets this test compare
+            # exits at the venues with paper's, not price protection (tests/test_price_protection.py)
+            pipeline = _pipeline(work, venues=sims is not None, band_bps=2000)
             state = work / "state"
             proc = _start(work, "apex", pipeline, redis.url, _env(sims), state)
             # as fast as Redis takes them: the book decides far faster than a venue 20 ms away
@@ -213,7 +231,7 @@ def test_the_price_recording_through_both_slow_simulators_runs_to_its_end_and_cl
                 for venue in ("okx", "ibkr"):
                     sent = sims.logged(venue)
                     assert max(Counter(sent).values()) == 1, f"an order reached {venue} twice"
-                    assert set(sent) == _filled(state, venue), f"{venue}'s orders and the ledger's fills differ"
+                    assert set(sent) == _taken(state, venue), f"{venue}'s orders and the ledger's differ"
                 assert set(sims.okx("GET", "placements").values()) == {1}, "an order was sent to OKX twice"
         finally:
             if sims is not None:
@@ -251,7 +269,7 @@ def test_ibkr_dropping_its_socket_holds_up_nothing_at_okx_and_nothing_is_sent_tw
             sent = sims.logged(venue)
             assert sent, f"nothing reached {venue}"
             assert max(Counter(sent).values()) == 1, f"an order reached {venue} twice"
-            assert set(sent) == _filled(state, venue), f"{venue}'s orders and the ledger's fills differ"
+            assert set(sent) == _taken(state, venue), f"{venue}'s orders and the ledger's differ"
         assert set(sims.okx("GET", "placements").values()) == {1}, "an order was sent to OKX twice"
         assert "connection lost" in text  # IBKR really failed under the run
     finally:
@@ -314,7 +332,7 @@ def test_a_restart_with_orders_working_resolves_them_by_asking_and_sends_none_tw
         assert _live(state) == [], "an order left working at the stop was never resolved"
         sent = sims.logged("okx")
         assert held <= set(sent) and max(Counter(sent).values()) == 1
-        assert set(sent) == _filled(state, "okx"), "OKX's orders and the ledger's fills differ"
+        assert set(sent) == _taken(state, "okx"), "OKX's orders and the ledger's differ"
         placed = sims.okx("GET", "placements")
         assert {cid: n for cid, n in placed.items() if n != 1} == {}, "a clOrdId was sent twice"
         status = _status(redis.url, pipeline)

@@ -18,6 +18,10 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+# said at start by a simulator given no prices: it invents none, and refuses every order until it has one
+NO_PRICES = "no prices given: every order is refused until --prices FILE or --redis URL gives its instrument one"
+
+
 def prices_from_recording(path: Path) -> dict[str, dict[str, float]]:
     """By venue, each symbol's first reference price in a recording: what a simulator fills
     at, so that fills land near the prices the signals were sized on. Entries that are not

@@ -266,9 +266,7 @@ class IbkrVenue:
                 acks[i] = Ack(ref, True)  # IB already holds an order under this id: its fate is told, not a second
                 continue
             try:
-                trades[i] = self._ib.placeOrder(contract, ib_api.MarketOrder(
-                    "BUY" if order.side == "buy" else "SELL", float(order.quantity), orderRef=ref,
-                    account=self.account, tif="DAY"))
+                trades[i] = self._ib.placeOrder(contract, _ib_order(order, self.account))
             except ConnectionError:  # the socket is gone: it did not leave
                 self._unwatch(ref)
                 acks[i] = Ack(ref, False, "the connection to IB was lost before it left", sent=False)
@@ -565,3 +563,14 @@ class IbkrVenue:
         if self._asking is not None:
             self._asking.cancel()
         await self._link.close()
+
+
+def _ib_order(order: Order, account: str) -> Any:
+    """A protected order is a marketable limit, IOC: IB fills what it can at its limit and
+    cancels the rest; one without a limit, a market order for the day."""
+    action = "BUY" if order.side == "buy" else "SELL"
+    if order.limit > 0:
+        return ib_api.LimitOrder(action, float(order.quantity), order.limit, orderRef=order.client_order_id,
+                                 account=account, tif="IOC")
+    return ib_api.MarketOrder(action, float(order.quantity), orderRef=order.client_order_id, account=account,
+                              tif="DAY")

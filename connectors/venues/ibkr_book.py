@@ -13,6 +13,7 @@ from typing import Any
 from connectors.venues import ACCEPTED, CANCELLED, FILLED, PARTIALLY_FILLED, REJECTED
 from operators.fill import Fill
 from operators.orders import Order
+from operators.protection import venue_price_in
 
 DONE = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 # statuses a client sets itself before the gateway has answered: not a fate
@@ -131,7 +132,9 @@ class Book:
                 return Fate(CANCELLED, fill, known.reason, settled, latest)
             if known.error and known.error != OUR_CANCEL:
                 return Fate(REJECTED, None, f"IB error {known.error}: {known.reason}")
-            return Fate(CANCELLED, None, "cancelled with nothing filled")
+            # an IOC that was not marketable: IB's text says so, with the price (the simulator's does)
+            said = known.reason if venue_price_in(known.reason) else "cancelled with nothing filled"
+            return Fate(CANCELLED, None, said)
         return Fate(PARTIALLY_FILLED if fill else ACCEPTED, fill, settled=settled, fill_id=latest)
 
     def _fill(self, ref: str, known: Known, execs: list[Execution]) -> Fill | None:

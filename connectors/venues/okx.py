@@ -38,7 +38,7 @@ import ccxt.async_support
 import requests
 import urllib3
 
-from connectors.venues import PENDING, REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
+from connectors.venues import CANCELLED, PENDING, REJECTED, Ack, Instrument, OrderUpdate, Rejected, VenueDown
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
 from connectors.venues import okx_secrets
@@ -50,6 +50,7 @@ from connectors.venues.okx_stream import Stream
 from connectors.venues.settings import OKX_FEE_COINS
 from operators.fill import Fill
 from operators.orders import Order
+from operators.protection import not_marketable
 
 T = TypeVar("T")
 
@@ -160,14 +161,18 @@ class _Link:
 
     def update(self, order: Order, o: dict) -> OrderUpdate:
         # priced through the calling thread's own client: the stream's thread calls this too
-        return records.update(order, self.venue._in_coins(o), lambda ccy: self.venue._here().usd(ccy))
+        u = records.update(order, self.venue._in_coins(o), lambda ccy: self.venue._here().usd(ccy))
+        if order.limit > 0 and u.status == CANCELLED and u.fill is None:
+            # an IOC nothing of which was marketable: OKX's answer has no market price, its ticker does
+            u = replace(u, reason=not_marketable(order.limit, self.venue._here().last(order)))
+        return u
 
     # ----- placing -----
 
     def send(self, chunk: list[Order]) -> list[Answer]:
         """One batch request; what became of each order, in the order given."""
-        requests_ = [{"symbol": self.symbol_of(o), "type": "market", "side": o.side, "amount": self.venue._amount(o),
-                      "params": self.venue._params(o)} for o in chunk]
+        requests_ = [{"symbol": self.symbol_of(o), "type": _type(o), "side": o.side, "amount": self.venue._amount(o),
+                      "price": o.limit or None, "params": self.venue._params(o)} for o in chunk]
         costs = limits.batch([self.venue._inst(o.symbol) for o in chunk])
         pos = {o.client_order_id: i for i, o in enumerate(chunk)}
         try:
@@ -195,6 +200,14 @@ class _Link:
             got[i] = (Answer(MAYBE, reason=f"okx {MAYBE_PLACED}: {info.get('sMsg', '')}") if refusal is None
                       else Answer(REFUSED, reason=refusal) if refusal else Answer(TAKEN, str(a.get("id") or "")))
         return [got.get(i, Answer(MAYBE, reason="okx said nothing of it")) for i in range(len(chunk))]
+
+    def last(self, order: Order) -> float | None:
+        """The instrument's last price, None if it cannot be asked (the order's outcome says so)."""
+        try:
+            ticker = self.venue._read({}, lambda: self.ex.fetch_ticker(self.symbol_of(order)))
+        except (VenueDown, KeyError):
+            return None
+        return float(ticker.get("last") or 0) or None
 
     def usd(self, ccy: str) -> float:
         """The last price of a coin in the quote currency, taken as USD (a fee paid in OKB)."""
@@ -481,17 +494,21 @@ class OkxVenue:
             return (f"{order.quantity:g} {order.symbol} is below {inst}'s smallest order, "
                     f"{c.min_sz} contracts of {c.ct_val}")
         try:  # ccxt's own checks (amount precision), which would refuse the whole batch
-            link.ex.create_order_request(markets[inst]["symbol"], "market", order.side, self._amount(order), None,
-                                         self._params(order))
+            link.ex.create_order_request(markets[inst]["symbol"], _type(order), order.side, self._amount(order),
+                                         order.limit or None, self._params(order))
         except ccxt.BaseError as e:
             return self._scrub(f"{type(e).__name__}: {e}")
         return ""
 
     def _params(self, order: Order) -> dict:
+        # a protected order is an IOC at its limit: OKX's ordType ``ioc``
         if self.swap:  # net mode: a sell opens or adds to a short, a buy reduces it
-            return {"clientOrderId": order.client_order_id, "tdMode": swaps.TD_MODE, "posSide": swaps.POS_SIDE}
-        # a market buy is sized in the base currency, as the order is
-        return {"clientOrderId": order.client_order_id, "tgtCcy": "base_ccy"}
+            params = {"clientOrderId": order.client_order_id, "tdMode": swaps.TD_MODE, "posSide": swaps.POS_SIDE}
+        else:  # sized in the base currency, as the order is (OKX sizes a spot market buy in the quote otherwise)
+            params = {"clientOrderId": order.client_order_id, "tgtCcy": "base_ccy"}
+        if order.limit > 0:
+            params["timeInForce"] = "IOC"
+        return params
 
     def _amount(self, order: Order) -> float:
         """What the order asks of OKX: coins on spot, contracts on a swap."""
@@ -550,6 +567,8 @@ class OkxVenue:
         fate = (records.fate(order, self._in_coins(o), link.usd) if o.get("status") in TERMINAL
                 else self._finish(link, order))
         if isinstance(fate, Rejected):
+            if order.limit > 0:  # an IOC that ended with nothing filled: not marketable at its limit
+                raise Rejected(not_marketable(order.limit, link.last(order)))
             raise fate
         return fate
 
@@ -752,6 +771,11 @@ class OkxVenue:
         except ccxt.BaseError as e:
             raise VenueDown(self._scrub(f"{self._where} could not be asked: {type(e).__name__}: {e}")) from None
 
+
+
+def _type(order: Order) -> str:
+    """A protected order is a marketable limit (an IOC at its limit); one without a limit, a market order."""
+    return "limit" if order.limit > 0 else "market"
 
 
 def _ws_url(url: str | None) -> str | None:

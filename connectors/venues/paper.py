@@ -1,7 +1,8 @@
 """The paper venue: fills market orders at the order's reference price with
-configurable slippage and fee, and remembers every client order id in its own
-SQLite file, as a real exchange does, so a crash between sending and
-recording can be resolved by asking it (``lookup``) rather than sending twice.
+configurable slippage and fee (nothing, when that lies beyond the order's protection
+limit), and remembers every client order id in its own SQLite file, as a real exchange
+does, so a crash between sending and recording can be resolved by asking it (``lookup``)
+rather than sending twice.
 
 It simulates every market a signal may name, each with its own lot rules (crypto
 to 1e-8 of a coin, equities in whole shares). It lists the bundled universe, and
@@ -19,6 +20,7 @@ from connectors.venues import FILLED, REJECTED, Ack, Instrument, OrderUpdate, Re
 from operators.filters import DEFAULT_UNIVERSE
 from operators.orders import Order, expected_fill
 from operators.fill import Fill
+from operators.protection import not_marketable
 
 # market -> (lot size, tick size); the minimum size is one lot
 RULES = {"okx": (1e-8, 1e-8), "ibkr": (1.0, 0.01)}
@@ -62,6 +64,8 @@ class PaperVenue:
         if order.price <= 0:
             return Rejected("no price")
         f = expected_fill(order, self.slippage_bps, self.fee_bps, _order_id(order.client_order_id))
+        if order.limit > 0 and (f.price > order.limit if order.side == "buy" else f.price < order.limit):
+            return Rejected(not_marketable(order.limit, f.price))  # its own fill lies beyond the order's band
         cur = self.db.execute(
             "INSERT OR IGNORE INTO orders (client_order_id, signal_id, venue, symbol, side, quantity, price,"
             " fee_usd, ts_ms, received_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

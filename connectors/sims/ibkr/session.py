@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 from connectors.sims.ibkr import messages as m
-from connectors.sims.ibkr.state import SimOrder
+from connectors.sims.ibkr.state import NO_PRICE, SimOrder
 from connectors.sims.ibkr.wire import handshake, handshake_reply, read_message
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Session:
 
     def contract_details(self, f: list[str]) -> None:
         req_id, symbol, sec_type = int(f[2]), f[4], f[5]
-        if self.gw.state.price(symbol) is None or sec_type not in ("STK", ""):
+        if not self.gw.state.defines(symbol) or sec_type not in ("STK", ""):
             self.send(m.error(req_id, 200, "No security definition has been found for the request"))
         else:
             self.send(m.contract_details(req_id, symbol), m.contract_details_end(req_id))
@@ -113,12 +113,13 @@ class Session:
     def place_order(self, f: list[str]) -> None:
         order_id, symbol = int(f[1]), f[3]
         action, quantity, order_type, account, ref = f[16], float(f[17] or 0), f[18], f[23], f[26]
+        limit, tif = _price(f[19]), f[21]
         gw, cid = self.gw, self.client_id or 0
         if gw.state.find(cid, order_id) is not None:
             self.send(m.error(order_id, 103, "Duplicate order id"))
             return
         price = gw.state.price(symbol)
-        reason = self._refusal(symbol, action, quantity, order_type, price)
+        reason = self._refusal(symbol, action, quantity, order_type, tif, limit, price)
         if reason:
             self.send(m.error(order_id, 201, f"Order rejected - reason:{reason}"))
             return
@@ -126,11 +127,18 @@ class Session:
         o = gw.state.accept(order_id, cid, symbol, action, quantity, order_type, account or gw.account, ref)
         gw.state.log_accepted(o, price)
         shares = quantity if gw.faults.partial is None else math.floor(quantity * gw.faults.partial)
+        if order_type == "LMT" and not (price <= limit if action == "BUY" else price >= limit):
+            shares = 0  # an IOC not marketable at its limit: nothing fills, all of it is cancelled
         ex = gw.state.execute(o, shares, price) if shares > 0 else None
+        ioc_rest = order_type == "LMT" and not o.done  # an IOC's unfilled rest: cancelled at once, answered or not
         if gw.faults.take("drop_orders"):
+            if ioc_rest:
+                gw.state.cancel(o)
             self.drop()
             return
         if gw.faults.take("error_103"):
+            if ioc_rest:
+                gw.state.cancel(o)
             self.send(m.error(order_id, 103, "Duplicate order id"))
             return
         self.send(m.open_order(o))
@@ -139,12 +147,19 @@ class Session:
         else:
             self.send(m.order_status(o, price), m.exec_details(-1, ex), m.commission_report(ex))
             gw.push_account(symbol)
+        if ioc_rest:  # said after its fills, with the venue's price
+            gw.state.cancel(o)
+            self.send(m.error(order_id, 202, f"Order Canceled - reason:IOC not marketable at limit {limit:.15g}; "
+                                             f"venue price {price:.15g}"), m.order_status(o, 0.0))
 
-    def _refusal(self, symbol: str, action: str, quantity: float, order_type: str, price: float | None) -> str:
-        if price is None or symbol in self.gw.faults.reject:
+    def _refusal(self, symbol: str, action: str, quantity: float, order_type: str, tif: str, limit: float,
+                 price: float | None) -> str:
+        if not self.gw.state.defines(symbol) or symbol in self.gw.faults.reject:
             return f"{symbol} is not tradable here"
-        if order_type != "MKT":
-            return "this simulator takes market orders only"
+        if price is None:  # never an invented price: the order is refused, and says why
+            return NO_PRICE.format(symbol=symbol)
+        if order_type not in ("MKT", "LMT") or (order_type == "LMT" and (tif != "IOC" or limit <= 0)):
+            return "this simulator takes market orders and marketable limits (LMT, IOC) only"
         if action not in ("BUY", "SELL") or quantity <= 0 or not quantity.is_integer():
             return "the quantity must be a whole number of shares"
         if action == "BUY" and quantity * price > self.gw.state.book.cash:
@@ -217,6 +232,15 @@ class Session:
     def order_filled_later(self, o: SimOrder, frames: list[bytes]) -> None:
         """A resting order of this client filled: its owner hears it as a live update."""
         self.send(m.open_order(o), *frames)
+
+
+def _price(field: str) -> float:
+    """A price field of a placed order: empty, or ib_async's "unset" (the largest double), is none."""
+    try:
+        px = float(field)
+    except ValueError:
+        return 0.0
+    return px if 0 < px < 1e300 else 0.0
 
 
 HANDLERS = {

@@ -12,8 +12,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_PRICES = {"AAPL": 100.0, "MSFT": 300.0, "NVDA": 120.0, "AMZN": 180.0, "GOOGL": 150.0,
-                  "META": 500.0, "TSLA": 250.0, "JPM": 200.0, "SPY": 450.0, "QQQ": 400.0}
+# defined whatever prices it is given; it trades a stock only once it has a price for it
+DEFAULT_SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM", "SPY", "QQQ")
+NO_PRICE = "the simulator has no price for {symbol}: start it with --prices or --redis"
 FIRST_PERM_ID = 1_000_000
 
 
@@ -86,7 +87,8 @@ class SimState:
     def __init__(self, *, cash: float, prices: dict[str, float] | None = None,
                  state_file: str | Path | None = None, orders_log: str | Path | None = None):
         self.lock = threading.RLock()
-        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+        self.prices = dict(prices or {})
+        self.symbols = set(DEFAULT_SYMBOLS) | set(self.prices)
         self.state_file = Path(state_file) if state_file else None
         self.orders_log = Path(orders_log) if orders_log else None
         self.book = self._load() or Book(cash=cash)
@@ -119,6 +121,11 @@ class SimState:
     def set_price(self, symbol: str, price: float) -> None:
         with self.lock:
             self.prices[symbol] = price
+            self.symbols.add(symbol)
+
+    def defines(self, symbol: str) -> bool:
+        with self.lock:
+            return symbol in self.symbols
 
     def accept(self, order_id: int, client_id: int, symbol: str, action: str, quantity: float,
                order_type: str, account: str, order_ref: str) -> SimOrder:

@@ -20,7 +20,9 @@ from pathlib import Path
 from connectors.sims.okx import matching, records
 from connectors.sims.okx.matching import Depth, Level
 
-DEFAULT_PRICES = {"BTC-USDT": 100.0, "ETH-USDT": 50.0, "SOL-USDT": 20.0}
+# listed whatever prices it is given; it trades an instrument only once it has a price for it
+DEFAULT_INSTRUMENTS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+NO_PRICE = "the simulator has no price for {inst}: start it with --prices or --redis"
 DEFAULT_BALANCES = {"USDT": 1_000_000.0}
 LOT, MIN_SIZE = Decimal("0.00000001"), Decimal("0.00001")
 TAKER_FEE, MAKER_FEE = Decimal("0.001"), Decimal("0.0008")
@@ -65,6 +67,8 @@ class Book:
         self.lock = threading.RLock()  # the server's loop and a test's thread both reach in
         self.prices = {k: Decimal(str(v)) for k, v in (prices or DEFAULT_PRICES).items()}
         self.ticks: dict[str, Decimal] = {}  # fixed from the first price an instrument is given
+        self.prices = {k: Decimal(str(v)) for k, v in (prices or {}).items()}
+        self.listed = set(DEFAULT_INSTRUMENTS) | set(self.prices)
         self.balances = {k: Decimal(str(v)) for k, v in (balances or DEFAULT_BALANCES).items()}
         self.orders: dict[str, dict] = {}  # by ordId, OKX's own record of each
         self.by_clord: dict[str, str] = {}  # clOrdId -> the latest ordId under it
@@ -84,6 +88,8 @@ class Book:
     # ----- the market around each last price -----
 
     def tick(self, inst: str) -> Decimal:
+        if inst not in self.prices:  # listed, not yet priced: OKX's finest spot tick until a price fixes it
+            return self.ticks.get(inst, Decimal("0.01"))
         return self.ticks.setdefault(inst, matching.tick_for(self.prices[inst]))
 
     def _side(self, inst: str, side: str) -> list[Level]:
@@ -97,20 +103,22 @@ class Book:
     def instruments(self) -> list[dict]:
         with self.lock:
             return [records.instrument(inst, _s(LOT), _s(self.tick(inst)), _s(MIN_SIZE))
-                    for inst in sorted(self.prices)]
+                    for inst in sorted(self.listed)]
 
     def currencies(self) -> list[dict]:
         """One chain per currency traded, enough for ccxt's currency table."""
         with self.lock:
-            ccys = sorted({c for inst in self.prices for c in inst.split("-")} | set(self.balances))
+            ccys = sorted({c for inst in self.listed for c in inst.split("-")} | set(self.balances))
         return [{"ccy": c, "name": c, "chain": f"{c}-{c}", "canDep": True, "canWd": True, "canInternal": True,
                  "minWd": "0.0001", "maxWd": "1000000", "fee": "0", "minFee": "0", "maxFee": "0",
                  "wdTickSz": "8", "mainNet": True} for c in ccys]
 
     def ticker(self, inst: str) -> dict:
         with self.lock:
-            if inst not in self.prices:
+            if inst not in self.listed:
                 raise Refusal("51001", "Instrument ID doesn't exist.")
+            if inst not in self.prices:
+                raise Refusal("51000", NO_PRICE.format(inst=inst))
             px = _s(self.prices[inst])
             bid, ask = self._best(inst)
             return {"instType": "SPOT", "instId": inst, "last": px, "lastSz": "1", "askPx": _s(ask.px),
@@ -120,7 +128,7 @@ class Book:
     def trades(self, inst: str, limit: int = 100) -> list[dict]:
         """The latest public trades of an instrument, newest first."""
         with self.lock:
-            if inst not in self.prices:
+            if inst not in self.listed:
                 raise Refusal("51001", "Instrument ID doesn't exist.")
             return [records.public_trade(f) for f in reversed(self.fills) if f["instId"] == inst][:limit]
 
@@ -180,8 +188,10 @@ class Book:
             if cl and not CLORD.fullmatch(cl):
                 raise Refusal("51000", "Parameter clOrdId error")
             inst = str(req.get("instId") or "")
-            if inst not in self.prices:
+            if inst not in self.listed:
                 raise Refusal("51001", "Instrument ID doesn't exist.")
+            if inst not in self.prices:  # never an invented price: the order is refused, and says why
+                raise Refusal("51000", NO_PRICE.format(inst=inst))
             if req.get("tdMode") != "cash":  # a spot order in a cash account; OKX requires it said
                 raise Refusal("51000", "Parameter tdMode error")
             side, kind = req.get("side"), req.get("ordType")
@@ -300,6 +310,7 @@ class Book:
         """A new last price; every resting limit order it crosses fills at its own price."""
         with self.lock:
             self.prices[inst] = Decimal(str(price))
+            self.listed.add(inst)
             bid, ask = self._best(inst)
             for o in sorted(self.orders.values(), key=lambda o: int(o["ordId"])):
                 if (o["instId"] == inst and o["state"] in OPEN_STATES and o["ordType"] in ("limit", "post_only")
@@ -384,6 +395,7 @@ class Book:
     def _load(self, doc: dict) -> None:
         self.prices.update({k: Decimal(v) for k, v in doc.get("prices", {}).items()})
         self.ticks.update({k: Decimal(v) for k, v in doc.get("ticks", {}).items()})
+        self.listed |= set(self.prices)
         self.balances = {k: Decimal(v) for k, v in doc.get("balances", {}).items()}
         for o in doc.get("orders", []):
             o = {**records.ORDER_BLANKS, **o}  # a file an older simulator wrote lacks some of OKX's fields

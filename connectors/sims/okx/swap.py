@@ -17,7 +17,7 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connectors.sims.okx.state import CLORD, Refusal, now_ms
+from connectors.sims.okx.state import CLORD, NO_PRICE, Refusal, now_ms
 
 if TYPE_CHECKING:
     from connectors.sims.okx.state import Book
@@ -111,11 +111,13 @@ class Swaps:
     # ----- what a request may ask -----
 
     def listed(self) -> list[str]:
-        return sorted(f"{inst}{SUFFIX}" for inst in self.book.prices if inst.endswith(f"-{SETTLE}"))
+        return sorted(f"{inst}{SUFFIX}" for inst in self.book.listed if inst.endswith(f"-{SETTLE}"))
 
     def _known(self, inst: str) -> None:
-        if not is_swap(inst) or spot_of(inst) not in self.book.prices:
-            raise Refusal("51001", "Instrument ID does not exist")
+        if not is_swap(inst) or spot_of(inst) not in self.book.listed:
+            raise Refusal("51001", "Instrument ID doesn't exist.")
+        if spot_of(inst) not in self.book.prices:  # never an invented price: refused, and says why
+            raise Refusal("51000", NO_PRICE.format(inst=inst))
 
     def instruments(self) -> list[dict]:
         with self.book.lock:
@@ -230,7 +232,7 @@ class Swaps:
             side, kind = req.get("side"), req.get("ordType")
             if side not in ("buy", "sell"):
                 raise Refusal("51000", "Parameter side error")
-            if kind not in ("market", "limit"):
+            if kind not in ("market", "limit", "ioc"):
                 raise Refusal("51000", "Parameter ordType error")
             if req.get("tdMode") not in ("isolated", "cross"):
                 raise Refusal("51000", "Parameter tdMode error")
@@ -244,10 +246,10 @@ class Swaps:
                 raise Refusal("51121", f"Order quantity must be a multiple of the lot size ({_s(sp.lot)}).")
             if sz < sp.min_sz:
                 raise Refusal("51020", "Order amount should be greater than the min available amount")
-            if cl and cl in book.by_clord:
+            if cl and book._open(cl):  # OKX keeps a clOrdId unique among open orders only
                 raise Refusal("51016", "Duplicated clOrdId")
             last = book.prices[spot_of(inst)]
-            limit = _dec(req.get("px"), "px") if kind == "limit" else None
+            limit = _dec(req.get("px"), "px") if kind in ("limit", "ioc") else None
             px = limit if limit is not None else last
             signed = sz if side == "buy" else -sz
             need = self._margin_for(inst, signed, px) + sz * sp.ct_val * px * TAKER_FEE
@@ -270,6 +272,9 @@ class Swaps:
             self._push(o, None)  # OKX pushes "live" first for every order it takes
             if filled:
                 self._fill(o, filled, last)
+            if kind == "ioc" and o["state"] in ("live", "partially_filled"):  # the rest is cancelled at once
+                o.update(state="canceled", cancelSource="14", uTime=now_ms())
+                self._push(o, None)
             book._log(o)
             return _public(o)
 
