@@ -30,6 +30,7 @@ from connectors.venues import okx_swap as swaps
 from connectors.venues.settings import OkxSettings
 from dataflows.config import parse
 from helpers import KELLY_AND_EXECUTE, audit_query, entry, run_flow, sig, until, write_recording
+from ibkr_fixtures import PRICES as IBKR_PRICES
 from okx_fixtures import logged, okx_venue, order, raw
 from operators import funding
 from operators.audit import EVENT_COLUMNS
@@ -547,7 +548,7 @@ def test_swaps_with_a_lost_answer_at_okx_while_ibkr_trades(swap_sim, tmp_path):
     of both venues is clean."""
     server, _ = swap_sim
     server.arm("drop", times=1)  # taken, then the connection cut before the answer
-    with ibkr_running(orders_log=tmp_path / "ibkr-orders.jsonl", cash=1_000_000.0) as ibkr:
+    with ibkr_running(orders_log=tmp_path / "ibkr-orders.jsonl", cash=1_000_000.0, prices=IBKR_PRICES) as ibkr:
         path = tmp_path / "p.yaml"
         path.write_text(f"state_dir: {tmp_path / 'state'}\nvenues:\n"
                         f"  okx: {{kind: okx, url: '{server.url}', market: swap}}\n"

@@ -100,6 +100,7 @@ def test_a_venue_price_ten_times_the_reference_fills_nothing_at_either_venue_whi
                          ("btc-later", "okx", "BTC-USDT", "buy"))
         res = _run(path, rec)
         btc_held = okx.sim.book.balances.get("BTC")
+        btc_tick = float(okx.sim.book.tick("BTC-USDT"))
         usdt_left = float(okx.sim.book.balances["USDT"])
         okx_fills = [(f["instId"], float(f["fillPx"]) * float(f["fillSz"])) for f in okx.sim.book.fills]
 
@@ -130,7 +131,9 @@ def test_a_venue_price_ten_times_the_reference_fills_nothing_at_either_venue_whi
     assert protected["stage"] == "EXECUTION_CONFIRMED"
     d = _details(protected)
     assert d["reference"] == 95_000.0 and d["venue_price"] == 950_000.0
-    assert d["limit"] == pytest.approx(95_475.0)  # the band's edge, on OKX's 0.01 tick
+    # the band's edge (95,475), rounded to the instrument's tick towards the reference
+    assert 95_475.0 - btc_tick < d["limit"] <= 95_475.0 and d["limit"] / btc_tick == pytest.approx(
+        round(d["limit"] / btc_tick))
     assert not _events(audit, "btc", "opened")
 
 
@@ -160,20 +163,22 @@ def test_a_fill_booked_beyond_the_band_is_an_alert_in_the_log_the_audit_and_apex
         res = _run(path, rec)
     assert _decisions(tmp_path)["btc"][0] == "filled"
     alerts = [line for line in res.stderr.splitlines() if "PRICE ALERT" in line]
-    assert len(alerts) == 1 and "BTC-USDT" in alerts[0] and "9500" in alerts[0], res.stderr[-2000:]
+    # the venue fills at its ask, a spread above the last price of 9,500
+    assert len(alerts) == 1 and "BTC-USDT" in alerts[0] and "reference 95000" in alerts[0], res.stderr[-2000:]
 
     (away,) = _events(_audit(tmp_path), "btc", "price_away")
-    assert _details(away)["price"] == 9_500.0 and _details(away)["reference"] == 95_000.0
+    filled_at = _details(away)["price"]
+    assert filled_at == pytest.approx(9_500.0, rel=1e-3) and _details(away)["reference"] == 95_000.0
 
     status = subprocess.run([APEX, "status", "--redis", redis_server.url, "--pipeline", str(path), "--json"],
                             capture_output=True, text=True, timeout=60, env=clean_env())
     assert status.returncode == 0, status.stderr
     (alert,) = json.loads(status.stdout)["price_alerts"]
     assert (alert["venue"], alert["symbol"], alert["reference"], alert["price"]) == ("okx", "BTC-USDT", 95_000.0,
-                                                                                     9_500.0)
+                                                                                     filled_at)
     shown = subprocess.run([APEX, "status", "--redis", redis_server.url, "--pipeline", str(path)],
                            capture_output=True, text=True, timeout=60, env=clean_env())
-    assert "PRICE ALERTS: 1" in shown.stdout and "BTC-USDT buy filled at 9500, reference 95000" in shown.stdout
+    assert "PRICE ALERTS: 1" in shown.stdout and f"BTC-USDT buy filled at {filled_at:g}, reference 95000" in shown.stdout
 
 
 def test_a_partial_fill_books_what_filled_and_says_the_rest_was_cancelled(tmp_path):
@@ -217,13 +222,14 @@ def test_okx_asked_after_an_ioc_it_cancelled_says_price_protection_with_its_pric
     with okx_running(prices={"BTC-USDT": 10 * REF["BTC-USDT"]}) as okx:
         venue = okx_venue(okx.url)
         try:
+            # the band's edge on the instrument's tick (10 at this price), as Apex computes it
             o = Order(client_order_id("asked"), "asked", "open", "okx", "BTC-USDT", "buy", 0.01, 95_000.0, 1,
-                      95_475.0)
+                      95_470.0)
             venue.place_many([o])
             with pytest.raises(Rejected) as said:
                 venue.lookup(o)
         finally:
             venue.close()
         (record,) = okx.sim.book.orders.values()
-    assert record["ordType"] == "ioc" and record["px"] == "95475" and record["state"] == "canceled"
+    assert record["ordType"] == "ioc" and record["px"] == "95470" and record["state"] == "canceled"
     assert is_protection(str(said.value)) and venue_price_in(str(said.value)) == 950_000.0
