@@ -10,8 +10,9 @@ intent is committed before it leaves), so it is never taken for someone else's.
 
 What differs is valued and judged (``operators/drift.py``): an alert is a log line, an
 entry on the ``apex:alerts`` stream and the venue's line in ``apex status``
-(``apex:reconciliation``); above the kill fraction the kill switch is asked for on the
-control stream, and the running worker carries it out. The clock: at start and every
+(``apex:reconciliation``); above the kill fraction the kill switch runs as ``apex kill``
+does: the running worker halts, cancels and closes its trades (the control stream), and
+what no book holds is sold at the venue. The clock: at start and every
 ``clock.every_s``, each venue's server time against this machine's; beyond the allowance
 the books are asked to go REDUCING the same way.
 """
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -43,6 +47,8 @@ STATUS_KEY = "apex:reconciliation"  # hash: venue -> the last comparison, for `a
 ALERTS_STREAM = "apex:alerts"
 ALERTS_KEPT = 10_000
 BY = "reconciliation"
+APEX = str(Path(sys.executable).with_name("apex"))
+KILL_TIMEOUT_S = 300.0  # the kill's own bounds (a worker's confirmation, its closes) are well inside
 
 
 @dataclass
@@ -101,13 +107,15 @@ class LiveReconciler:
     """``venues``: the pipeline's venues by market (the connections the books trade on)."""
 
     def __init__(self, pipeline, venues: Callable[[], Mapping[str, Venue]], redis_url: str, *,
-                 control_stream: str = CONTROL_STREAM, say: Callable[[str], None] | None = None):
+                 control_stream: str = CONTROL_STREAM, say: Callable[[str], None] | None = None,
+                 kill: Callable[[str], None] | None = None):
         self.p = pipeline
         self.venues = venues
         self.ledgers = {b.book: (b.ledger_path, b.execute.initial_nav_usd) for b in pipeline.each_book()}
         self.ignored = {market: pipeline.venues.ignored(market) for market in VENUES}
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.control_stream = control_stream
+        self.kill = kill or self._kill  # `apex kill`, unless a test watches the ask itself
         self.say = say or (lambda line: log.warning("%s", line))
         self.levels: dict[str, str] = {}  # venue -> the last level said (each change said once)
         self.clock_off: dict[str, bool] = {}
@@ -173,7 +181,7 @@ class LiveReconciler:
         # once per episode: the kill switch is idempotent, but one ask is one act in the trail
         if drift.level == KILL and venue not in self.killed:
             self.killed.add(venue)
-            self._ask("kill", line)
+            self.kill(line)
         elif drift.level != KILL:
             self.killed.discard(venue)
 
@@ -190,6 +198,24 @@ class LiveReconciler:
         self.levels[venue] = level
         if level in (ALERT, KILL) or level != before:
             self.say(line)
+
+    def _kill(self, reason: str) -> None:
+        """The kill switch as `apex kill` runs it: the worker (this process) halts, cancels and
+        closes its trades through the control stream, then what no book holds (the holding
+        that set reconciliation off) is sold at the venue. A process of its own, on a thread of
+        its own: the comparison goes on meanwhile, and nothing here waits on it."""
+        argv = [APEX, "kill", "--pipeline", str(self.p.path), "--state-dir", str(self.p.state_dir),
+                "--reason", reason, "--by", BY]
+
+        def run() -> None:
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=KILL_TIMEOUT_S)
+                said = (done.stdout + done.stderr).strip()
+                self.say(f"reconciliation: apex kill exited {done.returncode}" + (f": {said}" if said else ""))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.say(f"reconciliation: apex kill could not run: {type(e).__name__}: {e}")
+
+        threading.Thread(target=run, name="apex-reconcile-kill", daemon=True).start()
 
     def _ask(self, command: str, reason: str) -> None:
         try:

@@ -17,7 +17,7 @@ from connectors.venues import Venue
 
 def control_stream(pipeline: Any) -> str:
     """The control stream's key: the pipeline's when it names one, else ``apex:control``."""
-    return getattr(pipeline, "control_stream", None) or CONTROL_STREAM
+    return pipeline.redis.control_stream or CONTROL_STREAM
 
 
 @dataclass

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apex.safety_view import safety_lines, safety_status
-from connectors.live_reconcile import ALERTS_STREAM, CONTROL_STREAM, LiveReconciler
+from connectors.live_reconcile import ALERTS_STREAM, CONTROL_STREAM, LiveReconciler, ask
 from dataflows.config import parse
 from helpers import KELLY_AND_EXECUTE, until
 from ibkr_fixtures import connect, gateway  # noqa: F401  (fixtures)
@@ -70,12 +70,18 @@ def _controls(r) -> list[dict]:
     return [fields for _, fields in r.xrange(CONTROL_STREAM)]
 
 
+def _asking(r):
+    """The kill switch as the reconciler asks for it, recorded as a command on the control
+    stream (the real one, `apex kill`, is test_watchdog_e2e's)."""
+    return lambda reason: ask(r, CONTROL_STREAM, "kill", reason)
+
+
 def test_a_position_moved_by_a_tenth_percent_of_nav_is_an_alert_and_one_percent_closes_everything(
         okx_sim, redis_server, tmp_path):
     r = redis_server.client()
     said: list[str] = []
     p = _pipeline(tmp_path)
-    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=said.append)
+    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=said.append, kill=_asking(r))
     try:
         assert rec.once()["okx"].level == OK
         okx_sim.server.set_balance("BTC", 0.001 * NAV / PRICES["BTC-USDT"])  # 0.1% of NAV, behind Apex's back
@@ -103,7 +109,8 @@ def test_a_position_moved_by_a_tenth_percent_of_nav_is_an_alert_and_one_percent_
 def test_the_loop_runs_on_its_own_thread_at_the_configured_period(okx_sim, redis_server, tmp_path):
     r = redis_server.client()
     p = _pipeline(tmp_path, "reconcile: {every_s: 0.2}\nclock: {every_s: 0.2}\n")
-    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=lambda _: None).start()
+    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=lambda _: None,
+                         kill=_asking(r)).start()
     try:
         assert until(lambda: r.hget("apex:reconciliation", "okx") is not None, 30)
         okx_sim.server.set_balance("ETH", 0.02 * NAV / PRICES["ETH-USDT"])
@@ -132,7 +139,7 @@ def test_a_venue_clock_off_by_more_than_the_allowance_sends_the_books_reducing(
     said: list[str] = []
     ib = connect()
     rec = LiveReconciler(_pipeline(tmp_path), lambda: {"okx": okx_sim.venue, "ibkr": ib}, redis_server.url,
-                         say=said.append)
+                         say=said.append, kill=_asking(r))
     try:
         clocks = {c.venue: c for c in rec.clocks()}
         assert set(clocks) == {"okx", "ibkr"} and not any(c.off for c in clocks.values()), clocks
@@ -160,7 +167,7 @@ def test_one_venue_away_while_the_other_drifts_the_drift_is_still_acted_on(
     said: list[str] = []
     ib = connect()
     rec = LiveReconciler(_pipeline(tmp_path), lambda: {"okx": okx_sim.venue, "ibkr": ib}, redis_server.url,
-                         say=said.append)
+                         say=said.append, kill=_asking(r))
     try:
         assert {v: d.level for v, d in rec.once().items()} == {"okx": OK, "ibkr": OK}
         gateway.refuse_connections(True)
