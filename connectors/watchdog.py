@@ -74,10 +74,11 @@ class Watchdog:
 
     def act(self, verdict: Verdict) -> int:
         reason = verdict.reason()
-        # the worker is silent, so it is given little time to confirm before the command acts
-        # at the venues itself; only a silent producer leaves a live worker, which confirms at once
+        # a silent stage of Apex's means a worker that will not carry the command out: the kill
+        # acts at the venues at once; a silent producer alone leaves a live worker, which confirms
+        confirm_s = 0.0 if verdict.worker_silent() else CONFIRM_S
         argv = [*self.command, self.action, "--pipeline", str(self.pipeline), "--state-dir", str(self.state_dir),
-                "--reason", reason, "--confirm-within", str(CONFIRM_S), "--by", "watchdog"]
+                "--reason", reason, "--confirm-within", f"{confirm_s:g}", "--by", "watchdog"]
         self.say(f"apex watchdog: {reason}: running apex {self.action}")
         # why is on record before acting: a kill that hangs or is killed leaves its reason behind
         self._record(verdict, reason, None, "")

@@ -51,6 +51,11 @@ class Verdict:
     def reason(self) -> str:
         return "watchdog: " + ", ".join(s.line() for s in self.act)
 
+    def worker_silent(self) -> bool:
+        """Whether a stage of Apex's own is among the silent (not only the producer): then the
+        worker cannot be counted on to carry a command out."""
+        return any(s.stage != PRODUCER for s in self.act)
+
 
 @dataclass
 class Watch:
