@@ -451,6 +451,7 @@ def test_credentials_stay_out_of_reprs_errors_and_log_lines(caplog):
     failing to connect. No error and no log line (ccxt's own, at DEBUG, included) shows
     the API key, the secret or the passphrase."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="ccxt")  # whatever an earlier in-process run set it to
     with running(prices=PRICES, credentials=CREDENTIALS) as sim:
         venue = okx_venue(sim.url)
         venue.listen()
