@@ -284,7 +284,7 @@ def test_sigkill_at_random_points_loses_nothing_and_executes_nothing_twice(tmp_p
     while kills < 6 or producer.poll() is None:
         w = Worker(tmp_path, pipeline)
         if rng.random() < 0.2:  # during start-up: reading its own pending, building the book
-            wait_for(lambda: "apex run:" in w.output(), "start-up", workers=(w,))
+            wait_for(lambda: "source=" in w.output(), "start-up", workers=(w,))  # its start line
         else:  # mid-stream, right after some progress: a decision committed, or a batch acked
             by_ledger = rng.random() < 0.5
             progress = (lambda: decided(state)) if by_ledger else (lambda: group(r)["acked"])
