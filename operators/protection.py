@@ -10,6 +10,7 @@ ignored the limit, a paper venue set to slip more than the band) is an alert.
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from operators.audit import PRICE_PROTECTION  # the outcome of an order nothing of which was marketable at its limit
@@ -26,11 +27,16 @@ def limit_price(side: str, reference: float, band_bps: float, tick: float) -> fl
     (no limit) only without a reference."""
     if reference <= 0 or band_bps < 0:
         return 0.0
+    if tick <= 0:  # no grid (the paper venue): the band's edge in floats, a few ulps towards the
+        # reference so the rounding of the products never widens it; the decimal path below
+        # costs about as much as the rest of an order's decision
+        edge = reference * (1.0 + band_bps / 10_000) if side == "buy" else reference * (1.0 - band_bps / 10_000)
+        for _ in range(3):
+            edge = math.nextafter(edge, reference)
+        return edge if edge > 0 else 0.0
     ref, band = Decimal(repr(reference)), Decimal(repr(band_bps)) / 10_000
-    step = Decimal(repr(tick)) if tick > 0 else None
+    step = Decimal(repr(tick))
     edge = ref * (1 + band) if side == "buy" else ref * (1 - band)
-    if step is None:  # no tick known: the venue rounds it (to its own grid, or refuses it)
-        return float(edge) if edge > 0 else 0.0
     # towards the reference: down for a buy's ceiling, up for a sell's floor
     ticks = (edge / step).to_integral_value(ROUND_FLOOR if side == "buy" else ROUND_CEILING)
     if ticks <= 0:  # the edge to 15 digits, towards the reference: a float carries it exactly
