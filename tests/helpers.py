@@ -242,3 +242,18 @@ def messages(text: str) -> list[str]:
             except (ValueError, KeyError):
                 continue
     return out
+
+
+def outbox_events(ledger) -> list[dict]:
+    """The audit events waiting in a ledger's outbox, each as a dict of its columns."""
+    import sqlite3
+
+    from connectors import outbox
+    from operators.audit import EVENT_COLUMNS
+
+    db = sqlite3.connect(ledger)
+    try:
+        blobs = [b for (b,) in db.execute("SELECT rows FROM outbox ORDER BY seq")]
+    finally:
+        db.close()
+    return [dict(zip(EVENT_COLUMNS, row)) for blob in blobs for row in outbox.decode(blob)["audit_events"]]

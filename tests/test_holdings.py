@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors import outbox
 from dataflows.config import ConfigError, parse
-from helpers import APEX, KELLY_AND_EXECUTE, entry, messages, write_recording
+from helpers import APEX, KELLY_AND_EXECUTE, entry, messages, outbox_events, write_recording
 from okx_fixtures import CREDENTIAL_ENV, PRICES, okx_sim, raw  # noqa: F401 - the fixture
-from operators.audit import EVENT_COLUMNS
 from test_gates import clean_env, no_traceback
 
 MISMATCH_SOL = ("position_mismatch: venue okx, okx SOL-USDT: the book holds 0, the venue holds 5000 "
@@ -76,13 +74,7 @@ def adopted_rows(ledger: Path) -> list[tuple]:
 
 def adoption_events(ledger: Path) -> list[dict]:
     """The audit events of adoptions waiting in the ledger's outbox."""
-    db = sqlite3.connect(ledger)
-    try:
-        blobs = [b for (b,) in db.execute("SELECT rows FROM outbox ORDER BY seq")]
-    finally:
-        db.close()
-    events = [dict(zip(EVENT_COLUMNS, row)) for blob in blobs for row in outbox.decode(blob)["audit_events"]]
-    return [e for e in events if e["outcome"] == "adopted"]
+    return [e for e in outbox_events(ledger) if e["outcome"] == "adopted"]
 
 
 def sent_symbols(sim) -> list[str]:

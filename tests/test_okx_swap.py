@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from connectors import outbox
 from connectors.funding import FundingReader
 from connectors.ledger import Ledger
 from connectors.reconcile import reconcile
@@ -29,11 +28,10 @@ from connectors.venues import FILLED, Rejected
 from connectors.venues import okx_swap as swaps
 from connectors.venues.settings import OkxSettings
 from dataflows.config import parse
-from helpers import KELLY_AND_EXECUTE, audit_query, entry, run_flow, sig, until, write_recording
+from helpers import KELLY_AND_EXECUTE, audit_query, entry, outbox_events, run_flow, sig, until, write_recording
 from ibkr_fixtures import PRICES as IBKR_PRICES
 from okx_fixtures import logged, okx_venue, order, raw
 from operators import funding
-from operators.audit import EVENT_COLUMNS
 from operators.fill import Fill
 from operators.orders import Order
 from operators.reconcile import POSITION_MISMATCH
@@ -392,13 +390,7 @@ def _funding_rows(ledger: Path) -> list[tuple]:
 
 
 def _funding_events(ledger: Path) -> list[dict]:
-    db = sqlite3.connect(ledger)
-    try:
-        blobs = [b for (b,) in db.execute("SELECT rows FROM outbox ORDER BY seq")]
-    finally:
-        db.close()
-    events = [dict(zip(EVENT_COLUMNS, row)) for blob in blobs for row in outbox.decode(blob)["audit_events"]]
-    return [e for e in events if e["outcome"] == funding.FUNDING]
+    return [e for e in outbox_events(ledger) if e["outcome"] == funding.FUNDING]
 
 
 TWO_BOOKS = "books:\n  fast: {takes: {source: [trend_following]}}\n  slow: {}\n"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connectors.sims.okx.state import CLORD, NO_PRICE, Refusal, now_ms
+from connectors.sims.okx.state import CLORD, NO_PRICE, Refusal, _dec, _s, now_ms
 
 if TYPE_CHECKING:
     from connectors.sims.okx.state import Book
@@ -381,18 +381,6 @@ def _code(inst: str) -> int:
     return 10_000 + sum((i + 1) * ord(c) for i, c in enumerate(inst))
 
 
-def _dec(value: object, what: str) -> Decimal:
-    try:
-        d = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise Refusal("51000", f"Parameter {what} error") from None
-    if not d.is_finite() or d <= 0:
-        raise Refusal("51000", f"Parameter {what} error")
-    return d
-
-
-def _s(d: Decimal) -> str:
-    return format(d.normalize(), "f") if d else "0"
 
 
 def _public(o: dict) -> dict:
