@@ -33,6 +33,7 @@ from pathlib import Path
 
 import redis
 
+from connectors import metrics
 from connectors.ledger_view import LedgerView
 from connectors.reconcile import reconcile
 from connectors.venues import Venue, VenueDown
@@ -170,6 +171,7 @@ class LiveReconciler:
                "gap_usd": round(drift.gap_usd, 2), "nav_usd": round(drift.nav_usd, 2), "line": line,
                "differences": len(diffs)}
         self._status(venue, doc)
+        metrics.RECONCILIATION.labels(book=metrics.ALL_BOOKS, venue=venue).set(drift.ratio)
         try:
             if drift.level != OK:
                 self.client.xadd(ALERTS_STREAM, {k: str(v) for k, v in doc.items()}, maxlen=ALERTS_KEPT,
