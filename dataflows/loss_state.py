@@ -8,8 +8,10 @@ drops new signals; the state also holds the exits and whatever else leaves the e
 
 A state is only ever tightened here (ACTIVE → REDUCING → HALTED): an operator's HALTED is
 never loosened to a breach's REDUCING. A state this module set (and only such a state)
-returns to ACTIVE by itself at the first entry of a later UTC day on the stream clock,
-when the day's loss budget starts again; an operator's state waits for ``apex resume``.
+ends by itself at the first entry of a later UTC day on the stream clock, when the day's
+loss budget starts again: the book goes back to the state it was in before the breach
+(ACTIVE, or an operator's REDUCING the breach tightened to HALTED, with its own reason). A
+state anyone else set waits for ``apex resume``.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ def new_day(step, clock_ms: int) -> None:
     s = trading_state_store.read(step.ledger.db)
     if s.by != BY or clock_ms // DAY_MS <= s.summary.get("day", clock_ms // DAY_MS):
         return
+    was = s.summary.get("was") or {}
+    if was.get("by", BY) == BY:  # the breach found the book ACTIVE (or in a state of its own)
+        was = {"state": ACTIVE, "reason": "", "by": ""}
     reason = "daily_loss: a new UTC day: the day's loss budget starts again"
-    _set(step, s, ACTIVE, reason, {})
-    log.warning("book %s: %s: ACTIVE again", step.p.book or "(one)", reason)
+    if was["state"] != ACTIVE:
+        reason += f"; back to {was['state']} as {was['by'] or 'its setter'} left it: {was['reason']}"
+    _set(step, s, was["state"], reason, {}, by=was["by"] if was["state"] != ACTIVE else BY)
+    log.warning("book %s: %s: now %s", step.p.book or "(one)", reason, was["state"])
 
 
 def check(step, book: Portfolio) -> None:
@@ -53,17 +60,18 @@ def check(step, book: Portfolio) -> None:
         return
     before = trading_state_store.read(step.ledger.db)
     reason = found.reason()
-    _set(step, before, found.state, reason, {"day": book.day_loss.day})
+    was = {"state": before.state, "reason": before.reason, "by": before.by}
+    _set(step, before, found.state, reason, {"day": book.day_loss.day, "was": was})
     log.warning("book %s: %s: now %s", step.p.book or "(one)", reason, found.state)
 
 
-def _set(step, before: TradingState, state: str, reason: str, summary: dict) -> None:
+def _set(step, before: TradingState, state: str, reason: str, summary: dict, by: str = BY) -> None:
     """The state in the ledger's current transaction, its audit event beside it. The last
     command's id is kept: ``apex kill`` waits to read it, and this is not a command."""
     now_ms = int(time.time() * 1000)
-    chain = Chain(f"{BY}:{now_ms}", "", now_ms)
+    chain = Chain(f"{BY}:{now_ms}:{state}", "", now_ms)
     chain.add(TRADING_STATE, state, reason, by=BY, was=before.state)
     step.ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in chain.events]
-    trading_state_store.write(step.ledger.db, TradingState(state, reason, BY, before.command_id, now_ms, summary))
+    trading_state_store.write(step.ledger.db, TradingState(state, reason, by, before.command_id, now_ms, summary))
     step.desk.executor.trading = state
     metrics.set_trading_state(step.p.book, state)

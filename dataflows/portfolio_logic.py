@@ -64,7 +64,8 @@ class PortfolioLogic(StatefulBatchLogic):
         self._beat()
         return [], StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]) -> tuple[list[Outcome | Command], bool]:
+    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]
+                 ) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
             self.metrics = batch_metrics.for_book(self.step.p)

@@ -6,7 +6,6 @@ day's loss set, and only such a state."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,7 @@ def _pipeline(tmp_path: Path, on_breach: str):
 
 
 def _state(p) -> trading_state_store.TradingState:
-    db = sqlite3.connect(p.ledger_path)
-    try:
-        return trading_state_store.read(db)
-    finally:
-        db.close()
+    return trading_state_store.read_file(p.ledger_path) or trading_state_store.TradingState()
 
 
 def _outcome(col, signal_id: str) -> tuple[str, str]:
@@ -103,3 +98,47 @@ def test_the_next_utc_day_leaves_an_operators_halt_alone(tmp_path):
                       name="next-day.jsonl")
     assert _outcome(col, "t4") == ("dropped", "halted")
     assert _state(p).state == HALTED
+
+
+def test_a_breach_tightens_an_operators_reducing_and_the_next_day_gives_it_back(tmp_path):
+    path, p = _pipeline(tmp_path, "halt")
+    col = run_entries(tmp_path, p, [
+        signal(1, T0 + 1000, "BTC-USDT", "buy", 100.0, stop=0.5, kelly=0.5, cap=500_000.0)], name="open.jsonl")
+    assert _outcome(col, "t1") == ("filled", "")
+    switch.reduce(path, None, reason="venue maintenance")
+    col = run_entries(tmp_path, p, [tick(T0 + 2 * MIN, "BTC-USDT", 93.99)], name="fall.jsonl")
+    s = _state(p)
+    assert (s.state, s.by) == (HALTED, "daily_loss")
+    col = run_entries(tmp_path, p, [signal(5, T0 + DAY_MS + 1000, "SOL-USDT", "buy", 100.0, **SMALL)],
+                      name="next-day.jsonl")
+    assert _outcome(col, "t5") == ("dropped", "reducing")
+    s = _state(p)
+    assert (s.state, s.by) == (REDUCING, "cli") and "venue maintenance" in s.reason
+
+
+def test_a_resume_through_a_running_worker_restarts_the_days_budget(tmp_path, redis_server):
+    """The worker's own path (the control stream, carried out in the book's step), where the
+    day's budget is restarted in the book and kept with its state at the batch's commit."""
+    from helpers import until
+    from test_kill_worker import _decided, _publish, _stop, _worker
+
+    path, p = _pipeline(tmp_path, "halt")
+    ledger = p.ledger_path
+    worker = _worker(tmp_path, path, redis_server.url, "worker")
+    try:
+        _publish(tmp_path, redis_server.url, "open", [
+            signal(1, T0 + 1000, "BTC-USDT", "buy", 100.0, stop=0.5, kelly=0.5, cap=500_000.0)])
+        assert until(lambda: "t1" in _decided(ledger), 120), (tmp_path / "worker.log").read_text()[-2000:]
+        # signals and prices are two streams: the fall is published once the trade is open
+        _publish(tmp_path, redis_server.url, "fall", [tick(T0 + MIN, "BTC-USDT", 93.99)])
+        assert until(lambda: _state(p).state == HALTED, 60), (tmp_path / "worker.log").read_text()[-2000:]
+        _publish(tmp_path, redis_server.url, "after", [signal(2, T0 + MIN + 1000, "ETH-USDT", "buy", 100.0, **SMALL)])
+        assert until(lambda: "t2" in _decided(ledger), 60), (tmp_path / "worker.log").read_text()[-2000:]
+        assert _decided(ledger)["t2"] == ("dropped", "daily_loss") and _state(p).state == HALTED
+        resumed = switch.resume(path, None, reason="looked at it")
+        assert resumed.via == "worker" and resumed.after == {"": ACTIVE}
+        _publish(tmp_path, redis_server.url, "resumed", [signal(3, T0 + 2 * MIN, "ETH-USDT", "buy", 100.0, **SMALL)])
+        assert until(lambda: "t3" in _decided(ledger), 60), (tmp_path / "worker.log").read_text()[-2000:]
+        assert _decided(ledger)["t3"] == ("filled", "")
+    finally:
+        _stop(worker)
