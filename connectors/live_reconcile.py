@@ -9,8 +9,10 @@ the order ids once more after: an order placed in between is in the ledger by th
 intent is committed before it leaves), so it is never taken for someone else's.
 
 What differs is valued and judged (``operators/drift.py``): an alert is a log line, an
-entry on the ``apex:alerts`` stream and the venue's line in ``apex status``
-(``apex:reconciliation``); above the kill fraction the kill switch runs as ``apex kill``
+entry on the ``apex:alerts`` stream, the venue's line in ``apex status``
+(``apex:reconciliation``) and an audit event in each book's trail (handed to the books'
+steps, the only writers of their ledgers, through the gateway's events queue); above the
+kill fraction the kill switch runs as ``apex kill``
 does: the running worker halts, cancels and closes its trades (the control stream), and
 what no book holds is sold at the venue. The clock: at start and every
 ``clock.every_s``, each venue's server time against this machine's; beyond the allowance
@@ -33,10 +35,12 @@ from pathlib import Path
 
 import redis
 
+from connectors import metrics
 from connectors.ledger_view import LedgerView
 from connectors.reconcile import reconcile
 from connectors.venues import Venue, VenueDown
 from operators.drift import ALERT, KILL, OK, Clock, Drift, clock_offset, gap_usd, judge
+from operators.reconciliation_alert import ReconciliationAlert
 from operators.reconcile import UNKNOWN_OPEN_ORDER, VENUE_UNREACHABLE, Difference, Report
 from operators.signal import VENUES
 
@@ -108,7 +112,10 @@ class LiveReconciler:
 
     def __init__(self, pipeline, venues: Callable[[], Mapping[str, Venue]], redis_url: str, *,
                  control_stream: str = CONTROL_STREAM, say: Callable[[str], None] | None = None,
-                 kill: Callable[[str], None] | None = None):
+                 kill: Callable[[str], None] | None = None,
+                 alerts: Callable[[ReconciliationAlert], None] | None = None):
+        """``alerts``: where each alert goes for every book to record it in its audit trail
+        (the gateway's events queue, which the books' steps read; None: nowhere)."""
         self.p = pipeline
         self.venues = venues
         self.ledgers = {b.book: (b.ledger_path, b.execute.initial_nav_usd) for b in pipeline.each_book()}
@@ -116,6 +123,7 @@ class LiveReconciler:
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.control_stream = control_stream
         self.kill = kill or self._kill  # `apex kill`, unless a test watches the ask itself
+        self.alerts = alerts
         self.say = say or (lambda line: log.warning("%s", line))
         self.levels: dict[str, str] = {}  # venue -> the last level said (each change said once)
         self.clock_off: dict[str, bool] = {}
@@ -170,12 +178,18 @@ class LiveReconciler:
                "gap_usd": round(drift.gap_usd, 2), "nav_usd": round(drift.nav_usd, 2), "line": line,
                "differences": len(diffs)}
         self._status(venue, doc)
+        metrics.RECONCILIATION.labels(book=metrics.ALL_BOOKS, venue=venue).set(drift.ratio)
         try:
             if drift.level != OK:
                 self.client.xadd(ALERTS_STREAM, {k: str(v) for k, v in doc.items()}, maxlen=ALERTS_KEPT,
                                  approximate=True)
         except redis.RedisError as e:
             log.warning("reconciliation: could not record in Redis: %s", e)
+        if drift.level != OK and self.alerts is not None:
+            look = uuid.uuid4().hex
+            for book in self.ledgers:
+                self.alerts(ReconciliationAlert(book, look, venue, drift.level, line, drift.ratio, drift.gap_usd,
+                                                drift.nav_usd, len(diffs), int(doc["ts"] * 1000)))
         self._said(venue, drift.level, line if drift.level != OK else f"reconciliation: venue {venue} agrees "
                                                                           "with the books again")
         # once per episode: the kill switch is idempotent, but one ask is one act in the trail

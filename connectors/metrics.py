@@ -45,8 +45,10 @@ HEARTBEAT_AGE = Gauge("apex_heartbeat_age_seconds", "seconds since a stage's las
 TRADING_STATE = Gauge("apex_trading_state", "1 for the book's current trading state, 0 for the others",
                       ["book", "state"], registry=REGISTRY)
 RECONCILIATION = Gauge("apex_reconciliation_difference_ratio",
-                       "largest difference between a venue and the books, as a share of the position",
+                       "the valued difference between a venue and the books, as a share of the books' NAV "
+                       "(book: all, reconciliation compares a venue with every book together)",
                        ["book", "venue"], registry=REGISTRY)
+ALL_BOOKS = "all"  # the book label of what is measured over every book at once
 NAV = Gauge("apex_nav", "the book's net asset value (USD)", ["book"], registry=REGISTRY)
 DRAWDOWN = Gauge("apex_drawdown_ratio", "the book's drawdown from its peak NAV", ["book"], registry=REGISTRY)
 

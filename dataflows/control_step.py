@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from connectors import trading_state_store
+from connectors import metrics, trading_state_store
 from connectors.control import Control
 from connectors.trading_state_store import TradingState
 from connectors.venues import Rejected
@@ -42,6 +42,9 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
         chain.add(TRADING_STATE, state, c.reason, by=c.by, was=before.state, command=c.command)
         _audit(ledger, chain, now_ms)
     executor.trading = state
+    metrics.set_trading_state(step.p.book, state)
+    if c.command == "resume":  # the day's loss budget starts again from here (kept with the book's state)
+        book.day_loss.resume(book.nav)
     summary: dict[str, dict[str, list[str]]] = {}
     if c.command == "kill":
         for market in VENUES:  # every venue the book trades on is reported, if only to say "nothing"

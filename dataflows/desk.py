@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from connectors import trading_state_store
+from connectors import metrics, trading_state_store
 from connectors.execution import Executor
 from connectors.ledger import Ledger
 from connectors.sender import Gateway
@@ -32,6 +32,7 @@ class Desk:
         self._executor = Executor(self._ledger, self._venues(), self.gateway, self.p.book)
         trading_state_store.ensure(self._ledger.db)
         self._executor.trading = trading_state_store.read(self._ledger.db).state  # as the last run left it
+        metrics.set_trading_state(self.p.book, self._executor.trading)
 
     @property
     def ledger(self) -> Ledger:

@@ -40,6 +40,7 @@ from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport, VenueReport
 from dataflows.kill_venues import cancel_everywhere, close_book, flatten_rest
 from operators.audit import Chain
+from operators.daily_loss import DayLoss
 from operators.trading_state import ACTIVE, COMMANDS, HALTED, REDUCING, TRADING_STATE
 
 CONFIRM_S = 30.0  # how long a running worker is given to confirm a command
@@ -290,7 +291,21 @@ def _set_state(ledger: Ledger, report: KillReport, book: str, state: str, reason
         chain.add(TRADING_STATE, state, reason, by=by, was=before.state, command=report.command)
         ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in chain.events]
     trading_state_store.write(ledger.db, TradingState(state, reason, by, report.command_id, now_ms))
+    if report.command == "resume":
+        _resume_day(ledger)
     ledger.commit()
+
+
+def _resume_day(ledger: Ledger) -> None:
+    """The day's loss budget started again from the NAV the book last showed, as a worker
+    does on ``resume`` (``DayLoss.resume``): else the ``daily_loss`` filter would still drop."""
+    state = ledger.book()
+    if not state or not state.get("day"):
+        return
+    day = DayLoss(state["day"]["last"])
+    day.restore(state["day"])
+    day.resume(day.last_nav)
+    ledger.record_book({**state, "day": day.state()})
 
 
 def _ship(p: Pipeline, books: list[Pipeline]) -> None:

@@ -29,6 +29,7 @@ from operators.audit import Outcome
 from operators.funding import FundingEvent
 from operators.order_fsm import VenueEvent
 from operators.portfolio import Portfolio
+from operators.reconciliation_alert import ReconciliationAlert, audit_rows as alert_rows
 
 
 class PortfolioLogic(StatefulBatchLogic):
@@ -63,7 +64,8 @@ class PortfolioLogic(StatefulBatchLogic):
         self._beat()
         return [], StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Received | VenueEvent | Control]) -> tuple[list[Outcome | Command], bool]:
+    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]
+                 ) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
             self.metrics = batch_metrics.for_book(self.step.p)
@@ -85,6 +87,8 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     on_funding(ledger, self.book, item)
+                elif isinstance(item, ReconciliationAlert):  # into the book's audit trail, nothing else
+                    ledger.rows["audit_events"] += alert_rows(item, int(time.time() * 1000))
                 elif isinstance(item, Control):  # a kill, reduce or resume (dataflows/control_step.py)
                     if self.book is None:
                         self.book = step.new_book()

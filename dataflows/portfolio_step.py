@@ -24,6 +24,7 @@ from connectors.venues import PENDING as PENDING_VENUE, Rejected, VenueFactory
 from dataflows.config import Pipeline
 from dataflows.desk import Desk
 from dataflows.exits_step import Exits
+from dataflows import loss_state
 from dataflows.opens import Opens
 from dataflows.recovery import recover
 from dataflows.steps import Received
@@ -89,6 +90,7 @@ class PortfolioStep:
         t0 = time.perf_counter_ns()
         first = len(outs)
         try:
+            loss_state.new_day(self, e.clock_ms)
             self.exits.due(book, e.stream_id, e.clock_ms, outs)
             if item.tick is not None:
                 self.exits.tick(book, item, outs)
@@ -96,6 +98,7 @@ class PortfolioStep:
                 outs.append(self._invalid(item))
             else:
                 outs.append(self._decide(book, item, outs))
+            loss_state.check(self, book)  # a tick's price or a paper fill may have breached the day's loss
         except Exception as err:  # noqa: BLE001 - any failure leaves the entry pending
             sid = item.signal.signal_id if item.signal else ""
             outs.append(Outcome(e.stream, e.stream_id, sid, "error", f"{type(err).__name__}: {err}",
@@ -136,6 +139,8 @@ class PortfolioStep:
         else:
             assert c is not None
             self.exits.on_event(book, c, change, ev, outs)
+        if ev.fill_id:
+            loss_state.check(self, book)
         if state.final:
             self._done[ev.client_order_id] = state
             if len(self._done) > DONE_KEPT:

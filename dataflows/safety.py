@@ -45,5 +45,7 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
         def built() -> dict[str, Venue]:
             return {market: v for market, v in venues().items() if is_remote(v)}
 
-        safety.parts.append(LiveReconciler(pipeline, built, redis_url, control_stream=control_stream(pipeline)).start())
+        alerts = gateway.events.put if gateway is not None else None  # each book's step records them
+        safety.parts.append(LiveReconciler(pipeline, built, redis_url, control_stream=control_stream(pipeline),
+                                           alerts=alerts).start())
     return safety

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from connectors import metrics as m
+from connectors import trading_state_store
 from dataflows import batch_metrics, reload
 from dataflows.config import Pipeline
+from operators.trading_state import ACTIVE, STATES
 
 log = logging.getLogger("apex.service")
 
@@ -68,6 +71,23 @@ def crash_window(pipeline: Pipeline) -> int:
     return len(read_books(pipeline).in_flight)
 
 
+def trading_states(pipeline: Pipeline) -> str:
+    """/readyz's ``trading_state``: ``ok`` while every book's state is known (HALTED too: a
+    halted book is a decision, not a fault), else which book's is not and why. A book with
+    no ledger yet starts ACTIVE."""
+    unknown = []
+    for book in pipeline.each_book():
+        name = book.book or "(one)"
+        try:
+            s = trading_state_store.read_file(book.ledger_path)
+        except sqlite3.Error as err:
+            unknown.append(f"{name}: its ledger cannot be read ({err})")
+            continue
+        if s is not None and s.state not in STATES:
+            unknown.append(f"{name}: unknown state {s.state!r}")
+    return "ok" if not unknown else "unknown: " + "; ".join(unknown)
+
+
 @dataclass
 class Service:
     pipeline: Pipeline
@@ -80,7 +100,8 @@ class Service:
     def checks(self) -> dict[str, str]:
         """/readyz: each condition the run needs to trade, ``ok`` or why not."""
         out = {"redis": self._redis(), "audit_store": self._audit(), "reconciliation":
-               "ok" if self.reconciled else "not passed", "venues": self._venues(), "trading_state": "ok"}
+               "ok" if self.reconciled else "not passed", "venues": self._venues(),
+               "trading_state": trading_states(self.pipeline)}
         return out
 
     def _redis(self) -> str:
@@ -169,8 +190,9 @@ def start(pipeline: Pipeline, source: str, wiring: object, load_again: Callable[
                                                              daemon=True).start())
     if metrics_port:
         batch_metrics.ON = True
-        for book in pipeline.each_book():
-            m.set_trading_state(book.book, "ACTIVE")  # every book starts ACTIVE until trading states say more
+        for book in pipeline.each_book():  # as the ledgers hold them; each change is set by the book's step
+            s = trading_state_store.read_file(book.ledger_path)
+            m.set_trading_state(book.book, s.state if s is not None else ACTIVE)
         service.endpoint = m.Endpoint(metrics_port, service.checks).start()
         threading.Thread(target=service._sampling, name="apex-metrics-sampler", daemon=True).start()
         log.info("metrics and health on http://127.0.0.1:%d (/metrics, /healthz, /readyz)", service.endpoint.port)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apex.safety_view import safety_lines, safety_status
+from connectors import metrics
 from connectors.live_reconcile import ALERTS_STREAM, CONTROL_STREAM, LiveReconciler, ask
 from dataflows.config import parse
 from helpers import KELLY_AND_EXECUTE, until
@@ -80,16 +81,24 @@ def test_a_position_moved_by_a_tenth_percent_of_nav_is_an_alert_and_one_percent_
         okx_sim, redis_server, tmp_path):
     r = redis_server.client()
     said: list[str] = []
+    alerts: list = []
     p = _pipeline(tmp_path)
-    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=said.append, kill=_asking(r))
+    rec = LiveReconciler(p, lambda: {"okx": okx_sim.venue}, redis_server.url, say=said.append, kill=_asking(r),
+                         alerts=alerts.append)
     try:
-        assert rec.once()["okx"].level == OK
+        assert rec.once()["okx"].level == OK and alerts == []
+        assert metrics.RECONCILIATION.labels(book=metrics.ALL_BOOKS, venue="okx")._value.get() == 0
         okx_sim.server.set_balance("BTC", 0.001 * NAV / PRICES["BTC-USDT"])  # 0.1% of NAV, behind Apex's back
         drift = rec.once()["okx"]
         assert drift.level == ALERT and drift.ratio == pytest.approx(0.001)
+        assert metrics.RECONCILIATION.labels(book=metrics.ALL_BOOKS, venue="okx")._value.get() == \
+            pytest.approx(0.001)
         assert _controls(r) == [], "an alert closed something"
         assert any("above the alert threshold" in line for line in said)
         assert [f["level"] for _, f in r.xrange(ALERTS_STREAM)] == ["alert"]
+        [alert] = alerts  # one for the pipeline's one book, for its step to record
+        assert (alert.book, alert.venue, alert.level) == ("", "okx", "alert")
+        assert alert.ratio == pytest.approx(0.001) and "above the alert threshold" in alert.line
         status = safety_status(r)
         assert status["reconciliation"]["okx"]["level"] == "alert"
         assert any("0.1000% of NAV" in line for line in safety_lines(status))

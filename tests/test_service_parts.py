@@ -311,3 +311,56 @@ def test_the_default_log_format_is_human_in_a_terminal_and_json_elsewhere():
         os.close(main)
         os.close(other)
     assert logs.chosen(None, io.StringIO()) == "json"
+
+
+def _ledger_state(p, state: str) -> None:
+    import sqlite3
+
+    from connectors import trading_state_store
+
+    p.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(p.ledger_path)
+    trading_state_store.ensure(db)
+    trading_state_store.write(db, trading_state_store.TradingState(state, "test", "cli", "c1", 1))
+    db.commit()
+    db.close()
+
+
+def test_readyz_reads_each_books_trading_state_and_is_ready_unless_one_is_unknown(tmp_path):
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    run = service.Service(p, f"recording:{tmp_path / 'none.jsonl'}", None)
+    assert run.checks()["trading_state"] == "ok"  # no ledger yet: the book starts ACTIVE
+    _ledger_state(p, "HALTED")
+    assert run.checks()["trading_state"] == "ok"  # halted is a known state: a decision, not a fault
+    _ledger_state(p, "PAUSED")
+    endpoint = m.Endpoint(0, run.checks).start()
+    try:
+        code, body = _get(f"http://127.0.0.1:{endpoint.port}/readyz")
+    finally:
+        endpoint.close()
+    assert code == 503 and body["checks"]["trading_state"] == "unknown: (one): unknown state 'PAUSED'"
+
+
+def test_the_trading_state_gauge_starts_from_the_ledgers_state(tmp_path):
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    _ledger_state(p, "REDUCING")
+    run = service.start(p, f"recording:{tmp_path / 'none.jsonl'}", None, lambda: p, free_port())
+    try:
+        assert m.TRADING_STATE.labels(book="", state="REDUCING")._value.get() == 1
+        assert m.TRADING_STATE.labels(book="", state="ACTIVE")._value.get() == 0
+    finally:
+        run.close()
+
+
+def test_the_sampler_sets_each_heartbeats_age(tmp_path, redis_server):
+    import time
+
+    p = make_pipeline(tmp_path, "  - filter: confidence\n")
+    r = redis_server.client()
+    r.set("apex:hb:book:sampled", json.dumps({"ts": time.time() - 30, "state": "ok"}))
+    r.set("apex:hb:garbled", "not json")
+    service.Service(p, redis_server.url, None).sample()
+    assert m.HEARTBEAT_AGE.labels(stage="book:sampled")._value.get() >= 30
+    stages = {s.labels["stage"] for metric in m.REGISTRY.collect() for s in metric.samples
+              if s.name == "apex_heartbeat_age_seconds"}
+    assert "book:sampled" in stages and "garbled" not in stages  # a heartbeat written wrong is skipped

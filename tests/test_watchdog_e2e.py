@@ -102,6 +102,14 @@ def _filled_at_both(state: Path) -> bool:
         return {f.venue for f in ledger.fills()} >= {"okx", "ibkr"}
 
 
+def _reconciliation_events(pipeline: Path, state: Path, env: dict) -> list[dict]:
+    """The trail's RECONCILIATION events, as `apex audit --format jsonl` prints them."""
+    out = subprocess.run([APEX, "audit", "--pipeline", str(pipeline), "--state-dir", str(state), "--format", "jsonl"],
+                         capture_output=True, text=True, env=env, timeout=120).stdout
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [e for e in events if e["stage"] == "RECONCILIATION"]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -146,6 +154,12 @@ def test_a_running_worker_reconciles_alerts_at_a_tenth_percent_asks_to_close_at_
         assert "reconciliation: venue okx and the books differ by" in status and "above the alert threshold" in status
         assert "heartbeat book:main" in status
         assert "above the alert threshold" in log.read_text()
+        # and in the book's audit trail, recorded by its step (read while the worker runs)
+        assert until(lambda: _reconciliation_events(pipeline, state, env), 60), log.read_text()[-3000:]
+        event = _reconciliation_events(pipeline, state, env)[0]
+        assert event["outcome"] == "alert" and "above the alert threshold" in event["reason"]
+        assert event["details"]["reconciled_venue"] == "okx"
+        assert event["details"]["ratio"] == pytest.approx(0.001, rel=0.05)
 
         _okx(sims, "balance", {"ccy": "BTC", "amount": 0.01 * NAV / _price("okx", BTC)})  # 1% of NAV
         assert until(lambda: [c["command"] for c in _controls(r)] == ["reduce", "reduce", "kill"], 60), \
