@@ -172,7 +172,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         start_reader(pipeline, books, shared, gateway)
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
     # a book trades only in the process whose gates admitted it (dataflows/cluster.py)
-    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, cluster.owned(book)))
+    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(cluster.guarded(steps), book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     if remote:  # orders to remote venues leave through their sink
         split = op.branch("orders_or_outcomes", outcomes, lambda item: isinstance(item, Command))

@@ -7,7 +7,7 @@ cluster's workers. That hash has no per-run seed, so with the same Bytewax (pinn
 pyproject.toml) and the same worker count, a book lands on the same worker on every
 restart. ``owners`` runs a tiny dataflow with the same keys over the same number of workers
 and reads off where each key landed, so the gates can lock and reconcile exactly the books
-this process will run before its first decision; ``owned`` checks it again when a book's
+this process will run before its first decision; ``guarded`` checks it again when a book's
 step is built, and refuses a book the gates did not admit.
 
 State: ``STATE_DIR/process-I`` is process I's own state dir (its ``run.lock``, control target,
@@ -195,15 +195,22 @@ def here(book: str) -> bool:
     return placed is None or book in placed
 
 
-def owned(book: str) -> str:
-    """``book``, as the portfolio step is about to run it in this process; a RuntimeError if the
-    gates of this process did not admit it (Bytewax routed it elsewhere than they expected)."""
-    placed = _PLACED.get("books")
-    name = "" if book == "portfolio" else book
-    if placed is not None and name not in placed:
-        raise RuntimeError(f"book {book!r} reached process {os.getpid()}, whose gates did not admit it "
-                           f"(admitted: {sorted(placed)}); it does not trade here")
-    return book
+class _Guarded(dict):
+    """The books' steps, each handed out only to the process whose gates admitted its book."""
+
+    def __getitem__(self, book: str):
+        placed = _PLACED.get("books")
+        if placed is not None and book not in placed:
+            raise RuntimeError(f"book {book!r} reached process {os.getpid()}, whose gates did not admit it "
+                               f"(admitted: {sorted(placed)}); it does not trade here")
+        return super().__getitem__(book)
+
+
+def guarded(steps: dict) -> dict:
+    """``steps`` (by book) as the portfolio step looks them up: in a cluster, a book the gates
+    of this process did not admit raises instead of trading (Bytewax routed it elsewhere than
+    ``owners`` said); outside a cluster, ``steps`` itself."""
+    return steps if _PLACED.get("books") is None else _Guarded(steps)
 
 
 def admitter(shape: Shape, books: frozenset[str]):
