@@ -6,13 +6,12 @@ the portfolio step, and Bytewax sends a key to the worker its hash picks among a
 cluster's workers. That hash has no per-run seed, so with the same Bytewax (pinned in
 pyproject.toml) and the same worker count, a book lands on the same worker on every
 restart. ``owners`` runs a tiny dataflow with the same keys over the same number of workers
-and reads off where each key landed, so the gates can lock and reconcile exactly the books
-this process will run before its first decision; ``guarded`` checks it again when a book's
-step is built, and refuses a book the gates did not admit.
+and reads off where each key landed, so the gates can lock exactly the books this process
+will run before its first decision; ``guarded`` checks again when a book's step is first
+looked up, and refuses a book the gates did not admit.
 
 State: ``STATE_DIR/process-I`` is process I's own state dir (its ``run.lock``, control target,
-instrument lists, and an embedded audit store if one is allowed), so processes on one
-machine never share a lock; a book's ledger stays at ``STATE_DIR/books/NAME``, the same
+instrument lists), so processes on one machine never share a lock; a book's ledger stays at ``STATE_DIR/books/NAME``, the same
 path as a one-process run, locked by the process that owns the book.
 """
 
@@ -138,9 +137,10 @@ def audit_refusal(clickhouse: str | None, shape: Shape) -> str | None:
 
 
 def place(pipeline, shape: Shape) -> frozenset[str]:
-    """Refuse an audit store a cluster cannot share (``gates.Refused``); give this process its own state dir and its own audit store when it is one of several
-    (see the module's docstring), and return the books it runs. The books' own state dirs are
-    left at the pipeline's, so a book's ledger is where a one-process run keeps it."""
+    """Refuse (``gates.Refused``) an audit store or a source a cluster cannot share; give this
+    process its own state dir, audit store and IBKR client id when it is one of several (see
+    the module's docstring), and return the books it runs. The books' own state dirs are left
+    at the pipeline's, so a book's ledger is where a one-process run keeps it."""
     from dataflows import gates
 
     why = audit_refusal(pipeline.clickhouse, shape)

@@ -11,7 +11,8 @@ from connectors.clickhouse import MIGRATIONS, AuditStore, connect, migrate
 def test_a_store_made_before_books_gets_the_book_column_and_keeps_its_rows(tmp_path):
     dsn = f"chdb://{tmp_path / 'ch'}"
     old = clickhouse_connect.get_client(dsn=dsn)
-    old.command("CREATE TABLE trades (signal_id String, pnl_usd Float64) ENGINE = ReplacingMergeTree ORDER BY signal_id")
+    old.command("CREATE TABLE trades (signal_id String, pnl_usd Float64)"
+                " ENGINE = ReplacingMergeTree ORDER BY signal_id")
     old.insert("trades", [["s1", 12.5]], column_names=["signal_id", "pnl_usd"])
     client = connect(dsn)
     versions = sorted(v for (v,) in client.query("SELECT version FROM schema_migrations").result_rows)

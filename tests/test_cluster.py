@@ -7,7 +7,6 @@ server on this machine: each process writes an embedded store of its own (an exp
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 from collections import Counter
@@ -17,10 +16,9 @@ import pytest
 
 from connectors.clickhouse import AuditStore
 from dataflows import cluster
-from helpers import APEX
+from helpers import APEX, until
 from okx_fixtures import free_port
-from helpers import until
-from test_venues_together import SAMPLE, Sims, _ended, _env, _pipeline, _publish, _signals, _status
+from test_venues_together import REPO, SAMPLE, Sims, _ended, _env, _pipeline, _publish, _signals, _status
 
 # Bytewax routes these two to process 0 and those two to process 1 with two workers in all
 # (test_placement_is_bytewax_routing_and_stable checks it): each process trades at both venues
@@ -96,7 +94,8 @@ def test_placement_is_bytewax_routing_and_stable():
 def test_the_cluster_shape_is_read_as_bytewax_reads_it(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1:1\n\n127.0.0.1:2\n")
-    assert cluster.shape_of(2, 1, cluster.addresses_arg(str(hosts))) == cluster.Shape(1, 2, 2, ("127.0.0.1:1", "127.0.0.1:2"))
+    assert cluster.shape_of(2, 1, cluster.addresses_arg(str(hosts))) == \
+        cluster.Shape(1, 2, 2, ("127.0.0.1:1", "127.0.0.1:2"))
     assert cluster.shape_of(None, None, None) == cluster.Shape()
     for bad in ((1, 0, None), (1, 2, "a:1;b:2"), (0, None, None)):
         with pytest.raises(ValueError):
@@ -173,3 +172,66 @@ def test_a_state_dir_given_on_the_command_line_holds_every_books_ledger(tmp_path
     p = load_pipeline(_books_pipeline(tmp_path, ""), tmp_path / "given")
     assert {b.ledger_path for b in p.each_book()} == {(tmp_path / "given" / "books" / b / "ledger.sqlite")
                                                       for b in BOOKS}
+
+
+def test_bytewax_run_passes_the_same_cluster_gates(tmp_path):
+    """Started as ``python -m bytewax.run … -i 0 -a …``, the embedded audit store is refused as
+    `apex run` refuses it: one line, exit 1, nothing made in the state dir."""
+    state = tmp_path / "state"
+    pipeline = _books_pipeline(tmp_path, "")
+    out = subprocess.run([str(Path(APEX).with_name("python")), "-m", "bytewax.run",
+                          f"dataflows.apex:build({str(pipeline)!r}, 'redis://127.0.0.1:1/0', {str(state)!r})",
+                          "-i", "0", "-a", "127.0.0.1:1;127.0.0.1:2"],
+                         env=_env(None), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 1, out.stderr
+    assert "writes one audit trail to a ClickHouse server" in out.stderr and "Traceback" not in out.stderr
+    assert not state.exists()
+
+
+def test_a_book_another_process_holds_is_refused_and_nothing_else_is_kept(tmp_path):
+    """Two processes that disagree on placement never run one book twice: the second to lock it
+    is refused, naming the holder, and lets go of what it had taken."""
+    from dataflows.gates import load_pipeline
+
+    p = load_pipeline(_books_pipeline(tmp_path, ""), tmp_path / "state")
+    first = cluster.lock_books(p, frozenset({"tech"}))
+    try:
+        with pytest.raises(Exception, match="in use by pid"):
+            cluster.lock_books(p, frozenset({"okx_a", "tech"}))
+        again = cluster.lock_books(p, frozenset({"okx_a"}))  # okx_a was let go
+        for lock in again:
+            lock.release()
+    finally:
+        for lock in first:
+            lock.release()
+
+
+def test_a_book_this_process_was_not_admitted_for_does_not_trade(monkeypatch):
+    monkeypatch.setitem(cluster._PLACED, "books", frozenset({"tech"}))
+    steps = cluster.guarded({"tech": "its step", "okx_a": "another's"})
+    assert steps["tech"] == "its step"
+    with pytest.raises(RuntimeError, match="did not admit it"):
+        steps["okx_a"]
+    monkeypatch.delitem(cluster._PLACED, "books")
+    plain = {"okx_a": 1}
+    assert cluster.guarded(plain) is plain
+
+
+def test_apex_run_with_two_workers_in_one_process_decides_as_one_worker_does(tmp_path):
+    """``-w 2``: the books spread over two workers of one process, on the paper venue; each
+    book decides every signal it takes as a one-worker run does."""
+    recording = tmp_path / "signals.jsonl"
+    recording.write_text("\n".join(SAMPLE.read_text().splitlines()[:300]) + "\n")
+    pipeline = _books_pipeline(tmp_path, "")
+    text = pipeline.read_text()
+    pipeline.write_text(text[:text.index("\nvenues:")] + "\n" + text[text.index("\nbooks:"):])
+    decided = {}
+    for workers in ("1", "2"):
+        state = tmp_path / f"w{workers}"
+        out = subprocess.run([APEX, "run", str(pipeline), "--source", f"recording:{recording}", "--state-dir",
+                              str(state), "--no-progress", "-w", workers], env=_env(None), capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        decided[workers] = {b: _decisions(state / "books" / b / "ledger.sqlite") for b in BOOKS}
+    assert all(decided["1"].values()), decided["1"]
+    assert decided["2"] == decided["1"]
