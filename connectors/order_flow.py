@@ -13,7 +13,6 @@ ledger, and the next start asks the venue.
 from __future__ import annotations
 
 import threading
-
 from datetime import datetime, timedelta, timezone
 from typing import Any
 

@@ -161,7 +161,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = _filter_steps(pipeline, s)
     remote = may_be_remote(pipeline, venues)
     if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
-        answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books if cluster.here(b.book)]))
+        here = [b.book for b in books if cluster.here(b.book)]  # in a cluster, this process's books
+        answers = op.input("venue_events", flow, VenueEventSource(gateway, here))
         s = op.merge("entries_and_answers", s, answers)
     control = control_source(pipeline, spec, [b.book for b in books], gateway, shared_venues or {})
     if control is not None:  # apex kill / reduce / resume, each to its book (connectors/control.py)

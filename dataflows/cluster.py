@@ -11,8 +11,9 @@ will run before its first decision; ``guarded`` checks again when a book's step 
 looked up, and refuses a book the gates did not admit.
 
 State: ``STATE_DIR/process-I`` is process I's own state dir (its ``run.lock``, control target,
-instrument lists), so processes on one machine never share a lock; a book's ledger stays at ``STATE_DIR/books/NAME``, the same
-path as a one-process run, locked by the process that owns the book.
+instrument lists), so processes on one machine never share a lock; a book's ledger stays
+at ``STATE_DIR/books/NAME``, the same path as a one-process run, locked by the process
+that owns the book.
 """
 
 from __future__ import annotations
