@@ -32,5 +32,7 @@ def load_pipeline(path: Path, state_dir: Optional[Path] = None, mode_check: bool
             err.print(f"[red]error[/red] {path}: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if state_dir is not None:
-        p.state_dir = state_dir.resolve()  # a command-line path is relative to where it was typed
+        from dataflows.gates import set_state_dir
+
+        set_state_dir(p, state_dir)  # a command-line path is relative to where it was typed
     return p

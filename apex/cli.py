@@ -81,6 +81,11 @@ def run(
     log_format: Optional[str] = typer.Option(None, help="json or human (default: human in a terminal, else json)"),
     wait_for_venues: float = typer.Option(
         0, metavar="S", min=0, help="a venue unreachable at start is asked again for up to S seconds"),
+    workers: Optional[int] = typer.Option(None, "-w", "--workers-per-process", help="workers in this process"),
+    process_id: Optional[int] = typer.Option(None, "-i", "--process-id", help="this process's index in a cluster"),
+    addresses: Optional[str] = typer.Option(
+        None, "-a", "--addresses", help="every cluster process's host:port, separated by ';', or a file of "
+        "them one a line (docs/cluster.md)"),
 ) -> None:
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
     from connectors import logs
@@ -94,10 +99,18 @@ def run(
     env = _env()
     p = load_pipeline(pipeline, state_dir, mode_check=True, source=source)
     said = logging.getLogger("apex.run")
+    from dataflows import cluster
+
+    try:
+        shape = cluster.shape_of(workers, process_id, cluster.addresses_arg(addresses))
+    except ValueError as e:
+        refuse(err, f"apex run: {e}")
     try:
         # the gates `bytewax.run` passes too (one function, dataflows/gates.py): paper or live,
-        # one worker per state dir, the venues agreeing with the books
-        admitted = admit_waiting(p, said.info, wait_for_venues)
+        # one worker per state dir, the venues agreeing with the books; in a cluster, on the
+        # books this process runs (dataflows/cluster.py)
+        books = cluster.place(p, shape)
+        admitted = admit_waiting(p, said.info, wait_for_venues, admit=cluster.admitter(shape, books))
     except Refused as e:
         for line in e.lines:
             err.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -110,13 +123,16 @@ def run(
 
         again = load(pipeline, source=source)
         if state_dir is not None:
-            again.state_dir = state_dir.resolve()
+            from dataflows.gates import set_state_dir
+
+            set_state_dir(again, state_dir)
         if overrides:
             again.redis = again.redis.model_copy(update=overrides)
         return again
 
     try:
-        _run(p, env, source, overrides, admitted.venues, json_out, progress, port, load_again)
+        _run(p, env, source, overrides, admitted.venues, json_out, progress, port, load_again,
+             shape, getattr(admitted, "shipper", None))
     finally:
         # the state dir is free again for the next run, in this process too (a restart)
         admitted.release()
@@ -124,12 +140,20 @@ def run(
 
 def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict], shared: dict,
          json_out: Optional[Path], progress: bool, metrics_port: Optional[int] = None,
-         load_again: Optional[Callable[[], Pipeline]] = None) -> None:
-    """The run itself, once every gate has let it in (``shared``: the venues they checked)."""
-    from bytewax.testing import run_main
+         load_again: Optional[Callable[[], Pipeline]] = None, shape=None, shipper=None) -> None:
+    """The run itself, once every gate has let it in (``shared``: the venues they checked;
+    ``shape``: the cluster this process is part of, ``shipper``: its books' in a cluster)."""
+    from bytewax.testing import cluster_main
+    from bytewax.testing import run_main as one_worker
+
+    def run_main(flow):
+        if shape is None or shape == cluster.Shape():
+            return one_worker(flow)
+        cluster_main(flow, list(shape.addresses), shape.process, worker_count_per_proc=shape.workers)
 
     from apex.gc_policy import quiet_gc
     from apex.summary import RunStats
+    from dataflows import cluster
     from connectors.recording import RecordingSource, count_entries
     from dataflows import service
     from dataflows.apex import wire
@@ -140,7 +164,7 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
     said = logging.getLogger("apex.run")
     try:
         flow, wiring = wire(p, source=source, observer=service.Observed(stats) if metrics_port else stats,
-                            redis_overrides=overrides, shared_venues=shared)
+                            redis_overrides=overrides, shared_venues=shared, shipper=shipper)
     except ValueError as e:
         refuse(err, str(e))
     pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it

@@ -10,6 +10,7 @@ copies: at-least-once delivery, exactly-once audit rows (read with FINAL).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable
 
 import clickhouse_connect
@@ -67,10 +68,40 @@ COLUMNS = {
 }
 
 
+# The schema, as numbered steps: a store records each step it has taken in
+# ``schema_migrations``, and ``connect`` takes the ones it has not, in order. Every step is
+# safe to take twice (IF NOT EXISTS), so processes of a cluster starting at once against one
+# server may both take a step and the store ends the same.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, list(DDL.values())),
+    # stores made before books: every row so far is the one book's ("")
+    (2, [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS book LowCardinality(String) DEFAULT ''"
+         for table in DDL]),
+]
+VERSIONS_DDL = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_ms Int64)
+    ENGINE = ReplacingMergeTree ORDER BY version"""
+
+
+def migrate(client) -> list[int]:
+    """Take every schema step the store has not recorded; the versions taken, in order."""
+    client.command(VERSIONS_DDL)
+    done = {v for (v,) in client.query("SELECT DISTINCT version FROM schema_migrations").result_rows}
+    taken = []
+    for version, statements in MIGRATIONS:
+        if version in done:
+            continue
+        for sql in statements:
+            client.command(sql)
+        client.insert("schema_migrations", [[version, int(time.time() * 1000)]],
+                      column_names=["version", "applied_ms"])
+        taken.append(version)
+    return taken
+
+
 def connect(dsn: str):
     client = clickhouse_connect.get_client(dsn=dsn)
-    for ddl in DDL.values():
-        client.command(ddl)
+    migrate(client)
     return client
 
 

@@ -12,6 +12,7 @@ ledger, and the next start asks the venue.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -79,13 +80,20 @@ class _EventPartition(StatelessSourcePartition[VenueEvent]):
         return self._awake
 
 
+_BUILT = threading.Lock()
+
+
 class VenueEventSource(DynamicSource[VenueEvent]):
     def __init__(self, gateway: Gateway, books: list[str] | None = None):
         """``books``: the books to wake at the start (their names; "" for a pipeline's one book)."""
         self.gateway, self.books = gateway, list(books or [])
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _EventPartition:
-        return _EventPartition(self.gateway, self.books if worker_index == 0 else [])
+        # the first partition built in this process wakes the books: in a cluster each process
+        # is given its own books, so no word to a book ever leaves the process that runs it
+        with _BUILT:
+            books, self.books = self.books, []
+        return _EventPartition(self.gateway, books)
 
 
 # ----- the signal source, watched for its end -----

@@ -40,7 +40,7 @@ from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
 from dataflows.funding_step import start_reader
-from dataflows import gates
+from dataflows import cluster, gates
 from dataflows.config import Pipeline, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
 from dataflows.portfolio_logic import PortfolioLogic
@@ -161,7 +161,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = _filter_steps(pipeline, s)
     remote = may_be_remote(pipeline, venues)
     if remote:  # the venues' answers, merged in front of the books (each book woken at the start)
-        answers = op.input("venue_events", flow, VenueEventSource(gateway, [b.book for b in books]))
+        here = [b.book for b in books if cluster.here(b.book)]  # in a cluster, this process's books
+        answers = op.input("venue_events", flow, VenueEventSource(gateway, here))
         s = op.merge("entries_and_answers", s, answers)
     control = control_source(pipeline, spec, [b.book for b in books], gateway, shared_venues or {})
     if control is not None:  # apex kill / reduce / resume, each to its book (connectors/control.py)
@@ -171,7 +172,8 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
     if remote:  # funding on swaps, read off the decision path, reaches the books with the venues' answers
         start_reader(pipeline, books, shared, gateway)
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
-    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(steps, book))
+    # a book trades only in the process whose gates admitted it (dataflows/cluster.py)
+    decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(cluster.guarded(steps), book))
     outcomes = op.map("unkey", decided, lambda kv: kv[1])
     if remote:  # orders to remote venues leave through their sink
         split = op.branch("orders_or_outcomes", outcomes, lambda item: isinstance(item, Command))
@@ -272,10 +274,13 @@ def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str
     of starting trades around them; a refusal ends it with its lines, never a traceback. The
     state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
     with gates.refused_in_lines():
+        shape = cluster.bytewax_shape()  # -w, -i, -a as bytewax.run was given them
         pipeline = gates.load_pipeline(path, state_dir, source)
-        admitted = gates.admit(pipeline, gates.say_on_stderr("apex: "))
+        books = cluster.place(pipeline, shape)
+        admitted = cluster.admitter(shape, books)(pipeline, gates.say_on_stderr("apex: "))
         try:
-            flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues)
+            flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues,
+                           shipper=getattr(admitted, "shipper", None))
         except BaseException:
             admitted.release()
             raise

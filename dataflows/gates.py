@@ -70,8 +70,16 @@ def load_pipeline(path: str | Path, state_dir: str | Path | None = None, source:
     except ConfigError as e:  # with what APEX_ENV refuses in its venues: every mistake at once
         raise Refused([f"error {path}: {line}" for line in e.errors + mode_refusals(e.venues)]) from None
     if state_dir:
-        pipeline.state_dir = Path(state_dir).resolve()
+        set_state_dir(pipeline, state_dir)
     return pipeline
+
+
+def set_state_dir(pipeline: Pipeline, state_dir: str | Path) -> None:
+    """``state_dir`` (relative to the current folder) in place of the file's, for the pipeline and
+    each of its books: a book keeps its ledger under the state dir the run was given."""
+    pipeline.state_dir = Path(state_dir).resolve()
+    for book in pipeline.books:
+        book.state_dir = pipeline.state_dir
 
 
 def admit(pipeline: Pipeline, say: Callable[[str], None], now: Callable[[], float] = time.time) -> Admission:
