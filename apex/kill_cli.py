@@ -26,12 +26,51 @@ def _say(line: str) -> None:
 
 
 BY = typer.Option("cli", hidden=True, help="who asks: cli, watchdog or reconciliation (the audit trail says)")
+STANDBY = typer.Option(False, "--standby", hidden=True,
+                       help="load everything, then wait for one JSON line on stdin ({reason, confirm_within, by}) "
+                            "and act on it; nothing at end of input (the watchdog keeps one ready)")
+
+# what acting at the venues imports: loaded by a standby before it is told to act, since a
+# frozen worker leaves the kill switch seconds, and loading these takes a few of them
+_ACTING = ("dataflows.kill_venues", "dataflows.apex", "dataflows.gates", "dataflows.portfolio_step",
+           "connectors.outbox", "connectors.venues.okx", "connectors.venues.ibkr")
+
+
+def _standby() -> dict | None:
+    """Loads what acting needs, then waits for the order: the JSON line read from stdin,
+    or None at end of input (the watchdog let its standby go without acting)."""
+    import importlib
+    import json
+    import sys
+
+    for module in _ACTING:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a venue's client not installed: acting says so as it would have
+            pass
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        err.print("apex kill --standby: stdin did not hold one JSON line", soft_wrap=True, markup=False)
+        raise typer.Exit(2)
+    return doc if isinstance(doc, dict) else {}
 
 
 def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional[str], reason: str,
-         confirm_s: float, by: str) -> None:
+         confirm_s: float, by: str, standby: bool = False) -> None:
     from dataflows import kill as switch
     from dataflows.gates import Refused
+
+    if standby:
+        told = _standby()
+        if told is None:
+            return
+        reason = str(told.get("reason", reason))
+        confirm_s = min(max(float(told.get("confirm_within", confirm_s)), 0.0), 600.0)
+        by = str(told.get("by", by))
 
     act = {"kill": switch.kill, "reduce": switch.reduce, "resume": switch.resume}[command]
     try:
@@ -56,17 +95,19 @@ def _act(command: str, pipeline: Path, state_dir: Optional[Path], book: Optional
 
 @app.command()
 def kill(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
-         reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY) -> None:
+         reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY,
+         standby: bool = STANDBY) -> None:
     """HALTED, then every open Apex order cancelled and every position closed, on every venue.
     Through a running worker if there is one; running it twice does nothing more."""
-    _act("kill", pipeline, state_dir, book, reason, confirm_s, by)
+    _act("kill", pipeline, state_dir, book, reason, confirm_s, by, standby)
 
 
 @app.command()
 def reduce(pipeline: Path = PIPELINE, state_dir: Optional[Path] = STATE_DIR, book: Optional[str] = BOOK,
-           reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY) -> None:
+           reason: str = REASON, confirm_s: float = CONFIRM, by: str = BY,
+           standby: bool = STANDBY) -> None:
     """REDUCING: only orders that bring a position toward zero go out."""
-    _act("reduce", pipeline, state_dir, book, reason, confirm_s, by)
+    _act("reduce", pipeline, state_dir, book, reason, confirm_s, by, standby)
 
 
 @app.command()

@@ -33,7 +33,7 @@ def watchdog(
     live = p.source if p.source.startswith(("redis://", "rediss://", "unix://")) else p.redis.url
     dog = Watchdog(redis_url or live, pipeline.resolve(), p.state_dir,
                    stream=p.redis.stream if cfg.producer else "", silence_s=cfg.silence_s, action=cfg.action,
-                   check_s=cfg.check_s)
+                   check_s=cfg.check_s, standby=True)
     try:
         dog.run(stop)
     finally:

@@ -40,11 +40,28 @@ class Watchdog:
     check_s: float = 1.0
     command: Sequence[str] = (APEX,)
     say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+    # a kill switch kept loaded and waiting (``apex kill --standby``): a frozen worker's silence
+    # leaves it seconds, and a fresh process spends most of them loading its modules
+    standby: bool = False
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.watch = Watch(self.silence_s, since=time.time())
         self.actions: list[tuple[Verdict, int]] = []  # (why, the command's exit status)
+        self._ready: subprocess.Popen | None = None
+        if self.standby:
+            self._ready = self._start_standby()
+
+    def _argv(self) -> list[str]:
+        return [*self.command, self.action, "--pipeline", str(self.pipeline), "--state-dir", str(self.state_dir)]
+
+    def _start_standby(self) -> subprocess.Popen | None:
+        try:
+            return subprocess.Popen([*self._argv(), "--standby"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            self.say(f"apex watchdog: no kill switch kept ready ({e}): one is started when needed")
+            return None
 
     def beats(self) -> dict[str, float | None] | None:
         """What Redis says now of every stage; None when it cannot be asked."""
@@ -77,20 +94,42 @@ class Watchdog:
         # a silent stage of Apex's means a worker that will not carry the command out: the kill
         # acts at the venues at once; a silent producer alone leaves a live worker, which confirms
         confirm_s = 0.0 if verdict.worker_silent() else CONFIRM_S
-        argv = [*self.command, self.action, "--pipeline", str(self.pipeline), "--state-dir", str(self.state_dir),
-                "--reason", reason, "--confirm-within", f"{confirm_s:g}", "--by", "watchdog"]
+        argv = [*self._argv(), "--reason", reason, "--confirm-within", f"{confirm_s:g}", "--by", "watchdog"]
         self.say(f"apex watchdog: {reason}: running apex {self.action}")
         # why is on record before acting: a kill that hangs or is killed leaves its reason behind
         self._record(verdict, reason, None, "")
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=ACTION_TIMEOUT_S)
-            status, said = done.returncode, (done.stdout + done.stderr).strip()
-        except (OSError, subprocess.TimeoutExpired) as e:
-            status, said = -1, f"{type(e).__name__}: {e}"
+        ready, self._ready = self._ready, None
+        if ready is not None and ready.poll() is None:
+            told = json.dumps({"reason": reason, "confirm_within": confirm_s, "by": "watchdog"}) + "\n"
+            status, said = self._finish(ready, told)
+        else:
+            if ready is not None:
+                ready.communicate()  # a standby that ended on its own: reaped, a fresh one acts
+            try:
+                status, said = self._finish(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                             stderr=subprocess.PIPE, text=True), None)
+            except OSError as e:
+                status, said = -1, f"{type(e).__name__}: {e}"
+        if self.standby:
+            self._ready = self._start_standby()
         self.say(f"apex watchdog: apex {self.action} exited {status}" + (f": {said}" if said else ""))
         self._record(verdict, reason, status, said)
         self.actions.append((verdict, status))
         return status
+
+    def _finish(self, proc: subprocess.Popen, told: str | None) -> tuple[int, str]:
+        """The kill switch's exit status and what it said; ``told``: a standby's order."""
+        try:
+            out, err = proc.communicate(told, timeout=ACTION_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            proc.communicate()
+            return -1, f"{type(e).__name__}: {e}"
+        except OSError as e:  # a standby that went away as it was told
+            proc.kill()
+            proc.communicate()
+            return -1, f"{type(e).__name__}: {e}"
+        return proc.returncode, (out + err).strip()
 
     def _record(self, verdict: Verdict, reason: str, status: int | None, said: str) -> None:
         doc = {"ts": round(time.time(), 3), "action": self.action, "reason": reason, "exit": status,
@@ -110,6 +149,13 @@ class Watchdog:
             stop.wait(self.check_s)
 
     def close(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            try:
+                ready.communicate("", timeout=10)  # end of input: a standby leaves without acting
+            except (OSError, subprocess.TimeoutExpired):
+                ready.kill()
+                ready.communicate()
         self.client.close()
 
 

@@ -38,7 +38,7 @@ from connectors.trading_state_store import TradingState
 from connectors.venues import Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport, VenueReport
-from dataflows.kill_venues import cancel_everywhere, close_book, flatten_rest
+from dataflows.kill_venues import BESIDE_FROZEN, cancel_everywhere, close_book, flatten_rest
 from operators.audit import Chain
 from operators.daily_loss import DayLoss
 from operators.trading_state import ACTIVE, COMMANDS, HALTED, REDUCING, TRADING_STATE
@@ -84,7 +84,7 @@ def _command(command: str, settings_path: str | Path, state_dir: str | Path | No
         say(f"a worker holds {p.state_dir} ({state_lock.describe(busy.holder)}): sent through its control stream")
         if _through_worker(p, books, report, command, reason, by, say, confirm_s):
             return report
-        report.via = "here: the worker did not confirm"
+        report.via = BESIDE_FROZEN
         report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
         _here(p, books, report, command, reason, by, locked=False)
         return report

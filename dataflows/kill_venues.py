@@ -20,6 +20,10 @@ from operators.orders import Order, client_order_id
 from operators.trading_state import KILL, TRADING_STATE
 
 
+BESIDE_FROZEN = "here: the worker did not confirm"  # KillReport.via beside a frozen worker
+FROZEN_LEDGER_WAIT_MS = 100
+
+
 class Waited:
     """A venue called in place, its fates waited for: the book's usual paths, outside the
     dataflow, with no sender to hand commands to."""
@@ -139,7 +143,7 @@ def _spot_holdings(venues: Mapping[str, Venue], report: KillReport) -> dict[tupl
         if holdings is None:
             continue
         try:
-            out.update(holdings()[0])
+            out.update(holdings(free=True)[0])
         except (VenueDown, OSError, TimeoutError) as e:
             report.venue(_name(venue)).errors.append(f"holdings not read: {e}")
     return out
@@ -166,7 +170,10 @@ def flatten_rest(p: Pipeline, books: list[Pipeline], shared: Mapping[str, Venue]
         r = report.venue(_name(venue))
         try:
             holdings = getattr(venue, "holdings", None)
-            held = holdings()[0] if holdings is not None else venue.positions()
+            # a spot sale is of what no open order holds: an order the kill could not cancel
+            # (not Apex's, or one the venue still works on) keeps its coins, and OKX refuses
+            # the sale of a coin more (51008)
+            held = holdings(free=True)[0] if holdings is not None else venue.positions()
         except (VenueDown, OSError, TimeoutError) as e:
             r.errors.append(f"positions not read: {e}")
             continue
@@ -213,6 +220,10 @@ def _audit(b: Pipeline, report: KillReport, order: Order, outcome: str, now_ms: 
         report.notes.append(f"{order.client_order_id} {outcome} but not in the audit trail: {e}")
         return
     try:
+        if report.via.startswith(BESIDE_FROZEN):
+            # a frozen worker holds its write lock until it wakes: waited for, SQLite's usual
+            # seconds would stand between one venue's sale and the next venue's
+            ledger.db.execute(f"PRAGMA busy_timeout={FROZEN_LEDGER_WAIT_MS}")
         ledger.begin()
         chain = Chain(f"control:{report.command_id}", order.signal_id, now_ms, venue=order.venue, symbol=order.symbol)
         chain.add(TRADING_STATE, outcome, KILL, client_order_id=order.client_order_id, side=order.side,

@@ -445,6 +445,25 @@ def test_holdings_balances_and_instruments(okx_sim):
     assert {i.symbol for i in venue.instruments()} == set(PRICES)
 
 
+def test_free_holdings_leave_out_what_an_open_sale_holds(okx_sim):
+    """What a sale may sell is what no open order holds: OKX refuses a spot sale of more
+    (51008), which is how the kill switch's sale of the whole holding was once refused."""
+    venue: Venue = okx_sim.venue
+    venue.place_many([order("f1", quantity=0.5)])
+    total = venue.holdings()[0][("okx", "BTC-USDT")]
+    okx_sim.server.set_fill_ratio(0)  # the sale below rests, holding its coins
+    (taken,) = venue.submit([order("f2", side="sell", quantity=0.2)])
+    assert taken.accepted
+    assert venue.holdings()[0] == {("okx", "BTC-USDT"): pytest.approx(total)}
+    free = venue.holdings(free=True)[0][("okx", "BTC-USDT")]
+    assert free == pytest.approx(total - 0.2)
+    okx_sim.server.set_fill_ratio(1)
+    (refused,) = venue.place_many([order("f3", side="sell", quantity=total)])
+    assert isinstance(refused, Rejected) and "51008" in str(refused)
+    (sold,) = venue.place_many([order("f4", side="sell", quantity=float(f"{free:.8f}"))])
+    assert isinstance(sold, Fill)
+
+
 def test_credentials_stay_out_of_reprs_errors_and_log_lines(caplog):
     """The venue knows the markets and has logged in on the WebSocket; then nothing
     listens any more: every call fails on a connection error, and the WebSocket keeps

@@ -342,3 +342,45 @@ def test_a_run_that_ends_on_purpose_says_so_and_the_watchdog_lets_it_go(redis_se
         assert _asked(log) == [] and not dog.watch.heard
     finally:
         dog.close()
+
+
+def _standby_stand_in(tmp_path: Path) -> tuple[list[str], Path]:
+    """As ``_stand_in``, and with ``--standby`` it waits for its order on stdin, as `apex kill
+    --standby` does, and records it (nothing at end of input)."""
+    log = tmp_path / "asked.jsonl"
+    script = tmp_path / "apex-standby-stand-in"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                      "told = sys.stdin.readline() if '--standby' in sys.argv else ''\n"
+                      "if '--standby' in sys.argv and not told.strip():\n    sys.exit(0)\n"
+                      f"open({str(log)!r}, 'a').write(json.dumps([sys.argv[1:], told]) + '\\n')\nprint('done')\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return [str(script)], log
+
+
+def test_a_kill_switch_kept_ready_is_told_why_and_replaced_and_leaves_quietly_at_the_end(redis_server, tmp_path):
+    """A frozen worker leaves the kill switch seconds: the watchdog keeps one loaded and
+    waiting, tells it the reason when it acts, keeps a new one ready, and lets the last go
+    without acting when it stops."""
+    command, log = _standby_stand_in(tmp_path)
+    r = redis_server.client()
+    dog = Watchdog(redis_server.url, tmp_path / "p.yaml", tmp_path / "s", silence_s=0.5, command=command,
+                   say=lambda _: None, standby=True)
+    first = dog._ready
+    try:
+        assert first is not None and first.poll() is None
+        r.set("apex:hb:book:a", heartbeat.encode(time.time(), "running"), ex=60)
+        dog.look()
+        assert until(lambda: dog.look().act, 10)
+        (argv, told), = [json.loads(line) for line in log.read_text().splitlines()]
+        assert argv == ["kill", "--pipeline", str(tmp_path / "p.yaml"), "--state-dir", str(tmp_path / "s"),
+                        "--standby"]
+        order = json.loads(told)
+        assert order["reason"].startswith("watchdog: book:a silent for ") and order["by"] == "watchdog"
+        assert order["confirm_within"] == 0  # a silent Apex stage: the worker will not confirm
+        assert dog.actions[0][1] == 0 and first.poll() == 0
+        assert dog._ready is not None and dog._ready is not first and dog._ready.poll() is None
+    finally:
+        last = dog._ready
+        dog.close()
+    assert last is not None and last.returncode == 0
+    assert len(log.read_text().splitlines()) == 1, "the standby let go at the end acted"

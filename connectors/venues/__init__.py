@@ -126,7 +126,8 @@ class Venue(Protocol):
 
     # Optional: ``positions`` and, from the same answer, what the account holds that is not a
     # position, (market, symbol, quantity, why) each (OKX's fee coin), for start-up to say.
-    # def holdings(self) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]
+    # ``free``: only what no open order holds, what a sale may sell.
+    # def holdings(self, free: bool = False) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]
     # Optional: an instrument's last price at the venue (None: it gives none), for an adoption.
     # def price(self, venue: str, symbol: str) -> float | None
 

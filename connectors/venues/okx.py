@@ -599,11 +599,13 @@ class OkxVenue:
                              int(o.get("timestamp") or 0)))
         return out
 
-    def balances(self) -> dict[str, float]:
+    def balances(self, free: bool = False) -> dict[str, float]:
+        """What the account holds by currency; ``free``: only what no open order holds
+        (OKX's availBal), what a new order may spend."""
         link = self._here()
         link.markets()
         got = self._read(limits.BALANCES, lambda: link.ex.fetch_balance())
-        return {ccy: float(v) for ccy, v in (got.get("total") or {}).items() if v is not None}
+        return {ccy: float(v) for ccy, v in (got.get("free" if free else "total") or {}).items() if v is not None}
 
     def positions(self) -> dict[tuple[str, str], float]:
         """Spot holdings: each coin against the quote, but the quote itself (the account's
@@ -611,13 +613,15 @@ class OkxVenue:
         under every book, so no book could account for it)."""
         return self.holdings()[0]
 
-    def holdings(self) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]:
+    def holdings(self, free: bool = False) -> tuple[dict[tuple[str, str], float], list[tuple[str, str, float, str]]]:
         """``positions`` and, from the same answer, what the account holds that is not a
-        position: (market, symbol, quantity, why) each, for start-up to say it left them alone."""
+        position: (market, symbol, quantity, why) each, for start-up to say it left them alone.
+        ``free``: only the coins no open order holds, what a sale may sell (OKX refuses a
+        spot sale of more, 51008); a swap's position is all closable."""
         if self.swap:
             return self.swap_positions(), []
         held, aside = {}, []
-        for ccy, qty in self.balances().items():
+        for ccy, qty in self.balances(free).items():
             if ccy == self.quote or not qty:
                 continue
             key = (self.market, self._symbol(f"{ccy}-{self.quote}"))
