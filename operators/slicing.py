@@ -47,7 +47,8 @@ class SlicingParams(BaseModel):
     """``- execute: {slicing: …}``: off when absent."""
     model_config = ConfigDict(extra="forbid")
     max_volume_share: float = Field(
-        0.05, gt=0, le=1, description="the largest share of a symbol's last-minute volume one order (or child) may be")
+        0.05, gt=0, le=1,
+        description="the largest share of a symbol's last-minute volume one order (or child) may be")
     window_s: int = Field(300, ge=60, le=86_400, description="the children of a sliced order are spread over this long")
     min_child_usd: float = Field(
         0.0, ge=0, description="a child worth less is not worth sending: an order the volume would cut finer is refused")

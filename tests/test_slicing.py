@@ -178,3 +178,103 @@ def test_slicing_errors_are_reported_together_with_their_paths(tmp_path):
         "stages[2].execute.slicing.min_child_usd: input should be greater than or equal to 0",
         "stages[2].execute.slicing.twap: extra inputs are not permitted",
     ])
+
+
+# --- the plans kept in the ledger (connectors/slicing_plans.py, a real SQLite ledger) --------
+
+def _store(path):
+    from connectors.ledger import Ledger
+    from connectors.slicing_plans import SlicePlans
+
+    ledger = Ledger(path)
+    return ledger, SlicePlans(ledger.db)
+
+
+def _run_schedule(plans, ledger, until_ms, volume, halted_from=None):
+    """Wake the book every 10 s of the run's clock up to ``until_ms``; each wake one batch
+    (one transaction). Returns every child handed out, in order."""
+    sent = []
+    for now in range(0, until_ms + 1, 10_000):
+        ledger.begin()
+        halted = halted_from is not None and now >= halted_from
+        sent += [(now, c) for _, c in plans.release(now, lambda s: volume, 0.05, halted)]
+        ledger.commit()
+    return sent
+
+
+def test_the_schedule_sends_each_child_once_when_due_and_sums_to_the_parent(tmp_path):
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    pl = plan(PARENT, 20.0, 1.0, 100.0, 0, P, lot_size=1.0)  # 4 children of 5, 75 s apart
+    ledger.begin()
+    plans.record(pl, "BTC-USDT")
+    plans.record(pl, "BTC-USDT")  # its entry again: nothing changes
+    ledger.commit()
+    sent = _run_schedule(plans, ledger, 600_000, 100.0)
+    assert [c.client_order_id for _, c in sent] == [c.client_order_id for c in pl.children]
+    assert all(now >= c.due_ms for now, c in sent)
+    assert math.fsum(c.quantity for _, c in sent) == 20.0
+    assert all(c.quantity <= 0.05 * 100.0 for _, c in sent)
+    assert plans.next_due_ms() is None
+    out = plans.outcome(PARENT)
+    assert (out.sent, out.not_sent) == (20.0, 0.0)
+
+
+def test_a_restart_resumes_the_schedule_and_never_hands_a_child_out_twice(tmp_path):
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    pl = plan(PARENT, 20.0, 1.0, 100.0, 0, P, lot_size=1.0)
+    ledger.begin()
+    plans.record(pl, "BTC-USDT")
+    ledger.commit()
+    first = _run_schedule(plans, ledger, 80_000, 100.0)  # children 0 and 1 are out
+    ledger.begin()
+    lost = plans.release(200_000, lambda s: 100.0, 0.05, False)  # child 2, then a crash before the commit
+    assert [c.index for _, c in lost] == [2]
+    ledger.close()  # the transaction is rolled back: child 2 never left (its intent was not written either)
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    rest = _run_schedule(plans, ledger, 600_000, 100.0)
+    ids = [c.client_order_id for _, c in first + rest]
+    assert ids == [c.client_order_id for c in pl.children]  # each once, none lost
+
+
+def test_a_child_over_the_share_waits_for_volume_then_is_not_sent(tmp_path):
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    pl = plan(PARENT, 10.0, 1.0, 100.0, 0, P)  # two children of 5
+    ledger.begin()
+    plans.record(pl, "BTC-USDT")
+    ledger.commit()
+    sent = _run_schedule(plans, ledger, 900_000, 60.0)  # the market thinned: 5 % is 3 now
+    assert sent == []
+    out = plans.outcome(PARENT)
+    assert (out.sent, out.not_sent, out.reasons) == (0.0, 10.0, ("volume",))
+
+
+def test_the_kill_switch_stops_the_unsent_children(tmp_path):
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    pl = plan(PARENT, 20.0, 1.0, 100.0, 0, P, lot_size=1.0)  # due at 0, 75, 150, 225 s
+    other = plan(client_order_id("sig-2"), 10.0, 1.0, 100.0, 0, P)
+    ledger.begin()
+    plans.record(pl, "BTC-USDT")
+    plans.record(other, "ETH-USDT")
+    ledger.commit()
+    sent = _run_schedule(plans, ledger, 100_000, 100.0)
+    ledger.begin()
+    assert plans.halt(PARENT) == 10.0  # the two children not sent yet
+    ledger.commit()
+    sent += _run_schedule(plans, ledger, 600_000, 100.0)
+    assert [c.client_order_id for _, c in sent if c.client_order_id in {k.client_order_id for k in pl.children}] \
+        == [pl.children[0].client_order_id, pl.children[1].client_order_id]
+    out = plans.outcome(PARENT)
+    assert (out.sent, out.not_sent, out.reasons) == (10.0, 10.0, ("halted",))
+    assert plans.outcome(other.parent_id).sent == 10.0  # another parent's schedule goes on
+
+
+def test_children_due_while_the_book_is_halted_are_not_sent(tmp_path):
+    ledger, plans = _store(tmp_path / "ledger.sqlite")
+    pl = plan(PARENT, 20.0, 1.0, 100.0, 0, P, lot_size=1.0)
+    ledger.begin()
+    plans.record(pl, "BTC-USDT")
+    ledger.commit()
+    sent = _run_schedule(plans, ledger, 600_000, 100.0, halted_from=100_000)
+    assert [c.index for _, c in sent] == [0, 1]
+    out = plans.outcome(PARENT)
+    assert (out.sent, out.not_sent, out.reasons) == (10.0, 10.0, ("halted",))
