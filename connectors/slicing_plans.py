@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS slices (
     fate       TEXT  -- NULL: still due; send | volume | halted
 );
 CREATE INDEX IF NOT EXISTS slices_next ON slices(fate, next_ms);
+CREATE TABLE IF NOT EXISTS slice_parents (
+    parent_id TEXT PRIMARY KEY,
+    parent    TEXT NOT NULL  -- what each child is made from (the signal, the order's terms), as JSON
+);
 """
 
 
@@ -46,6 +50,13 @@ class SlicePlans:
             " give_up_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(c.client_order_id, plan.parent_id, symbol, c.index, c.quantity, c.due_ms, c.due_ms, plan.give_up_ms)
              for c in plan.children])
+
+    def keep_parent(self, parent_id: str, doc: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO slice_parents VALUES (?, ?)", (parent_id, doc))
+
+    def parent(self, parent_id: str) -> str | None:
+        row = self.db.execute("SELECT parent FROM slice_parents WHERE parent_id = ?", (parent_id,)).fetchone()
+        return row[0] if row else None
 
     def plan(self, parent_id: str) -> Plan | None:
         rows = self.db.execute(
@@ -77,12 +88,13 @@ class SlicePlans:
                               (fate, client_order_id))
         return cur.rowcount == 1
 
-    def halt(self, parent_id: str | None = None) -> float:
+    def halt(self, parent_id: str | None = None) -> dict[str, float]:
         """The kill switch: every child not sent yet (of one parent, or all) will not be.
-        Returns the quantity that will not be sent."""
+        Returns the quantity that will not be sent, by parent."""
         where, args = ("AND parent_id = ?", (parent_id,)) if parent_id is not None else ("", ())
-        left = self.db.execute(f"SELECT COALESCE(SUM(quantity), 0) FROM slices WHERE fate IS NULL {where}",
-                               args).fetchone()[0]
+        left = dict(self.db.execute(
+            f"SELECT parent_id, SUM(quantity) FROM slices WHERE fate IS NULL {where} GROUP BY parent_id",
+            args).fetchall())
         self.db.execute(f"UPDATE slices SET fate = ? WHERE fate IS NULL {where}", (HALTED, *args))
         return left
 

@@ -26,6 +26,7 @@ from dataflows.desk import Desk
 from dataflows.exits_step import Exits
 from dataflows.opens import Opens
 from dataflows.recovery import recover
+from dataflows.slicing_step import Slicer
 from dataflows.steps import Received
 from dataflows.venue_funds import VenueFunds
 from operators import audit_rows as R
@@ -65,6 +66,8 @@ class PortfolioStep:
         # or an illegal change to count), not taken for an order of someone else's
         self._done: OrderedDict[str, fsm.OrderState] = OrderedDict()
         self.cancels_asked: set[str] = set()  # by a kill: never asked twice (dataflows/control_step.py)
+        slicing = pipeline.execute.slicing
+        self.slicer = Slicer(self.desk, self.opens, slicing) if slicing is not None else None
 
     @property
     def ledger(self) -> Ledger:
@@ -90,6 +93,10 @@ class PortfolioStep:
         first = len(outs)
         try:
             self.exits.due(book, e.stream_id, e.clock_ms, outs)
+            if self.slicer is not None:
+                if item.tick is not None:
+                    self.slicer.on_tick(item.tick, e.clock_ms)
+                self.slicer.due(book, e.clock_ms, outs)  # children due by this entry's time leave first
             if item.tick is not None:
                 self.exits.tick(book, item, outs)
             elif item.signal is None:
@@ -201,6 +208,11 @@ class PortfolioStep:
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
                       sig.side, sz.quantity, sz.price, e.clock_ms,
                       limit_price(sig.side, sz.price, self.p.execute.max_slippage_bps, tick))
+        if self.slicer is not None:
+            sliced = self.slicer.slice(out, chain, order, sig, lot or 0.0, tick, e.clock_ms)
+            if sliced is not None:
+                self.slicer.due(book, e.clock_ms, outs)  # its first child is due at once
+                return sliced
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
         emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it

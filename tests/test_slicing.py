@@ -87,7 +87,8 @@ def test_property_children_sum_to_the_parent_within_the_share_ids_unique_and_sta
         pl = plan(PARENT, qty, 10.0, volume, start, p, lot_size=lot)
     except TooThin:
         # only when the share holds less than a lot, or a day of minutes could not take the order
-        assert (lot > 0 and share * volume < lot) or qty / (share * volume) > MAX_CHILDREN * (1 - 1e-9)
+        per = math.floor(share * volume / lot + 1e-9) if lot else share * volume  # the most one child holds
+        assert per == 0 or (lots if lot else qty) / per > MAX_CHILDREN * (1 - 1e-9)
         return
     kids = pl.children
     assert math.isclose(math.fsum(c.quantity for c in kids), qty, rel_tol=1e-12, abs_tol=1e-12)
@@ -258,7 +259,7 @@ def test_the_kill_switch_stops_the_unsent_children(tmp_path):
     ledger.commit()
     sent = _run_schedule(plans, ledger, 100_000, 100.0)
     ledger.begin()
-    assert plans.halt(PARENT) == 10.0  # the two children not sent yet
+    assert plans.halt(PARENT) == {PARENT: 10.0}  # the two children not sent yet
     ledger.commit()
     sent += _run_schedule(plans, ledger, 600_000, 100.0)
     assert [c.client_order_id for _, c in sent if c.client_order_id in {k.client_order_id for k in pl.children}] \
