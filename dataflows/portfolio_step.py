@@ -68,6 +68,8 @@ class PortfolioStep:
         self.cancels_asked: set[str] = set()  # by a kill: never asked twice (dataflows/control_step.py)
         slicing = pipeline.execute.slicing
         self.slicer = Slicer(self.desk, self.opens, slicing) if slicing is not None else None
+        self.wall = time.time  # the wall clock (a test's own)
+        self._clock: tuple[int, float] | None = None  # the newest entry's stream clock, and when it came
 
     @property
     def ledger(self) -> Ledger:
@@ -91,6 +93,8 @@ class PortfolioStep:
         e = item.entry
         t0 = time.perf_counter_ns()
         first = len(outs)
+        if self.slicer is not None and (self._clock is None or e.clock_ms >= self._clock[0]):
+            self._clock = (e.clock_ms, self.wall())
         try:
             self.exits.due(book, e.stream_id, e.clock_ms, outs)
             if self.slicer is not None:
@@ -115,6 +119,20 @@ class PortfolioStep:
         for o in outs[first:]:
             o.stamp(latency)
         return book
+
+    def slicing_wake(self) -> float | None:
+        """When (wall seconds) the next child of a sliced order falls due: the stream's clock
+        is taken to run on from its newest entry as the wall's does. None: nothing due."""
+        if self.slicer is None or self._clock is None:
+            return None
+        due = self.slicer.next_due_ms()
+        return None if due is None else self._clock[1] + (due - self._clock[0]) / 1000
+
+    def wake(self, book: Portfolio, outs: list[Outcome]) -> None:
+        """A quiet stream's wake-up: the children due by now leave (``PortfolioLogic.on_notify``)."""
+        if self.slicer is not None and self._clock is not None:
+            ms, wall = self._clock
+            self.slicer.due(book, ms + int((self.wall() - wall) * 1000), outs)
 
     def on_event(self, book: Portfolio, ev: fsm.VenueEvent, outs: list[Outcome]) -> None:
         """A venue's answer about one of this book's orders: applied through the order state

@@ -92,6 +92,9 @@ class Slicer:
             out = Outcome("", "", child_sid, "sent", "", chain.events)
             outs.append(self.opens.open(book, out, chain, order, csig, fresh=True))
 
+    def next_due_ms(self) -> int | None:
+        return self.plans.next_due_ms()
+
     def _has_plans(self) -> bool:
         return self.desk.ledger.db.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'slices'").fetchone() is not None
