@@ -15,7 +15,7 @@ import sqlite3
 
 from typing import Callable
 
-from operators.slicing import HALTED, LATE, MINUTE_MS, SEND, WAIT, Child, Plan, SliceOutcome, check, parent_outcome
+from operators.slicing import HALTED, MINUTE_MS, WAIT, Child, Plan, SliceOutcome, check, parent_outcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slices (
@@ -99,23 +99,23 @@ class SlicePlans:
         return left
 
     def release(self, now_ms: int, minute_volume: Callable[[str], float | None], share: float,
-                halted: bool) -> list[tuple[str, Child]]:
-        """The children to send now, each settled ``send`` first (in the caller's transaction,
-        with the intents it writes for them): a child is handed out once, ever. A due child
-        over the share of its symbol's volume waits a minute (up to its plan's bound, then
-        ``volume``); while the book is halted every due child is ``halted``."""
+                halted: bool) -> list[tuple[str, Child, str]]:
+        """The due children that got a fate now: (parent id, child, fate). Each is settled
+        first (in the caller's transaction, with the intents it writes for those to send):
+        a child is handed out once, ever. A due child over the share of its symbol's volume
+        waits a minute (up to its plan's bound, then ``volume``); while the book is halted
+        every due child is ``halted``."""
         out = []
         rows = self.db.execute(
             "SELECT client_order_id, parent_id, symbol, idx, quantity, due_ms, give_up_ms FROM slices "
             "WHERE fate IS NULL AND next_ms <= ? ORDER BY next_ms, parent_id, idx", (now_ms,)).fetchall()
         for cid, parent, symbol, i, q, due, give_up in rows:
             child = Child(i, cid, q, due)
-            p = Plan(parent, q, (child,), give_up)
-            verdict = check(child, now_ms, minute_volume(symbol), share, halted, p)
+            verdict = check(child, now_ms, minute_volume(symbol), share, halted, Plan(parent, q, (child,), give_up))
             if verdict == WAIT:
                 self.postpone(cid, now_ms + MINUTE_MS)
-            elif self.settle(cid, verdict) and verdict == SEND:
-                out.append((parent, child))
+            elif self.settle(cid, verdict):
+                out.append((parent, child, verdict))
         return out
 
     def outcome(self, parent_id: str, filled: dict[int, float] | None = None) -> SliceOutcome | None:

@@ -27,7 +27,7 @@ from operators.orders import Order
 from operators.portfolio import Portfolio
 from operators.protection import limit_price
 from operators.signal import Signal
-from operators.slicing import MinuteVolume, SlicingParams, TooThin, needs_slicing, plan
+from operators.slicing import SEND, MinuteVolume, SlicingParams, TooThin, needs_slicing, plan
 from operators.trading_state import ACTIVE, KILL, TRADING_STATE
 
 
@@ -76,10 +76,18 @@ class Slicer:
         if self._plans is None and not self._has_plans():
             return
         halted = self.desk.executor.trading != ACTIVE
-        for parent_id, child in self.plans.release(clock_ms, self.volume.last_minute, self.p.max_volume_share,
-                                                   halted):
+        for parent_id, child, fate in self.plans.release(clock_ms, self.volume.last_minute,
+                                                         self.p.max_volume_share, halted):
             doc = json.loads(self.plans.parent(parent_id) or "{}")
             sig = Signal.model_validate(doc["signal"])
+            if fate != SEND:  # said on the parent: its outcome is the sum of its children's
+                # no entry owns it: named by its child, as a command's events are by the command
+                ev = Chain(f"slicing:{child.client_order_id}", sig.signal_id, clock_ms, sig.source, doc["venue"],
+                           doc["symbol"]).add(
+                    EXECUTION_ATTEMPT, "not_sent", fate, child=child.index, client_order_id=child.client_order_id,
+                    quantity=child.quantity)
+                self.desk.ledger.rows["audit_events"].append(ev.as_row(clock_ms))
+                continue
             child_sid = f"{sig.signal_id}#{child.index}"
             csig = sig.model_copy(update={"signal_id": child_sid})
             price = book.marks.get(doc["symbol"], doc["price"])

@@ -198,7 +198,7 @@ def _run_schedule(plans, ledger, until_ms, volume, halted_from=None):
     for now in range(0, until_ms + 1, 10_000):
         ledger.begin()
         halted = halted_from is not None and now >= halted_from
-        sent += [(now, c) for _, c in plans.release(now, lambda s: volume, 0.05, halted)]
+        sent += [(now, c) for _, c, fate in plans.release(now, lambda s: volume, 0.05, halted) if fate == SEND]
         ledger.commit()
     return sent
 
@@ -229,7 +229,7 @@ def test_a_restart_resumes_the_schedule_and_never_hands_a_child_out_twice(tmp_pa
     first = _run_schedule(plans, ledger, 80_000, 100.0)  # children 0 and 1 are out
     ledger.begin()
     lost = plans.release(200_000, lambda s: 100.0, 0.05, False)  # child 2, then a crash before the commit
-    assert [c.index for _, c in lost] == [2]
+    assert [(c.index, fate) for _, c, fate in lost] == [(2, SEND)]
     ledger.close()  # the transaction is rolled back: child 2 never left (its intent was not written either)
     ledger, plans = _store(tmp_path / "ledger.sqlite")
     rest = _run_schedule(plans, ledger, 600_000, 100.0)

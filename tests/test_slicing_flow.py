@@ -127,3 +127,16 @@ def test_a_restart_resumes_the_schedule_and_a_kill_stops_what_remains(tmp_path):
                              " WHERE stage = 'TRADING_STATE' AND outcome = 'halted'")
     assert [(sid, why, json.loads(d)) for sid, why, d in stopped] == [
         ("t1", "kill", {"unsent_children_quantity": pytest.approx(left)})]
+
+
+def test_a_child_waits_while_the_market_is_thin_and_is_not_sent_past_its_bound(tmp_path):
+    path, p = _pipeline(tmp_path)
+    thin = [tick(ms, "BTC-USDT", 100.0, 40 / 6) for ms in range(T0 + 10_000, T0 + 12 * MIN, 10_000)]  # 5 %: 2
+    entries = _market(T0 - 1) + [signal(1, T0, "BTC-USDT", "buy", 100.0, kelly=0.005)] + thin
+    entries.sort(key=lambda e: int(e["id"].split("-")[0]))
+    _run(tmp_path, "a", entries)
+    assert [o[1] for o in _orders(p)] == ["t1#0"]  # the rest never over the thinner market's share
+    assert [(i, f) for i, f, _ in _fates(p)] == [(0, "send"), (1, "volume"), (2, "volume")]
+    unsent = audit_query(p, "SELECT signal_id, reason, details FROM audit_events FINAL"
+                            " WHERE stage = 'EXECUTION_ATTEMPT' AND outcome = 'not_sent' ORDER BY ts_ms")
+    assert [(sid, why, json.loads(d)["child"]) for sid, why, d in unsent] == [("t1", "volume", 1), ("t1", "volume", 2)]
