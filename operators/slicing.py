@@ -51,7 +51,8 @@ class SlicingParams(BaseModel):
         description="the largest share of a symbol's last-minute volume one order (or child) may be")
     window_s: int = Field(300, ge=60, le=86_400, description="the children of a sliced order are spread over this long")
     min_child_usd: float = Field(
-        0.0, ge=0, description="a child worth less is not worth sending: an order the volume would cut finer is refused")
+        0.0, ge=0,
+        description="a child worth less is not worth sending: an order the volume would cut finer is refused")
 
 
 def child_order_id(parent_id: str, index: int) -> str:

@@ -69,7 +69,8 @@ def _fates(p, places: int = 6) -> list[tuple[int, str, float]]:
     """Each child's fate and quantity (rounded: in whole lots of the paper venue's)."""
     db = sqlite3.connect(p.ledger_path)
     try:
-        return [(i, f, round(q, places)) for i, f, q in db.execute("SELECT idx, fate, quantity FROM slices ORDER BY idx")]
+        rows = db.execute("SELECT idx, fate, quantity FROM slices ORDER BY idx").fetchall()
+        return [(i, f, round(q, places)) for i, f, q in rows]
     finally:
         db.close()
 
