@@ -50,6 +50,8 @@ class Slicer:
     def slice(self, out: Outcome, chain: Chain, order: Order, sig: Signal, lot: float, tick: float,
               clock_ms: int) -> Outcome | None:
         """The parent's outcome when ``order`` is too large to go whole, else None."""
+        if self.desk.executor.trading != ACTIVE:
+            return None  # the trading state judges it whole, as any order (refused, or a reduction let out)
         vol = self.volume.last_minute(order.symbol)
         if not needs_slicing(order.quantity, vol, self.p.max_volume_share):
             return None

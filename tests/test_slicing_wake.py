@@ -15,6 +15,7 @@ from dataflows.steps import validator
 from helpers import KELLY_AND_EXECUTE, STREAM, payload, sig
 from operators.orders import client_order_id
 from operators.slicing import child_order_id
+from operators.trading_state import HALTED
 from test_order_events import PRICES, RemotePaper, _row, _split
 
 T0 = 1767261600000
@@ -63,3 +64,15 @@ def test_a_quiet_book_wakes_for_each_child_and_sends_it_once(tmp_path):
     assert cmd.order.client_order_id == child_order_id(parent, 2)
     assert step.slicing_wake() is None  # the plan is done
     assert logic.notify_at() is not None  # the heartbeat's wake-up goes on
+
+
+def test_an_order_too_large_for_a_halted_book_is_refused_not_sliced(tmp_path):
+    p, step, logic, wall = _logic(tmp_path)
+    ticks = [_entry(p, PRICES, T0 - 50_000 + i * 10_000, {"symbol": "BTC-USDT", "price": "100", "volume": "40"})
+             for i in range(5)]
+    logic.on_batch(ticks)
+    step.desk.executor.trading = HALTED
+    doc = sig("sig-1", timestamp="2026-01-01T10:00:00.000Z", suggested_kelly=0.05, max_position_usd=3000.0)
+    outs, cmds = _split(logic.on_batch([_entry(p, STREAM, T0, {"payload": payload(doc)})])[0])
+    assert [(o.outcome, o.reason) for o in outs if o.signal_id == "sig-1"] == [("dropped", "halted")]
+    assert cmds == [] and step.slicing_wake() is None
