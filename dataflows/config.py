@@ -30,6 +30,7 @@ from operators.risk_filters import SectorExposureParams
 from operators.kelly import KellyParams
 from operators.limits import Limits
 from operators.protection import DEFAULT_MAX_SLIPPAGE_BPS
+from operators.slicing import SlicingParams
 from operators.books import Takes
 from operators.signal import VENUES
 
@@ -53,6 +54,8 @@ class ExecuteConfig(BaseModel):
     max_slippage_bps: float = Field(
         DEFAULT_MAX_SLIPPAGE_BPS, gt=0, le=10_000,
         description="every order's protection band around its reference price: nothing fills beyond it")
+    slicing: SlicingParams | None = Field(
+        None, description="an order too large for its symbol's volume is sent as children over time (docs/slicing.md)")
 
 
 class PricesConfig(BaseModel):

@@ -23,6 +23,7 @@ from connectors import metrics, trading_state_store
 from connectors.control import Control
 from connectors.trading_state_store import TradingState
 from connectors.venues import Rejected
+from dataflows.slicing_step import halt_children
 from operators.audit import Chain, Outcome
 from operators.orders import client_order_id
 from operators.portfolio import Portfolio
@@ -53,6 +54,8 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
             except Rejected:
                 pass
         step.send_orders(book)
+        # children of sliced orders not sent yet never will be
+        ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in halt_children(ledger.db, trigger, now_ms)]
         asked = step.cancels_asked
         for cid, f in list(step.opens.working.items()):
             if cid in asked:

@@ -39,6 +39,7 @@ from connectors.venues import Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport, VenueReport
 from dataflows.kill_venues import BESIDE_FROZEN, cancel_everywhere, close_book, flatten_rest
+from dataflows.slicing_step import halt_children
 from operators.audit import Chain
 from operators.daily_loss import DayLoss
 from operators.trading_state import ACTIVE, COMMANDS, HALTED, REDUCING, TRADING_STATE
@@ -290,6 +291,9 @@ def _set_state(ledger: Ledger, report: KillReport, book: str, state: str, reason
         chain = Chain(f"control:{report.command_id}", "", now_ms)
         chain.add(TRADING_STATE, state, reason, by=by, was=before.state, command=report.command)
         ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in chain.events]
+    if state == HALTED:  # children of sliced orders not sent yet never will be
+        stopped = halt_children(ledger.db, f"control:{report.command_id}", now_ms)
+        ledger.rows["audit_events"] += [ev.as_row(now_ms) for ev in stopped]
     trading_state_store.write(ledger.db, TradingState(state, reason, by, report.command_id, now_ms))
     if report.command == "resume":
         _resume_day(ledger)

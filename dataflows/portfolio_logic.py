@@ -58,11 +58,24 @@ class PortfolioLogic(StatefulBatchLogic):
     def notify_at(self) -> datetime | None:
         # an idle book is woken twice a heartbeat period to say it is alive
         period = self.step.p.watchdog.heartbeat_s if self.step is not None else PERIOD_S
-        return datetime.now(timezone.utc) + timedelta(seconds=period / 2)
+        at = datetime.now(timezone.utc) + timedelta(seconds=period / 2)
+        wake = self.step.slicing_wake() if self.step is not None else None  # a sliced order's next child
+        return at if wake is None else min(at, datetime.fromtimestamp(wake, timezone.utc))
 
     def on_notify(self) -> tuple[list[Outcome | Command], bool]:
+        out: list[Outcome | Command] = []
+        step = self.step
+        wake = step.slicing_wake() if step is not None else None
+        if step is not None and self.book is not None and wake is not None and wake <= step.wall():
+            step.ledger.begin()  # the children due leave as a batch's orders do: intents first
+            try:
+                step.wake(self.book, out)  # type: ignore[arg-type]
+                step.send_orders(self.book)
+            finally:
+                step.ledger.commit()
+            out += step.desk.executor.take_commands()
         self._beat()
-        return [], StatefulBatchLogic.RETAIN
+        return out, StatefulBatchLogic.RETAIN
 
     def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]
                  ) -> tuple[list[Outcome | Command], bool]:

@@ -27,6 +27,7 @@ from dataflows.exits_step import Exits
 from dataflows import loss_state
 from dataflows.opens import Opens
 from dataflows.recovery import recover
+from dataflows.slicing_step import Slicer
 from dataflows.steps import Received
 from dataflows.venue_funds import VenueFunds
 from operators import audit_rows as R
@@ -66,6 +67,10 @@ class PortfolioStep:
         # or an illegal change to count), not taken for an order of someone else's
         self._done: OrderedDict[str, fsm.OrderState] = OrderedDict()
         self.cancels_asked: set[str] = set()  # by a kill: never asked twice (dataflows/control_step.py)
+        slicing = pipeline.execute.slicing
+        self.slicer = Slicer(self.desk, self.opens, slicing) if slicing is not None else None
+        self.wall = time.time  # the wall clock (a test's own)
+        self._clock: tuple[int, float] | None = None  # the newest entry's stream clock, and when it came
 
     @property
     def ledger(self) -> Ledger:
@@ -89,9 +94,15 @@ class PortfolioStep:
         e = item.entry
         t0 = time.perf_counter_ns()
         first = len(outs)
+        if self.slicer is not None and (self._clock is None or e.clock_ms >= self._clock[0]):
+            self._clock = (e.clock_ms, self.wall())
         try:
             loss_state.new_day(self, e.clock_ms)
             self.exits.due(book, e.stream_id, e.clock_ms, outs)
+            if self.slicer is not None:
+                if item.tick is not None:
+                    self.slicer.on_tick(item.tick, e.clock_ms)
+                self.slicer.due(book, e.clock_ms, outs)  # children due by this entry's time leave first
             if item.tick is not None:
                 self.exits.tick(book, item, outs)
             elif item.signal is None:
@@ -111,6 +122,20 @@ class PortfolioStep:
         for o in outs[first:]:
             o.stamp(latency)
         return book
+
+    def slicing_wake(self) -> float | None:
+        """When (wall seconds) the next child of a sliced order falls due: the stream's clock
+        is taken to run on from its newest entry as the wall's does. None: nothing due."""
+        if self.slicer is None or self._clock is None:
+            return None
+        due = self.slicer.next_due_ms()
+        return None if due is None else self._clock[1] + (due - self._clock[0]) / 1000
+
+    def wake(self, book: Portfolio, outs: list[Outcome]) -> None:
+        """A quiet stream's wake-up: the children due by now leave (``PortfolioLogic.on_notify``)."""
+        if self.slicer is not None and self._clock is not None:
+            ms, wall = self._clock
+            self.slicer.due(book, ms + int((self.wall() - wall) * 1000), outs)
 
     def on_event(self, book: Portfolio, ev: fsm.VenueEvent, outs: list[Outcome]) -> None:
         """A venue's answer about one of this book's orders: applied through the order state
@@ -206,6 +231,11 @@ class PortfolioStep:
         order = Order(client_order_id(sig.signal_id), sig.signal_id, "open", sig.venue, sig.symbol,
                       sig.side, sz.quantity, sz.price, e.clock_ms,
                       limit_price(sig.side, sz.price, self.p.execute.max_slippage_bps, tick))
+        if self.slicer is not None:
+            sliced = self.slicer.slice(out, chain, order, sig, lot or 0.0, tick, e.clock_ms)
+            if sliced is not None:
+                self.slicer.due(book, e.clock_ms, outs)  # its first child is due at once
+                return sliced
         R.attempt(chain, order, desk.executor.venue_for(order.venue).name, size_usd=sz.size_usd)
         out.outcome = "sent"
         emitted = item.emitted_ms if item.emitted_ms is not None else sig.emitted_ms  # validation read it

@@ -56,8 +56,9 @@ SENT_EVENTS = 4
 # stream entry may be acknowledged once the record of it is durable.
 INVALID_TICK = "invalid_tick"  # a market entry refused (malformed, or a price the book cannot believe)
 PRICE_PROTECTION = "price_protection"  # nothing filled within the order's price band (operators/protection.py)
+SLICED = "sliced"  # sent as children over time (operators/slicing.py): each child's outcome is its own
 TERMINAL = ("invalid", "duplicate", "expired", "dropped", "filled", "rejected", "tick", INVALID_TICK, "closed",
-            PRICE_PROTECTION)
+            PRICE_PROTECTION, SLICED)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""Market data entries: a price tick ``{symbol, price, ts}`` and a regime update
+"""Market data entries: a price tick ``{symbol, price, ts}`` (optionally with the ``volume``
+traded since the symbol's previous tick, which slicing reads: ``operators/slicing.py``) and a regime update
 ``{regime}`` (optionally for one ``symbol``), as they arrive in stream fields
 (Redis field values are strings)."""
 
@@ -18,6 +19,7 @@ class Tick:
     symbol: str | None
     price: float | None
     regime: str | None
+    volume: float | None = None  # traded since the symbol's previous tick, in the order's units
 
 
 def parse_tick(fields: dict[str, str], limits: Limits) -> Tick:
@@ -40,8 +42,18 @@ def parse_tick(fields: dict[str, str], limits: Limits) -> Tick:
             raise Invalid(why)
         if symbol is None:
             raise Invalid("symbol: a price needs a symbol")
+    volume = None
+    if fields.get("volume") not in (None, ""):
+        if price is None:
+            raise Invalid("volume: a volume travels with a price")
+        try:
+            volume = float(fields["volume"])
+        except (TypeError, ValueError):
+            raise Invalid(f"volume: not a number: {fields['volume']!r}") from None
+        if not 0 <= volume < float("inf"):
+            raise Invalid(f"volume: must be a finite number ≥ 0, got {fields['volume']!r}")
     if regime is not None and regime not in REGIMES:
         raise Invalid(f"regime: unknown {regime!r}; known: {', '.join(REGIMES)}")
     if price is None and regime is None:
         raise Invalid("market entry carries neither price nor regime")
-    return Tick(symbol, price, regime)
+    return Tick(symbol, price, regime, volume)

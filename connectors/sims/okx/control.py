@@ -59,7 +59,7 @@ async def control(request: web.Request) -> web.Response:
         elif what == "clear-faults":
             sim.faults.clear()
         elif what == "price":
-            sim.book.set_price(str(doc["instId"]), float(doc["px"]))
+            sim.book.set_price(str(doc["instId"]), float(doc["px"]), float(doc.get("vol", 0)))
         elif what == "balance":
             sim.book.set_balance(str(doc["ccy"]), float(doc["amount"]))
         elif what == "fill-ratio":

@@ -53,5 +53,10 @@ class PriceFollower:
             px = float(price) if price is not None else 0.0
         except ValueError:
             return
+        try:
+            vol = float(fields.get("volume") or 0)
+        except ValueError:
+            vol = 0.0
+        vol = vol if 0 < vol < float("inf") else 0.0
         if len(parts) == 2 and all(parts) and px > 0 and px == px and px != float("inf"):
-            self.book.set_price(symbol, px)
+            self.book.set_price(symbol, px, vol)

@@ -186,8 +186,8 @@ class SimServer:
     def clear_faults(self) -> None:
         self.sim.faults.clear()
 
-    def set_price(self, inst: str, price: float) -> None:
-        self.sim.book.set_price(inst, price)
+    def set_price(self, inst: str, price: float, volume: float = 0.0) -> None:
+        self.sim.book.set_price(inst, price, volume)
 
     def set_balance(self, ccy: str, amount: float) -> None:
         self.sim.book.set_balance(ccy, amount)

@@ -175,6 +175,21 @@ def ticker(sim: Sim, q: dict, body: object) -> web.Response:
         return reply([], r.code, r.msg)
 
 
+def candles(sim: Sim, q: dict, body: object) -> web.Response:
+    """1-minute candlesticks (the only bar the simulator keeps), newest first, ``limit`` of them
+    (100 unless told, 300 at most, as OKX's recent candles)."""
+    if q.get("bar", "1m") != "1m":
+        return reply([], "51000", "Parameter bar error: the simulator keeps 1m bars only")
+    try:
+        limit = min(300, max(1, int(q.get("limit", 100))))
+    except ValueError:
+        return reply([], "51000", "Parameter limit error")
+    try:
+        return reply(sim.book.candles(q.get("instId", ""), limit))
+    except Refusal as r:
+        return reply([], r.code, r.msg)
+
+
 def trades(sim: Sim, q: dict, body: object) -> web.Response:
     """The latest public trades of an instrument (at most ``limit``, 100 unless told, 500 at most)."""
     try:
@@ -244,6 +259,7 @@ ROUTES: dict[tuple[str, str], Callable[[Sim, dict, object], web.Response]] = {
     ("GET", "public/instruments"): instruments,
     ("GET", "market/ticker"): ticker,
     ("GET", "market/trades"): trades,
+    ("GET", "market/candles"): candles,
     ("GET", "asset/currencies"): lambda sim, q, b: reply(sim.book.currencies()),
     ("GET", "account/balance"): lambda sim, q, b: reply(sim.book.balance()),
     ("POST", "trade/order"): place,

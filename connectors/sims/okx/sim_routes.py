@@ -11,8 +11,9 @@ CONTROLS = (
                         '"accept": true, "status": 503, "code": "51008"}: arm a fault for the next '
                         '`times` requests to those paths (accept false: drop, hang and 50004 take nothing)'),
     ("POST /sim/clear-faults", "disarm every fault"),
-    ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0}: the last price, the bid and ask drawn around it; '
-                        'resting limit orders it crosses fill at their price'),
+    ("POST /sim/price", '{"instId": "BTC-USDT", "px": 100.0, "vol": 2.5}: the last price, the bid and ask drawn '
+                        'around it; resting limit orders it crosses fill at their price; vol (optional): what the '
+                        'market traded since, in the 1m candles (market/candles) with the simulator\'s own fills'),
     ("POST /sim/depth", '{"half_spread_bps": 1, "step_bps": 1, "levels": 20, "level_notional": 50000}: the '
                         'book around each last price that market orders walk (levels each step_bps further, '
                         'each holding level_notional of the quote currency)'),

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from connectors.sims.okx import matching, records
+from connectors.sims.okx.candles import Tape
 from connectors.sims.okx.matching import Depth, Level
 
 # listed whatever prices it is given; it trades an instrument only once it has a price for it
@@ -73,6 +74,7 @@ class Book:
         self.orders: dict[str, dict] = {}  # by ordId, OKX's own record of each
         self.by_clord: dict[str, str] = {}  # clOrdId -> the latest ordId under it
         self.fills: list[dict] = []
+        self.tape = Tape()  # what traded, for the candles (its volume)
         self.next_id = int(time.time() * 1000) * 1000
         self.fill_ratio = Decimal(1)  # the share of a marketable order that fills at once
         self.depth = Depth()
@@ -124,6 +126,13 @@ class Book:
             return {"instType": "SPOT", "instId": inst, "last": px, "lastSz": "1", "askPx": _s(ask.px),
                     "askSz": _s(ask.sz), "bidPx": _s(bid.px), "bidSz": _s(bid.sz), "open24h": px, "high24h": px,
                     "low24h": px, "volCcy24h": "0", "vol24h": "0", "ts": now_ms(), "sodUtc0": px, "sodUtc8": px}
+
+    def candles(self, inst: str, limit: int = 100) -> list[list[str]]:
+        """1-minute candlesticks of an instrument, newest first (``candles.Tape``)."""
+        with self.lock:
+            if inst not in self.listed:
+                raise Refusal("51001", "Instrument ID doesn't exist.")
+            return self.tape.candles(inst, int(now_ms()), limit)
 
     def trades(self, inst: str, limit: int = 100) -> list[dict]:
         """The latest public trades of an instrument, newest first."""
@@ -306,11 +315,14 @@ class Book:
         o.update(state="canceled", cancelSource=source, uTime=now_ms(), _frozen="0")
         self._changed(o, None)
 
-    def set_price(self, inst: str, price: float) -> None:
-        """A new last price; every resting limit order it crosses fills at its own price."""
+    def set_price(self, inst: str, price: float, volume: float = 0.0) -> None:
+        """A new last price; every resting limit order it crosses fills at its own price.
+        ``volume``: what the market traded since the last price (the candles' volume)."""
         with self.lock:
             self.prices[inst] = Decimal(str(price))
             self.listed.add(inst)
+            if volume > 0:
+                self.tape.add(inst, int(now_ms()), self.prices[inst], Decimal(str(volume)))
             bid, ask = self._best(inst)
             for o in sorted(self.orders.values(), key=lambda o: int(o["ordId"])):
                 if (o["instId"] == inst and o["state"] in OPEN_STATES and o["ordType"] in ("limit", "post_only")
@@ -361,6 +373,7 @@ class Book:
                            "fillPx": _s(px), "fillSz": _s(qty), "side": o["side"], "execType": exec_type,
                            "feeCcy": o["feeCcy"], "fee": _s(-fee), "feeRate": _s(-rate), "ts": now,
                            "fillTime": now})
+        self.tape.add(o["instId"], int(now), px, qty)
         self._changed(o, self.fills[-1])
 
     def _changed(self, o: dict, fill: dict | None) -> None:
