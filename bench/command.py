@@ -220,7 +220,8 @@ def print_rtt(c: dict, out: Console) -> None:
     paper = c["rtt"]["paper_median_per_s"]
     t = Table(title=f"venues: the sample ({c['rtt']['entries']:,} entries) at once, paper against each round trip")
     for col in ("run", "decided+acked/s", "÷ paper (median)", "steady/s", "drain", "expired", "filled", "rejected",
-                "same as paper", "refused", "other", "slow steps", "receipt → durable p99", "live left"):
+                "same as paper", "refused", "spot / band / concentration", "other", "slow steps",
+                "receipt → durable p99", "live left"):
         t.add_column(col, justify="left" if col == "run" else "right")
     for label, r in rtt.items():
         cmp = vs.get(label, {})
@@ -230,10 +231,15 @@ def print_rtt(c: dict, out: Console) -> None:
                   f"{r['steady_acked_per_s']:,.0f}" if r.get("steady_acked_per_s") else "—",
                   f"{r['drain_s']:.2f} s" if r["drain_s"] is not None else "—", str(r["expired"]), str(r["filled"]),
                   str(r["rejected"]), str(cmp.get("same", "—")), str(cmp.get("refused_by_venue", "—")),
+                  " / ".join(str(cmp[k]) for k in ("spot_cannot_short", "price_protection", "concentration"))
+                  if cmp else "—",
                   str(cmp.get("other", "—")), f"{r.get('slow_steps', 0)} ({r.get('slow_steps_s', 0):.2f} s)",
                   fmt_us(dur.get("p99")), str(r.get("live_left", 0)))
     out.print(t)
     for label, cmp in vs.items():
+        if cmp.get("by_cause"):
+            out.print(f"venues: {label}: decisions unlike paper's by design, by cause: {cmp['by_cause']}",
+                      highlight=False)
         if cmp["other"]:
             out.print(f"venues: {label}: decisions unlike paper's: {cmp['other_by_kind']}; e.g. {cmp['examples'][:2]}",
                       highlight=False)

@@ -81,7 +81,7 @@ class Opens:
         except Rejected as err:
             return self.rejected(out, chain, err)
         if known is WORKING:  # at its venue (or maybe): its fate comes as an event
-            book.reserve(expected, terms)
+            book.reserve(expected, terms, remote=True)
             self.track(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline),
                        fsm.OrderState(order, fsm.UNKNOWN))
             out.reason = f"working at {desk.executor.venue_for(order.venue).name}"
@@ -95,7 +95,7 @@ class Opens:
             # durable with the intent, before the order can leave, and so are its audit
             # rows so far (``send``): a restart resuming it adds only the rest
             desk.decided(out)
-        book.reserve(expected, terms)
+        book.reserve(expected, terms, remote=desk.executor.has_remote and desk.executor.remote(order.venue))
         self.in_flight.append(InFlight(out, chain, order, expected, terms, exits, book.nav, deadline))
         return out
 

@@ -100,7 +100,7 @@ def _follow_open(desk: Desk, opens: Opens, book: Portfolio, order: Order, expect
                  exits: str, status: str) -> None:
     execute = desk.p.execute
     expected = expected_fill(order, execute.slippage_bps, execute.fee_bps)
-    book.reserve(expected, expected_terms)
+    book.reserve(expected, expected_terms, remote=True)
     prior = desk.ledger.decided(order.signal_id)
     chain = Chain.after_send(prior.stream_id if prior else "", order.signal_id, order.ts_ms, expected_terms.source,
                              order.venue, order.symbol)

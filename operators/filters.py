@@ -94,6 +94,8 @@ class PortfolioView:
     """What a filter may read of the book; read-only so a filter cannot trade."""
 
     nav: float
+    # by (venue, symbol): what the book holds, with orders still at a remote venue counted
+    # only where they add to it (``Portfolio.exposures``)
     position_values: dict[tuple[str, str], float]
     proposed_usd: float
     # by market: the available funds its venue reports (IBKR's AvailableFunds); a market

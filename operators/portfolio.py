@@ -105,6 +105,12 @@ class Portfolio:
         self._marks_before: dict[str, float | None] = {}  # signal_id -> mark, while its order is in flight
         self._venue_funds: dict[str, float] = {}  # market -> available funds its venue reported
         self._in_flight: dict[str, tuple[str, float]] = {}  # signal_id -> (market, notional) reserved
+        # orders at a remote venue whose fate is not known: an IOC may fill less than reserved or
+        # nothing, so the risk filters value each position as if every such order adding to it
+        # filled and none taking from it did (``exposures``)
+        self._unsure: dict[str, tuple[tuple[str, str], float]] = {}  # signal_id -> (key, signed qty)
+        self._unsure_by_key: dict[tuple[str, str], list[float]] = {}  # key -> [Σ buys, Σ sells, how many]
+        self._exposures: dict[tuple[str, str], float] = {}  # key -> value the risk filters judge by
 
     @property
     def nav(self) -> float:
@@ -120,6 +126,13 @@ class Portfolio:
         """Marked value of every non-flat position."""
         return self._values
 
+    def exposures(self) -> dict[tuple[str, str], float]:
+        """What the risk filters judge each position by: its marked value, or, while orders
+        whose fate is unknown are at a remote venue, the larger of the position with every one
+        of them on its side filled and with none of those against it filled. A reservation
+        counted as filled would let a buy that is then cut at its limit hide a sell's exposure."""
+        return self._exposures
+
     def _mark(self, symbol: str, price: float) -> None:
         self.marks[symbol] = price
         for key in self._keys.get(symbol, ()):
@@ -128,7 +141,20 @@ class Portfolio:
                 self._values[key] = q * price
             else:
                 self._values.pop(key, None)
+            self._expose(key, q, price)
         self._nav = None
+
+    def _expose(self, key: tuple[str, str], q: float, price: float) -> None:
+        unsure = self._unsure_by_key.get(key)
+        if unsure is not None:
+            buys, sells, _ = unsure
+            settled = q - buys + sells
+            longest, shortest = settled + buys, settled - sells
+            q = longest if abs(longest) >= abs(shortest) else shortest
+        if q:
+            self._exposures[key] = q * price
+        else:
+            self._exposures.pop(key, None)
 
     def market_entry_is_new(self, stream: str, stream_id: str) -> bool:
         """Whether the book has not yet taken this market entry: entries of a stream come
@@ -164,7 +190,7 @@ class Portfolio:
         reserved: dict[str, float] = {}
         for market, usd in self._in_flight.values() if self._venue_funds else ():
             reserved[market] = reserved.get(market, 0.0) + usd
-        return PortfolioView(self.nav, self.position_values(), proposed_usd, self._venue_funds, reserved,
+        return PortfolioView(self.nav, self._exposures, proposed_usd, self._venue_funds, reserved,
                              self.open_trades, self.marks, self.day_loss, self.returns)
 
     def set_available_funds(self, market: str, usd: float | None) -> None:
@@ -211,18 +237,44 @@ class Portfolio:
         self._mark(fill.symbol, mark)
         self.fills -= 1
 
-    def reserve(self, expected: Fill, terms: TradeTerms) -> None:
+    def reserve(self, expected: Fill, terms: TradeTerms, *, remote: bool = False) -> None:
         """An order in flight counts as filled as expected until the venue answers
-        (``settle`` or ``release``): a risk check later in the batch sees its exposure."""
+        (``settle`` or ``release``): a risk check later in the batch sees its exposure.
+        ``remote``: at a venue that answers later, where it may fill less or nothing; until
+        then the risk filters count it only where it adds exposure (``exposures``)."""
         self._marks_before[expected.signal_id] = self.marks.get(expected.symbol)
         self._in_flight[expected.signal_id] = (expected.venue, abs(expected.quantity * expected.price))
+        if remote:
+            self._unsure_add(expected.signal_id, (expected.venue, expected.symbol), expected.signed_qty)
         self.apply_fill(expected)
         self.open(terms)
+
+    def _unsure_add(self, signal_id: str, key: tuple[str, str], qty: float) -> None:
+        self._unsure[signal_id] = (key, qty)
+        sides = self._unsure_by_key.setdefault(key, [0.0, 0.0, 0])
+        sides[0 if qty > 0 else 1] += abs(qty)
+        sides[2] += 1
+
+    def _unsure_drop(self, signal_id: str) -> None:
+        """The order's fate is known (or its booking changes): it no longer counts as unsure."""
+        found = self._unsure.pop(signal_id, None)
+        if found is None:
+            return
+        key, qty = found
+        sides = self._unsure_by_key[key]
+        sides[0 if qty > 0 else 1] -= abs(qty)
+        sides[2] -= 1
+        if not sides[2]:  # none left: no sum kept of nothing, whatever the rounding left in it
+            del self._unsure_by_key[key]
+        mark = self.marks.get(key[1])
+        if mark is not None:
+            self._expose(key, self.positions.get(key, 0.0), mark)
 
     def _mark_before(self, expected: Fill) -> float | None:
         """The symbol's mark as the reservation found it, unless a price has come since
         (and the reservation no longer in flight: it is settled or released)."""
         self._in_flight.pop(expected.signal_id, None)
+        self._unsure_drop(expected.signal_id)
         before = self._marks_before.pop(expected.signal_id, None)
         now = self.marks.get(expected.symbol)  # None: another order's release unmarked it
         return before if now == expected.price else now
@@ -243,6 +295,9 @@ class Portfolio:
         """What the book holds for an order in flight changes (part of it filled at its own
         price): position and cash move by the difference; the symbol's mark stays."""
         key = (old.venue, old.symbol)
+        if old.signal_id in self._unsure:
+            self._unsure_drop(old.signal_id)
+            self._unsure_add(new.signal_id, key, new.signed_qty)
         self.positions[key] += new.signed_qty - old.signed_qty
         self.cash += (old.signed_qty * old.price + old.fee_usd) - (new.signed_qty * new.price + new.fee_usd)
         self._mark(old.symbol, self.marks[old.symbol])

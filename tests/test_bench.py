@@ -95,3 +95,27 @@ def test_bench_outside_a_checkout_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "apex bench runs from a checkout of the Apex repository (git clone, make install, then apex bench)"]
+
+
+def test_decisions_unlike_paper_are_counted_by_their_designed_cause_and_the_rest_as_other():
+    """OKX's spot rule, the simulators' one price per instrument (price protection), and the
+    concentration verdicts of a position that differs are differences by design; paper's
+    concentration drop taken by a venue counts as one only after an earlier difference on the
+    symbol (else the venue was looser than the limit: other)."""
+    from bench.rtt import compare
+
+    paper = {"s1": ("filled", ""), "s2": ("filled", ""), "s3": ("dropped", "concentration"),
+             "s4": ("filled", ""), "s5": ("dropped", "concentration"), "s6": ("filled", ""),
+             "s7": ("filled", "")}
+    venue = {"s1": ("dropped", "spot_cannot_short: a spot market holds no short"),
+             "s2": ("price_protection", "reference 1, limit 1.005, venue price 1.2"),
+             "s3": ("filled", ""), "s4": ("dropped", "concentration"), "s5": ("filled", ""),
+             "s6": ("rejected", "insufficient funds"), "s7": ("expired", "ttl")}
+    symbol = {"s1": "BTC-USDT", "s2": "AAPL", "s3": "AAPL", "s4": "META", "s5": "MSFT", "s6": "SPY", "s7": "QQQ"}
+    venue_of = {s: ("okx" if sym.endswith("USDT") else "ibkr") for s, sym in symbol.items()}
+    cmp = compare(paper, venue, venue_of, symbol)
+    assert (cmp["spot_cannot_short"], cmp["price_protection"], cmp["concentration"], cmp["refused_by_venue"]) == (
+        1, 1, 2, 1)
+    assert cmp["other"] == 2 and cmp["other_by_kind"] == {"ibkr: dropped(concentration) → filled": 1,
+                                                          "ibkr: filled → expired": 1}
+    assert compare(paper, paper)["same"] == len(paper) and compare(paper, paper)["other"] == 0

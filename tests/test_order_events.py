@@ -24,6 +24,7 @@ from operators.audit import Outcome
 from operators.fill import Fill
 from operators.order_fsm import VenueEvent
 from operators.orders import client_order_id
+from operators.protection import not_marketable
 
 T0 = 1767261600000
 PRICES = "argus:prices:stream"
@@ -231,3 +232,23 @@ def test_the_step_under_bytewax_fed_entries_and_venue_events(tmp_path):
     assert [(c.action, c.order.client_order_id) for c in cmds] == [(SUBMIT, cmd.order.client_order_id)]
     assert [(o.signal_id, o.outcome, o.late) for o in outs] == [("sig-1", "sent", False), ("sig-1", "filled", True)]
     assert _row(p2, "sig-1")[0] == "filled"
+
+
+def test_a_buy_still_at_the_venue_never_hides_the_exposure_of_the_sells_decided_beside_it(tmp_path):
+    """The venue bench's IBKR burst: buys and sells of one symbol alternate, all decided before
+    any answer; the venue cuts every buy at its limit and fills every sell. Counted as filled,
+    each working buy had let the next sell through, and the book ended short past the limit."""
+    p, logic = _logic(tmp_path)  # limit 10,000 USD; each order 4,000
+    items = [_item(p, n, max_position_usd=4000.0, side="buy" if n % 2 else "sell") for n in range(1, 7)]
+    outs, cmds = _split(logic.on_batch(items)[0])
+    assert [(o.signal_id, o.outcome, o.reason) for o in outs] == [
+        ("sig-1", "sent", "sent to okx"), ("sig-2", "sent", "sent to okx"), ("sig-3", "sent", "sent to okx"),
+        ("sig-4", "dropped", "concentration"), ("sig-5", "dropped", "concentration"),
+        ("sig-6", "dropped", "concentration")]
+    for cmd in cmds:
+        if cmd.order.side == "buy":
+            logic.on_batch([_ev(cmd, "cancelled", reason=not_marketable(cmd.order.limit, cmd.order.limit * 1.02))])
+        else:
+            logic.on_batch([_ev(cmd, "filled", _fill(cmd, cmd.order.quantity, cmd.order.price), "t1")])
+    held = logic.book.positions[("okx", "BTC-USDT")]
+    assert held < 0 and abs(held) * logic.book.marks["BTC-USDT"] <= 0.01 * logic.book.nav
