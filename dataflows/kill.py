@@ -75,24 +75,39 @@ def _command(command: str, settings_path: str | Path, state_dir: str | Path | No
              reason: str, by: str, say: Callable[[str], None], confirm_s: float) -> KillReport:
     from dataflows.gates import load_pipeline
 
-    p = load_pipeline(settings_path, state_dir)
+    from dataflows import cluster
+
+    p = load_pipeline(settings_path, state_dir and cluster.cluster_root(Path(state_dir)))
     books = _books(p, book)
     report = KillReport(command, uuid.uuid4().hex)
     try:
         lock = state_lock.acquire(p.state_dir)
     except state_lock.StateDirInUse as busy:
-        report.via = "worker"
-        say(f"a worker holds {p.state_dir} ({state_lock.describe(busy.holder)}): sent through its control stream")
-        if _through_worker(p, books, report, command, reason, by, say, confirm_s):
-            return report
-        report.via = BESIDE_FROZEN
-        report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
-        _here(p, books, report, command, reason, by, locked=False)
-        return report
+        return _beside(p, books, report, command, reason, by, say, confirm_s, p.state_dir, busy.holder)
+    # a cluster's processes hold their own dirs under this one (dataflows/cluster.py): the
+    # books are theirs, reached through the control stream as a one-process worker's are
+    running = [(d, h) for d in cluster.processes(p.state_dir) if (h := state_lock.holder(d)) is not None]
+    if running:
+        lock.release()
+        return _beside(p, books, report, command, reason, by, say, confirm_s, *running[0])
     try:
         _here(p, books, report, command, reason, by, locked=True)
     finally:
         lock.release()
+    return report
+
+
+def _beside(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
+            say: Callable[[str], None], confirm_s: float, held: Path, holder: dict | None) -> KillReport:
+    """A worker holds ``held`` (the state dir, or a cluster process's): through its control
+    stream, or, if it does not confirm in time, on the venues here beside it."""
+    report.via = "worker"
+    say(f"a worker holds {held} ({state_lock.describe(holder)}): sent through its control stream")
+    if _through_worker(p, books, report, command, reason, by, say, confirm_s, held):
+        return report
+    report.via = BESIDE_FROZEN
+    report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
+    _here(p, books, report, command, reason, by, locked=False)
     return report
 
 
@@ -109,10 +124,10 @@ def _books(p: Pipeline, book: str | None) -> list[Pipeline]:
 
 # ----- through a running worker -----
 
-def control_target(p: Pipeline) -> tuple[str, str] | None:
+def control_target(state_dir: Path) -> tuple[str, str] | None:
     """(Redis URL, stream) a running worker reads commands from, as it wrote them in its
     state dir; None when it wrote none (a worker on a recording reads no control stream)."""
-    path = p.state_dir / CONTROL_FILE
+    path = Path(state_dir) / CONTROL_FILE
     try:
         doc = json.loads(path.read_text())
         return doc["redis"], doc["stream"]
@@ -127,13 +142,13 @@ def write_control_target(state_dir: Path, url: str, stream: str) -> None:
 
 
 def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
-                    say: Callable[[str], None], confirm_s: float) -> bool:
+                    say: Callable[[str], None], confirm_s: float, held: Path) -> bool:
     """Sent on the control stream; True once every book's ledger says it was carried out."""
     import redis
 
     for b in books:
         report.before[b.book] = trading_state_store.read_file(b.ledger_path) or TradingState()
-    target = control_target(p)
+    target = control_target(held)
     if target is None:
         report.notes.append("the running worker reads no control stream (a recording?)")
         return False
