@@ -136,3 +136,26 @@ def test_every_script_named_exists() -> None:
     named = {(f"{page.relative_to(ROOT)}", s) for page in PAGES
              for s in re.findall(r"`[^`]*?\b(scripts/[\w.-]+)", page.read_text())}
     assert not [(where, s) for where, s in named if not (ROOT / s).exists()]
+
+
+def test_every_command_is_in_the_command_table() -> None:
+    """docs/cli.md lists every command: one added to the CLI without a line there fails."""
+    shown = {cmd for where, cmd in COMMANDS if where.startswith("docs/cli.md")}
+
+    def leaves(node, path):
+        if hasattr(node, "commands"):
+            return [leaf for name, sub in node.commands.items() for leaf in leaves(sub, [*path, name])]
+        return [" ".join(path)]
+    missing = [c for c in leaves(apex_tree(), ["apex"]) if not any(s == c or s.startswith(c + " ") for s in shown)]
+    assert not missing, f"not in docs/cli.md: {missing}"
+
+
+def test_both_simulators_name_their_shared_options_alike() -> None:
+    """One name per idea: `apex sim okx --price-stream` beside `apex sim ibkr --prices-stream` was two."""
+    sims = apex_tree().commands["sim"].commands
+
+    def opts(name):
+        return {o for p in sims[name].params for o in p.opts}
+    shared = {"--port", "--host", "--latency-ms", "--orders-log", "--state-file", "--prices", "--redis",
+              "--prices-stream"}
+    assert shared <= opts("okx") and shared <= opts("ibkr"), (opts("okx") ^ opts("ibkr"))
