@@ -56,13 +56,15 @@ def test_commands_given_the_cluster_root_reach_every_process(tmp_path, redis_ser
     state = tmp_path / "state"
     pipeline = _paper_books(tmp_path, state)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    hosts = tmp_path / "hosts.txt"  # process 1 takes them as a file, one a line (docs/cluster.md)
+    hosts.write_text(addresses.replace(";", "\n") + "\n")
     procs = []
     try:
-        for i in (0, 1):
+        for i, where in ((0, addresses), (1, str(hosts))):
             log = tmp_path / f"apex-{i}.log"
             procs.append((subprocess.Popen(
                 [APEX, "run", str(pipeline), "--source", redis_server.url, "--state-dir", str(state),
-                 "--no-progress", "--log-format", "json", "-i", str(i), "-a", addresses],
+                 "--no-progress", "--log-format", "json", "-i", str(i), "-a", where],
                 env=_env(None), stdout=subprocess.DEVNULL, stderr=open(log, "w")), log))
 
         def running() -> bool:
