@@ -76,11 +76,16 @@ def addresses_arg(value: str | None) -> str | None:
     return value
 
 
+def under_bytewax_run() -> bool:
+    """Whether this process is ``python -m bytewax.run``."""
+    main = sys.modules.get("__main__")
+    return main is not None and getattr(main, "__file__", "").replace(os.sep, "/").endswith("bytewax/run.py")
+
+
 def bytewax_shape() -> Shape:
     """The shape ``python -m bytewax.run`` was started with (its own parser, on its own command
     line and environment); one process of one worker when started some other way."""
-    main = sys.modules.get("__main__")
-    if main is None or not getattr(main, "__file__", "").replace(os.sep, "/").endswith("bytewax/run.py"):
+    if not under_bytewax_run():
         return Shape()
     from bytewax.run import _parse_args
 
