@@ -207,6 +207,12 @@ def cluster_root(state_dir: Path) -> Path:
     return state_dir.parent if re.fullmatch(r"process-\d+", state_dir.name) else state_dir
 
 
+def client_ids(root: Path) -> int:
+    """How many IB client ids, from the pipeline's on, the cluster under ``root`` may hold:
+    process I connects as client_id + I (``localize``)."""
+    return 1 + max((int(d.name.split("-")[1]) for d in processes(root)), default=0)
+
+
 def processes(root: Path) -> list[Path]:
     """The state dirs of the cluster processes under ``root`` (any ever started), by index."""
     found = [d for d in Path(root).glob("process-*") if d.is_dir() and re.fullmatch(r"process-\d+", d.name)]

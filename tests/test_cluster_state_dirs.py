@@ -135,3 +135,17 @@ def test_the_file_read_again_is_localized_as_at_start(tmp_path):
     assert reload.not_live(running, again), "the root's settings must differ from the process's"
     cluster.localize(again, shape)
     assert reload.not_live(running, again) == []
+
+
+def test_a_command_beside_a_cluster_connects_to_ib_past_every_process(tmp_path):
+    """Process I holds IB client id client_id + I: a kill acting beside a cluster of two takes
+    client_id + 2, never a running process's (IB takes one connection per client id)."""
+    from dataflows.gates import load_pipeline
+    from dataflows.kill import beside_worker
+
+    p = load_pipeline(_pipeline(tmp_path), tmp_path / "state")
+    assert cluster.client_ids(p.state_dir) == 1  # no cluster: one worker, the pipeline's id
+    for i in (0, 1):
+        cluster.process_dir(p.state_dir, i).mkdir(parents=True)
+    own = p.venues.ibkr.client_id
+    assert beside_worker(p, cluster.client_ids(p.state_dir)).venues.ibkr.client_id == own + 2
