@@ -207,6 +207,11 @@ def cluster_root(state_dir: Path) -> Path:
     return state_dir.parent if re.fullmatch(r"process-\d+", state_dir.name) else state_dir
 
 
+def running(root: Path) -> list[tuple[Path, dict]]:
+    """The cluster processes under ``root`` that run now: each one's dir and its lock's holder."""
+    return [(d, h) for d in processes(root) if (h := state_lock.holder(d)) is not None]
+
+
 def client_ids(root: Path) -> int:
     """How many IB client ids, from the pipeline's on, the cluster under ``root`` may hold:
     process I connects as client_id + I (``localize``)."""

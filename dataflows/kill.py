@@ -86,7 +86,7 @@ def _command(command: str, settings_path: str | Path, state_dir: str | Path | No
         return _beside(p, books, report, command, reason, by, say, confirm_s, p.state_dir, busy.holder)
     # a cluster's processes hold their own dirs under this one (dataflows/cluster.py): the
     # books are theirs, reached through the control stream as a one-process worker's are
-    running = [(d, h) for d in cluster.processes(p.state_dir) if (h := state_lock.holder(d)) is not None]
+    running = cluster.running(p.state_dir)
     if running:
         lock.release()
         return _beside(p, books, report, command, reason, by, say, confirm_s, *running[0],

@@ -90,6 +90,11 @@ def test_commands_given_the_cluster_root_reach_every_process(tmp_path, redis_ser
         assert out.returncode == 0 and "did not confirm" not in out.stdout, out.stdout + out.stderr
         assert set(_states(state).values()) == {"ACTIVE"}, _states(state)
 
+        # reconcile, which writes books' ledgers and connects as the workers do, refuses beside them
+        out = _apex("reconcile", "--pipeline", str(pipeline), "--state-dir", str(state))
+        assert out.returncode == 1 and "in use by pid" in out.stderr and "process-0" in out.stderr, \
+            out.stdout + out.stderr
+
         # SIGHUP: the file read again is this process's (its own state dir and audit store)
         pipeline.write_text(pipeline.read_text().replace("min: 0.65", "min: 0.7", 1))
         proc, log = procs[1]
