@@ -128,6 +128,7 @@ def run(
             set_state_dir(again, state_dir)
         if overrides:
             again.redis = again.redis.model_copy(update=overrides)
+        cluster.localize(again, shape)  # this process's state dir, audit store and IBKR client id
         return again
 
     try:
@@ -349,7 +350,8 @@ def bench(
                              out=out, err=err))
 
 
-def main() -> None:
+def register_all() -> None:
+    """Every command module registers on the app as it is imported."""
     import apex.stream_cli  # noqa: F401  (registers publish, record, status)
     import apex.sim_ibkr  # noqa: F401  (registers sim ibkr)
     import apex.sim_okx  # noqa: F401  (registers sim okx)
@@ -357,8 +359,12 @@ def main() -> None:
     import apex.watchdog_cli  # noqa: F401  (registers watchdog)
     import apex.kill_cli  # noqa: F401  (registers kill, reduce, resume)
     import apex.config_cli  # noqa: F401  (registers config show)
+
+
+def main() -> None:
     from apex.pipe_safe import PipeSafe
 
+    register_all()
     sys.stdout = PipeSafe(sys.stdout)  # type: ignore[assignment]
     app()
 

@@ -13,7 +13,8 @@ import typer
 from apex.app import app, err, out
 
 PIPELINE = typer.Option(Path("pipeline.yaml"), help="the pipeline whose books and venues to act on")
-STATE_DIR = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)")
+STATE_DIR = typer.Option(None, help="where the books' ledgers are (default: the pipeline's); for a cluster, its "
+                                     "root: the running processes under it are found there")
 BOOK = typer.Option(None, help="only this book (default: every book)")
 REASON = typer.Option("", help="why, for the ledger and the audit trail")
 CONFIRM = typer.Option(30.0, "--confirm-within", metavar="S", min=0, max=600,

@@ -47,9 +47,16 @@ def reconcile(
     from dataflows.startup import adopted_line, survey
     from operators.reconcile import format_aside, format_report
 
-    p = load_pipeline(pipeline, state_dir)
+    from dataflows import cluster
+
+    p = load_pipeline(pipeline, state_dir and cluster.cluster_root(state_dir))
     try:
         lock = state_lock.acquire(p.state_dir)
+        # a running cluster holds its processes' dirs under this one, not this one: its books'
+        # ledgers and venue connections are as taken as a one-process worker's
+        for held, holder in cluster.running(p.state_dir)[:1]:
+            lock.release()
+            raise state_lock.StateDirInUse(held, holder)
     except state_lock.StateDirInUse as e:
         err.print(str(e), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(1)

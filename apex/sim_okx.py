@@ -64,7 +64,8 @@ def okx(
                                           help='JSON object of instId to last price, like {"BTC-USDT": 100.0}'),
     redis_url: Optional[str] = typer.Option(None, "--redis", metavar="URL",
                                             help="follow last prices on this Redis's price stream"),
-    price_stream: str = typer.Option("argus:prices:stream", help="the stream of {symbol, price, ts} ticks"),
+    price_stream: str = typer.Option("argus:prices:stream", "--prices-stream", metavar="STREAM",
+                                     help="the stream of {symbol, price, ts} ticks (as `apex sim ibkr`'s)"),
 ) -> None:
     """A loopback OKX: point ccxt at it with ex.urls['api']['rest'] = 'http://HOST:PORT' (and
     ccxt pro's ex.urls['api']['ws'] = 'ws://HOST:PORT/ws/v5'). Private requests and WebSocket

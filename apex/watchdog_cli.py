@@ -14,7 +14,7 @@ from apex.app import app, load_pipeline
 @app.command()
 def watchdog(
     pipeline: Path = typer.Option(Path("pipeline.yaml"), help="the pipeline whose stages to watch"),
-    state_dir: Optional[Path] = typer.Option(None, help="where the books' ledgers are (default: the pipeline's)"),
+    state_dir: Optional[Path] = typer.Option(None, help="where the books' ledgers are (default: the pipeline's); a cluster's root, its processes found in it"),
     redis_url: Optional[str] = typer.Option(None, help="where the heartbeats are (default: the pipeline's source "
                                                        "when it is Redis, else its redis.url)"),
 ) -> None:
@@ -25,7 +25,10 @@ def watchdog(
 
     from connectors.watchdog import Watchdog
 
-    p = load_pipeline(pipeline, state_dir)
+    from dataflows.cluster import cluster_root
+
+    # a cluster process's own dir names its cluster: the kill switch finds every process there
+    p = load_pipeline(pipeline, state_dir and cluster_root(state_dir))
     cfg = p.watchdog
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -74,9 +74,11 @@ class Publisher:
     """The thread that writes the heartbeats. Redis away: said once, tried again next period."""
 
     def __init__(self, url: str, progress: Progress = PROGRESS, probes: Iterable[Probe] = (),
-                 period_s: float = PERIOD_S):
+                 period_s: float = PERIOD_S, tag: str = ""):
+        """``tag``: added to every stage's name, so the processes of a cluster, each with its
+        own source, shipper and venue connections, never write over each other's heartbeats."""
         self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        self.progress, self.probes, self.period_s = progress, list(probes), period_s
+        self.progress, self.probes, self.period_s, self.tag = progress, list(probes), period_s, tag
         self._stop = threading.Event()
         self._down = False
         self.published: set[str] = set()  # every stage written: each is told ``stopped`` at the end
@@ -108,7 +110,7 @@ class Publisher:
                 out.extend(probe())
             except Exception as e:  # noqa: BLE001 - a probe that fails is a stage that says nothing
                 log.debug("heartbeat probe failed: %s", e)
-        return out
+        return [(stage + self.tag, ts, state) for stage, ts, state in out]
 
     def publish(self) -> None:
         ttl = max(1, round(3 * self.period_s))

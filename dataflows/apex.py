@@ -272,15 +272,37 @@ def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str
     """Entry point for ``python -m bytewax.run``. It passes the gates `apex run` passes (paper
     or live, one worker per state dir, start-up reconciliation: dataflows/gates.py), so no way
     of starting trades around them; a refusal ends it with its lines, never a traceback. The
-    state dir stays held until the process ends: bytewax.run keeps nothing else of ours."""
+    state dir stays held until the process ends: bytewax.run keeps nothing else of ours.
+    Under bytewax.run it also serves what `apex run` serves a supervisor: its log lines,
+    SIGHUP's reload and, with ``metrics_port:`` in the file, the metrics and health endpoint."""
+    service_too = cluster.under_bytewax_run()
+    if service_too:
+        from connectors import logs
+
+        logs.setup(None)  # as `apex run` without --log-format: human in a terminal, else JSON
     with gates.refused_in_lines():
         shape = cluster.bytewax_shape()  # -w, -i, -a as bytewax.run was given them
         pipeline = gates.load_pipeline(path, state_dir, source)
         books = cluster.place(pipeline, shape)
         admitted = cluster.admitter(shape, books)(pipeline, gates.say_on_stderr("apex: "))
         try:
-            flow, _ = wire(pipeline, source=source, shared_venues=admitted.venues,
-                           shipper=getattr(admitted, "shipper", None))
+            port = pipeline.metrics_port if service_too else None
+            from dataflows import service
+
+            flow, wiring = wire(pipeline, source=source, shared_venues=admitted.venues,
+                                shipper=getattr(admitted, "shipper", None),
+                                observer=service.Observed(None) if port else None)
+            if service_too:
+                def load_again() -> Pipeline:  # SIGHUP: the file again, as this process runs it
+                    again = gates.load_pipeline(path, state_dir, source)
+                    cluster.localize(again, shape)
+                    return again
+
+                try:
+                    service.start(pipeline, source or pipeline.source, wiring, load_again, port)
+                except OSError as e:  # the port taken, or not ours to bind
+                    raise gates.Refused([f"cannot serve metrics on 127.0.0.1:{port}: {e.strerror or e} "
+                                         "(choose another metrics_port, or 0 for none)"]) from None
         except BaseException:
             admitted.release()
             raise

@@ -19,6 +19,7 @@ that owns the book.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -75,11 +76,16 @@ def addresses_arg(value: str | None) -> str | None:
     return value
 
 
+def under_bytewax_run() -> bool:
+    """Whether this process is ``python -m bytewax.run``."""
+    main = sys.modules.get("__main__")
+    return main is not None and getattr(main, "__file__", "").replace(os.sep, "/").endswith("bytewax/run.py")
+
+
 def bytewax_shape() -> Shape:
     """The shape ``python -m bytewax.run`` was started with (its own parser, on its own command
     line and environment); one process of one worker when started some other way."""
-    main = sys.modules.get("__main__")
-    if main is None or not getattr(main, "__file__", "").replace(os.sep, "/").endswith("bytewax/run.py"):
+    if not under_bytewax_run():
         return Shape()
     from bytewax.run import _parse_args
 
@@ -121,6 +127,7 @@ def owners(books: list[str], total_workers: int) -> dict[str, int]:
 
 
 _PLACED: dict[str, frozenset[str]] = {}  # book step's name → books this process admitted; {} outside a cluster
+_TAG: dict[str, str] = {}  # "heartbeat" → this process's tag; {} outside a cluster
 
 
 def audit_refusal(clickhouse: str | None, shape: Shape) -> str | None:
@@ -157,22 +164,64 @@ def place(pipeline, shape: Shape) -> frozenset[str]:
         return frozenset(names)
     where = owners([b or "portfolio" for b in names], shape.total)
     mine = frozenset(b for b in names if where[b or "portfolio"] // shape.workers == shape.process)
-    if shape.clustered:
-        root = Path(pipeline.state_dir)
-        pipeline.state_dir = root / f"process-{shape.process}"
-        # an IB gateway takes one connection per client id: process I connects as client_id + I
-        moved: dict[int, object] = {}
-        for b in (pipeline, *pipeline.books):
-            ib = b.venues.ibkr
-            if ib is not None and ib.kind == "ibkr":
-                if id(b.venues) not in moved:  # books sharing one settings object keep sharing one
-                    moved[id(b.venues)] = b.venues.model_copy(
-                        update={"ibkr": ib.model_copy(update={"client_id": ib.client_id + shape.process})})
-                b.venues = moved[id(b.venues)]
-        if pipeline.clickhouse and PROCESS_PLACEHOLDER in pipeline.clickhouse:
-            pipeline.clickhouse = pipeline.clickhouse.replace(PROCESS_PLACEHOLDER, str(shape.process))
+    localize(pipeline, shape)
     _PLACED["books"] = mine
+    _TAG["heartbeat"] = f"@process-{shape.process}"
     return mine
+
+
+def heartbeat_tag() -> str:
+    """What this process adds to its heartbeats' stage names: ``@process-I`` in a cluster
+    (each process has a source, a shipper and venue connections of its own), else nothing."""
+    return _TAG.get("heartbeat", "")
+
+
+def localize(pipeline, shape: Shape) -> None:
+    """Makes ``pipeline`` process I's own (nothing outside a cluster): its state dir
+    ``STATE_DIR/process-I``, its audit store (``{process}`` in the DSN), and, since an IB
+    gateway takes one connection per client id, ``client_id + I``. The file read again on
+    SIGHUP goes through it too, so a reload compares like with like."""
+    if not shape.clustered:
+        return
+    pipeline.state_dir = process_dir(Path(pipeline.state_dir), shape.process)
+    moved: dict[int, object] = {}
+    for b in (pipeline, *pipeline.books):
+        ib = b.venues.ibkr
+        if ib is not None and ib.kind == "ibkr":
+            if id(b.venues) not in moved:  # books sharing one settings object keep sharing one
+                moved[id(b.venues)] = b.venues.model_copy(
+                    update={"ibkr": ib.model_copy(update={"client_id": ib.client_id + shape.process})})
+            b.venues = moved[id(b.venues)]
+    if pipeline.clickhouse and PROCESS_PLACEHOLDER in pipeline.clickhouse:
+        pipeline.clickhouse = pipeline.clickhouse.replace(PROCESS_PLACEHOLDER, str(shape.process))
+
+
+def process_dir(root: Path, process: int) -> Path:
+    return root / f"process-{process}"
+
+
+def cluster_root(state_dir: Path) -> Path:
+    """The state dir a command is given, as the pipeline's: a cluster process's own dir
+    (``STATE_DIR/process-I``) names its cluster's root, where the books' ledgers are."""
+    state_dir = Path(state_dir)
+    return state_dir.parent if re.fullmatch(r"process-\d+", state_dir.name) else state_dir
+
+
+def running(root: Path) -> list[tuple[Path, dict]]:
+    """The cluster processes under ``root`` that run now: each one's dir and its lock's holder."""
+    return [(d, h) for d in processes(root) if (h := state_lock.holder(d)) is not None]
+
+
+def client_ids(root: Path) -> int:
+    """How many IB client ids, from the pipeline's on, the cluster under ``root`` may hold:
+    process I connects as client_id + I (``localize``)."""
+    return 1 + max((int(d.name.split("-")[1]) for d in processes(root)), default=0)
+
+
+def processes(root: Path) -> list[Path]:
+    """The state dirs of the cluster processes under ``root`` (any ever started), by index."""
+    found = [d for d in Path(root).glob("process-*") if d.is_dir() and re.fullmatch(r"process-\d+", d.name)]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
 
 
 def lock_books(pipeline, books: frozenset[str]) -> list[state_lock.StateLock]:

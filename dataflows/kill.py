@@ -75,24 +75,42 @@ def _command(command: str, settings_path: str | Path, state_dir: str | Path | No
              reason: str, by: str, say: Callable[[str], None], confirm_s: float) -> KillReport:
     from dataflows.gates import load_pipeline
 
-    p = load_pipeline(settings_path, state_dir)
+    from dataflows import cluster
+
+    p = load_pipeline(settings_path, state_dir and cluster.cluster_root(Path(state_dir)))
     books = _books(p, book)
     report = KillReport(command, uuid.uuid4().hex)
     try:
         lock = state_lock.acquire(p.state_dir)
     except state_lock.StateDirInUse as busy:
-        report.via = "worker"
-        say(f"a worker holds {p.state_dir} ({state_lock.describe(busy.holder)}): sent through its control stream")
-        if _through_worker(p, books, report, command, reason, by, say, confirm_s):
-            return report
-        report.via = BESIDE_FROZEN
-        report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
-        _here(p, books, report, command, reason, by, locked=False)
-        return report
+        return _beside(p, books, report, command, reason, by, say, confirm_s, p.state_dir, busy.holder)
+    # a cluster's processes hold their own dirs under this one (dataflows/cluster.py): the
+    # books are theirs, reached through the control stream as a one-process worker's are
+    running = cluster.running(p.state_dir)
+    if running:
+        lock.release()
+        return _beside(p, books, report, command, reason, by, say, confirm_s, *running[0],
+                       taken=cluster.client_ids(p.state_dir))
     try:
         _here(p, books, report, command, reason, by, locked=True)
     finally:
         lock.release()
+    return report
+
+
+def _beside(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
+            say: Callable[[str], None], confirm_s: float, held: Path, holder: dict | None,
+            taken: int = 1) -> KillReport:
+    """A worker holds ``held`` (the state dir, or a cluster process's): through its control
+    stream, or, if it does not confirm in time, on the venues here beside it (``taken``: the IB
+    client ids the running processes hold, from the pipeline's on)."""
+    report.via = "worker"
+    say(f"a worker holds {held} ({state_lock.describe(holder)}): sent through its control stream")
+    if _through_worker(p, books, report, command, reason, by, say, confirm_s, held, taken):
+        return report
+    report.via = BESIDE_FROZEN
+    report.notes.append(f"the worker did not confirm within {confirm_s:g} s: acted on the venues here")
+    _here(p, books, report, command, reason, by, locked=False, taken=taken)
     return report
 
 
@@ -109,10 +127,10 @@ def _books(p: Pipeline, book: str | None) -> list[Pipeline]:
 
 # ----- through a running worker -----
 
-def control_target(p: Pipeline) -> tuple[str, str] | None:
+def control_target(state_dir: Path) -> tuple[str, str] | None:
     """(Redis URL, stream) a running worker reads commands from, as it wrote them in its
     state dir; None when it wrote none (a worker on a recording reads no control stream)."""
-    path = p.state_dir / CONTROL_FILE
+    path = Path(state_dir) / CONTROL_FILE
     try:
         doc = json.loads(path.read_text())
         return doc["redis"], doc["stream"]
@@ -127,13 +145,13 @@ def write_control_target(state_dir: Path, url: str, stream: str) -> None:
 
 
 def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
-                    say: Callable[[str], None], confirm_s: float) -> bool:
+                    say: Callable[[str], None], confirm_s: float, held: Path, taken: int = 1) -> bool:
     """Sent on the control stream; True once every book's ledger says it was carried out."""
     import redis
 
     for b in books:
         report.before[b.book] = trading_state_store.read_file(b.ledger_path) or TradingState()
-    target = control_target(p)
+    target = control_target(held)
     if target is None:
         report.notes.append("the running worker reads no control stream (a recording?)")
         return False
@@ -170,17 +188,17 @@ def _through_worker(p: Pipeline, books: list[Pipeline], report: KillReport, comm
         # what the books' closes could not reach (a spot sale short of its fee, a holding no
         # book explains) is sold here, as a kill with no worker would: it sells only what the
         # venue holds now, so doing it beside the worker sends nothing twice
-        _flatten_beside(p, books, report)
+        _flatten_beside(p, books, report, taken)
     return True
 
 
-def _flatten_beside(p: Pipeline, books: list[Pipeline], report: KillReport) -> None:
+def _flatten_beside(p: Pipeline, books: list[Pipeline], report: KillReport, taken: int = 1) -> None:
     from dataflows.apex import make_venues
     from dataflows.gates import close_venues
 
     shared: dict[str, Venue] = {}
     try:
-        make_venues(beside_worker(p), shared=shared)
+        make_venues(beside_worker(p, taken), shared=shared)
         flatten_rest(p, books, shared, report, int(time.time() * 1000))
     except ValueError as e:  # a venue that cannot be set up as configured
         report.notes.append(f"the venues could not be opened here: {e}")
@@ -188,16 +206,18 @@ def _flatten_beside(p: Pipeline, books: list[Pipeline], report: KillReport) -> N
         close_venues(shared)
 
 
-def beside_worker(p: Pipeline) -> Pipeline:
-    """The pipeline as this command may open its venues while a worker holds them: IB takes
-    one connection per client id, so this one uses the next (positions are the account's,
-    whichever client asks; an order can be cancelled only by the client that placed it)."""
+def beside_worker(p: Pipeline, taken: int = 1) -> Pipeline:
+    """The pipeline as this command may open its venues while workers hold them: IB takes one
+    connection per client id, and the workers hold ``taken`` of them from the pipeline's on
+    (one worker: one; process I of a cluster: client_id + I), so this one uses the next.
+    Positions are the account's, whichever client asks; an order can be cancelled only by the
+    client that placed it."""
     from dataclasses import replace as copy
 
     ibkr = p.venues.ibkr
     if ibkr is None or ibkr.kind != "ibkr":
         return p
-    venues = p.venues.model_copy(update={"ibkr": ibkr.model_copy(update={"client_id": ibkr.client_id + 1})})
+    venues = p.venues.model_copy(update={"ibkr": ibkr.model_copy(update={"client_id": ibkr.client_id + taken})})
     return copy(p, venues=venues)
 
 
@@ -225,7 +245,7 @@ def _until_settled(books: list[Pipeline], timeout_s: float) -> bool:
 # ----- here, the state dir held (or a frozen worker's) -----
 
 def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, reason: str, by: str,
-          locked: bool) -> None:
+          locked: bool, taken: int = 1) -> None:
     from dataflows.apex import make_venues
     from dataflows.gates import close_venues
 
@@ -254,7 +274,7 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
         ledgers = {}
         shared: dict[str, Venue] = {}
         try:
-            venues = make_venues(p if locked else beside_worker(p), shared=shared)
+            venues = make_venues(p if locked else beside_worker(p, taken), shared=shared)
             cancel_everywhere(venues, report, books[0], now_ms)
             for b in books:
                 try:

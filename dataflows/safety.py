@@ -40,7 +40,10 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
         probes.append(heartbeat.shipper_probe(shipper))
     if gateway is not None:
         probes.append(heartbeat.venues_probe(gateway))
-    safety.parts.append(heartbeat.Publisher(redis_url, probes=probes, period_s=pipeline.watchdog.heartbeat_s).start())
+    from dataflows.cluster import heartbeat_tag
+
+    safety.parts.append(heartbeat.Publisher(redis_url, probes=probes, period_s=pipeline.watchdog.heartbeat_s,
+                                            tag=heartbeat_tag()).start())
     if remote and venues is not None:
         def built() -> dict[str, Venue]:
             return {market: v for market, v in venues().items() if is_remote(v)}

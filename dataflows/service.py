@@ -233,7 +233,8 @@ class Observed:
         self._durable = m.STAGE_SECONDS.labels(stage="durable")
 
     def observe(self, outcomes: list, done_ns: int) -> None:
-        self.inner.observe(outcomes, done_ns)
+        if self.inner is not None:  # None: the metrics alone (bytewax.run prints no summary)
+            self.inner.observe(outcomes, done_ns)
         for o in outcomes:
             if o.stream_id and o.received_ns and not o.late:
                 self._durable.observe((done_ns - o.received_ns) / 1e9)
