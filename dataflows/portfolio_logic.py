@@ -50,10 +50,12 @@ class PortfolioLogic(StatefulBatchLogic):
         self.metrics: batch_metrics.BatchMetrics | None = None
 
     def _beat(self) -> None:
-        """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it."""
+        """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it;
+        its state is the book's trading state (ACTIVE, REDUCING, HALTED), so a watcher sees
+        a halted book as halted, not merely alive."""
         if self.step is not None:
             self._stage = self._stage or f"book:{self.step.p.book or 'main'}"
-            PROGRESS.beat(self._stage)
+            PROGRESS.beat(self._stage, self.step.desk.executor.trading)
 
     def notify_at(self) -> datetime | None:
         # an idle book is woken twice a heartbeat period to say it is alive
