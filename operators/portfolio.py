@@ -170,8 +170,11 @@ class Portfolio:
         peak NAV, the regime and the volatility. Fills alone rebuild positions and cash; a
         restart without these would mark every position at its last fill, forget the
         drawdown and size the next signal with no volatility haircut."""
-        return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
-                "taken": self._market_ids, "day": self.day_loss.state()}
+        state = {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
+                 "taken": self._market_ids, "day": self.day_loss.state()}
+        if self.returns.minutes:  # correlation_budget's price history: kept only when a filter asks for it
+            state["corr"] = self.returns.state()
+        return state
 
     def restore_market(self, state: dict) -> None:
         """After the fills are applied: the market as the book last saw it (``market_state``)."""
@@ -184,6 +187,8 @@ class Portfolio:
         self.day_loss = DayLoss(self.nav)  # a state written before the day was kept: the day starts again
         if "day" in state:
             self.day_loss.restore(state["day"])
+        if "corr" in state:  # a state written before the history was kept: it starts again
+            self.returns.restore(state["corr"])
 
     def view(self, proposed_usd: float) -> PortfolioView:
         # the venue's figure knows nothing yet of the orders still in flight: they are taken off it
