@@ -36,6 +36,9 @@ class Slicer:
         self.desk, self.opens, self.p = desk, opens, params
         self.volume = MinuteVolume()  # from the price stream's ticks; not kept: a minute refills it
         self._plans: SlicePlans | None = None
+        # what the book was last told of the children not sent yet: (the book, its trading state);
+        # None: tell it again (a new plan, a child released, a restart)
+        self._told: tuple[int, str] | None = None
 
     @property
     def plans(self) -> SlicePlans:
@@ -66,6 +69,7 @@ class Slicer:
             "signal": sig.model_dump(mode="json"), "venue": order.venue, "symbol": order.symbol,
             "side": order.side, "price": order.price, "tick": tick}))
         self.plans.record(pl, order.symbol)
+        self._told = None  # the whole parent counts in the book's exposure from now on
         span_s = (pl.children[-1].due_ms - clock_ms) / 1000
         out.outcome, out.reason = SLICED, f"{len(pl.children)} children over {span_s:g} s"
         chain.add(EXECUTION_ATTEMPT, SLICED, out.reason, children=len(pl.children), minute_volume=vol,
@@ -77,9 +81,13 @@ class Slicer:
         """Every child due by ``clock_ms`` handed to the opening orders (sent with the batch)."""
         if self._plans is None and not self._has_plans():
             return
-        halted = self.desk.executor.trading != ACTIVE
-        for parent_id, child, fate in self.plans.release(clock_ms, self.volume.last_minute,
-                                                         self.p.max_volume_share, halted):
+        trading = self.desk.executor.trading
+        if self._told != (id(book), trading):  # a kill (a change of state) may have halted children
+            self._tell(book)
+        released = self.plans.release(clock_ms, self.volume.last_minute, self.p.max_volume_share, trading != ACTIVE)
+        if released:
+            self._tell(book)  # before the children leave: each reserves its own share as it goes
+        for parent_id, child, fate in released:
             doc = json.loads(self.plans.parent(parent_id) or "{}")
             sig = Signal.model_validate(doc["signal"])
             if fate != SEND:  # said on the parent: its outcome is the sum of its children's
@@ -101,6 +109,20 @@ class Slicer:
                       f"child {child.index} of {parent_id}", size_usd=child.quantity * price)
             out = Outcome("", "", child_sid, "sent", "", chain.events)
             outs.append(self.opens.open(book, out, chain, order, csig, fresh=True))
+
+    def _tell(self, book: Portfolio) -> None:
+        """The book's exposure counts every sliced order's children not sent yet as if they
+        had filled at the book's marks: another signal's filters (concentration, gross, a
+        sector) cannot take the room the rest of a parent already holds."""
+        unsent: dict[tuple[str, str], tuple[float, float]] = {}
+        for parent_id, symbol, quantity in self.plans.unsent():
+            doc = json.loads(self.plans.parent(parent_id) or "{}")
+            key = (doc.get("venue", ""), symbol)
+            signed = quantity if doc.get("side") == "buy" else -quantity
+            held, _ = unsent.get(key, (0.0, 0.0))
+            unsent[key] = (held + signed, float(doc.get("price", 0.0)))
+        book.unsent = unsent
+        self._told = (id(book), self.desk.executor.trading)
 
     def next_due_ms(self) -> int | None:
         return self.plans.next_due_ms()
