@@ -30,6 +30,7 @@ from operators.funding import FundingEvent
 from operators.order_fsm import VenueEvent
 from operators.portfolio import Portfolio
 from operators.reconciliation_alert import ReconciliationAlert, audit_rows as alert_rows
+from operators.slicing import CandleVolume
 
 
 class PortfolioLogic(StatefulBatchLogic):
@@ -79,7 +80,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self._beat()
         return out, StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]
+    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert | CandleVolume]
                  ) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
@@ -102,6 +103,9 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     on_funding(ledger, self.book, item)
+                elif isinstance(item, CandleVolume):  # a venue's volume for slicing (connectors/candle_volume.py)
+                    if step.slicer is not None:
+                        step.slicer.on_candle(item)
                 elif isinstance(item, ReconciliationAlert):  # into the book's audit trail, nothing else
                     ledger.rows["audit_events"] += alert_rows(item, int(time.time() * 1000))
                 elif isinstance(item, Control):  # a kill, reduce or resume (dataflows/control_step.py)
