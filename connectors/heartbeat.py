@@ -147,10 +147,14 @@ def shipper_probe(shipper) -> Probe:
     return probe
 
 
+CONNECTED, RECONNECTING = "connected", "reconnecting"  # a venue connection's states
+
+
 def venues_probe(gateway) -> Probe:
-    """Each venue connection a sender serves: its lanes alive, and whether the venue is up."""
+    """Each venue connection a sender serves: its lanes alive, and whether the venue answers
+    (``connected``) or the sender is trying it again until it does (``reconnecting``)."""
     def probe() -> list[tuple[str, float, str]]:
-        return [(f"venue:{name}", time.time(), "down" if down else "up")
+        return [(f"venue:{name}", time.time(), RECONNECTING if down else CONNECTED)
                 for name, alive, down in gateway.senders_health() if alive]
     return probe
 

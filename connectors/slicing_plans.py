@@ -98,6 +98,12 @@ class SlicePlans:
         self.db.execute(f"UPDATE slices SET fate = ? WHERE fate IS NULL {where}", (HALTED, *args))
         return left
 
+    def unsent(self) -> list[tuple[str, str, float]]:
+        """What sliced orders have still to send: (parent id, symbol, quantity) of each parent
+        with a child still due."""
+        return self.db.execute("SELECT parent_id, symbol, SUM(quantity) FROM slices WHERE fate IS NULL "
+                               "GROUP BY parent_id, symbol ORDER BY parent_id").fetchall()
+
     def release(self, now_ms: int, minute_volume: Callable[[str], float | None], share: float,
                 halted: bool) -> list[tuple[str, Child, str]]:
         """The due children that got a fate now: (parent id, child, fate). Each is settled

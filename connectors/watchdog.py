@@ -48,6 +48,7 @@ class Watchdog:
         self.client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.watch = Watch(self.silence_s, since=time.time())
         self.actions: list[tuple[Verdict, int]] = []  # (why, the command's exit status)
+        self.states: dict[str, str] = {}  # the state each heartbeat said at the last look
         self._ready: subprocess.Popen | None = None
         if self.standby:
             self._ready = self._start_standby()
@@ -64,14 +65,17 @@ class Watchdog:
             return None
 
     def beats(self) -> dict[str, float | None] | None:
-        """What Redis says now of every stage; None when it cannot be asked."""
+        """What Redis says now of every stage; None when it cannot be asked. The state each
+        heartbeat says is kept in ``self.states`` for the look that follows."""
         try:
             got: dict[str, float | None] = {}
+            self.states = {}
             for stage, (ts, state) in heartbeat.present(self.client).items():
                 if state == heartbeat.STOPPED:
                     self.watch.forget(stage)
                 else:
                     got[stage] = ts
+                    self.states[stage] = state
             if self.stream:
                 last = _last_entry_s(self.client, self.stream)
                 got[PRODUCER] = max(filter(None, (last, got.get(PRODUCER))), default=None)
@@ -82,7 +86,8 @@ class Watchdog:
             return None
 
     def look(self, now: float | None = None) -> Verdict:
-        verdict = self.watch.step(time.time() if now is None else now, self.beats())
+        beats = self.beats()
+        verdict = self.watch.step(time.time() if now is None else now, beats, self.states)
         if verdict.line:
             self.say(f"apex watchdog: {verdict.line}")
         if verdict.act:
@@ -133,7 +138,8 @@ class Watchdog:
 
     def _record(self, verdict: Verdict, reason: str, status: int | None, said: str) -> None:
         doc = {"ts": round(time.time(), 3), "action": self.action, "reason": reason, "exit": status,
-               "silent": {s.stage: round(s.seconds, 1) for s in verdict.act}, "output": said[-2000:]}
+               "silent": {s.stage: round(s.seconds, 1) for s in verdict.act},
+               "states": {s.stage: s.state for s in verdict.act if s.state}, "output": said[-2000:]}
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             with open(self.state_dir / "watchdog.jsonl", "a") as f:

@@ -40,6 +40,7 @@ from connectors.recording import RecordingSource
 from connectors.venues import Venue, Venues, VenueFactory
 from connectors.venues.factory import build_venues
 from dataflows.funding_step import start_reader
+from dataflows.slicing_step import start_candles
 from dataflows import cluster, gates
 from dataflows.config import Pipeline, read_venue_lists
 from dataflows.portfolio_step import PortfolioStep
@@ -61,6 +62,7 @@ class Wiring:
     shipper: Shipper | None = None
     gateway: Gateway | None = None
     safety: Any = None  # the heartbeats and reconciliation while running (dataflows/safety.py)
+    candles: Any = None  # slicing's volume from the venues' candles (connectors/candle_volume.py)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM, SIGINT): the source stops reading; in-flight work finishes,
@@ -70,9 +72,12 @@ class Wiring:
         getattr(self.source, "stop", lambda: None)()
 
     def close(self) -> None:
-        """After the run: the threads beside it stop (heartbeats, reconciliation while running)."""
+        """After the run: the threads beside it stop (heartbeats, reconciliation while running,
+        the candle reader)."""
         if self.safety is not None:
             self.safety.stop()
+        if self.candles is not None:
+            self.candles.stop()
 
 
 def make_source(spec: str, pipeline: Pipeline, relative_to: Path,
@@ -169,8 +174,11 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         s = op.merge("entries_and_controls", s, op.input("control", flow, control))
     keyed = op.key_on("portfolio_key", s, lambda item: item.book or PORTFOLIO_KEY)
     shared = {} if shared_venues is None else shared_venues
+    candles = None
     if remote:  # funding on swaps, read off the decision path, reaches the books with the venues' answers
         start_reader(pipeline, books, shared, gateway)
+        if spec.startswith(("redis://", "rediss://", "unix://")):  # live: a replay's clock is not the candles'
+            candles = start_candles([b for b in books if cluster.here(b.book)], shared, gateway)
     steps = {b.book: PortfolioStep(b, venue_factory(b, venues, shared), shipper, gateway) for b in books}
     # a book trades only in the process whose gates admitted it (dataflows/cluster.py)
     decided = op.stateful_batch("portfolio", keyed, lambda book: PortfolioLogic(cluster.guarded(steps), book))
@@ -183,6 +191,7 @@ def wire(pipeline: Pipeline, *, source: str | None = None, observer: Observer | 
         outcomes = _gather(outcomes)
     op.output("audit", outcomes, AuditSink(shipper, acker, observer))
     wiring = Wiring(pipeline, src, acker, shipper, gateway)
+    wiring.candles = candles
     if spec.startswith(("redis://", "rediss://", "unix://")):  # a live run: the watchdog may watch it
         from dataflows import safety
 

@@ -30,6 +30,7 @@ from operators.funding import FundingEvent
 from operators.order_fsm import VenueEvent
 from operators.portfolio import Portfolio
 from operators.reconciliation_alert import ReconciliationAlert, audit_rows as alert_rows
+from operators.slicing import CandleVolume
 
 
 class PortfolioLogic(StatefulBatchLogic):
@@ -50,10 +51,12 @@ class PortfolioLogic(StatefulBatchLogic):
         self.metrics: batch_metrics.BatchMetrics | None = None
 
     def _beat(self) -> None:
-        """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it."""
+        """The book's heartbeat: noted by its own step, so a step stuck mid-batch stops it;
+        its state is the book's trading state (ACTIVE, REDUCING, HALTED), so a watcher sees
+        a halted book as halted, not merely alive."""
         if self.step is not None:
             self._stage = self._stage or f"book:{self.step.p.book or 'main'}"
-            PROGRESS.beat(self._stage)
+            PROGRESS.beat(self._stage, self.step.desk.executor.trading)
 
     def notify_at(self) -> datetime | None:
         # an idle book is woken twice a heartbeat period to say it is alive
@@ -77,7 +80,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self._beat()
         return out, StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert]
+    def on_batch(self, values: list[Received | VenueEvent | Control | ReconciliationAlert | CandleVolume]
                  ) -> tuple[list[Outcome | Command], bool]:
         if self.step is None:
             self.step = self.steps[values[0].book]
@@ -100,6 +103,9 @@ class PortfolioLogic(StatefulBatchLogic):
                     if self.book is None:
                         self.book = step.new_book()
                     on_funding(ledger, self.book, item)
+                elif isinstance(item, CandleVolume):  # a venue's volume for slicing (connectors/candle_volume.py)
+                    if step.slicer is not None:
+                        step.slicer.on_candle(item)
                 elif isinstance(item, ReconciliationAlert):  # into the book's audit trail, nothing else
                     ledger.rows["audit_events"] += alert_rows(item, int(time.time() * 1000))
                 elif isinstance(item, Control):  # a kill, reduce or resume (dataflows/control_step.py)

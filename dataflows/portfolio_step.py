@@ -68,7 +68,7 @@ class PortfolioStep:
         self._done: OrderedDict[str, fsm.OrderState] = OrderedDict()
         self.cancels_asked: set[str] = set()  # by a kill: never asked twice (dataflows/control_step.py)
         slicing = pipeline.execute.slicing
-        self.slicer = Slicer(self.desk, self.opens, slicing) if slicing is not None else None
+        self.slicer = Slicer(self.desk, self.opens, slicing, lambda: self.wall()) if slicing is not None else None
         self.wall = time.time  # the wall clock (a test's own)
         self._clock: tuple[int, float] | None = None  # the newest entry's stream clock, and when it came
 

@@ -46,6 +46,10 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
                                             tag=heartbeat_tag()).start())
     if remote and venues is not None:
         def built() -> dict[str, Venue]:
+            # the gateway closes the venues as the dataflow ends, before this thread stops:
+            # from then on there is nothing to ask (a look would only find them away)
+            if gateway is not None and gateway.closed:
+                return {}
             return {market: v for market, v in venues().items() if is_remote(v)}
 
         alerts = gateway.events.put if gateway is not None else None  # each book's step records them

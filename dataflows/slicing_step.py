@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from collections.abc import Callable, Mapping
+
+from connectors.candle_volume import WATCHED, CandleReader
+from connectors.sender import Gateway
+from connectors.venues import Venue
 
 from connectors.slicing_plans import SlicePlans
 from dataflows.desk import Desk
@@ -27,15 +33,20 @@ from operators.orders import Order
 from operators.portfolio import Portfolio
 from operators.protection import limit_price
 from operators.signal import Signal
-from operators.slicing import SEND, MinuteVolume, SlicingParams, TooThin, needs_slicing, plan
+from operators.slicing import SEND, CandleVolume, MinuteVolume, SlicingParams, TooThin, needs_slicing, plan
 from operators.trading_state import ACTIVE, KILL, TRADING_STATE
 
 
 class Slicer:
-    def __init__(self, desk: Desk, opens: Opens, params: SlicingParams):
-        self.desk, self.opens, self.p = desk, opens, params
+    def __init__(self, desk: Desk, opens: Opens, params: SlicingParams, wall: Callable[[], float] = time.time):
+        """``wall``: the wall clock (seconds), which a venue's candles are on."""
+        self.desk, self.opens, self.p, self.wall = desk, opens, params, wall
         self.volume = MinuteVolume()  # from the price stream's ticks; not kept: a minute refills it
+        self.candles: dict[str, CandleVolume] = {}  # symbol -> a venue's latest candle (connectors/candle_volume.py)
         self._plans: SlicePlans | None = None
+        # what the book was last told of the children not sent yet: (the book, its trading state);
+        # None: tell it again (a new plan, a child released, a restart)
+        self._told: tuple[int, str] | None = None
 
     @property
     def plans(self) -> SlicePlans:
@@ -46,13 +57,31 @@ class Slicer:
     def on_tick(self, tick: Tick, clock_ms: int) -> None:
         if tick.volume is not None and tick.symbol is not None and tick.price is not None:
             self.volume.add(tick.symbol, clock_ms, tick.volume)
+        elif tick.symbol is not None and tick.price is not None:
+            WATCHED.add(tick.symbol)  # no volume on its ticks: the venues' candles are asked
+
+    def on_candle(self, ev: CandleVolume) -> None:
+        held = self.candles.get(ev.symbol)
+        if held is None or ev.minute_ms >= held.minute_ms:
+            self.candles[ev.symbol] = ev
+
+    def minute_volume(self, symbol: str) -> float | None:
+        """The symbol's last-minute volume: its ticks' when they carry it, else the latest
+        candle a venue reported while it is fresh (on the wall clock, the candles' own)."""
+        vol = self.volume.last_minute(symbol)
+        if vol is not None:
+            return vol
+        candle = self.candles.get(symbol)
+        return candle.volume if candle is not None and candle.fresh(int(self.wall() * 1000)) else None
 
     def slice(self, out: Outcome, chain: Chain, order: Order, sig: Signal, lot: float, tick: float,
               clock_ms: int) -> Outcome | None:
         """The parent's outcome when ``order`` is too large to go whole, else None."""
         if self.desk.executor.trading != ACTIVE:
             return None  # the trading state judges it whole, as any order (refused, or a reduction let out)
-        vol = self.volume.last_minute(order.symbol)
+        vol = self.minute_volume(order.symbol)
+        if vol is None:
+            WATCHED.add(order.symbol)  # sent whole this time; its venue's candles are asked from now on
         if not needs_slicing(order.quantity, vol, self.p.max_volume_share):
             return None
         assert vol is not None
@@ -66,6 +95,7 @@ class Slicer:
             "signal": sig.model_dump(mode="json"), "venue": order.venue, "symbol": order.symbol,
             "side": order.side, "price": order.price, "tick": tick}))
         self.plans.record(pl, order.symbol)
+        self._told = None  # the whole parent counts in the book's exposure from now on
         span_s = (pl.children[-1].due_ms - clock_ms) / 1000
         out.outcome, out.reason = SLICED, f"{len(pl.children)} children over {span_s:g} s"
         chain.add(EXECUTION_ATTEMPT, SLICED, out.reason, children=len(pl.children), minute_volume=vol,
@@ -77,9 +107,13 @@ class Slicer:
         """Every child due by ``clock_ms`` handed to the opening orders (sent with the batch)."""
         if self._plans is None and not self._has_plans():
             return
-        halted = self.desk.executor.trading != ACTIVE
-        for parent_id, child, fate in self.plans.release(clock_ms, self.volume.last_minute,
-                                                         self.p.max_volume_share, halted):
+        trading = self.desk.executor.trading
+        if self._told != (id(book), trading):  # a kill (a change of state) may have halted children
+            self._tell(book)
+        released = self.plans.release(clock_ms, self.minute_volume, self.p.max_volume_share, trading != ACTIVE)
+        if released:
+            self._tell(book)  # before the children leave: each reserves its own share as it goes
+        for parent_id, child, fate in released:
             doc = json.loads(self.plans.parent(parent_id) or "{}")
             sig = Signal.model_validate(doc["signal"])
             if fate != SEND:  # said on the parent: its outcome is the sum of its children's
@@ -102,6 +136,20 @@ class Slicer:
             out = Outcome("", "", child_sid, "sent", "", chain.events)
             outs.append(self.opens.open(book, out, chain, order, csig, fresh=True))
 
+    def _tell(self, book: Portfolio) -> None:
+        """The book's exposure counts every sliced order's children not sent yet as if they
+        had filled at the book's marks: another signal's filters (concentration, gross, a
+        sector) cannot take the room the rest of a parent already holds."""
+        unsent: dict[tuple[str, str], tuple[float, float]] = {}
+        for parent_id, symbol, quantity in self.plans.unsent():
+            doc = json.loads(self.plans.parent(parent_id) or "{}")
+            key = (doc.get("venue", ""), symbol)
+            signed = quantity if doc.get("side") == "buy" else -quantity
+            held, _ = unsent.get(key, (0.0, 0.0))
+            unsent[key] = (held + signed, float(doc.get("price", 0.0)))
+        book.unsent = unsent
+        self._told = (id(book), self.desk.executor.trading)
+
     def next_due_ms(self) -> int | None:
         return self.plans.next_due_ms()
 
@@ -120,3 +168,12 @@ def halt_children(db: sqlite3.Connection, trigger: str, now_ms: int) -> list[Eve
         sid = json.loads(plans.parent(pid) or "{}").get("signal", {}).get("signal_id", "")
         out.append(Chain(trigger, sid, now_ms).add(TRADING_STATE, "halted", KILL, unsent_children_quantity=quantity))
     return out
+
+
+def start_candles(books: list, venues: Mapping[str, Venue], gateway: Gateway) -> CandleReader | None:
+    """The candle reader of a pipeline whose books slice (None otherwise): its words queued
+    for the books' steps. ``venues``: the real venues shared by the books, as they are opened."""
+    slicing = [b.book for b in books if b.execute.slicing is not None]
+    if not slicing:
+        return None
+    return CandleReader(lambda: dict(venues), slicing, gateway.events.put, done=lambda: gateway.closed).start()

@@ -48,6 +48,22 @@ class ReturnsEstimator:
             self._returns.clear()
             self._rho.clear()
 
+    def state(self) -> dict:
+        """The minutes' closes kept, for the book's ledger: a restart that forgot them would
+        judge the next signals as if no correlation were known."""
+        return {"minute": self._minute, "closes": {s: [list(c) for c in closes] for s, closes in self._closes.items()}}
+
+    def restore(self, state: dict) -> None:
+        """The closes ``state`` holds, as many of the latest as this window keeps (a window
+        changed between the runs keeps what fits)."""
+        self._returns.clear()
+        self._rho.clear()
+        if not self.minutes:
+            return
+        self._minute = state.get("minute")
+        self._closes = {s: deque(((int(m), float(p)) for m, p in closes), maxlen=self.minutes + 2)
+                        for s, closes in state.get("closes", {}).items()}
+
     def _series(self, symbol: str, window: int) -> list[float | None]:
         """The symbol's one-minute log returns over the ``window`` minutes completed before
         the latest one, oldest first; None where it had no price yet at either end."""

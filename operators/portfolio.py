@@ -111,6 +111,9 @@ class Portfolio:
         self._unsure: dict[str, tuple[tuple[str, str], float]] = {}  # signal_id -> (key, signed qty)
         self._unsure_by_key: dict[tuple[str, str], list[float]] = {}  # key -> [Σ buys, Σ sells, how many]
         self._exposures: dict[tuple[str, str], float] = {}  # key -> value the risk filters judge by
+        # sliced orders' children not sent yet, by (venue, symbol): (signed quantity, the parent's
+        # price); set by the book's step from its ledger (dataflows/slicing_step.py)
+        self.unsent: dict[tuple[str, str], tuple[float, float]] = {}
 
     @property
     def nav(self) -> float:
@@ -130,8 +133,22 @@ class Portfolio:
         """What the risk filters judge each position by: its marked value, or, while orders
         whose fate is unknown are at a remote venue, the larger of the position with every one
         of them on its side filled and with none of those against it filled. A reservation
-        counted as filled would let a buy that is then cut at its limit hide a sell's exposure."""
-        return self._exposures
+        counted as filled would let a buy that is then cut at its limit hide a sell's exposure.
+        A sliced order's children not sent yet count the same way, on their side, valued at the
+        mark (else their parent's price): another signal cannot take the room they will need."""
+        if not self.unsent:
+            return self._exposures
+        out = dict(self._exposures)
+        for key, (quantity, price) in self.unsent.items():
+            buys, sells, _ = self._unsure_by_key.get(key, (0.0, 0.0, 0))
+            settled = self.positions.get(key, 0.0) - buys + sells
+            longest, shortest = settled + buys + max(quantity, 0.0), settled - sells + min(quantity, 0.0)
+            value = (longest if abs(longest) >= abs(shortest) else shortest) * self.marks.get(key[1], price)
+            if value:
+                out[key] = value
+            else:
+                out.pop(key, None)
+        return out
 
     def _mark(self, symbol: str, price: float) -> None:
         self.marks[symbol] = price
@@ -170,8 +187,11 @@ class Portfolio:
         peak NAV, the regime and the volatility. Fills alone rebuild positions and cash; a
         restart without these would mark every position at its last fill, forget the
         drawdown and size the next signal with no volatility haircut."""
-        return {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
-                "taken": self._market_ids, "day": self.day_loss.state()}
+        state = {"marks": self.marks, "peak": self.peak, "regime": self.regime, "vol": self.vol_estimator.state(),
+                 "taken": self._market_ids, "day": self.day_loss.state()}
+        if self.returns.minutes:  # correlation_budget's price history: kept only when a filter asks for it
+            state["corr"] = self.returns.state()
+        return state
 
     def restore_market(self, state: dict) -> None:
         """After the fills are applied: the market as the book last saw it (``market_state``)."""
@@ -184,13 +204,15 @@ class Portfolio:
         self.day_loss = DayLoss(self.nav)  # a state written before the day was kept: the day starts again
         if "day" in state:
             self.day_loss.restore(state["day"])
+        if "corr" in state:  # a state written before the history was kept: it starts again
+            self.returns.restore(state["corr"])
 
     def view(self, proposed_usd: float) -> PortfolioView:
         # the venue's figure knows nothing yet of the orders still in flight: they are taken off it
         reserved: dict[str, float] = {}
         for market, usd in self._in_flight.values() if self._venue_funds else ():
             reserved[market] = reserved.get(market, 0.0) + usd
-        return PortfolioView(self.nav, self._exposures, proposed_usd, self._venue_funds, reserved,
+        return PortfolioView(self.nav, self.exposures(), proposed_usd, self._venue_funds, reserved,
                              self.open_trades, self.marks, self.day_loss, self.returns)
 
     def set_available_funds(self, market: str, usd: float | None) -> None:

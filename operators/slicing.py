@@ -158,6 +158,25 @@ def parent_outcome(plan_: Plan, fates: dict[int, str], filled: dict[int, float])
                         tuple(sorted({f for _, f in unsent})))
 
 
+# a venue's candle says what traded in one minute: it stands for the last minute's volume
+# until the minute after the next has begun (its reader asks again as each minute turns)
+CANDLE_FRESH_MS = 3 * MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class CandleVolume:
+    """A venue's word on a symbol's volume in one whole minute (from its 1-minute candles),
+    for a book whose price stream does not carry volume. ``minute_ms``: the minute's start."""
+    book: str
+    market: str
+    symbol: str
+    minute_ms: int
+    volume: float
+
+    def fresh(self, now_ms: int) -> bool:
+        return 0 <= now_ms - self.minute_ms < CANDLE_FRESH_MS
+
+
 class MinuteVolume:
     """A symbol's volume over the last minute, from the ``volume`` each price tick carries
     (what traded since the symbol's previous tick). Ticks may arrive late or out of order:

@@ -12,6 +12,11 @@ A watchdog that cannot reach Redis hears nothing, and that silence is its own, n
 stages': it never acts on it, and once Redis answers again every stage gets a full
 allowance before its silence counts (the stages could not publish while Redis was away
 either).
+
+Each heartbeat also carries its stage's state (a book's trading state, a venue
+connection's ``connected`` or ``reconnecting``): the watchdog says when one changes, and a
+silence names the last state its stage said, so the operator reads what a frozen stage was
+doing when it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from dataclasses import dataclass, field
 SOURCE = "source"
 SHIPPER = "shipper"
 PRODUCER = "producer"
+# states worth saying the first time a stage is heard in them: a book that starts, or is
+# first seen, already not trading, and a venue connection first seen trying to come back
+TOLD_AT_FIRST = ("HALTED", "REDUCING", "reconnecting")
 
 
 def book_stage(name: str) -> str:
@@ -36,9 +44,10 @@ def venue_stage(name: str) -> str:
 class Silence:
     stage: str
     seconds: float
+    state: str = ""  # the last state the stage said ("": none heard)
 
     def line(self) -> str:
-        return f"{self.stage} silent for {self.seconds:.0f} s"
+        return f"{self.stage} silent for {self.seconds:.0f} s" + (f" (last {self.state})" if self.state else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,7 @@ class Watch:
     heard: dict[str, float] = field(default_factory=dict)  # stage -> last time heard (unix s)
     acted: bool = False
     reachable: bool = True
+    states: dict[str, str] = field(default_factory=dict)  # stage -> the last state it said
 
     def hear(self, beats: Mapping[str, float | None]) -> None:
         for stage, ts in beats.items():
@@ -75,16 +85,34 @@ class Watch:
                 if ts > self.heard.get(stage, float("-inf")):
                     self.heard[stage] = ts
 
+    def note(self, states: Mapping[str, str]) -> list[str]:
+        """The states heard now; what changed since the last look, said as lines (a stage's
+        first state is news too, except the plain alive of a stage with no states)."""
+        changed = []
+        for stage, state in sorted(states.items()):
+            was = self.states.get(stage)
+            if state and state != was:
+                if was is not None:
+                    changed.append(f"{stage} now {state} (was {was})")
+                elif state in TOLD_AT_FIRST:
+                    changed.append(f"{stage} is {state}")
+                self.states[stage] = state
+        return changed
+
     def forget(self, stage: str) -> None:
         """A stage that said it stopped on purpose: not watched until it is heard again."""
         self.heard.pop(stage, None)
+        self.states.pop(stage, None)
 
     def silences(self, now: float) -> list[Silence]:
-        return [Silence(stage, now - ts) for stage, ts in sorted(self.heard.items()) if now - ts > self.silence_s]
+        return [Silence(stage, now - ts, self.states.get(stage, "")) for stage, ts in sorted(self.heard.items())
+                if now - ts > self.silence_s]
 
-    def step(self, now: float, beats: Mapping[str, float | None] | None) -> Verdict:
+    def step(self, now: float, beats: Mapping[str, float | None] | None,
+             states: Mapping[str, str] | None = None) -> Verdict:
         """One look. ``beats``: what Redis holds now (stage -> the time of its heartbeat, None
-        when its key is gone); None when Redis could not be reached."""
+        when its key is gone); None when Redis could not be reached. ``states``: the state
+        each heartbeat says (stage -> state)."""
         if beats is None:
             first = self.reachable
             self.reachable = False
@@ -96,6 +124,7 @@ class Watch:
             self.heard = {stage: now for stage in self.heard}  # a full allowance from now
             line = "Redis answers again: watching the heartbeats"
         self.hear(beats)
+        line = "; ".join(filter(None, [line, *self.note(states or {})]))
         silent = self.silences(now)
         if not silent:
             self.acted = False

@@ -190,3 +190,47 @@ def test_one_venue_away_while_the_other_drifts_the_drift_is_still_acted_on(
     finally:
         gateway.refuse_connections(False)
         rec.client.close()
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_look_after_the_ib_connection_closed_says_so_and_leaves_no_coroutine_unawaited(
+        gateway, connect, redis_server, tmp_path):  # noqa: F811
+    """At a worker's stop the gateway closes the venues while the reconciler's thread may
+    still look: a closed IB connection is a venue that cannot be asked, and the coroutine
+    each call makes is never left un-awaited (a RuntimeWarning at its collection)."""
+    import gc
+
+    said: list[str] = []
+    ib = connect()
+    rec = LiveReconciler(_pipeline(tmp_path), lambda: {"ibkr": ib}, redis_server.url, say=said.append,
+                         kill=_asking(redis_server.client()))
+    try:
+        assert [c.venue for c in rec.clocks()] == ["ibkr"]
+        ib.close()
+        assert rec.clocks() == []
+        assert rec.once() == {}
+        gc.collect()  # a coroutine never awaited warns when it is collected
+    finally:
+        rec.client.close()
+    assert any("clock: venue ibkr's time could not be asked" in line for line in said), said
+    assert any("venue ibkr could not be asked" in line for line in said), said
+
+
+def test_the_threads_beside_a_stopping_worker_ask_no_venue_once_the_gateway_closed(
+        gateway, connect, redis_server, tmp_path):  # noqa: F811
+    """The gateway closes the venues when the dataflow ends, before the threads beside it
+    stop: from then on reconciliation has nothing to ask (a look then would only say the
+    venues are away)."""
+    from connectors.sender import Gateway
+    from dataflows import safety
+
+    gw = Gateway({})
+    ib = connect()
+    s = safety.start(_pipeline(tmp_path), redis_server.url, gateway=gw, venues=lambda: {"ibkr": ib}, remote=True)
+    try:
+        [rec] = [part for part in s.parts if isinstance(part, LiveReconciler)]
+        assert rec.venues() == {"ibkr": ib}
+        gw.close()
+        assert rec.venues() == {}
+    finally:
+        s.stop()

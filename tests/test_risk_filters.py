@@ -256,6 +256,33 @@ def test_anti_correlated_history_lets_a_second_long_through_as_a_hedge():
                                       returns=ReturnsEstimator(60)), **CORR) is False
 
 
+def test_the_books_price_history_survives_a_restart_and_decides_as_before():
+    """The book keeps its minutes' closes with its market state: restored from it, the
+    correlations, and so the budget's decision, are the uninterrupted book's."""
+    from operators.kelly import KellyParams
+    from operators.portfolio import Portfolio
+
+    book = Portfolio(NAV, KellyParams(), correlation_minutes=60)
+    _walk(book.returns, 62, {"BTC-USDT": [1, -1], "ETH-USDT": [-1, 1]})
+    again = Portfolio(NAV, KellyParams(), correlation_minutes=60)
+    again.restore_market(book.market_state())
+    assert again.returns.correlation("BTC-USDT", "ETH-USDT", 60, 30) == pytest.approx(-1.0)
+    s = model(symbol="ETH-USDT", exit_rules={"description": "", "hard_stop_pct": 0.5})
+    held = trade("t1", qty=50.0, entry=1000.0, stop=0.1)
+    v = view(110_000.02, trades=[held], marks={"BTC-USDT": 1000.0}, returns=again.returns)
+    assert correlation_budget(s, v, **CORR) is True  # as the uninterrupted book decides (above)
+    # a narrower window after the restart keeps the latest closes that fit it
+    narrow = Portfolio(NAV, KellyParams(), correlation_minutes=30)
+    narrow.restore_market(book.market_state())
+    assert narrow.returns.correlation("BTC-USDT", "ETH-USDT", 30, 10) == pytest.approx(-1.0)
+    # no filter asks for correlations: nothing kept; a state from before the history was kept: none
+    assert "corr" not in Portfolio(NAV, KellyParams()).market_state()
+    old = {k: v for k, v in book.market_state().items() if k != "corr"}
+    older = Portfolio(NAV, KellyParams(), correlation_minutes=60)
+    older.restore_market(old)
+    assert older.returns.correlation("BTC-USDT", "ETH-USDT", 60, 30) is None
+
+
 # --- the estimator ---------------------------------------------------------------------------------
 
 def test_correlation_of_moves_together_and_apart():

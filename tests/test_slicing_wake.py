@@ -76,3 +76,22 @@ def test_an_order_too_large_for_a_halted_book_is_refused_not_sliced(tmp_path):
     outs, cmds = _split(logic.on_batch([_entry(p, STREAM, T0, {"payload": payload(doc)})])[0])
     assert [(o.outcome, o.reason) for o in outs if o.signal_id == "sig-1"] == [("dropped", "halted")]
     assert cmds == [] and step.slicing_wake() is None
+
+
+def test_a_kill_gives_back_the_room_the_unsent_children_held(tmp_path):
+    """The children not sent yet count in the book's exposure; the kill (a control command in
+    the book's step) stops them, and the book no longer counts them."""
+    from connectors.control import Control
+
+    p, step, logic, wall = _logic(tmp_path)
+    ticks = [_entry(p, PRICES, T0 - 50_000 + i * 10_000, {"symbol": "BTC-USDT", "price": "100", "volume": "40"})
+             for i in range(5)]
+    doc = sig("sig-1", timestamp="2026-01-01T10:00:00.000Z", suggested_kelly=0.05, max_position_usd=3000.0)
+    logic.on_batch([*ticks, _entry(p, STREAM, T0, {"payload": payload(doc)})])
+    book = logic.book
+    assert book.unsent == {("okx", "BTC-USDT"): (20.0, 100.0)}  # two children of 10 still to go
+    assert book.view(0.0).position_value("okx", "BTC-USDT") == 3000.0  # 10 held (in flight) and 20 to come
+    logic.on_batch([Control("", "k-1", "kill", "test", "test")])
+    logic.on_batch([_entry(p, PRICES, T0 + 1000, {"symbol": "BTC-USDT", "price": "100", "volume": "40"})])
+    assert book.unsent == {}
+    assert step.slicing_wake() is None  # nothing left to send

@@ -62,6 +62,18 @@ def test_redis_unreachable_is_said_once_never_acted_on_and_renews_the_allowance(
     assert w.step(211, {"book:a": 1}).act
 
 
+def test_a_change_of_state_is_said_and_a_silence_names_the_last_state_heard():
+    w = Watch(30, since=0)
+    first = w.step(1, {"book:a": 1, "source": 1, "venue:okx": 1},
+                   {"book:a": "ACTIVE", "source": "running", "venue:okx": "reconnecting"})
+    assert first.line == "venue:okx is reconnecting"  # a plain alive or ACTIVE at first is no news
+    changed = w.step(2, {"book:a": 2, "venue:okx": 2}, {"book:a": "HALTED", "venue:okx": "connected"})
+    assert changed.line == "book:a now HALTED (was ACTIVE); venue:okx now connected (was reconnecting)"
+    assert w.step(3, {"book:a": 3}, {"book:a": "HALTED"}).line == ""  # said once
+    v = w.step(40, {"book:a": 3, "source": 40, "venue:okx": 40})
+    assert v.reason() == "watchdog: book:a silent for 37 s (last HALTED)"
+
+
 @given(st.lists(st.one_of(st.none(), st.floats(0, 1000)), min_size=1, max_size=40))
 def test_never_acts_on_its_own_silence(beats):
     """Whatever was heard before, a look with Redis away never acts."""
@@ -318,6 +330,76 @@ def test_a_books_heartbeat_comes_from_its_own_step_and_stops_while_it_is_stuck(r
         wiring.close()
     assert seen == {"beating": True, "idle_beats": True, "shipper": True, "stopped": True, "shipper_alive": True,
                     "again": True}
+
+
+def test_a_books_heartbeat_carries_its_trading_state_and_status_shows_it(redis_server, tmp_path):
+    """A kill on the control stream: the book's heartbeat says HALTED, the watchdog says the
+    change, and `apex status`'s lines show it."""
+    from bytewax.testing import run_main
+
+    from apex.safety_view import safety_lines, safety_status
+    from dataflows.apex import wire
+    from dataflows.config import load
+    from helpers import STREAM, payload, sig
+
+    path = frozen_pipeline(tmp_path, redis_server.url, "watchdog: {heartbeat_s: 0.2, silence_s: 5}\n")
+    flow, wiring = wire(load(path))
+    r = redis_server.client()
+    said: list[str] = []
+    dog = Watchdog(redis_server.url, path, tmp_path / "state", silence_s=30, say=said.append)
+    seen: dict = {}
+
+    def state() -> str | None:
+        raw = r.get("apex:hb:book:main")
+        return json.loads(raw)["state"] if raw else None
+
+    def drive() -> None:
+        try:
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            r.xadd(STREAM, {"payload": payload(sig("first", timestamp=now, ttl_seconds=3600))})
+            seen["active"] = until(lambda: state() == "ACTIVE", 30)
+            dog.look()
+            r.xadd("apex:control", {"id": "k-1", "command": "kill", "book": "", "reason": "test", "by": "test"})
+            seen["halted"] = until(lambda: state() == "HALTED", 30)
+            dog.look()
+            seen["status"] = [line for line in safety_lines(safety_status(r)) if "book:main" in line]
+        finally:
+            wiring.stop()
+
+    helper = threading.Thread(target=drive)
+    helper.start()
+    try:
+        run_main(flow)
+    finally:
+        helper.join(60)
+        wiring.close()
+        dog.close()
+    assert seen.pop("active") and seen.pop("halted"), seen
+    assert len(seen["status"]) == 1 and seen["status"][0].startswith("heartbeat book:main: HALTED, "), seen
+    assert "apex watchdog: book:main now HALTED (was ACTIVE)" in said, said
+
+
+def test_a_venue_connections_heartbeat_says_reconnecting_until_the_venue_answers(tmp_path):
+    """The real sender against an OKX simulator that is not up yet, then is."""
+    from connectors.sims.okx import SimServer
+    from okx_fixtures import CREDENTIALS, PRICES, free_port
+    from test_sender import Flow, _order
+
+    port = free_port()
+    flow = Flow(f"http://127.0.0.1:{port}")
+    probe = heartbeat.venues_probe(flow.gateway)
+    server = None
+    try:
+        flow.submit(_order("hb-venue"))
+        assert until(lambda: [s for _, _, s in probe()] == ["reconnecting"], 30), probe()
+        assert [stage for stage, _, _ in probe()] == ["venue:okx"]
+        server = SimServer(port=port, orders_log=tmp_path / "okx.jsonl", prices=PRICES,
+                           credentials=CREDENTIALS).start()
+        assert until(lambda: [s for _, _, s in probe()] == ["connected"], 30), probe()
+    finally:
+        flow.close()
+        if server is not None:
+            server.stop()
 
 
 def test_a_run_that_ends_on_purpose_says_so_and_the_watchdog_lets_it_go(redis_server, tmp_path):

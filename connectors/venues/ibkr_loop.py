@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ T = TypeVar("T")
 class LoopThread:
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
+        self.ended = False  # closed: nothing more runs here (the loop may not have started yet otherwise)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -24,12 +26,22 @@ class LoopThread:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """The coroutine's result; ``TimeoutError`` (the coroutine cancelled) past ``timeout``."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """The coroutine's result; ``TimeoutError`` (the coroutine cancelled) past ``timeout``;
+        ``ConnectionError`` once the loop has ended (a call racing the venue's close)."""
+        if self.ended or self.loop.is_closed():
+            coro.close()  # never to run: closed now, or it warns "never awaited" when collected
+            raise ConnectionError("the venue's connection is closed")
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop closed between the look and the call
+            coro.close()
+            raise ConnectionError("the venue's connection is closed") from None
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
+            if self.ended and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()  # the loop stopped before it ever ran: nothing else will
             raise TimeoutError from None
 
     def on_it(self) -> bool:
@@ -39,6 +51,7 @@ class LoopThread:
     def close(self, timeout: float = 0.5) -> None:
         if not self.loop.is_running():
             return
+        self.ended = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():

@@ -42,6 +42,7 @@ from connectors.venues import CANCELLED, PENDING, REJECTED, Ack, Instrument, Ord
 from connectors.venues import okx_limits as limits
 from connectors.venues import okx_records as records
 from connectors.venues import okx_secrets
+from connectors.venues import okx_volume
 from connectors.venues import okx_swap as swaps
 from connectors.venues.okx_io import Closed, Io, OnLoop
 from connectors.venues.okx_poller import Mailbox, Poller
@@ -676,6 +677,19 @@ class OkxVenue:
             return None
         ticker = self._read({}, lambda: link.ex.fetch_ticker(markets[inst]["symbol"]))
         return float(ticker.get("last") or 0) or None
+
+    def minute_volume(self, market: str, symbol: str, now_ms: int | None = None) -> float | None:
+        """What traded in the instrument over the last complete minute before ``now_ms`` (its
+        1-minute candles, ``market/candles``); None where OKX lists no such instrument, or no
+        candle of it yet."""
+        if market != self.market:
+            return None
+        inst = self._inst(symbol)
+        link = self._here()
+        markets = link.markets()
+        if inst not in markets:
+            return None
+        return self._read({}, lambda: okx_volume.minute_volume(link.ex, markets[inst]["symbol"], now_ms))
 
     def server_time(self) -> float:
         """OKX's clock (``public/time``), in unix seconds."""
