@@ -50,7 +50,7 @@ class Slicer:
     def slice(self, out: Outcome, chain: Chain, order: Order, sig: Signal, lot: float, tick: float,
               clock_ms: int) -> Outcome | None:
         """The parent's outcome when ``order`` is too large to go whole, else None."""
-        if self.desk.executor.trading != ACTIVE:
+        if self.desk.executor.state() != ACTIVE:
             return None  # the trading state judges it whole, as any order (refused, or a reduction let out)
         vol = self.volume.last_minute(order.symbol)
         if not needs_slicing(order.quantity, vol, self.p.max_volume_share):
@@ -77,7 +77,7 @@ class Slicer:
         """Every child due by ``clock_ms`` handed to the opening orders (sent with the batch)."""
         if self._plans is None and not self._has_plans():
             return
-        halted = self.desk.executor.trading != ACTIVE
+        halted = self.desk.executor.state() != ACTIVE
         for parent_id, child, fate in self.plans.release(clock_ms, self.volume.last_minute,
                                                          self.p.max_volume_share, halted):
             doc = json.loads(self.plans.parent(parent_id) or "{}")
