@@ -57,7 +57,10 @@ def cancel_everywhere(venues: Mapping[str, Venue], report: KillReport, first: Pi
             for order in venue.open_orders():
                 if not order.client_order_id.startswith("ax"):
                     continue  # not Apex's: left alone
-                venue.cancel(order)
+                if venue.cancel(order) is False:  # IB: placed by another client id (a frozen worker's)
+                    r.errors.append(f"{order.client_order_id} not cancelled: placed by another client, the only "
+                                    "one IB takes its cancel from")
+                    continue
                 r.cancelled.append(order.client_order_id)
                 _audit(first, report, order, "cancelled", now_ms)
         except (VenueDown, OSError, TimeoutError) as e:
