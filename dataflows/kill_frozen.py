@@ -54,9 +54,9 @@ def close_frozen_book(b: Pipeline, shared: Mapping[str, Venue], report: KillRepo
         venue = shared[order.venue]
         r = report.venue(_name(venue))
         try:
-            known = venue.lookup(order)  # sent by an earlier kill: never sent twice
-            if known is None:
-                (known,) = venue.place_many([order])
+            if venue.lookup(order) is not None:
+                continue  # sent by an earlier kill, and filled: nothing more to do
+            (known,) = venue.place_many([order])
         except Rejected as e:  # a close under this id ended refused before
             known = e
         except (VenueDown, OSError, TimeoutError) as e:
