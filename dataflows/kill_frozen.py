@@ -44,21 +44,17 @@ def close_frozen_book(b: Pipeline, shared: Mapping[str, Venue], report: KillRepo
     if not b.ledger_path.exists():
         return
     where = f"book {b.book or '(one)'}"
-    plan = _plan(b, shared, report, now_ms)
-    if not plan:
+    before, plan = _plan(b, shared, report, now_ms)
+    if not before and not plan:
         return
-    if not _claim(b, report.command_id, plan):
+    if not _claim(b, report.command_id, before + plan):
         report.notes.append(f"{where}: the worker carried out the command meanwhile: its trades' closes are its own")
         return
     for order in plan:
         venue = shared[order.venue]
         r = report.venue(_name(venue))
         try:
-            if venue.lookup(order) is not None:
-                continue  # sent by an earlier kill, and filled: nothing more to do
             (known,) = venue.place_many([order])
-        except Rejected as e:  # a close under this id ended refused before
-            known = e
         except (VenueDown, OSError, TimeoutError) as e:
             r.errors.append(f"{order.signal_id} not closed: {e}")
             continue
@@ -69,8 +65,10 @@ def close_frozen_book(b: Pipeline, shared: Mapping[str, Venue], report: KillRepo
         _audit(b, report, order, "closed", now_ms, quantity=known.quantity, price=known.price)
 
 
-def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport, now_ms: int) -> list[Order]:
-    """The closes to send, in the order they go."""
+def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport,
+          now_ms: int) -> tuple[list[Order], list[Order]]:
+    """The closes an earlier kill sent (found at their venue: nothing more to send), and
+    the closes to send, in the order they go."""
     with LedgerView(b.ledger_path) as view:
         trades = view.open_trades()
         closing = {sid for (sid,) in view.db.execute("SELECT signal_id FROM executions WHERE kind = 'close'")}
@@ -94,10 +92,20 @@ def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport, now_ms: 
         if fill is not None and fill.quantity > 0:
             wanted.setdefault((o.venue, o.symbol), []).append((o.signal_id, OPPOSITE[o.side], fill.quantity,
                                                                fill.price))
+    before: list[Order] = []
     plan: list[Order] = []
     for (market, symbol), closes in sorted(wanted.items()):
         venue = shared[market]
         price = getattr(venue, "price", lambda *_: None)(market, symbol) or closes[0][3]  # a reference only
+        left = []
+        for c in closes:
+            found = _sent_before(venue, Order(client_order_id(c[0], "close"), c[0], "close", market, symbol, c[1],
+                                              c[2], price, now_ms), report)
+            if found is None:
+                left.append(c)
+            elif found:
+                before.append(found)
+        closes = left
         buys = [c for c in closes if c[1] == "buy"]
         sales = [c for c in closes if c[1] == "sell"]
         if sales and getattr(venue, "holdings", None) is not None:
@@ -117,7 +125,20 @@ def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport, now_ms: 
             sales = capped
         plan += [Order(client_order_id(sid, "close"), sid, "close", market, symbol, side, qty, price, now_ms)
                  for sid, side, qty, _ in buys + sales]
-    return plan
+    return before, plan
+
+
+def _sent_before(venue: Venue, order: Order, report: KillReport) -> Order | bool | None:
+    """A close asked of its venue by its client order id before it is sent: the order when an
+    earlier kill's filled there, None when the venue has none (it may be sent), False when it
+    is not to be sent (it ended refused before, or the venue did not answer)."""
+    try:
+        return order if venue.lookup(order) is not None else None
+    except Rejected as e:
+        report.venue(_name(venue)).errors.append(f"{order.signal_id} not closed: its close ended refused before: {e}")
+    except (VenueDown, OSError, TimeoutError) as e:
+        report.venue(_name(venue)).errors.append(f"{order.signal_id} not closed: its close not asked about: {e}")
+    return False
 
 
 def _claim(b: Pipeline, command_id: str, plan: list[Order]) -> bool:
