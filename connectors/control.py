@@ -12,6 +12,11 @@ Reading starts a little before the worker's start (``LOOK_BACK_MS``): a command 
 between the worker taking its state dir (which is what tells ``apex kill`` a worker runs)
 and this source's first read is not lost. Carrying a command out twice changes nothing
 (a state set again, nothing left to cancel or close), so reading one again is harmless.
+
+The state a command sets is in force at the egress as soon as the thread reads it
+(``Gateway.commanded``, the stricter of it and the book's own): a book whose step is held
+up (frozen mid-batch) and wakes after a kill sends nothing new from what it decides next,
+before the command reaches it through the dataflow.
 """
 
 from __future__ import annotations
@@ -71,8 +76,9 @@ def parse(fields: dict, books: list[str]) -> tuple[list[Control], str]:
 class _Reader:
     """The thread that reads the stream and queues what it finds."""
 
-    def __init__(self, url: str, stream: str, books: list[str]):
+    def __init__(self, url: str, stream: str, books: list[str], commanded: dict[str, str] | None = None):
         self.url, self.stream, self.books = url, stream, books
+        self.commanded = commanded if commanded is not None else {}
         self.queue: deque[Control] = deque()
         self._stop = threading.Event()
         self._last = f"{int(time.time() * 1000) - LOOK_BACK_MS}-0"
@@ -101,6 +107,8 @@ class _Reader:
                     commands, why = parse(fields, self.books)
                     if why:
                         log.warning("control stream %s: entry %s skipped: %s", self.stream, self._last, why)
+                    for c in commands:  # in force at the egress at once (Gateway.commanded)
+                        self.commanded[c.book] = COMMANDS[c.command]
                     self.queue.extend(commands)
         client.close()
 
@@ -150,7 +158,8 @@ class ControlSource(DynamicSource[Control]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSourcePartition:
         if worker_index != 0:  # one reader for the whole dataflow: each command reaches its book once
             return _Idle(self.gateway)
-        return _ControlPartition(_Reader(self.url, self.stream, self.books), self.gateway, self.pulse, self.on_close)
+        reader = _Reader(self.url, self.stream, self.books, self.gateway.commanded)
+        return _ControlPartition(reader, self.gateway, self.pulse, self.on_close)
 
 
 class _Idle(StatelessSourcePartition[Control]):

@@ -29,7 +29,7 @@ from connectors.sender import CANCEL, CHECK, SUBMIT, Command, Gateway
 from connectors.venues import Rejected, Venue
 from operators.exits import TradeTerms
 from operators.orders import ASK_VENUE, DONE, REFUSED, SEND, Order, next_step
-from operators.trading_state import ACTIVE, refusal
+from operators.trading_state import ACTIVE, refusal, stricter
 from operators.fill import Fill
 from operators.signal import VENUES
 
@@ -111,7 +111,7 @@ class Executor:
         row = self.ledger.execution(order)
         step = next_step(row[0] if row is not None else None, row[5] if row is not None else None)
         if step == SEND:
-            why = refusal(self.trading, order, held, reason)
+            why = refusal(self.state(), order, held, reason)
             if why is not None:
                 raise TradingRefused(why)
             self.ledger.record_intent(order, reason, trade)
@@ -126,6 +126,12 @@ class Executor:
                 return known
         self._cleared.add(order.client_order_id)
         return None
+
+    def state(self) -> str:
+        """The trading state in force: the book's own, or the stricter one of a control
+        command its reader has read and the book has not carried out yet (a kill read while
+        the book's step was held up halts what that step decides next)."""
+        return stricter(self.trading, self.gateway.commanded.get(self.book, ACTIVE))
 
     def check(self, order: Order, deadline: float | None = None) -> None:
         """Ask the in-flight checker about an order (start-up, a redelivery): sent only if

@@ -18,6 +18,7 @@ class LedgerView:
     live = Ledger.live
     dangling = Ledger.dangling
     book = Ledger.book
+    open_trades = Ledger.open_trades
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

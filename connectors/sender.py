@@ -420,6 +420,9 @@ class Gateway:
         self._asking: set[tuple[int, str, str]] = set()
         self._inputs = [0, 0]  # signal-source partitions started, ended
         self.stopping = False  # a stop signal: what is in flight gets a short grace, then the run ends
+        # the state the newest control command read for each book sets (connectors/control.py),
+        # in force at the egress before the book's step carries the command out
+        self.commanded: dict[str, str] = {}
         self._ended_at: float | None = None
         self.closed = False
 

@@ -9,6 +9,10 @@ exits' own close path with the reason ``kill``, the one close HALTED lets out. O
 remote venue the cancels and closes are commands, sent after the batch's commit; their
 fates come back as events, so the book and the ledger follow the fills.
 
+A kill that acted beside this worker while it was frozen (``dataflows/kill_frozen.py``)
+closed its trades at the venues under their own close ids and listed them: those closes
+are adopted (``adopt``), asked of the venue and booked when it answers, never sent again.
+
 What the command did is written with the state (``trading_state.summary``, by venue) and
 the command's id, which is how ``apex kill`` knows the worker has it. A kill carried out
 again sends nothing twice: a close already on its way is not sent again (``Exits.close``),
@@ -19,16 +23,19 @@ from __future__ import annotations
 
 import time
 
-from connectors import metrics, trading_state_store
+from connectors import kill_closes, metrics, trading_state_store
 from connectors.control import Control
 from connectors.trading_state_store import TradingState
 from connectors.venues import Rejected
 from dataflows.slicing_step import halt_children
+from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
 from operators.orders import client_order_id
 from operators.portfolio import Portfolio
 from operators.signal import VENUES
 from operators.trading_state import COMMANDS, KILL, TRADING_STATE
+
+LIVE_OR_NONE = fsm.LIVE | {None}  # a close not sent yet, or one whose fate is still to come
 
 
 def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
@@ -67,13 +74,14 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
             chain = Chain(trigger, f.order.signal_id, now_ms, venue=f.order.venue, symbol=f.order.symbol)
             chain.add(TRADING_STATE, "cancel", KILL, client_order_id=cid)
             _audit(ledger, chain, now_ms)
+        adopt(ledger, c.id)
         # instrument by instrument, buy-backs first (a spot short was sold out of coins other
         # trades bought): one instrument's orders leave in the order decided
         for terms in sorted(book.open_trades.values(), key=lambda t: (t.venue, t.symbol, t.exit_side != "buy")):
             cid = client_order_id(terms.signal_id, "close")
             if cid in step.exits.closing or terms.signal_id in step.exits.deferred:
                 continue  # on its way already
-            if ledger.status(cid) is not None:
+            if ledger.status(cid) not in LIVE_OR_NONE:
                 continue  # its close was sent once and ended (refused): never sent again
             first = len(outs)
             step.exits.close(book, terms, KILL, book.marks.get(terms.symbol, terms.entry_price), trigger, now_ms,
@@ -84,6 +92,16 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
                 summary.setdefault(name, {}).setdefault("closed", []).append(
                     f"{terms.symbol} {terms.exit_side} {terms.quantity:g}")
     trading_state_store.write(ledger.db, TradingState(state, c.reason, c.by, c.id, now_ms, summary))
+
+
+def adopt(ledger, command_id: str) -> None:
+    """The closes ``apex kill`` sent beside this worker while it was frozen
+    (``connectors/kill_closes.py``), recorded as intents it did not send: closing those
+    trades, the egress finds an intent with no outcome and asks the venue (the crash
+    window's path, ``fsm.UNKNOWN``) instead of sending; their fills come back as events."""
+    for order in kill_closes.read(ledger.path, command_id):
+        if ledger.status(order.client_order_id) is None:
+            ledger.record_intent(order, KILL)
 
 
 def _audit(ledger, chain: Chain, now_ms: int) -> None:

@@ -9,18 +9,28 @@ A command reaches a book one of two ways:
   (``dataflows/control_step.py``), through the execution core's commands; when it has, the
   book's ledger names the command (``trading_state.command_id``), which is what this
   module waits for (``CONFIRM_S``). A worker that does not confirm in time is taken for
-  frozen: this module then acts on the venues itself, without the lock.
+  frozen: this module then acts on the venues itself, without the lock and without
+  writing its ledgers (below).
 - **No worker**: this module takes the state dir, sets the state in each book's ledger,
   and for a kill cancels and closes at the venues itself, through the same venue clients
   and the same close path the exits use (each book rebuilt from its ledger, its closes
   filled and recorded as a worker would), then ships the audit rows.
 
-Acting twice is safe, which is what lets a kill act beside a frozen worker: an open order
-is cancelled by its client order id (cancelling one already cancelled or filled is a no-op
-at both venues), a trade's close has the client order id of its trade
-(``client_order_id(signal, "close")``), so the idempotency rule of the egress never sends
-it twice, and whatever is left at a venue is sold down to what it holds *now*, so a
-second pass finds nothing left to sell.
+Beside a frozen worker the kill cancels every open Apex order by its client order id,
+closes each open trade of each book (read from its ledger, read-only) at its venue under
+the trade's own close id (``client_order_id(signal, "close")``), and lists those closes
+for the worker before they leave (``dataflows/kill_frozen.py``); then it sells what no
+trade explains (``flatten_rest``). The worker that wakes reads the same kill from its
+control stream: its reading thread halts the book's egress at once, so what the woken step
+decides next opens nothing, and the book's step adopts the listed closes (asks the venue
+what became of each, books the fill, closes the trade) instead of sending its own. The
+ledger and the venues then agree the book is flat.
+
+Acting twice is safe: an open order is cancelled by its client order id (cancelling one
+already cancelled or filled is a no-op at both venues), a trade's close has the client
+order id of its trade, asked of the venue before the kill sends it and never sent twice by
+the egress's idempotency rule, and whatever is left at a venue is sold down to what it
+holds *now*, so a second pass finds nothing left to sell.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from connectors.trading_state_store import TradingState
 from connectors.venues import Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport, VenueReport
+from dataflows.kill_frozen import close_frozen_book
 from dataflows.kill_venues import BESIDE_FROZEN, cancel_everywhere, close_book, flatten_rest
 from dataflows.slicing_step import halt_children
 from operators.audit import Chain
@@ -278,7 +289,10 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
             cancel_everywhere(venues, report, books[0], now_ms)
             for b in books:
                 try:
-                    close_book(p, b, venues, report, now_ms, locked)
+                    if locked:
+                        close_book(p, b, venues, report, now_ms)
+                    else:  # the frozen worker's ledger is read, and its trades closed under their own ids
+                        close_frozen_book(b, shared, report, now_ms)
                 except (VenueDown, OSError, TimeoutError) as e:  # a venue gone while its book was settled
                     report.notes.append(f"book {b.book or '(one)'}: trades not closed: {e}")
                     report.venue("(venues)").errors.append(str(e))

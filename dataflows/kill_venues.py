@@ -1,8 +1,8 @@
 """The kill switch at the venues: every open Apex order cancelled, every book's trades
 closed through the exits' own close path (waited for, outside the dataflow), and what is
 left at a venue sold down to dust. Used by ``dataflows/kill.py`` when no worker runs, or
-beside a worker that did not confirm (then only the cancels and the sales: the books'
-ledgers are the worker's)."""
+beside a worker that did not confirm (then the cancels and the sales, and the trades'
+closes of ``dataflows/kill_frozen.py``: the books' ledgers are the worker's)."""
 
 from __future__ import annotations
 
@@ -57,19 +57,20 @@ def cancel_everywhere(venues: Mapping[str, Venue], report: KillReport, first: Pi
             for order in venue.open_orders():
                 if not order.client_order_id.startswith("ax"):
                     continue  # not Apex's: left alone
-                venue.cancel(order)
+                if venue.cancel(order) is False:  # IB: placed by another client id (a frozen worker's)
+                    r.errors.append(f"{order.client_order_id} not cancelled: placed by another client, the only "
+                                    "one IB takes its cancel from")
+                    continue
                 r.cancelled.append(order.client_order_id)
                 _audit(first, report, order, "cancelled", now_ms)
         except (VenueDown, OSError, TimeoutError) as e:
             r.errors.append(f"orders not cancelled: {e}")
 
 
-def close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: KillReport, now_ms: int,
-                locked: bool) -> None:
+def close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: KillReport, now_ms: int) -> None:
     """Every open trade of the book closed through the exits' own close path, waited for,
-    and recorded in its ledger (its fills, its trades, its audit rows)."""
-    if not locked:
-        return  # the frozen worker owns the ledger: what is left at the venues is sold below
+    and recorded in its ledger (its fills, its trades, its audit rows), the state dir held
+    (beside a frozen worker: ``dataflows/kill_frozen.py``)."""
     from dataflows.portfolio_step import PortfolioStep
 
     wrapped: dict[int, Waited] = {}
@@ -160,8 +161,8 @@ def _venue_of(out: Outcome) -> str:
 
 def flatten_rest(p: Pipeline, books: list[Pipeline], shared: Mapping[str, Venue], report: KillReport,
                   now_ms: int) -> None:
-    """What a real venue still holds once the books' trades are closed (a trade whose close
-    a frozen worker owns, a holding no book explains) sold or bought back at market, down to
+    """What a real venue still holds once the books' trades are closed (what a trade's
+    capped close left, a holding no book explains) sold or bought back at market, down to
     the venue's minimum size; the instruments ``venues.<name>.ignore`` lists are left alone."""
     from dataflows.startup import ignored
 

@@ -25,11 +25,10 @@ from operators.audit import Chain
 from operators.daily_loss import DAY_MS
 from operators.portfolio import Portfolio
 from operators.risk_filters import daily_loss_breach
-from operators.trading_state import ACTIVE, HALTED, REDUCING, TRADING_STATE
+from operators.trading_state import ACTIVE, HALTED, RANK, REDUCING, TRADING_STATE
 
 log = logging.getLogger("apex.orders")
 BY = "daily_loss"
-_RANK = {ACTIVE: 0, REDUCING: 1, HALTED: 2}
 
 
 def new_day(step, clock_ms: int) -> None:
@@ -56,7 +55,7 @@ def check(step, book: Portfolio) -> None:
     if executor.trading == HALTED:
         return  # nothing tighter to go to
     found = daily_loss_breach(book.day_loss, step.p.filters)
-    if found is None or _RANK[found.state] <= _RANK[executor.trading]:
+    if found is None or RANK[found.state] <= RANK[executor.trading]:
         return
     before = trading_state_store.read(step.ledger.db)
     reason = found.reason()

@@ -209,7 +209,7 @@ class Opens:
     def refused(self, out: Outcome, chain: Chain, sig: Signal, why: str) -> Outcome:
         """A signal the book's trading state refuses (``halted``, ``reducing``): dropped with
         that reason, recorded and acknowledged like a filter's drop; no intent was written."""
-        chain.add(FILTER_CHECK, "dropped", why, trading_state=self.desk.executor.trading)
+        chain.add(FILTER_CHECK, "dropped", why, trading_state=self.desk.executor.state())
         out.outcome, out.reason = "dropped", why
         out.drop = [sig.signal_id, out.stream_id, why, chain.ts_ms, sig.source, sig.venue, sig.symbol,
                     sig.confidence, sig.regime]

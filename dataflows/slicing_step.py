@@ -77,7 +77,7 @@ class Slicer:
     def slice(self, out: Outcome, chain: Chain, order: Order, sig: Signal, lot: float, tick: float,
               clock_ms: int) -> Outcome | None:
         """The parent's outcome when ``order`` is too large to go whole, else None."""
-        if self.desk.executor.trading != ACTIVE:
+        if self.desk.executor.state() != ACTIVE:
             return None  # the trading state judges it whole, as any order (refused, or a reduction let out)
         vol = self.minute_volume(order.symbol)
         if vol is None:
@@ -107,7 +107,7 @@ class Slicer:
         """Every child due by ``clock_ms`` handed to the opening orders (sent with the batch)."""
         if self._plans is None and not self._has_plans():
             return
-        trading = self.desk.executor.trading
+        trading = self.desk.executor.state()
         if self._told != (id(book), trading):  # a kill (a change of state) may have halted children
             self._tell(book)
         released = self.plans.release(clock_ms, self.minute_volume, self.p.max_volume_share, trading != ACTIVE)
@@ -148,7 +148,7 @@ class Slicer:
             held, _ = unsent.get(key, (0.0, 0.0))
             unsent[key] = (held + signed, float(doc.get("price", 0.0)))
         book.unsent = unsent
-        self._told = (id(book), self.desk.executor.trading)
+        self._told = (id(book), self.desk.executor.state())
 
     def next_due_ms(self) -> int | None:
         return self.plans.next_due_ms()

@@ -26,6 +26,14 @@ COMMANDS = {"kill": HALTED, "reduce": REDUCING, "resume": ACTIVE}
 DROP_REASON = {HALTED: "halted", REDUCING: "reducing"}
 
 
+RANK = {ACTIVE: 0, REDUCING: 1, HALTED: 2}  # how few orders each lets out
+
+
+def stricter(a: str, b: str) -> str:
+    """The state that lets out fewer orders."""
+    return a if RANK[a] >= RANK[b] else b
+
+
 def reduces(side: str, quantity: float, held: float) -> bool:
     """Whether an order of ``quantity`` on ``side`` brings ``held`` toward zero without
     crossing it (a position of 0 is flat: nothing brings it toward zero)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from connectors import trading_state_store
 from helpers import APEX, until
+from operators.orders import client_order_id
 from operators.trading_state import ACTIVE, HALTED
 from test_exits import PIPELINE, signal
 from test_trading_state import T0, MIN
@@ -154,15 +155,27 @@ def test_a_kill_beside_a_frozen_worker_acts_on_the_venue_itself_and_sells_nothin
                     return all(q < venue.instrument(*k).min_size for k, q in venue.holdings()[0].items())
 
                 assert flat()
-                worker.send_signal(signals.SIGCONT)  # it wakes, reads the kill and carries it out too
+                # again, the worker still frozen: the close is found at the venue, nothing is sent
+                again = switch.kill(pipeline, None, reason="frozen", confirm_s=2)
+                assert again.venues["okx"].line("okx").startswith("okx: nothing to cancel or close"), again.lines()
+                worker.send_signal(signals.SIGCONT)  # it wakes, reads both kills and carries them out too
                 assert until(lambda: [c for (c,) in _rows(ledger, "SELECT command_id FROM trading_state")] ==
-                             [report.command_id], 60), (tmp_path / "run.log").read_text()[-2000:]
+                             [again.command_id], 60), (tmp_path / "run.log").read_text()[-2000:]
                 assert until(lambda: not _rows(ledger, "SELECT 1 FROM executions WHERE status NOT IN "
                                                        "('filled', 'rejected', 'cancelled', 'denied')"), 60)
-                assert flat()  # its close found nothing left to sell: nothing was sold twice
+                assert flat()  # it sold nothing again: it adopted the kill's close
             finally:
                 venue.close()
-            assert max(Counter(o["clOrdId"] for o in logged(tmp_path / "okx.jsonl")).values()) == 1
+            sent = Counter(o["clOrdId"] for o in logged(tmp_path / "okx.jsonl"))
+            assert max(sent.values()) == 1
+            # the trade closed by the kill under its own close id, which the worker booked
+            close = client_order_id("t1", "close")
+            assert sent[close] == 1
+            assert _rows(ledger, "SELECT status FROM trades") == [("closed",)]
+            assert _rows(ledger, f"SELECT status FROM executions WHERE client_order_id = '{close}'") == [("filled",)]
+            held = _rows(ledger, "SELECT SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END) FROM executions"
+                                 " WHERE status = 'filled'")[0][0]
+            assert abs(held) < 1e-6
             assert _rows(ledger, "SELECT state FROM trading_state") == [(HALTED,)]
         finally:
             worker.send_signal(signals.SIGCONT)

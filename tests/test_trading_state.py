@@ -157,3 +157,38 @@ def test_reducing_lets_out_exactly_what_brings_the_position_toward_zero(side, qt
     assert refusal(HALTED, _order("close", side, qty), held, "hard_stop") == "halted"
     assert refusal(HALTED, _order("close", side, qty), held, KILL) is None
     assert refusal(ACTIVE, _order("open", side, qty), held) is None
+
+
+def test_a_kill_read_from_the_control_stream_halts_the_egress_before_the_book_carries_it_out(tmp_path,
+                                                                                          redis_server):
+    """A book whose step is held up when a kill arrives: what it decides once it moves again
+    is refused at the egress, though its step has not carried the kill out yet."""
+    from connectors.control import _Reader
+    from connectors.execution import Executor, TradingRefused
+    from connectors.ledger import Ledger
+    from connectors.sender import Gateway
+    from connectors.venues.paper import PaperVenue
+    from helpers import until
+
+    gateway = Gateway()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    executor = Executor(ledger, PaperVenue(tmp_path / "paper.sqlite", cash_usd=1e6), gateway)
+    reader = _Reader(redis_server.url, "apex:control", [""], gateway.commanded)
+    r = redis_server.client()
+    try:
+        r.xadd("apex:control", {"id": "c1", "command": "kill", "book": "", "reason": "t", "by": "cli"})
+        assert until(lambda: gateway.commanded == {"": HALTED}, 10)
+        assert executor.trading == ACTIVE  # the book's own state: the step has not carried it out
+        opening = Order("ax1", "s1", "open", "okx", "BTC-USDT", "buy", 1.0, 100.0, T0)
+        ledger.begin()
+        with pytest.raises(TradingRefused, match="halted"):
+            executor.prepare(opening)
+        closing = Order("ax2", "s0", "close", "okx", "BTC-USDT", "sell", 1.0, 100.0, T0)
+        assert executor.prepare(closing, KILL) is None  # the kill's own close still goes
+        r.xadd("apex:control", {"id": "c2", "command": "resume", "book": "", "reason": "t", "by": "cli"})
+        assert until(lambda: gateway.commanded == {"": ACTIVE}, 10)
+        assert executor.prepare(opening) is None
+        ledger.commit()
+    finally:
+        reader.stop()
+        ledger.close()

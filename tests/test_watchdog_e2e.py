@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from connectors.ledger_view import LedgerView
 from connectors.live_reconcile import CONTROL_STREAM
 from connectors.reconcile import reconcile
 from connectors.venues.ibkr import IbkrVenue
+from operators.orders import client_order_id
 from helpers import APEX, payload, sig, until
 from okx_fixtures import KEY, PASSPHRASE, SECRET, okx_venue
 from test_venues_together import PRICES, Sims, _env, _pipeline, _start
@@ -93,6 +95,12 @@ def _ledger_flat(state: Path) -> bool:
             held[(fill.venue, fill.symbol)] = held.get((fill.venue, fill.symbol), 0.0) + fill.signed_qty
         live = [o for kind in ("open", "close") for o, _, _ in ledger.dangling(kind)]
     return not live and all(abs(q) < 1e-6 for q in held.values())
+
+
+def _open_trades(state: Path) -> dict[str, tuple[str, float]]:
+    """The ledger's open trades: signal id -> (venue, quantity)."""
+    with LedgerView(state / "ledger.sqlite") as ledger:
+        return {t.signal_id: (t.venue, t.quantity) for t in ledger.open_trades()}
 
 
 def _filled_at_both(state: Path) -> bool:
@@ -244,9 +252,6 @@ def _okx_balance(sims: Sims, ccy: str) -> float:
         okx.close()
 
 
-@pytest.mark.skip(reason="open (issue 25): within 35 s the kill now flattens both venues beside the frozen worker; "
-                  "the worker that wakes then closes its trades again from the control stream (IBKR sells into a "
-                  "short, OKX refuses 51008) and its ledger never learns the kill's sales, so it is never flat")
 def test_a_frozen_book_is_halted_its_orders_cancelled_and_its_positions_closed_within_35_s(tmp_path, redis_server):
     sims = Sims(tmp_path, PRICES)
     r = redis_server.client()
@@ -277,9 +282,25 @@ def test_a_frozen_book_is_halted_its_orders_cancelled_and_its_positions_closed_w
             (tmp_path / "watchdog.log").read_text()[-3000:]
         record = json.loads((state / "watchdog.jsonl").read_text().splitlines()[0])
         assert record["action"] == "kill" and "book:main" in record["silent"], record
+        opened = _open_trades(state)
+        assert {venue for venue, _ in opened.values()} == {"okx", "ibkr"}
         flag.unlink()  # the worker moves again: its ledger learns what the kill switch did
         assert until(lambda: _ledger_flat(state), 120), log.read_text()[-3000:]
         assert _flat_at_the_venues(sims)
+        # one close per trade at its venue, under the trade's own close id: the kill sent it,
+        # the woken worker adopted it; nothing reached a venue twice
+        for venue in ("okx", "ibkr"):
+            sent = Counter(sims.logged(venue))
+            assert max(sent.values()) == 1, f"an order reached {venue} twice"
+            for sid in (s for s, (v, _) in opened.items() if v == venue):
+                assert sent[client_order_id(sid, "close")] == 1, sid
+        assert _open_trades(state) == {}
+        # the frozen step's own signals, decided once it woke after the kill, opened nothing: the
+        # OKX one passes every filter (IBKR's is over its concentration limit) and is refused halted
+        with LedgerView(state / "ledger.sqlite") as ledger:
+            frozen = dict(ledger.db.execute("SELECT signal_id, reason FROM decisions WHERE signal_id LIKE 'freeze%'"
+                                            " AND outcome = 'dropped'").fetchall())
+        assert set(frozen) == {"freeze-okx-0", "freeze-ibkr-0"} and frozen["freeze-okx-0"] == "halted", frozen
     finally:
         flag.unlink(missing_ok=True)
         for proc in reversed(procs):

@@ -96,9 +96,10 @@ class Venue(Protocol):
     # with each update as it learns it, instead of keeping it for ``updates``.
     on_update: Callable[[OrderUpdate], None] | None
 
-    def cancel(self, order: Order) -> None:
+    def cancel(self, order: Order) -> bool | None:
         """Asks the venue to cancel what is left of the order; what it comes to arrives as an
-        update. ``VenueDown`` when it cannot be asked."""
+        update. ``VenueDown`` when it cannot be asked; False when this connection may not
+        cancel it (IB: another client id placed it)."""
         ...
 
     def lookup(self, order: Order) -> Fill | None:

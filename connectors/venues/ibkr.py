@@ -359,22 +359,24 @@ class IbkrVenue:
             self.market, symbol, float(cd.sizeIncrement or 1), float(cd.minTick), float(cd.minSize or 1))
         return inst
 
-    def cancel(self, order: Order) -> None:
-        """Asks IB to cancel what is left of the order; what it comes to arrives as an update."""
-        self._call(self._cancel(order.client_order_id), self.request_timeout)
+    def cancel(self, order: Order) -> bool:
+        """Asks IB to cancel what is left of the order; what it comes to arrives as an update.
+        False: another client placed it, and IB takes a cancel only from that client."""
+        return self._call(self._cancel(order.client_order_id), self.request_timeout)
 
-    async def _cancel(self, ref: str) -> None:
+    async def _cancel(self, ref: str) -> bool:
         if not self._link.up():
             raise VenueDown(f"IB gateway at {self.host}:{self.port}: not connected, {ref} not cancelled")
         trade = next((t for t in self._ib.openTrades() if t.order.orderRef == ref), None)
         if trade is None:
-            return  # nothing working under it: its fate is told (or asked) as it is
+            return True  # nothing working under it: its fate is told (or asked) as it is
         if trade.order.clientId != self.client_id:
             log.warning("order %s cannot be cancelled here: IB takes a cancel only from the client that placed it"
                         " (%s)", ref, trade.order.clientId)
-            return
+            return False
         self._watched.setdefault(ref, None)
         self._ib.cancelOrder(trade.order)
+        return True
 
     def updates(self) -> list[OrderUpdate]:
         """The updates learnt since the last call while ``on_update`` was not set; never waits."""
