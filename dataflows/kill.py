@@ -58,6 +58,10 @@ from operators.trading_state import ACTIVE, COMMANDS, HALTED, REDUCING, TRADING_
 CONFIRM_S = 30.0  # how long a running worker is given to confirm a command
 FLAT_S = 60.0  # how long a confirmed kill then waits for the worker's closes to fill
 CONTROL_KEPT = 10_000  # control stream entries kept (MAXLEN ~)
+# a kill shares the account's request rate with whatever still runs (a worker, frozen or not):
+# it waits out refusals for the rate far longer than a worker's step would, as giving up
+# leaves a position behind
+RATE_LIMIT_RETRIES = 30
 CONTROL_FILE = "control.json"  # where a running worker says which control stream it reads
 
 
@@ -210,11 +214,18 @@ def _flatten_beside(p: Pipeline, books: list[Pipeline], report: KillReport, take
     shared: dict[str, Venue] = {}
     try:
         make_venues(beside_worker(p, taken), shared=shared)
+        _persistent(shared)
         flatten_rest(p, books, shared, report, int(time.time() * 1000))
     except ValueError as e:  # a venue that cannot be set up as configured
         report.notes.append(f"the venues could not be opened here: {e}")
     finally:
         close_venues(shared)
+
+
+def _persistent(venues: dict[str, Venue]) -> None:
+    for venue in venues.values():
+        if hasattr(venue, "rate_limit_retries"):
+            venue.rate_limit_retries = max(venue.rate_limit_retries, RATE_LIMIT_RETRIES)
 
 
 def beside_worker(p: Pipeline, taken: int = 1) -> Pipeline:
@@ -286,6 +297,7 @@ def _here(p: Pipeline, books: list[Pipeline], report: KillReport, command: str, 
         shared: dict[str, Venue] = {}
         try:
             venues = make_venues(p if locked else beside_worker(p, taken), shared=shared)
+            _persistent(shared)
             cancel_everywhere(venues, report, books[0], now_ms)
             for b in books:
                 try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from connectors.venues.ibkr import IbkrVenue
 from helpers import APEX, until
-from okx_fixtures import okx_venue
+from okx_fixtures import okx_venue, raw
 from test_venues_run import PIPELINE, SAMPLE, simulators  # noqa: F401 - the fixture
 
 ENTRIES = 400  # of the sample: trades opened at both venues, a few minutes of signals
@@ -170,3 +170,23 @@ def test_kill_beside_a_running_worker_twice_leaves_both_venues_flat(tmp_path, si
     finally:
         worker.send_signal(signals.SIGTERM)
         worker.wait(60)
+
+
+def test_a_kill_waits_out_an_okx_account_whose_rate_another_client_used_up(tmp_path, simulators):  # noqa: F811
+    """A worker beside the kill shares the account's request rate: OKX refuses the kill's
+    reads of the balance for a while (50011). The kill waits them out instead of leaving
+    the coins it could not read behind."""
+    pipeline, part = _setup(tmp_path)
+    env, state = _env(simulators), tmp_path / "state"
+    run = subprocess.run([APEX, "run", str(pipeline), "--source", f"recording:{part}", "--state-dir", str(state),
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    url = f"http://127.0.0.1:{simulators['okx']}"
+    # more refusals than a worker's step waits out, at every read of the balance the kill makes
+    status, _ = raw(url, "POST", "/sim/fault", {"kind": "rate_limit", "times": 9, "paths": ["account/balance"]})
+    assert status == 200
+    killed = _kill(pipeline, state, env)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert "rate" not in killed.stdout, killed.stdout
+    assert _flat(simulators) == {}
+    assert _open_trades(state / "ledger.sqlite") == []

@@ -5,7 +5,8 @@ real venue leaves the outcome of an order unknown or the venue unreachable.
 it, then answer only long after the client has given up. ``http_5xx``: answer an HTTP
 error, taking nothing. ``code_50004``: take it and answer OKX's "timed out, outcome
 unknown". ``reject``: refuse every order of the request with ``code`` (an OKX sCode, 51008
-insufficient balance unless told). ``accept`` False makes drop, hang and 50004 refuse the
+insufficient balance unless told). ``rate_limit``: refuse the request for its rate (50011),
+as OKX does when another client of the account has used the window up. ``accept`` False makes drop, hang and 50004 refuse the
 request unprocessed."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ KIND_HELP = {
     "http_5xx": "answer an HTTP error (status, 503 unless told), taking nothing",
     "code_50004": 'take it and answer OKX\'s 50004, "timed out, outcome unknown"',
     "reject": "refuse every order of the request with code (an OKX sCode, 51008 unless told)",
+    "rate_limit": "refuse the request for its rate (50011, HTTP 429), taking nothing",
 }
 KINDS = tuple(KIND_HELP)
 ORDER_PATHS = ("trade/order", "trade/batch-orders")

@@ -317,7 +317,7 @@ async def _api(request: web.Request) -> web.StreamResponse:
         return reply([_refused(o, Refusal(fault.code, fault.msg)) for o in orders], "1", "All operations failed")
     if fault is not None and (fault.kind == "http_5xx" or not fault.accept):
         return await _fail(sim, request, fault, None)
-    if not sim.windows.admit(costs(method, path, query, body)):
+    if (fault is not None and fault.kind == "rate_limit") or not sim.windows.admit(costs(method, path, query, body)):
         return bare("50011", "Too Many Requests", status=429)
     answer = handler(sim, query, body)
     if method == "POST":
