@@ -500,14 +500,14 @@ class Ledger:
             " ORDER BY intent_ms", (kind,)).fetchall()
         return [(_order(r[:11]), r[11] or "", _trade(orjson.loads(r[12])) if r[12] else None, r[13]) for r in rows]
 
-    def close_attempts(self) -> dict[str, tuple[int, str, str, str, float]]:
+    def close_attempts(self) -> dict[str, tuple[int, str, str, str]]:
         """The last close tried for each open trade that had one: (attempt, status, what the
-        venue said of a refusal, the exit it was for, its reference price or what it filled at)."""
+        venue said of a refusal, the exit it was for)."""
         rows = self.db.execute(
-            "SELECT e.signal_id, e.attempt, e.status, COALESCE(e.order_id, ''), e.reason, e.price FROM executions e"
+            "SELECT e.signal_id, e.attempt, e.status, COALESCE(e.order_id, ''), e.reason FROM executions e"
             " JOIN trades t ON t.signal_id = e.signal_id AND t.status = 'open' WHERE e.kind = 'close'"
             " ORDER BY e.attempt")
-        return {sid: (n, status, said, reason or "", price) for sid, n, status, said, reason, price in rows}
+        return {sid: (n, status, said, reason or "") for sid, n, status, said, reason in rows}
 
     def record_rest(self, terms: TradeTerms) -> None:
         """An open trade as a close cut at its limit left it: the rest still to close."""

@@ -64,8 +64,7 @@ class Exits:
         # exits that fired while the trade's opening order was working: (reason, trigger, clock_ms)
         self.deferred: dict[str, tuple[str, str, int]] = {}
         self.attempts: dict[str, int] = {}  # by signal: the attempt its next (or working) close is
-        # trades whose close was cut at its limit: (the exit, the reference it was tried at)
-        self.waiting: dict[str, tuple[str, float]] = {}
+        self.waiting: dict[str, str] = {}  # by signal: the exit of a close cut at its limit
         # by symbol: how many market entries have priced it in this run, and the last price
         self.seen: dict[str, tuple[int, float]] = {}
 
@@ -73,12 +72,12 @@ class Exits:
         """The client order id of the trade's close now: on its way, or the next to go."""
         return close_id(signal_id, self.attempts.get(signal_id, 0))
 
-    def resume(self, signal_id: str, attempt: int, status: str, venue_said: str, reason: str,
-               reference: float) -> None:
-        """A trade's close as the last run left it (``Ledger.close_attempts``)."""
-        if cut(status, venue_said):
+    def resume(self, signal_id: str, attempt: int, status: str, venue_said: str, reason: str) -> None:
+        """A trade's close as the last run left it (``Ledger.close_attempts``): an attempt that
+        ended with the trade still open was cut (one filled was filled in part)."""
+        if status == "filled" or cut(status, venue_said):
             self.attempts[signal_id] = attempt + 1
-            self.waiting[signal_id] = (reason, reference)
+            self.waiting[signal_id] = reason
         else:
             self.attempts[signal_id] = attempt
 
@@ -179,7 +178,7 @@ class Exits:
             if terms is None:
                 del self.waiting[sid]
             elif terms.symbol == symbol:
-                self.close(book, terms, self.waiting[sid][0], price, trigger, clock_ms, outs)
+                self.close(book, terms, self.waiting[sid], price, trigger, clock_ms, outs)
 
     def _wait(self, book: Portfolio, terms: TradeTerms, order: Order, reason: str, trigger: str,
               outs: list[Outcome], seen: int | None = None) -> None:
@@ -189,7 +188,7 @@ class Exits:
         but the market has said nothing since."""
         sid = terms.signal_id
         self.attempts[sid] = order.attempt + 1
-        self.waiting[sid] = (reason, order.price)
+        self.waiting[sid] = reason
         now = self.seen.get(terms.symbol)
         if seen is not None and now is not None and now[0] > seen and sid in book.open_trades:
             self.close(book, book.open_trades[sid], reason, now[1], trigger, order.ts_ms, outs)
@@ -278,17 +277,15 @@ class Exits:
             return
         del self.closing[order.client_order_id]
         total = state.booked()
-        # an IOC cut at its limit: cancelled, or refused in the venue's own words (an order asked
-        # after, ``lookup``, ended with nothing filled)
-        if order.limit > 0 and cut(state.status, ev.reason or ""):
-            if total is None:
-                outs.append(protected(self.desk, c.out, c.chain, order, ev.reason))
-                self._wait(book, c.terms, order, c.reason, c.chain.stream_id, outs, c.seen)
-                return
-            fill = as_ours(order, total)
-            if close_leaves_rest(c.terms, fill.quantity):
-                self._part(book, c, fill, outs)
-                return
+        # an IOC cut at its limit: nothing filled (cancelled, or refused in the venue's own words
+        # when asked after it), or part of it (however its end was learnt: the rest was cancelled)
+        if order.limit > 0 and total is None and cut(state.status, ev.reason or ""):
+            outs.append(protected(self.desk, c.out, c.chain, order, ev.reason))
+            self._wait(book, c.terms, order, c.reason, c.chain.stream_id, outs, c.seen)
+            return
+        if order.limit > 0 and total is not None and close_leaves_rest(c.terms, total.quantity):
+            self._part(book, c, as_ours(order, total), outs)
+            return
         if total is None:
             R.rejected(c.chain, ev.reason or state.status)
             c.out.outcome, c.out.reason = "rejected", ev.reason or state.status

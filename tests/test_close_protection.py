@@ -24,7 +24,7 @@ from dataflows.config import parse
 from helpers import APEX, KELLY_AND_EXECUTE, payload, run_entries, sig
 from okx_fixtures import PRICES, okx_venue
 from test_gates import clean_env
-from operators.closes import close_id
+from operators.closes import close_id, cut
 
 SIGNALS, TICKS = "argus:signals:stream", "argus:prices:stream"
 T0 = 1_767_261_600_000
@@ -70,6 +70,11 @@ class Runs:
         return self.rows("SELECT attempt, client_order_id, status, quantity, price, limit_px FROM executions"
                          " WHERE signal_id = ? AND kind = 'close' ORDER BY attempt", sid)
 
+    def said(self, client_order_id: str) -> str:
+        """What the venue said of an order it refused (the ledger keeps it as its order id)."""
+        return self.rows("SELECT COALESCE(order_id, '') FROM executions WHERE client_order_id = ?",
+                         client_order_id)[0][0]
+
     def open_trades(self):
         ledger = Ledger(self.tmp / "state" / "ledger.sqlite")
         try:
@@ -109,8 +114,9 @@ def test_a_hard_stop_not_marketable_at_okx_stays_open_and_closes_at_the_next_tic
         assert reason.startswith("reference 94, limit 93.") and reason.endswith("venue price 90")
         assert [t.quantity for t in runs.open_trades()] == [trade.quantity]  # still open, whole
         [(n, cid, status, _, _, limit)] = runs.closes("s1")
-        assert (n, cid, status) == (0, close_id("s1"), "rejected" if answer_lost else "cancelled")
-        assert 93.0 < limit < 94
+        assert (n, cid) == (0, close_id("s1")) and 93.0 < limit < 94
+        # its end as OKX's event says it, or as OKX says it when asked after the order
+        assert status in ("cancelled", "rejected") and cut(status, runs.said(cid))
         # a new run (a restart between the attempts): the next tick's price is the next reference
         col = runs.run([_tick(T0 + 120_000, "BTC-USDT", BTC * 0.90)])
         assert _said(col, "s1") == [("closed", "hard_stop")]
@@ -133,26 +139,31 @@ def test_a_hard_stop_not_marketable_at_okx_stays_open_and_closes_at_the_next_tic
     assert confirmed == ["price_protection", "filled"]
 
 
-def test_a_close_filled_in_part_leaves_the_rest_open_and_the_next_tick_closes_it(tmp_path):
+@pytest.mark.parametrize("answer_lost", [False, True])
+def test_a_close_filled_in_part_leaves_the_rest_open_and_the_next_tick_closes_it(tmp_path, answer_lost):
+    """``answer_lost``: the close's end is learnt by asking OKX after it (its record says
+    filled, with half the quantity); the next run (a restart) still knows the rest is open."""
     with okx_running(orders_log=tmp_path / "okx.jsonl", prices=PRICES) as server:
         runs = _okx_runs(tmp_path, server.url)
         runs.run([_signal(T0, "s1", "okx", "BTC-USDT", BTC)])
         (trade,) = runs.open_trades()
         server.set_fill_ratio(0.5)
+        if answer_lost:
+            server.arm("drop", times=1, accept=True)
         col = runs.run([_tick(T0 + 60_000, "BTC-USDT", BTC * 0.94)])
         [(outcome, reason)] = _said(col, "s1")
         assert outcome == "price_protection" and "the rest was cancelled" in reason
         (rest,) = runs.open_trades()
         assert rest.quantity == pytest.approx(trade.quantity / 2)
         [(_, _, status, qty, _, _)] = runs.closes("s1")
-        assert status == "cancelled" and qty == pytest.approx(trade.quantity / 2)
+        # the rest cancelled: as OKX's event says it, or as OKX's record says it when asked after
+        assert status in ("cancelled", "filled") and qty == pytest.approx(trade.quantity / 2)
         server.set_fill_ratio(1.0)
         col = runs.run([_tick(T0 + 120_000, "BTC-USDT", BTC * 0.95)])
         assert _said(col, "s1") == [("closed", "hard_stop")]
         assert runs.open_trades() == []
-        assert [r[:3] for r in runs.closes("s1")] == [(0, close_id("s1"), "cancelled"),
-                                                      (1, close_id("s1", 1), "filled")]
-        assert runs.closes("s1")[1][3] == pytest.approx(trade.quantity / 2)
+        assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1")), (1, close_id("s1", 1))]
+        assert runs.closes("s1")[1][2:4] == ("filled", pytest.approx(trade.quantity / 2))
         held = {sym: q for (_, sym), q in okx_venue(server.url).positions().items()}
         assert held.get("BTC-USDT", 0.0) == pytest.approx(0.0, abs=1e-7)
 
@@ -185,8 +196,8 @@ def test_an_attempts_intent_a_crash_left_is_asked_of_the_venue_and_never_sent_tw
                 venue.close()
         runs.run([_tick(T0 + 180_000, "ETH-USDT", PRICES["ETH-USDT"])])
         assert runs.open_trades() == []
-        assert [r[:3] for r in runs.closes("s1")] == [(0, close_id("s1"), "cancelled"),
-                                                      (1, close_id("s1", 1), "filled")]
+        assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1")), (1, close_id("s1", 1))]
+        assert runs.closes("s1")[1][2] == "filled"
         placed = json.loads(urllib.request.urlopen(f"{server.url}/sim/placements", timeout=10).read())
         assert placed[close_id("s1", 1)] == 1
 
@@ -208,7 +219,7 @@ def test_a_kill_after_a_cut_close_sends_a_market_close_under_the_next_id(tmp_pat
         assert report.venues["okx"].closed, report
         assert runs.open_trades() == []
         first, second = runs.closes("s1")
-        assert first[2] == "cancelled"
+        assert first[2] in ("cancelled", "rejected")
         assert second[:3] == (1, close_id("s1", 1), "filled") and not second[5]  # no limit: a market order
 
 
@@ -231,6 +242,6 @@ def test_a_hard_stop_not_marketable_at_ibkr_closes_at_the_next_tick(tmp_path):
         assert len(runs.open_trades()) == 1
         col = runs.run([_tick(T0 + 120_000, "AAPL", 90.0)])
         assert _said(col, "s1") == [("closed", "hard_stop")]
-        assert [r[:3] for r in runs.closes("s1")] == [(0, close_id("s1"), "cancelled"),
-                                                      (1, close_id("s1", 1), "filled")]
+        assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1")), (1, close_id("s1", 1))]
+        assert runs.closes("s1")[1][2] == "filled"
         assert runs.closes("s1")[1][3] == pytest.approx(trade.quantity)
