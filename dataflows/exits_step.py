@@ -32,10 +32,10 @@ from operators import audit_rows as R
 from operators import order_fsm as fsm
 from operators.fill import Fill
 from operators.audit import INVALID_TICK, Chain, Outcome
-from operators.closes import close_id, close_order, cut, rest_of
+from operators.closes import STALE_MS, close_id, close_order, cut, rest_of, retry_reference
 from operators.exits import HARD_STOP, MAX_HOLDING, TradeTerms, close_leaves_rest
 from operators.orders import Order, client_order_id
-from operators.protection import PRICE_PROTECTION, is_protection
+from operators.protection import PRICE_PROTECTION, is_protection, venue_price_in
 from operators.trading_state import KILL
 from operators.portfolio import Portfolio
 from operators.spot import DUST_EXIT, stranded
@@ -65,8 +65,9 @@ class Exits:
         self.deferred: dict[str, tuple[str, str, int]] = {}
         self.attempts: dict[str, int] = {}  # by signal: the attempt its next (or working) close is
         self.waiting: dict[str, str] = {}  # by signal: the exit of a close cut at its limit
-        # by symbol: how many market entries have priced it in this run, and the last price
-        self.seen: dict[str, tuple[int, float]] = {}
+        # by symbol: how many market entries have priced it in this run, the last price, its clock
+        self.seen: dict[str, tuple[int, float, int]] = {}
+        self.at_venue: set[str] = set()  # signals whose close was last tried at the venue's own price
 
     def current_id(self, signal_id: str) -> str:
         """The client order id of the trade's close now: on its way, or the next to go."""
@@ -102,7 +103,7 @@ class Exits:
                 book.market_entry_taken(e.stream, e.stream_id)
                 outs.append(self.invalid_tick(item, why, t.symbol, price=t.price, mark=mark))
                 return
-            self.seen[t.symbol] = (self.seen.get(t.symbol, (0, 0.0))[0] + 1, t.price)
+            self.seen[t.symbol] = (self.seen.get(t.symbol, (0, 0.0, 0))[0] + 1, t.price, e.clock_ms)
             for terms in book.on_price(t.symbol, t.price, e.clock_ms):
                 self.close(book, terms, HARD_STOP, t.price, e.stream_id, e.clock_ms, outs)
             self.again(book, t.symbol, t.price, e.stream_id, e.clock_ms, outs)
@@ -161,7 +162,7 @@ class Exits:
         except Rejected as err:
             if order.limit > 0 and is_protection(str(err)):  # the paper venue's band
                 outs.append(protected(desk, out, chain, order, str(err)))
-                self._wait(book, terms, order, reason, trigger, outs)
+                self._wait(book, terms, order, reason, trigger, outs, venue_said=str(err))
                 return
             R.rejected(chain, str(err))
             out.outcome, out.reason = "rejected", str(err)
@@ -181,17 +182,35 @@ class Exits:
                 self.close(book, terms, self.waiting[sid], price, trigger, clock_ms, outs)
 
     def _wait(self, book: Portfolio, terms: TradeTerms, order: Order, reason: str, trigger: str,
-              outs: list[Outcome], seen: int | None = None) -> None:
+              outs: list[Outcome], seen: int | None = None, venue_said: str = "") -> None:
         """A close cut at its limit: the trade waits for the next market entry for its symbol,
         or goes again now if one came while the close was at the venue (``seen``: how many
-        had come when it was decided). Its own fills are no newer price: they mark the book,
-        but the market has said nothing since."""
+        had come when it was decided), or, the book's price for it being stale, at the
+        venue's price its answer named (``retry_reference``; once in a row: a venue that cuts
+        its own price's close too waits for the market). Its own fills are no newer price:
+        they mark the book, but the market has said nothing since."""
         sid = terms.signal_id
         self.attempts[sid] = order.attempt + 1
         self.waiting[sid] = reason
+        if sid not in book.open_trades:
+            return
         now = self.seen.get(terms.symbol)
-        if seen is not None and now is not None and now[0] > seen and sid in book.open_trades:
+        if seen is not None and now is not None and now[0] > seen:
+            self.at_venue.discard(sid)
             self.close(book, book.open_trades[sid], reason, now[1], trigger, order.ts_ms, outs)
+            return
+        if sid in self.at_venue:
+            self.at_venue.discard(sid)
+            return
+        venue_price = venue_price_in(venue_said)
+        believed = venue_price is not None and book.refuses_reference(terms.symbol, venue_price) is None
+        ref = retry_reference((now[2], now[1]) if now is not None else None, order.ts_ms, venue_price,
+                              order.price, believed)
+        if ref is not None:
+            log.warning("%s %s: close of %s tried again at the venue's price %.15g: the book has had no "
+                        "price for it in %d s", terms.venue, terms.symbol, sid, ref, STALE_MS // 1000)
+            self.at_venue.add(sid)
+            self.close(book, book.open_trades[sid], reason, ref, trigger, order.ts_ms, outs)
 
     def _tick(self, terms: TradeTerms) -> float:
         """The instrument's price grid, as its venue already holds it (no network); 0 if not known."""
@@ -245,7 +264,7 @@ class Exits:
             executor.send([order], wait=False)
         status = fsm.INTENT if known is None else fsm.UNKNOWN
         self.follow(Closing(out, chain, terms, reason, fsm.OrderState(order, status),
-                            self.seen.get(terms.symbol, (0, 0.0))[0]))
+                            self.seen.get(terms.symbol, (0, 0.0, 0))[0]))
         out.queue(self.desk.ledger.rows, time.time_ns() // 1_000_000)  # the attempt, durable with the intent
 
     def follow(self, c: Closing) -> None:
@@ -281,10 +300,10 @@ class Exits:
         # when asked after it), or part of it (however its end was learnt: the rest was cancelled)
         if order.limit > 0 and total is None and cut(state.status, ev.reason or ""):
             outs.append(protected(self.desk, c.out, c.chain, order, ev.reason))
-            self._wait(book, c.terms, order, c.reason, c.chain.stream_id, outs, c.seen)
+            self._wait(book, c.terms, order, c.reason, c.chain.stream_id, outs, c.seen, ev.reason or "")
             return
         if order.limit > 0 and total is not None and close_leaves_rest(c.terms, total.quantity):
-            self._part(book, c, as_ours(order, total), outs)
+            self._part(book, c, as_ours(order, total), outs, ev.reason or "")
             return
         if total is None:
             R.rejected(c.chain, ev.reason or state.status)
@@ -299,7 +318,7 @@ class Exits:
                         c.terms.signal_id, fill.quantity, c.terms.quantity)
         self._closed(book, c.terms, fill, True, c.reason, c.chain, c.out, outs, applied=True, order=order)
 
-    def _part(self, book: Portfolio, c: Closing, fill: Fill, outs: list[Outcome]) -> None:
+    def _part(self, book: Portfolio, c: Closing, fill: Fill, outs: list[Outcome], venue_said: str) -> None:
         """A close filled in part, the rest cancelled at its limit: what filled is booked (the
         book has it already, part by part), the trade stays open with the rest and waits."""
         desk, order, terms = self.desk, c.state.order, c.terms
@@ -312,7 +331,7 @@ class Exits:
         desk.ledger.record_rest(rest)
         c.out.executions.append(R.execution_row(fill, "close"))
         outs.append(desk.emit(c.out))
-        self._wait(book, rest, order, c.reason, c.chain.stream_id, outs, c.seen)
+        self._wait(book, rest, order, c.reason, c.chain.stream_id, outs, c.seen, venue_said)
 
     def _closed(self, book: Portfolio, terms: TradeTerms, fill: Fill, sent: bool, reason: str, chain: Chain,
                 out: Outcome, outs: list[Outcome], applied: bool = False, order: Order | None = None) -> None:

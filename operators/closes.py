@@ -4,7 +4,8 @@ Pure. A close is an IOC limit around the price that triggered it (the tick's for
 stop, the book's mark for the others), the band of ``operators/protection.py`` away; a kill
 switch's close has none, since a kill must flatten. A close the venue cut at its limit
 (nothing filled, or only part) leaves the trade open with the rest, and the close is tried
-again under a new client order id at the next price the market gives its symbol: attempt
+again under a new client order id at the next price the market gives its symbol (or, when
+the book has had no price for it for a while, at the venue's own, ``retry_reference``): attempt
 0 keeps the id a close has always had, so ledgers written before keep their meaning, and
 no id is ever sent twice (OKX refuses a clOrdId only while its order is open).
 """
@@ -42,3 +43,25 @@ def rest_of(terms: TradeTerms, filled: float) -> TradeTerms:
     share = (terms.quantity - filled) / terms.quantity if terms.quantity else 0.0
     return replace(terms, quantity=terms.quantity - filled, entry_fee_usd=terms.entry_fee_usd * share)
 
+
+# how long (on the stream clock) a symbol's last tick stays the market's word on it: past
+# this the book's mark is stale, and a cut close may take the venue's price instead
+STALE_MS = 60_000
+
+
+def retry_reference(last_tick: tuple[int, float] | None, clock_ms: int, venue_price: float | None,
+                    tried: float, believed: bool) -> float | None:
+    """The reference to try a cut close again at, at once (None: wait for the next tick).
+
+    ``last_tick``: (clock, price) of the symbol's newest tick the book took, if any this run;
+    ``venue_price``: the venue's price its cut answer named; ``tried``: the reference it was
+    cut at; ``believed``: whether the book takes the venue's price as a reference (the same
+    rule as a signal's reference price: ``limits.price_band`` around the mark). A tick newer
+    than the close's decision is the market's word; without a recent one the venue's price
+    is the only fresh price there is. Never the same reference again: that would only be
+    cut again."""
+    if last_tick is not None and clock_ms - last_tick[0] <= STALE_MS:
+        return None  # the book's price is fresh: the next tick brings the next reference
+    if venue_price is None or venue_price <= 0 or venue_price == tried or not believed:
+        return None
+    return venue_price

@@ -245,3 +245,27 @@ def test_a_hard_stop_not_marketable_at_ibkr_closes_at_the_next_tick(tmp_path):
         assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1")), (1, close_id("s1", 1))]
         assert runs.closes("s1")[1][2] == "filled"
         assert runs.closes("s1")[1][3] == pytest.approx(trade.quantity)
+
+
+@pytest.mark.parametrize("venue_at, closed", [(1.0, True), (0.4, False)])
+def test_a_close_cut_at_a_stale_mark_goes_again_at_the_venues_price_if_the_book_believes_it(tmp_path, venue_at,
+                                                                                            closed):
+    """The invariant test's end: a tick put the book's price 2% above the venue's, no tick for
+    the symbol came for a day, and the maximum holding fires at that stale mark. Cut, the
+    close goes again at once at the price OKX named, unless the book would not believe it as
+    a reference (``limits.price_band`` around the mark): then it waits for the market."""
+    with okx_running(orders_log=tmp_path / "okx.jsonl", prices=PRICES) as server:
+        runs = _okx_runs(tmp_path, server.url)
+        runs.run([_signal(T0, "s1", "okx", "BTC-USDT", BTC)])
+        server.set_price("BTC-USDT", BTC * venue_at)
+        col = runs.run([_tick(T0 + 60_000, "BTC-USDT", BTC * 1.02),
+                        _tick(T0 + 24 * 3_600_000, "ETH-USDT", PRICES["ETH-USDT"])])
+        said = _said(col, "s1")
+        assert said[0][0] == "price_protection" and said[0][1].startswith("reference 102, limit 101.49")
+        if closed:
+            assert said[1:] == [("closed", "max_holding")] and runs.open_trades() == []
+            assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1")), (1, close_id("s1", 1))]
+            assert runs.closes("s1")[1][4] == pytest.approx(BTC, rel=1e-3)  # filled at the venue's price
+        else:
+            assert said[1:] == [] and len(runs.open_trades()) == 1
+            assert [r[:2] for r in runs.closes("s1")] == [(0, close_id("s1"))]

@@ -44,3 +44,15 @@ def test_a_close_filled_in_part_leaves_the_rest_with_its_share_of_the_entry_fee(
     rest = rest_of(_terms(qty=2.0), 0.5)
     assert rest.quantity == 1.5 and rest.entry_fee_usd == pytest.approx(0.15)
     assert (rest.signal_id, rest.entry_price, rest.deadline_ms) == ("sig-1", 100.0, 10)
+
+
+def test_a_cut_close_goes_again_at_once_at_the_venues_price_only_when_the_books_is_stale():
+    from operators.closes import STALE_MS, retry_reference
+
+    fresh, stale = (1_000, 81.6), (1_000 - STALE_MS - 1, 81.6)
+    assert retry_reference(fresh, 1_000, 80.0, 81.6, True) is None  # the next tick brings the next price
+    assert retry_reference(stale, 1_000, 80.0, 81.6, True) == 80.0
+    assert retry_reference(None, 1_000, 80.0, 81.6, True) == 80.0  # no price for it this run at all
+    assert retry_reference(None, 1_000, 80.0, 81.6, False) is None  # a venue price the book cannot believe
+    assert retry_reference(None, 1_000, None, 81.6, True) is None  # the venue named none
+    assert retry_reference(None, 1_000, 80.0, 80.0, True) is None  # cut at that very price already
