@@ -17,9 +17,9 @@ A command reaches a book one of two ways:
 
 Acting twice is safe, which is what lets a kill act beside a frozen worker: an open order
 is cancelled by its client order id (cancelling one already cancelled or filled is a no-op
-at both venues), a trade's close has the client order id of its trade
-(``client_order_id(signal, "close")``), so the idempotency rule of the egress never sends
-it twice, and whatever is left at a venue is sold down to what it holds *now*, so a
+at both venues), a trade's close has the client order id of its trade's next attempt
+(``close:n`` after n closes cut at their limit, ``operators/closes.py``), a market order, so
+the idempotency rule of the egress never sends it twice, and whatever is left at a venue is sold down to what it holds *now*, so a
 second pass finds nothing left to sell.
 """
 
