@@ -19,6 +19,7 @@ from operators.orders import Order, client_order_id
 from operators.protection import is_protection, limit_price
 from operators.trading_state import KILL
 
+
 def close_id(signal_id: str, attempt: int = 0) -> str:
     return client_order_id(signal_id, "close" if attempt == 0 else f"close:{attempt}")
 
