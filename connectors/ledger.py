@@ -55,9 +55,10 @@ CREATE TABLE IF NOT EXISTS executions (
     filled_ms  INTEGER,
     seq        INTEGER,
     reason     TEXT,
-    trade      TEXT  -- an open's intended trade (terms and exits), so a start can book it without the signal
+    trade      TEXT,  -- an open's intended trade (terms and exits), so a start can book it without the signal
+    limit_px   REAL,
+    attempt    INTEGER NOT NULL DEFAULT 0  -- a close tried again after one cut at its limit: 1, 2, ...
 );
-CREATE UNIQUE INDEX IF NOT EXISTS executions_signal ON executions(signal_id, kind);
 CREATE TABLE IF NOT EXISTS trades (
     signal_id  TEXT PRIMARY KEY,  -- a rowid table: its rows are too large for index pages to hold well
     terms      TEXT NOT NULL,
@@ -82,15 +83,16 @@ CREATE TABLE IF NOT EXISTS book (
 """  # the outbox table (connectors/outbox.py) lives in the same file, written in the same transactions
 # Every key here is random (signal ids, hashes), so each index an order touches is one more
 # random page written to the WAL at each commit: rowid tables keep rows in arrival order,
-# with one index a table; an order is found by (signal_id, kind), which determines its client
-# order id.
+# with one index a table; an order is found by (signal_id, kind, attempt), which determines its
+# client order id (``_migrate`` makes that index).
 
 
 log = logging.getLogger("apex.ledger")
 
 BUSY_TIMEOUT_MS = 5000
 EXECUTION = "status, order_id, price, fee_usd, filled_ms, quantity"  # what an idempotency check reads of an order
-ORDER = "client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, limit_px"  # an ``Order``'s
+ORDER = ("client_order_id, signal_id, kind, venue, symbol, side, quantity, price, intent_ms, limit_px,"
+         " attempt")  # an ``Order``'s
 PREFETCH = 500  # ids a lookup query: under SQLite's smallest default limit of bound variables (999)
 RESTART_EVERY = 10_000  # commits between WAL restarts (``restart_wal``) at the latest
 WAL_LIMIT_BYTES = 64 << 20  # ...or sooner, once the ``WalKeeper`` sees the WAL this large
@@ -152,7 +154,7 @@ class Ledger:
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
         self.db.executescript(outbox.SCHEMA)
-        _add_limit_column(self.db)
+        _migrate(self.db)
         self._pruned = 0
         self._commits = 0
         self._page = self.db.execute("PRAGMA page_size").fetchone()[0]  # as the file was created
@@ -313,17 +315,18 @@ class Ledger:
         self._decisions[signal_id] = (signal_id, stream_id, outcome, reason, ts_ms)
 
     def execution(self, order: Order) -> tuple | None:
-        """(status, order_id, price, fee_usd, filled_ms, quantity) of the order for this signal and
-        kind; the quantity is what filled once it has (a partial fill, or less the venue's fee)."""
+        """(status, order_id, price, fee_usd, filled_ms, quantity) of the order for this signal,
+        kind and attempt; the quantity is what filled once it has (a partial fill, or less the
+        venue's fee)."""
         if order.kind == "open" and order.signal_id in self._known_opens:
             return self._known_opens[order.signal_id]
-        return self.db.execute(f"SELECT {EXECUTION} FROM executions WHERE signal_id = ? AND kind = ?",
-                               (order.signal_id, order.kind)).fetchone()
+        return self.db.execute(f"SELECT {EXECUTION} FROM executions WHERE signal_id = ? AND kind = ? AND attempt = ?",
+                               (order.signal_id, order.kind, order.attempt)).fetchone()
 
     def intent(self, signal_id: str, kind: str = "open") -> Order | None:
         """The order recorded for this signal and kind, whatever became of it: what a
         redelivered "sent" decision resumes."""
-        row = self.db.execute(f"SELECT {ORDER} FROM executions WHERE signal_id = ? AND kind = ?",
+        row = self.db.execute(f"SELECT {ORDER} FROM executions WHERE signal_id = ? AND kind = ? AND attempt = 0",
                               (signal_id, kind)).fetchone()
         return _order(row) if row else None
 
@@ -336,11 +339,12 @@ class Ledger:
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
             "INSERT OR IGNORE INTO executions (client_order_id, signal_id, kind, venue, symbol, side,"
-            " quantity, status, intent_ms, price, reason, trade, limit_px)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
+            " quantity, status, intent_ms, price, reason, trade, limit_px, attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?)",
             (order.client_order_id, order.signal_id, order.kind, order.venue, order.symbol, order.side,
              order.quantity, order.ts_ms, order.price, reason,
-             orjson.dumps((_TERMS(trade[0]), trade[1])) if trade is not None else None, order.limit),
+             orjson.dumps((_TERMS(trade[0]), trade[1])) if trade is not None else None, order.limit,
+             order.attempt),
         )
 
     def record_fill(self, fill: Fill) -> None:
@@ -361,8 +365,8 @@ class Ledger:
     def record_rejection(self, order: Order, reason: str) -> None:
         self._known_opens.pop(order.signal_id, None)
         self.db.execute(
-            f"UPDATE executions SET status='rejected', order_id=? WHERE signal_id=? AND kind=? AND {_FROM[REJECTED]}",
-            (reason, order.signal_id, order.kind),
+            f"UPDATE executions SET status='rejected', order_id=? WHERE signal_id=? AND kind=? AND attempt=?"
+            f" AND {_FROM[REJECTED]}", (reason, order.signal_id, order.kind, order.attempt),
         )
 
     def record_change(self, state: OrderState, change: Change, fill_id: str, reason: str, ts_ms: int) -> bool:
@@ -383,7 +387,8 @@ class Ledger:
             # final: the row says what filled in all (a cancel with nothing filled: 0)
             cur = self.db.execute(
                 "UPDATE executions SET status=?, order_id=?, quantity=?, price=?, fee_usd=?, filled_ms=?, seq=?,"
-                f" trade=NULL, reason=COALESCE(NULLIF(?, ''), reason) WHERE client_order_id=? AND {_FROM[dst]}",
+                f" trade=NULL, reason=CASE kind WHEN 'close' THEN reason ELSE COALESCE(NULLIF(?, ''), reason) END"
+                f" WHERE client_order_id=? AND {_FROM[dst]}",
                 (dst, state.order_id, state.filled, state.avg_price if state.filled else o.price, state.fee_usd,
                  ts_ms, self._next("fill"), reason, o.client_order_id))
         elif dst in (REJECTED, DENIED):
@@ -493,7 +498,20 @@ class Ledger:
         rows = self.db.execute(
             f"SELECT {ORDER}, reason, trade, status FROM executions WHERE status IN {_LIVE} AND kind=?"
             " ORDER BY intent_ms", (kind,)).fetchall()
-        return [(_order(r[:10]), r[10] or "", _trade(orjson.loads(r[11])) if r[11] else None, r[12]) for r in rows]
+        return [(_order(r[:11]), r[11] or "", _trade(orjson.loads(r[12])) if r[12] else None, r[13]) for r in rows]
+
+    def close_attempts(self) -> dict[str, tuple[int, str, str, str]]:
+        """The last close tried for each open trade that had one: (attempt, status, what the
+        venue said of a refusal, the exit it was for)."""
+        rows = self.db.execute(
+            "SELECT e.signal_id, e.attempt, e.status, COALESCE(e.order_id, ''), e.reason FROM executions e"
+            " JOIN trades t ON t.signal_id = e.signal_id AND t.status = 'open' WHERE e.kind = 'close'"
+            " ORDER BY e.attempt")
+        return {sid: (n, status, said, reason or "") for sid, n, status, said, reason in rows}
+
+    def record_rest(self, terms: TradeTerms) -> None:
+        """An open trade as a close cut at its limit left it: the rest still to close."""
+        self.db.execute("UPDATE trades SET terms=? WHERE signal_id=? AND status='open'", (dumps(terms), terms.signal_id))
 
     def prune(self, shipped_seq: int) -> None:
         """Drop outbox rows the shipper has written to ClickHouse."""
@@ -506,14 +524,23 @@ class Ledger:
 
 
 def _order(row: tuple) -> Order:
-    return Order(*row[:9], limit=row[9] or 0.0)
+    return Order(*row[:9], limit=row[9] or 0.0, attempt=row[10] or 0)
 
 
-def _add_limit_column(db: sqlite3.Connection) -> None:
-    """An order's protection limit (``operators/protection.py``), kept with its intent so an
-    order sent after a restart leaves with it; added to a ledger written before it was kept."""
-    if not any(r[1] == "limit_px" for r in db.execute("PRAGMA table_info(executions)")):
+def _migrate(db: sqlite3.Connection) -> None:
+    """A ledger written by an earlier version brought up to this one: an order's protection
+    limit (``operators/protection.py``), kept with its intent so an order sent after a
+    restart leaves with it; a close's attempt, part of what identifies an order, so the
+    unique index is on (signal_id, kind, attempt). Rows written before are attempt 0."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(executions)")}
+    if "limit_px" not in cols:
         db.execute("ALTER TABLE executions ADD COLUMN limit_px REAL")
+    if "attempt" not in cols:
+        db.execute("ALTER TABLE executions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+    indexed = [r[2] for r in db.execute("PRAGMA index_info(executions_signal)")]
+    if indexed != ["signal_id", "kind", "attempt"]:
+        db.execute("DROP INDEX IF EXISTS executions_signal")
+        db.execute("CREATE UNIQUE INDEX executions_signal ON executions(signal_id, kind, attempt)")
 
 
 def _sql_set(statuses) -> str:

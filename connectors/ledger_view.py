@@ -19,6 +19,7 @@ class LedgerView:
     dangling = Ledger.dangling
     book = Ledger.book
     open_trades = Ledger.open_trades
+    close_attempts = Ledger.close_attempts
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -30,7 +30,6 @@ from connectors.venues import Rejected
 from dataflows.slicing_step import halt_children
 from operators import order_fsm as fsm
 from operators.audit import Chain, Outcome
-from operators.orders import client_order_id
 from operators.portfolio import Portfolio
 from operators.signal import VENUES
 from operators.trading_state import COMMANDS, KILL, TRADING_STATE
@@ -78,7 +77,7 @@ def carry_out(step, book: Portfolio, c: Control, outs: list[Outcome]) -> None:
         # instrument by instrument, buy-backs first (a spot short was sold out of coins other
         # trades bought): one instrument's orders leave in the order decided
         for terms in sorted(book.open_trades.values(), key=lambda t: (t.venue, t.symbol, t.exit_side != "buy")):
-            cid = client_order_id(terms.signal_id, "close")
+            cid = step.exits.current_id(terms.signal_id)
             if cid in step.exits.closing or terms.signal_id in step.exits.deferred:
                 continue  # on its way already
             if ledger.status(cid) not in LIVE_OR_NONE:

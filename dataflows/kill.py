@@ -18,7 +18,7 @@ A command reaches a book one of two ways:
 
 Beside a frozen worker the kill cancels every open Apex order by its client order id,
 closes each open trade of each book (read from its ledger, read-only) at its venue under
-the trade's own close id (``client_order_id(signal, "close")``), and lists those closes
+the trade's own close id (its next attempt's: ``operators/closes.py``), a market order, and lists those closes
 for the worker before they leave (``dataflows/kill_frozen.py``); then it sells what no
 trade explains (``flatten_rest``). The worker that wakes reads the same kill from its
 control stream: its reading thread halts the book's egress at once, so what the woken step
@@ -28,7 +28,7 @@ ledger and the venues then agree the book is flat.
 
 Acting twice is safe: an open order is cancelled by its client order id (cancelling one
 already cancelled or filled is a no-op at both venues), a trade's close has the client
-order id of its trade, asked of the venue before the kill sends it and never sent twice by
+order id of its trade's next attempt (``close:n`` after n closes cut at their limit), asked of the venue before the kill sends it and never sent twice by
 the egress's idempotency rule, and whatever is left at a venue is sold down to what it
 holds *now*, so a second pass finds nothing left to sell.
 """

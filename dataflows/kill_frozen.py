@@ -1,11 +1,12 @@
 """The kill beside a frozen worker, book by book: each open trade closed at its venue under
-the trade's own close id (``client_order_id(signal, "close")``), and the worker told.
+the trade's own close id (its next attempt's, ``operators/closes.py``), and the worker told.
 
 The worker's ledger is read, never written: a frozen worker may hold its write lock
 mid-batch, and a reader still sees its last commit (SQLite WAL). What the kill closes:
 
-- each open trade whose close the ledger does not hold yet (a close the worker recorded
-  is the worker's: it follows it when it wakes);
+- each open trade whose close the ledger does not hold yet, or whose last close was cut at
+  its limit (under the next attempt's id, as the worker would send it); a close the worker
+  has on its way is the worker's: it follows it when it wakes;
 - each opening order still live in the ledger that the venue filled, asked by its client
   order id once the cancels are done: its trade is not in the ledger yet, but its
   position is at the venue, and the worker books it when it wakes.
@@ -33,7 +34,8 @@ from connectors.venues import Rejected, Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport
 from dataflows.kill_venues import _audit, _name, _spot_holdings, lots_of
-from operators.orders import Order, client_order_id
+from operators.closes import close_id, next_attempt
+from operators.orders import Order
 
 LOCK_WAIT_S = 0.2  # a frozen worker holds its write lock until it wakes: not waited for
 OPPOSITE = {"buy": "sell", "sell": "buy"}
@@ -72,11 +74,15 @@ def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport,
     with LedgerView(b.ledger_path) as view:
         trades = view.open_trades()
         closing = {sid for (sid,) in view.db.execute("SELECT signal_id FROM executions WHERE kind = 'close'")}
+        # the attempt each open trade's close goes under: the worker's own rule (a trade whose
+        # last close is on its way, or was refused, is not the kill's to close)
+        attempts = {sid: next_attempt(n, status, said) for sid, (n, status, said, _) in view.close_attempts().items()
+                    if next_attempt(n, status, said) != n}
         opening = [o for o, _, trade, _ in view.live("open") if trade is not None]
     # (market, symbol) -> (signal, side, quantity, the price it was bought or sold at)
     wanted: dict[tuple[str, str], list[tuple[str, str, float, float]]] = {}
     for t in trades:
-        if t.venue in shared and t.signal_id not in closing:
+        if t.venue in shared and (t.signal_id not in closing or t.signal_id in attempts):
             wanted.setdefault((t.venue, t.symbol), []).append((t.signal_id, t.exit_side, t.quantity, t.entry_price))
     opened = {t.signal_id for t in trades}
     for o in opening:
@@ -99,8 +105,9 @@ def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport,
         price = getattr(venue, "price", lambda *_: None)(market, symbol) or closes[0][3]  # a reference only
         left = []
         for c in closes:
-            found = _sent_before(venue, Order(client_order_id(c[0], "close"), c[0], "close", market, symbol, c[1],
-                                              c[2], price, now_ms), report)
+            n = attempts.get(c[0], 0)
+            found = _sent_before(venue, Order(close_id(c[0], n), c[0], "close", market, symbol, c[1], c[2], price,
+                                              now_ms, attempt=n), report)
             if found is None:
                 left.append(c)
             elif found:
@@ -123,8 +130,8 @@ def _plan(b: Pipeline, shared: Mapping[str, Venue], report: KillReport,
                 held -= size
                 capped.append((sid, side, size, 0.0))
             sales = capped
-        plan += [Order(client_order_id(sid, "close"), sid, "close", market, symbol, side, qty, price, now_ms)
-                 for sid, side, qty, _ in buys + sales]
+        plan += [Order(close_id(sid, attempts.get(sid, 0)), sid, "close", market, symbol, side, qty, price, now_ms,
+                       attempt=attempts.get(sid, 0)) for sid, side, qty, _ in buys + sales]
     return before, plan
 
 

@@ -125,7 +125,7 @@ def close_book(p: Pipeline, b: Pipeline, venues: Mapping[str, Venue], report: Ki
 
 def _close_one(step, book, terms, venues: Mapping[str, Venue], report: KillReport, trigger: str, now_ms: int,
                outs: list[Outcome]) -> None:
-    before = step.ledger.status(client_order_id(terms.signal_id, "close"))
+    before = step.ledger.status(step.exits.current_id(terms.signal_id))
     if before is not None:  # its close was sent once already and ended so: never sent again
         report.venue(_venue_name(venues, terms.venue)).errors.append(
             f"{terms.signal_id} left open: its close ended {before} before; see `apex reconcile`")

@@ -18,7 +18,8 @@ log = logging.getLogger("apex.orders")
 
 
 def protected(desk: Desk, out: Outcome, chain: Chain, order: Order, venue_reason: str) -> Outcome:
-    """The order's outcome when its venue filled nothing of it at its limit."""
+    """The order's outcome when its venue filled nothing of it at its limit: an open's is its
+    signal's decision; a close's is not (its trade stays open, the close is tried again)."""
     venue_price = venue_price_in(venue_reason)
     reason = protected_reason(order.price, order.limit, venue_price)
     log.warning("%s %s %s %s: nothing filled within the price band: %s", order.venue, order.symbol, order.side,
@@ -26,7 +27,7 @@ def protected(desk: Desk, out: Outcome, chain: Chain, order: Order, venue_reason
     chain.add(EXECUTION_CONFIRMED, PRICE_PROTECTION, reason, reference=order.price, limit=order.limit,
               venue_price=venue_price)
     out.outcome, out.reason = PRICE_PROTECTION, reason
-    return desk.record(out)
+    return desk.emit(out) if order.kind == "close" else desk.record(out)
 
 
 def check_fill(desk: Desk, chain: Chain, order: Order, fill: Fill) -> None:

@@ -60,6 +60,8 @@ def recover(desk: Desk, opens: Opens, exits: Exits) -> tuple[Portfolio, list[Out
             _follow_open(desk, opens, book, order, *trade, status)
         else:
             _recover_open(desk, opens, book, order, *trade, recovered)
+    for sid, last in ledger.close_attempts().items():  # which attempt each trade's close is at
+        exits.resume(sid, *last)
     for order, reason, _, status in ledger.live("close"):
         terms = book.open_trades.get(order.signal_id)
         if terms is None:

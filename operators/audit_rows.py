@@ -24,8 +24,9 @@ def refused(chain: Chain, outcome: str, reason: str, **details: Any) -> None:
 
 def attempt(chain: Chain, order: Order, venue: str, reason: str = "", size_usd: float | None = None) -> None:
     """EXECUTION_ATTEMPT: the order about to leave, and the venue it leaves for."""
+    more = {"attempt": order.attempt} if order.attempt else {}  # a close tried again (operators/closes.py)
     chain.add(A.EXECUTION_ATTEMPT, "sent", reason, size_usd=size_usd, client_order_id=order.client_order_id,
-              venue=venue, kind=order.kind, quantity=order.quantity, price=order.price)
+              venue=venue, kind=order.kind, quantity=order.quantity, price=order.price, **more)
 
 
 def confirmed(chain: Chain, fill: Fill, sent: bool) -> None:

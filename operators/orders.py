@@ -30,6 +30,7 @@ class Order:
     # the worst price it may fill at (``operators/protection.py``), sent as an IOC limit;
     # 0.0: none (an order recorded before orders carried one)
     limit: float = 0.0
+    attempt: int = 0  # a close tried again after one cut at its limit (``operators/closes.py``)
 
 
 # What the ledger's record of an order means for sending it: the idempotency rule.

@@ -65,3 +65,39 @@ def test_every_status_change_is_guarded_by_the_statuses_it_may_come_from(tmp_pat
     ledger.record_accepted(o)
     ledger.record_fill(Fill("sig-g", o.client_order_id, "v-2", "okx", "BTC-USDT", "buy", 2.0, 99.0, 0.1, 3))
     assert ledger.execution(o)[:3] == ("filled", "v-1", 100.5)
+
+
+def test_a_ledger_written_before_close_attempts_is_upgraded_and_keeps_its_orders(tmp_path):
+    """A ledger whose orders were one per (signal_id, kind), without limits or attempts:
+    opened now, its rows are attempt 0 under the ids they had, and a trade's second close
+    attempt has a row of its own."""
+    import sqlite3
+
+    from operators.closes import close_id
+
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE executions (client_order_id TEXT NOT NULL, signal_id TEXT NOT NULL, kind TEXT NOT NULL,
+            venue TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL, quantity REAL NOT NULL,
+            status TEXT NOT NULL, intent_ms INTEGER NOT NULL, order_id TEXT, price REAL, fee_usd REAL,
+            filled_ms INTEGER, seq INTEGER, reason TEXT, trade TEXT);
+        CREATE UNIQUE INDEX executions_signal ON executions(signal_id, kind);""")
+    old.execute("INSERT INTO executions (client_order_id, signal_id, kind, venue, symbol, side, quantity, status,"
+                " intent_ms, price) VALUES (?, 'sig-a', 'close', 'okx', 'BTC-USDT', 'sell', 1.0, 'intent', 5, 99.0)",
+                (close_id("sig-a"),))
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    [(order, reason, _, status)] = ledger.live("close")
+    assert (order.client_order_id, order.attempt, order.limit, status) == (close_id("sig-a"), 0, 0.0, "intent")
+    again = Order(close_id("sig-a", 1), "sig-a", "close", "okx", "BTC-USDT", "sell", 1.0, 98.0, 6, 97.5, 1)
+    ledger.record_intent(again)
+    ledger.record_intent(again)  # one row an attempt, whoever asks twice
+    assert ledger.execution(again)[0] == "intent"
+    rows = ledger.db.execute("SELECT attempt, client_order_id, limit_px FROM executions ORDER BY attempt").fetchall()
+    assert rows == [(0, close_id("sig-a"), None), (1, close_id("sig-a", 1), 97.5)]
+    cols = [r[2] for r in ledger.db.execute("PRAGMA index_info(executions_signal)")]
+    assert cols == ["signal_id", "kind", "attempt"]
+    ledger.close()
+    Ledger(path).close()  # opened again: nothing left to upgrade
