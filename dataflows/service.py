@@ -200,9 +200,11 @@ def start(pipeline: Pipeline, source: str, wiring: object, load_again: Callable[
 
 
 def admit_waiting(pipeline: Pipeline, say: Callable[[str], None], wait_s: float,
-                  admit: Callable | None = None, sleep: Callable[[float], None] = time.sleep):
+                  admit: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
+                  stopped: Callable[[], bool] = lambda: False):
     """``gates.admit``, a venue unreachable at start asked again for up to ``wait_s`` seconds
-    (said once) instead of refusing the run; any other refusal, or the time up, refuses."""
+    (said once) instead of refusing the run; any other refusal, the time up, or a stop asked
+    (``stopped``) refuses."""
     from dataflows import gates
 
     admit = admit or gates.admit
@@ -213,7 +215,7 @@ def admit_waiting(pipeline: Pipeline, say: Callable[[str], None], wait_s: float,
             return admit(pipeline, say)
         except gates.Refused as e:
             away = [line for line in e.lines if line.startswith("venue_unreachable:")]
-            if not away or time.monotonic() + delay > deadline:
+            if not away or stopped() or time.monotonic() + delay > deadline:
                 raise
             if not said:
                 for line in away:
