@@ -174,8 +174,8 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
                             redis_overrides=overrides, shared_venues=shared, shipper=shipper)
     except ValueError as e:
         refuse(err, str(e))
-    pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it
-    said.info(service.start_line(pending, service.crash_window(p), "clean"), extra={"stage": "start"})
+    # its consumers', as the command line may have named them
+    service.say_start(p, spec, shape or cluster.Shape(), lambda line: said.info(line, extra={"stage": "start"}))
     try:
         running = service.start(p, spec, wiring, load_again or (lambda: p), metrics_port)
     except OSError as e:  # the port taken, or not ours to bind
