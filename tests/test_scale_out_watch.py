@@ -49,11 +49,17 @@ def test_the_watchdog_names_the_consumer_whose_process_stopped_and_status_shows_
     said: list[str] = []
     dog = Watchdog(redis_server.url, pipeline, tmp_path / "state-b", silence_s=2.0, check_s=0.1,
                    command=command, say=said.append)
+    # the first process's own watchdog (`apex watchdog --consumer apex-worker-1`): its kill switch
+    # reaches the first process's state dir only, so the second's silence is not its to act on
+    mine = Watchdog(redis_server.url, pipeline, tmp_path / "state-a", silence_s=2.0, check_s=0.1,
+                    command=command, say=said.append, tag="")
     stop = threading.Event()
-    watching = threading.Thread(target=dog.run, args=(stop,), daemon=True)
-    watching.start()
+    watching = [threading.Thread(target=d.run, args=(stop,), daemon=True) for d in (dog, mine)]
+    for t in watching:
+        t.start()
     try:
-        assert until(lambda: both <= set(dog.watch.heard), 30), dog.watch.heard
+        assert until(lambda: both <= set(dog.watch.heard) and {"source", "shipper"} <= set(mine.watch.heard), 30), \
+            dog.watch.heard
         os.kill(second.proc.pid, signal.SIGSTOP)  # frozen: its heartbeats stop, its keys expire
         assert until(lambda: dog.actions, 60), said
         (verdict, _), = dog.actions
@@ -62,10 +68,14 @@ def test_the_watchdog_names_the_consumer_whose_process_stopped_and_status_shows_
         assert all(stage.endswith(f"@{SECOND}") for stage in silent), "the live process was taken for silent"
         assert f"source@{SECOND} silent for" in _asked(asked)[0][6]  # the reason the kill switch was given
         assert {"source", "shipper"} <= _beating(r), "the first process stopped beating"
+        assert not any("@" in stage for stage in mine.watch.heard), mine.watch.heard
+        assert mine.actions == [] and len(_asked(asked)) == 1, "the first process's watchdog acted"
     finally:
         stop.set()
-        watching.join(10)
+        for t in watching:
+            t.join(10)
         dog.close()
+        mine.close()
         os.kill(second.proc.pid, signal.SIGCONT)
     first.term()
     second.term()
@@ -73,9 +83,10 @@ def test_the_watchdog_names_the_consumer_whose_process_stopped_and_status_shows_
     assert second.wait() == 0, second.output()[-3000:]
 
 
-def test_a_process_is_tagged_by_its_cluster_index_else_by_a_consumer_name_of_its_own(tmp_path):
+def test_a_process_is_tagged_by_a_consumer_name_of_its_own_and_its_stages_carry_the_tag(tmp_path):
     text = f"state_dir: {tmp_path}\nstages:\n{KELLY_AND_EXECUTE}"
     p = parse(text, tmp_path / "pipeline.yaml", {})
     assert cluster.process_tag(p) == ""  # one process: the plain names
     p.redis = p.redis.model_copy(update={"consumer": "desk-b"})
     assert cluster.process_tag(p) == "@desk-b"
+    assert heartbeat.tag_of("book:main@desk-b") == "@desk-b" and heartbeat.tag_of("venue:okx") == ""
