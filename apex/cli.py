@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal as signals
 import sys
 import time
 from contextlib import contextmanager
@@ -88,6 +87,9 @@ def run(
         "them one a line (docs/cluster.md)"),
 ) -> None:
     """Run the pipeline until the source ends (a recording) or SIGTERM (a stream)."""
+    from apex import stopping
+
+    stopping.catch()  # installed already by the entry point; here too for `python -m apex.cli`
     from connectors import logs
     from dataflows.gates import Refused
     from dataflows.service import admit_waiting
@@ -110,8 +112,12 @@ def run(
         # one worker per state dir, the venues agreeing with the books; in a cluster, on the
         # books this process runs (dataflows/cluster.py)
         books = cluster.place(p, shape)
-        admitted = admit_waiting(p, said.info, wait_for_venues, admit=cluster.admitter(shape, books))
+        admitted = admit_waiting(p, said.info, wait_for_venues, admit=cluster.admitter(shape, books),
+                                 sleep=stopping.pause, stopped=stopping.ASKED.is_set)
     except Refused as e:
+        if stopping.ASKED.is_set():  # the wait for a venue ended by a stop: nothing was read
+            said.info("stopped while waiting for the venues: nothing read", extra={"stage": "start"})
+            raise typer.Exit(0)
         for line in e.lines:
             err.print(line, soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(e.code)
@@ -168,8 +174,8 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
                             redis_overrides=overrides, shared_venues=shared, shipper=shipper)
     except ValueError as e:
         refuse(err, str(e))
-    pending = service.pending_at_start(p, spec)  # the consumer's, as the command line may have named it
-    said.info(service.start_line(pending, service.crash_window(p), "clean"), extra={"stage": "start"})
+    # its consumers', as the command line may have named them
+    service.say_start(p, spec, shape or cluster.Shape(), lambda line: said.info(line, extra={"stage": "start"}))
     try:
         running = service.start(p, spec, wiring, load_again or (lambda: p), metrics_port)
     except OSError as e:  # the port taken, or not ours to bind
@@ -177,9 +183,11 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
                     "(choose another --metrics-port, or 0 for none)")
     show = progress and sys.stderr.isatty()
     total = count_entries(wiring.source.path) if show and isinstance(wiring.source, RecordingSource) else None
-    # a replay stops as a live run does: no more reading, in-flight work decided and recorded
-    signals.signal(signals.SIGTERM, lambda *_: wiring.stop())
-    signals.signal(signals.SIGINT, lambda *_: wiring.stop())
+    # a replay stops as a live run does: no more reading, in-flight work decided and recorded;
+    # a stop asked while the run was starting stops the flow as it starts
+    from apex import stopping
+
+    stopping.then(wiring.stop)
     said.info(f"env={env} source={spec} state_dir={p.state_dir} clickhouse={masking.url(p.clickhouse_dsn)}",
               extra={"stage": "start"})
     quiet_gc()
@@ -196,6 +204,7 @@ def _run(p: Pipeline, env: str, source: Optional[str], overrides: Optional[dict]
         else:
             run_main(flow)
     finally:
+        stopping.then(None)
         running.close()
     wiring.close()
     elapsed = time.perf_counter() - started

@@ -1,5 +1,6 @@
 """What ``apex status`` says of the watchdog's side: each stage's heartbeat and each venue's
-last comparison with the books (reconciliation while running)."""
+last comparison with the books (reconciliation while running), each process's own when
+several write them (``@process-I``, ``@CONSUMER``: ``dataflows.cluster.process_tag``)."""
 
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ def safety_lines(s: dict, now: float | None = None) -> list[str]:
     lines = [f"heartbeat {stage}: {b['state']}, {b['age_s']:.1f} s ago" for stage, b in sorted(s["heartbeats"].items())]
     for venue, c in sorted(s["reconciliation"].items()):
         ago = now - float(c.get("ts", now))
-        lines.append(f"{c.get('line', '')} ({c.get('level', '?')}, {ago:.0f} s ago)")
+        process = venue.partition("@")[2]  # the process that compared (several write here), if named
+        lines.append(f"{c.get('line', '')} ({c.get('level', '?')}, {ago:.0f} s ago{', ' + process if process else ''})")
     return lines

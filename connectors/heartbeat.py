@@ -36,6 +36,12 @@ def key(stage: str) -> str:
     return PREFIX + stage
 
 
+def tag_of(stage: str) -> str:
+    """The tag of the process that wrote a stage's heartbeat (``@process-1``, ``@CONSUMER``;
+    "": a process with none, ``Publisher``'s ``tag``)."""
+    return "@" + stage.partition("@")[2] if "@" in stage else ""
+
+
 class Progress:
     """Each stage's last progress, noted by the stage itself."""
 

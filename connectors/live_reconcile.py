@@ -47,7 +47,7 @@ from operators.signal import VENUES
 log = logging.getLogger("apex.reconcile")
 
 CONTROL_STREAM = "apex:control"
-STATUS_KEY = "apex:reconciliation"  # hash: venue -> the last comparison, for `apex status`
+STATUS_KEY = "apex:reconciliation"  # hash: venue (with its process's tag) -> the last comparison, for `apex status`
 ALERTS_STREAM = "apex:alerts"
 ALERTS_KEPT = 10_000
 BY = "reconciliation"
@@ -113,15 +113,18 @@ class LiveReconciler:
     def __init__(self, pipeline, venues: Callable[[], Mapping[str, Venue]], redis_url: str, *,
                  control_stream: str = CONTROL_STREAM, say: Callable[[str], None] | None = None,
                  kill: Callable[[str], None] | None = None,
-                 alerts: Callable[[ReconciliationAlert], None] | None = None):
+                 alerts: Callable[[ReconciliationAlert], None] | None = None, tag: str = ""):
         """``alerts``: where each alert goes for every book to record it in its audit trail
-        (the gateway's events queue, which the books' steps read; None: nowhere)."""
+        (the gateway's events queue, which the books' steps read; None: nowhere). ``tag``: added
+        to each venue's name in the status hash (``dataflows.cluster.process_tag``), so each
+        process of several compares its own books and `apex status` shows every one of them."""
         self.p = pipeline
         self.venues = venues
         self.ledgers = {b.book: (b.ledger_path, b.execute.initial_nav_usd) for b in pipeline.each_book()}
         self.ignored = {market: pipeline.venues.ignored(market) for market in VENUES}
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.control_stream = control_stream
+        self.tag = tag
         self.kill = kill or self._kill  # `apex kill`, unless a test watches the ask itself
         self.alerts = alerts
         self.say = say or (lambda line: log.warning("%s", line))
@@ -202,7 +205,7 @@ class LiveReconciler:
     def _status(self, venue: str, doc: dict) -> None:
         """The venue's last look, for `apex status`."""
         try:
-            self.client.hset(STATUS_KEY, venue, json.dumps({"ts": round(time.time(), 3), **doc}))
+            self.client.hset(STATUS_KEY, venue + self.tag, json.dumps({"ts": round(time.time(), 3), **doc}))
         except redis.RedisError as e:
             log.warning("reconciliation: could not record in Redis: %s", e)
 

@@ -226,6 +226,12 @@ class _RedisPartition(StatelessSourcePartition[Entry]):
                        for s in self.streams)
 
 
+def consumer_name(consumer: str, worker_index: int, worker_count: int) -> str:
+    """Worker ``worker_index``'s consumer in the group: the configured name, with the worker's
+    index after it when there are several workers (across a cluster's processes)."""
+    return consumer if worker_count == 1 else f"{consumer}-{worker_index}"
+
+
 class RedisStreamSource(DynamicSource[Entry]):
     """One consumer per Bytewax worker, all in one group: Redis hands each
     entry to exactly one of them, which is what a DynamicSource asks for.
@@ -247,8 +253,8 @@ class RedisStreamSource(DynamicSource[Entry]):
         self.stopping = True
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        name = self.cfg.consumer if worker_count == 1 else f"{self.cfg.consumer}-{worker_index}"
-        return _RedisPartition(self.cfg, self.streams, name, self)
+        return _RedisPartition(self.cfg, self.streams, consumer_name(self.cfg.consumer, worker_index, worker_count),
+                               self)
 
 
 class RedisAcker:

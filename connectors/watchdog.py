@@ -43,6 +43,10 @@ class Watchdog:
     # a kill switch kept loaded and waiting (``apex kill --standby``): a frozen worker's silence
     # leaves it seconds, and a fresh process spends most of them loading its modules
     standby: bool = False
+    # the tag of the one process watched (``dataflows.cluster.process_tag``; "": the one with
+    # none), when several `apex run` share the Redis and this watchdog's kill switch reaches only
+    # its state dir's books; None: every stage (one process, or a cluster, whose kill reaches all)
+    tag: str | None = None
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
@@ -71,6 +75,8 @@ class Watchdog:
             got: dict[str, float | None] = {}
             self.states = {}
             for stage, (ts, state) in heartbeat.present(self.client).items():
+                if self.tag is not None and heartbeat.tag_of(stage) != self.tag and stage != PRODUCER:
+                    continue  # another process's: not this watchdog's to act on
                 if state == heartbeat.STOPPED:
                     self.watch.forget(stage)
                 else:

@@ -19,6 +19,7 @@ entry's outcome waits for every book it reached) → the audit sink.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -302,6 +303,9 @@ def build(path: str = "pipeline.yaml", source: str | None = None, state_dir: str
                                 shipper=getattr(admitted, "shipper", None),
                                 observer=service.Observed(None) if port else None)
             if service_too:
+                service.say_start(pipeline, source or pipeline.source, shape,
+                                  lambda line: logging.getLogger("apex.run").info(line, extra={"stage": "start"}))
+
                 def load_again() -> Pipeline:  # SIGHUP: the file again, as this process runs it
                     again = gates.load_pipeline(path, state_dir, source)
                     cluster.localize(again, shape)

@@ -127,7 +127,7 @@ def owners(books: list[str], total_workers: int) -> dict[str, int]:
 
 
 _PLACED: dict[str, frozenset[str]] = {}  # book step's name → books this process admitted; {} outside a cluster
-_TAG: dict[str, str] = {}  # "heartbeat" → this process's tag; {} outside a cluster
+_TAG: dict[str, str] = {}  # "process" → this process's tag in a cluster; {} outside one
 
 
 def audit_refusal(clickhouse: str | None, shape: Shape) -> str | None:
@@ -166,14 +166,22 @@ def place(pipeline, shape: Shape) -> frozenset[str]:
     mine = frozenset(b for b in names if where[b or "portfolio"] // shape.workers == shape.process)
     localize(pipeline, shape)
     _PLACED["books"] = mine
-    _TAG["heartbeat"] = f"@process-{shape.process}"
+    _TAG["process"] = f"@process-{shape.process}"
     return mine
 
 
-def heartbeat_tag() -> str:
-    """What this process adds to its heartbeats' stage names: ``@process-I`` in a cluster
-    (each process has a source, a shipper and venue connections of its own), else nothing."""
-    return _TAG.get("heartbeat", "")
+def process_tag(pipeline) -> str:
+    """What this process adds to the names it writes in the shared Redis (its heartbeats'
+    stages, its reconciliation status's venues), so no process writes over another's and the
+    watchdog sees each one fall silent: ``@process-I`` in a cluster; outside one, a process
+    reading a Redis stream under a consumer name other than the default (the scale-out: several
+    `apex run --consumer NAME`) carries ``@NAME``; else nothing (one process keeps the plain names)."""
+    if "process" in _TAG:
+        return _TAG["process"]
+    from connectors.redis_config import RedisConfig
+
+    consumer = pipeline.redis.consumer
+    return "" if consumer == RedisConfig.model_fields["consumer"].default else f"@{consumer}"
 
 
 def localize(pipeline, shape: Shape) -> None:

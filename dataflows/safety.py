@@ -40,10 +40,11 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
         probes.append(heartbeat.shipper_probe(shipper))
     if gateway is not None:
         probes.append(heartbeat.venues_probe(gateway))
-    from dataflows.cluster import heartbeat_tag
+    from dataflows.cluster import process_tag
 
+    tag = process_tag(pipeline)
     safety.parts.append(heartbeat.Publisher(redis_url, probes=probes, period_s=pipeline.watchdog.heartbeat_s,
-                                            tag=heartbeat_tag()).start())
+                                            tag=tag).start())
     if remote and venues is not None:
         def built() -> dict[str, Venue]:
             # the gateway closes the venues as the dataflow ends, before this thread stops:
@@ -54,5 +55,5 @@ def start(pipeline: Any, redis_url: str, *, gateway: Any = None, shipper: Any = 
 
         alerts = gateway.events.put if gateway is not None else None  # each book's step records them
         safety.parts.append(LiveReconciler(pipeline, built, redis_url, control_stream=control_stream(pipeline),
-                                           alerts=alerts).start())
+                                           alerts=alerts, tag=tag).start())
     return safety

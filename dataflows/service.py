@@ -34,9 +34,10 @@ def _redis_url(spec: str) -> str | None:
     return spec if spec.startswith(("redis://", "rediss://", "unix://")) else None
 
 
-def pending_at_start(pipeline: Pipeline, source: str) -> int | None:
-    """Entries this consumer took in an earlier life and never acknowledged: read again
-    before anything new. None when the source is not a Redis stream or cannot be asked."""
+def pending_at_start(pipeline: Pipeline, source: str, consumers: list[str] | None = None) -> int | None:
+    """Entries this process's consumers (``consumers``, default the pipeline's one) took in an
+    earlier life and never acknowledged: read again before anything new. None when the source
+    is not a Redis stream or cannot be asked."""
     url = _redis_url(source)
     if url is None:
         return None
@@ -47,11 +48,23 @@ def pending_at_start(pipeline: Pipeline, source: str) -> int | None:
     cfg = pipeline.redis
     r = connect(url)
     try:
-        return len(r.xpending_range(cfg.stream, cfg.group, "-", "+", 1_000_000, consumername=cfg.consumer))
+        return sum(len(r.xpending_range(cfg.stream, cfg.group, "-", "+", 1_000_000, consumername=name))
+                   for name in consumers or [cfg.consumer])
     except redis.RedisError:
         return None  # no group yet (a first start), or Redis away: the source will say
     finally:
         r.close()
+
+
+def say_start(pipeline: Pipeline, source: str, shape, say: Callable[[str], None]) -> None:
+    """The start line (``start_line``) for a run of ``shape`` (``dataflows.cluster.Shape``),
+    `apex run` and ``bytewax.run`` alike: what its own workers' consumers left pending, and the
+    crash window of the books it runs; reconciliation passed, or the gates refused the run."""
+    from connectors.redis_streams import consumer_name
+
+    first = shape.process * shape.workers
+    names = [consumer_name(pipeline.redis.consumer, i, shape.total) for i in range(first, first + shape.workers)]
+    say(start_line(pending_at_start(pipeline, source, names), crash_window(pipeline), "clean"))
 
 
 def start_line(pending: int | None, crash_window: int, reconciliation: str) -> str:
@@ -200,9 +213,11 @@ def start(pipeline: Pipeline, source: str, wiring: object, load_again: Callable[
 
 
 def admit_waiting(pipeline: Pipeline, say: Callable[[str], None], wait_s: float,
-                  admit: Callable | None = None, sleep: Callable[[float], None] = time.sleep):
+                  admit: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
+                  stopped: Callable[[], bool] = lambda: False):
     """``gates.admit``, a venue unreachable at start asked again for up to ``wait_s`` seconds
-    (said once) instead of refusing the run; any other refusal, or the time up, refuses."""
+    (said once) instead of refusing the run; any other refusal, the time up, or a stop asked
+    (``stopped``) refuses."""
     from dataflows import gates
 
     admit = admit or gates.admit
@@ -213,7 +228,7 @@ def admit_waiting(pipeline: Pipeline, say: Callable[[str], None], wait_s: float,
             return admit(pipeline, say)
         except gates.Refused as e:
             away = [line for line in e.lines if line.startswith("venue_unreachable:")]
-            if not away or time.monotonic() + delay > deadline:
+            if not away or stopped() or time.monotonic() + delay > deadline:
                 raise
             if not said:
                 for line in away:

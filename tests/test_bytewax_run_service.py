@@ -67,3 +67,35 @@ def test_bytewax_run_serves_metrics_health_and_reloads_on_sighup(tmp_path, redis
         proc.kill()  # bytewax.run has no graceful stop of its own (docs/operations.md)
         proc.wait(60)
     assert "Traceback" not in log.read_text()
+
+
+def test_bytewax_run_says_what_its_start_recovered_its_workers_pending_entries_included(tmp_path, redis_server):
+    """The start line `apex run` says, under bytewax.run too: with -w 2 its workers read as
+    ``CONSUMER-0`` and ``CONSUMER-1``, and what those left pending is what the start recovers."""
+    from dataflows.gates import load_pipeline
+    from test_redis_live import fresh_entries
+
+    pipeline = _pipeline(tmp_path, venues=False)
+    cfg = load_pipeline(pipeline, None, redis_server.url).redis
+    r = redis_server.client()
+    for rec in fresh_entries(5, unique=True):
+        r.xadd(cfg.stream, rec["fields"])
+    r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+    r.xreadgroup(cfg.group, f"{cfg.consumer}-1", {cfg.stream: ">"}, count=2)  # an earlier life's, never acked
+    r.xreadgroup(cfg.group, "someone-else", {cfg.stream: ">"}, count=1)  # not this process's
+    log = tmp_path / "bytewax.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "-w", "2",
+         f"dataflows.apex:build({str(pipeline)!r}, {redis_server.url!r}, {str(tmp_path / 'state')!r})"],
+        cwd=REPO, env=_env(None), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        def started() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return any("found in the crash window" in m for m in _said(log))
+        assert until(started, 120), log.read_text()[-3000:]
+        line = next(m for m in _said(log) if "found in the crash window" in m)
+        assert line == "recovered 2 pending entries, 0 orders found in the crash window, reconciliation clean", line
+    finally:
+        proc.kill()  # bytewax.run has no graceful stop of its own (docs/operations.md)
+        proc.wait(60)
+    assert "Traceback" not in log.read_text()

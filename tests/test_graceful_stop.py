@@ -16,9 +16,12 @@ import subprocess
 import pytest
 
 from connectors.recording import count_entries
+from helpers import KELLY_AND_EXECUTE, entry, messages, write_recording
+from okx_fixtures import PRICES, free_port
+from test_gates import clean_env
 from test_redis_live import (APEX, GROUP, SAMPLE, STREAM, Worker, _no_worker_left_behind,  # noqa: F401
-                             assert_one_terminal_outcome_each, audit_chains, decided, group, pipeline_yaml,
-                             wait_for)
+                             assert_one_terminal_outcome_each, audit_chains, decided, drained, fresh_entries,
+                             group, pipeline_yaml, wait_for, xadd_all)
 
 
 def acknowledged(r) -> list[str]:
@@ -82,3 +85,84 @@ def test_ctrl_c_during_a_replay_finishes_the_batch_in_hand_and_prints_the_summar
     assert 0 < entries < count_entries(SAMPLE), "Ctrl-C did not stop the replay early"
     assert decided(state) > 0
     assert len(audit_chains(state)) == entries  # everything decided was shipped
+
+
+# ----- a stop asked while the run is still starting -----
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler of its own for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:  # not there yet, or gone
+        return False
+    return False
+
+
+def test_a_sigterm_the_moment_the_process_can_catch_it_stops_gracefully_and_loses_nothing(tmp_path, redis_server):
+    """A stop asked as the process starts (systemd stopping a unit it just started): the
+    handler is the command's first act, before its modules, the gates and the flow; the stop
+    is kept until there is a flow to stop, which then ends as it starts. What the stream holds
+    is still there for the next start, which decides each entry once."""
+    r = redis_server.client()
+    ids = xadd_all(r, fresh_entries(100, unique=True))
+    pipeline = pipeline_yaml(tmp_path, redis_server.url, count=10)
+    w = Worker(tmp_path, pipeline)
+    wait_for(lambda: _catches(w.proc.pid, signal.SIGTERM) or not w.alive(), "the stop handler")
+    w.term()
+    assert w.wait() == 0, w.output()[-3000:]
+    assert "Traceback" not in w.output()
+    again = Worker(tmp_path, pipeline, "apex-worker-1", "--stop-when-idle", "2000")
+    assert again.wait(180) == 0, again.output()[-3000:]
+    assert drained(r, len(ids))
+    assert_one_terminal_outcome_each(audit_chains(tmp_path / "state"), ids)
+
+
+def test_a_sigterm_while_waiting_for_a_venue_ends_the_wait_and_exits_0(tmp_path):
+    """The gates run before the flow exists: a stop while they wait for a venue
+    (--wait-for-venues) ends the wait, reads nothing and exits 0, not killed where it stood."""
+    path = tmp_path / "p.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nvenues:\n  okx: {{kind: okx, url: "
+                    f"'http://127.0.0.1:{free_port()}'}}\nstages:\n{KELLY_AND_EXECUTE}")
+    rec = write_recording(tmp_path / "rec.jsonl", [entry("1767261600000-0", signal_id="eth-0", symbol="ETH-USDT",
+                                                         reference_price=PRICES["ETH-USDT"])])
+    err = tmp_path / "err.log"
+    with err.open("w") as fh:
+        run = subprocess.Popen([APEX, "run", str(path), "--source", f"recording:{rec}", "--no-progress",
+                                "--wait-for-venues", "600"], stdout=subprocess.DEVNULL, stderr=fh,
+                               env=clean_env(APEX_ENV="paper", OKX_API_KEY="k", OKX_API_SECRET="s",
+                                             OKX_API_PASSPHRASE="p"))
+    try:
+        wait_for(lambda: "asking again" in err.read_text() or run.poll() is not None, "the wait said", timeout=120)
+        assert run.poll() is None, err.read_text()
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    text = err.read_text()
+    assert code == 0, text[-3000:]
+    assert any("stopped while waiting for the venues" in line for line in messages(text)), text[-3000:]
+    assert decided(tmp_path / "state") == 0
+    assert "Traceback" not in text
+
+
+def test_a_stop_asked_before_there_is_a_flow_is_carried_out_once_there_is_one():
+    from apex import stopping
+
+    stopped: list[str] = []
+    stopping.ASKED.clear()
+    try:
+        stopping.then(lambda: stopped.append("first"))
+        assert stopped == []  # nothing asked yet
+        stopping._on_signal(signal.SIGTERM, None)
+        assert stopped == ["first"]
+        stopping.then(None)
+        stopping.then(lambda: stopped.append("second"))  # asked already: carried out at once
+        assert stopped == ["first", "second"]
+    finally:
+        stopping.then(None)
+        stopping.ASKED.clear()

@@ -234,3 +234,28 @@ def test_the_threads_beside_a_stopping_worker_ask_no_venue_once_the_gateway_clos
         assert rec.venues() == {}
     finally:
         s.stop()
+
+
+def test_each_process_of_several_keeps_its_own_status_and_status_shows_each(okx_sim, redis_server, tmp_path):
+    """Several processes compare their own books with one venue: each writes its status under
+    its own name (``dataflows.cluster.process_tag``), none over another's, and `apex status`
+    lists each with the process that compared."""
+    r = redis_server.client()
+    recs = [LiveReconciler(_pipeline(tmp_path / name), lambda: {"okx": okx_sim.venue}, redis_server.url,
+                           say=lambda _: None, kill=_asking(r), tag=tag)
+            for name, tag in (("a", ""), ("b", "@apex-worker-2"))]
+    try:
+        first, second = recs
+        assert first.once()["okx"].level == OK
+        okx_sim.server.set_balance("BTC", 0.001 * NAV / PRICES["BTC-USDT"])  # only the second looks after it
+        assert second.once()["okx"].level == ALERT
+        status = safety_status(r)["reconciliation"]
+        assert (status["okx"]["level"], status["okx@apex-worker-2"]["level"]) == (OK, ALERT), status
+        lines = safety_lines(safety_status(r))
+        assert any("above the alert threshold" in line and line.endswith(", apex-worker-2)") for line in lines), lines
+        ok, alert = sorted(lines, key=lambda line: "alert threshold" in line)
+        assert "(ok, " in ok and "apex-worker-2" not in ok, lines
+        assert "(alert, " in alert and alert.endswith(" s ago, apex-worker-2)"), lines
+    finally:
+        for rec in recs:
+            rec.client.close()
