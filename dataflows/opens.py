@@ -75,7 +75,7 @@ class Opens:
         terms, exits = terms_for(sig, expected), sig.exit_rules.description
         try:
             known = desk.executor.prepare(order, trade=(terms, exits), wait=False,
-                                          held=book.positions.get((order.venue, order.symbol), 0.0))
+                                          held=book.surely_held((order.venue, order.symbol), order.side))
         except TradingRefused as why:
             return self.refused(out, chain, sig, str(why))
         except Rejected as err:

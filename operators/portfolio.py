@@ -129,6 +129,15 @@ class Portfolio:
         """Marked value of every non-flat position."""
         return self._values
 
+    def surely_held(self, key: tuple[str, str], side: str) -> float:
+        """The position an order on ``side`` brings toward zero whatever the orders still at
+        a remote venue fill: those on ``side`` counted filled (they take from it too), those
+        against it not (they may fill nothing). A buy still working counted as held would let
+        a sell decided beside it through as a reduction, a short once the buy is cut."""
+        buys, sells, _ = self._unsure_by_key.get(key, (0.0, 0.0, 0))
+        settled = self.positions.get(key, 0.0) - buys + sells
+        return settled - sells if side == "sell" else settled + buys
+
     def exposures(self) -> dict[tuple[str, str], float]:
         """What the risk filters judge each position by: its marked value, or, while orders
         whose fate is unknown are at a remote venue, the larger of the position with every one

@@ -47,7 +47,8 @@ def sell_on_spot(signal: Signal, book: Portfolio, on_long: str) -> dict:
     """The drop's details: what the book holds of the coin, the longs the sell met, which
     of them it closes (``on_long`` close) and why nothing is opened."""
     longs = longs_met(signal, book)
-    held = book.positions.get((signal.venue, signal.symbol), 0.0)
+    # what the account surely holds for the book: a buy still working may be cut
+    held = book.surely_held((signal.venue, signal.symbol), "sell")
     closes = [t.signal_id for t in longs] if on_long == CLOSE else []
     if not longs:
         why = f"a spot market holds no short: nothing of {signal.symbol} is this book's to sell"

@@ -152,3 +152,32 @@ def test_a_buy_cut_at_its_limit_no_longer_hides_the_sells_decided_beside_it():
         book.settle(s, actual, terms_for(model(s.signal_id, venue="ibkr", symbol="META", side="sell"), actual))
     assert abs(book.positions[("ibkr", "META")]) * PRICES["META"] <= LIMIT
     assert book.exposures() == book.position_values()  # nothing unsure left: judged by what is held
+
+
+def test_reducing_lets_a_sell_out_only_where_it_reduces_whatever_the_working_orders_fill():
+    """REDUCING judges a sell by the position it surely reduces: a buy still at the venue may
+    be cut at its limit, so it is not held yet; a sell still there may fill, so it takes its
+    share first. Counted as held, a working buy let a sell of its size out as a reduction:
+    a short opened while reducing once the buy was cut."""
+    from operators.orders import Order
+    from operators.trading_state import REDUCING, refusal
+
+    def sell(qty: float) -> str | None:
+        order = Order(client_order_id("x"), "x", "open", "ibkr", "META", "sell", qty, PRICES["META"], 1)
+        return refusal(REDUCING, order, book.surely_held(("ibkr", "META"), "sell"))
+
+    book = Portfolio(NAV, KellyParams())
+    book.on_price("META", PRICES["META"], 1767261600000)
+    held = _open(book, "held", "META", "buy", 10.0)
+    book.settle(held, held, terms_for(model("held", venue="ibkr", symbol="META", side="buy"), held))
+    working = _open(book, "working", "META", "buy", 20.0)
+    assert working is not None and book.positions[("ibkr", "META")] == 30.0
+    assert sell(10.0) is None and sell(30.0) == "reducing"  # only what filled is held
+    assert book.surely_held(("ibkr", "META"), "buy") == 30.0  # a buy against a short: the working buy counts
+    _open(book, "selling", "META", "sell", 4.0)  # a sell still working takes its share first
+    assert sell(6.0) is None and sell(8.0) == "reducing"
+    # at the paper venue the reservation stands for the fill
+    paper = Portfolio(NAV, KellyParams())
+    paper.on_price("META", PRICES["META"], 1767261600000)
+    _open(paper, "p", "META", "buy", 20.0, remote=False)
+    assert paper.surely_held(("ibkr", "META"), "sell") == 20.0

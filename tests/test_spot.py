@@ -65,6 +65,14 @@ def test_the_drop_says_why_and_what_the_book_holds():
     assert none.details["closes"] == [] and "nothing of LTC-USDT is this book's to sell" in none.details["why"]
 
 
+def test_the_drop_says_held_only_what_filled_while_a_buy_is_still_at_the_venue():
+    book = book_with(("t1", "BTC-USDT", "buy", 2.0))
+    working = Fill("t2", "ct2", "", "okx", "BTC-USDT", "buy", 1.0, 100.0, 0.0, 1_767_261_600_000)
+    book.reserve(working, terms_for(model("t2", symbol="BTC-USDT", side="buy"), working), remote=True)
+    v = decide(book, "close", side="sell", symbol="BTC-USDT")
+    assert v.details["held"] == 2.0 and v.details["longs"] == ["t1", "t2"]  # its exit waits for the buy's end
+
+
 def test_a_filter_that_drops_the_sell_names_the_drop_first():
     """A sell a filter drops (in its own step, before the book) closes no long."""
     low = Filter("confidence", BUILTINS["confidence"].fn, {"min": 0.9}, False)
