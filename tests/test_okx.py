@@ -552,7 +552,7 @@ def test_the_help_lists_every_fault_kind_and_every_control_it_answers(okx_sim):
     res = subprocess.run([APEX, "sim", "okx", "--help"], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0
-    assert set(KINDS) == {"drop", "hang", "http_5xx", "code_50004", "reject"}
+    assert set(KINDS) == {"drop", "hang", "http_5xx", "code_50004", "reject", "rate_limit"}
     for kind in KINDS:
         assert f" {kind}  " in res.stdout, kind
     listed = [route for route, _ in CONTROLS]
