@@ -33,7 +33,7 @@ from connectors.ledger_view import LedgerView
 from connectors.venues import Rejected, Venue, VenueDown
 from dataflows.config import Pipeline
 from dataflows.kill_report import KillReport
-from dataflows.kill_venues import _audit, _name, _spot_holdings, lots_of
+from dataflows.kill_venues import _audit, _name, _spot_holdings, lots_of, place_one
 from operators.closes import close_id, next_attempt
 from operators.orders import Order
 
@@ -54,16 +54,9 @@ def close_frozen_book(b: Pipeline, shared: Mapping[str, Venue], report: KillRepo
         return
     for order in plan:
         venue = shared[order.venue]
-        r = report.venue(_name(venue))
-        try:
-            (known,) = venue.place_many([order])
-        except (VenueDown, OSError, TimeoutError) as e:
-            r.errors.append(f"{order.signal_id} not closed: {e}")
+        known = place_one(venue, order, report.venue(_name(venue)), order.signal_id)
+        if known is None:
             continue
-        if isinstance(known, Rejected):
-            r.errors.append(f"{order.signal_id} not closed: {known}")
-            continue
-        r.closed.append(f"{order.symbol} {order.side} {known.quantity:g}")
         _audit(b, report, order, "closed", now_ms, quantity=known.quantity, price=known.price)
 
 

@@ -14,8 +14,9 @@ from decimal import Decimal
 from connectors.ledger import Ledger
 from connectors.venues import Rejected, Venue, VenueDown
 from dataflows.config import Pipeline
-from dataflows.kill_report import KillReport
+from dataflows.kill_report import KillReport, VenueReport
 from operators.audit import Chain, Outcome
+from operators.fill import Fill
 from operators.orders import Order, client_order_id
 from operators.trading_state import KILL, TRADING_STATE
 
@@ -190,16 +191,24 @@ def flatten_rest(p: Pipeline, books: list[Pipeline], shared: Mapping[str, Venue]
             sid = f"kill:{report.command_id}:{market}:{symbol}"
             order = Order(client_order_id(sid, "close"), sid, "close", market, symbol, "sell" if qty > 0 else "buy",
                           size, price, now_ms)
-            try:
-                (result,) = venue.place_many([order])
-            except (VenueDown, OSError, TimeoutError) as e:
-                r.errors.append(f"{symbol} not closed: {e}")
-                continue
-            if isinstance(result, Rejected):
-                r.errors.append(f"{symbol} not closed: {result}")
-            else:
-                r.closed.append(f"{symbol} {order.side} {result.quantity:g}")
+            result = place_one(venue, order, r, symbol)
+            if result is not None:
                 _audit(books[0], report, order, "flattened", now_ms, quantity=result.quantity, price=result.price)
+
+
+def place_one(venue: Venue, order: Order, r: VenueReport, what: str) -> Fill | None:
+    """One of the kill's market orders placed, and said in its venue's report: its fill, or
+    None (the error said) when it was not placed or was refused."""
+    try:
+        (result,) = venue.place_many([order])
+    except (VenueDown, OSError, TimeoutError) as e:
+        r.errors.append(f"{what} not closed: {e}")
+        return None
+    if isinstance(result, Rejected):
+        r.errors.append(f"{what} not closed: {result}")
+        return None
+    r.closed.append(f"{order.symbol} {order.side} {result.quantity:g}")
+    return result
 
 
 def lots_of(quantity: float, lot: float) -> float:

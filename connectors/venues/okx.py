@@ -668,28 +668,32 @@ class OkxVenue:
 
     def price(self, market: str, symbol: str) -> float | None:
         """The instrument's last price at OKX; None where OKX lists no such instrument."""
-        if market != self.market:
+        listed = self._listed(market, symbol)
+        if listed is None:
             return None
-        inst = self._inst(symbol)
-        link = self._here()
-        markets = link.markets()
-        if inst not in markets:
-            return None
-        ticker = self._read({}, lambda: link.ex.fetch_ticker(markets[inst]["symbol"]))
+        link, unified = listed
+        ticker = self._read({}, lambda: link.ex.fetch_ticker(unified))
         return float(ticker.get("last") or 0) or None
 
     def minute_volume(self, market: str, symbol: str, now_ms: int | None = None) -> float | None:
         """What traded in the instrument over the last complete minute before ``now_ms`` (its
         1-minute candles, ``market/candles``); None where OKX lists no such instrument, or no
         candle of it yet."""
+        listed = self._listed(market, symbol)
+        if listed is None:
+            return None
+        link, unified = listed
+        return self._read({}, lambda: okx_volume.minute_volume(link.ex, unified, now_ms))
+
+    def _listed(self, market: str, symbol: str):
+        """This thread's link and ccxt's name of the instrument; None where OKX lists no such
+        instrument (or the market is not this venue's)."""
         if market != self.market:
             return None
         inst = self._inst(symbol)
         link = self._here()
         markets = link.markets()
-        if inst not in markets:
-            return None
-        return self._read({}, lambda: okx_volume.minute_volume(link.ex, markets[inst]["symbol"], now_ms))
+        return (link, markets[inst]["symbol"]) if inst in markets else None
 
     def server_time(self) -> float:
         """OKX's clock (``public/time``), in unix seconds."""
